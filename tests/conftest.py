@@ -1,0 +1,50 @@
+"""Test set-up: offline Hugging Face, tiny local models, the cached testbed SFT policy."""
+
+import os
+
+# Before any Hugging Face import: no hub, no telemetry thread.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRL_EXTRAS_SILENCE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from trl_extras.testbed import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tmp_path_factory):
+    """Randomly initialised tiny checkpoints on disk: ``{"tokenizer", "policy", "reward"}`` paths."""
+    from trl_extras.testbed import TinyModelSpec, make_tiny_checkpoints
+
+    spec = TinyModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    return make_tiny_checkpoints(tmp_path_factory.mktemp("tiny"), spec=spec)
+
+
+@pytest.fixture(scope="session")
+def sft_policy_path():
+    """The testbed's SFT policy (built once, ~1 min, then cached under ``TRL_EXTRAS_CACHE``)."""
+    from trl_extras.testbed import build_sft_policy
+
+    return build_sft_policy(progress=False)

@@ -1,0 +1,69 @@
+"""trl_extras: alignment techniques for Hugging Face TRL that TRL itself does not ship.
+
+Public names are imported lazily so that ``import trl_extras`` is cheap and starts no network thread (TRL and
+transformers load only when a trainer is first used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it. Each issue's work registers its names here.
+_LAZY = {
+    # core math
+    "exact_kl": "trl_extras.core.kl",
+    "kl_from_logprobs": "trl_extras.core.kl",
+    "compute_gae": "trl_extras.core.advantages",
+    "normalize_advantages": "trl_extras.core.advantages",
+    "masked_mean": "trl_extras.core.masked",
+    "masked_var": "trl_extras.core.masked",
+    "generate_rollouts": "trl_extras.core.rollout",
+    "Rollout": "trl_extras.core.rollout",
+    # rewards
+    "RewardFunctions": "trl_extras.rewards.functions",
+    "RewardModelScorer": "trl_extras.rewards.scoring",
+    "score_with_reward_model": "trl_extras.rewards.scoring",
+    "TwoStageRewardConfig": "trl_extras.rewards.two_stage",
+    "TwoStageRewardTrainer": "trl_extras.rewards.two_stage",
+    "filter_easy_pairs": "trl_extras.rewards.filtering",
+    "train_with_easy_pair_filtering": "trl_extras.rewards.filtering",
+    "RewardEnsemble": "trl_extras.rewards.ensemble",
+    "EnsembleScores": "trl_extras.rewards.ensemble",
+    "train_reward_ensemble": "trl_extras.rewards.ensemble",
+    "pairwise_accuracy": "trl_extras.rewards.metrics",
+    "hard_quartile_accuracy": "trl_extras.rewards.metrics",
+    "calibration_error": "trl_extras.rewards.metrics",
+    # trainers
+    "PPOConfig": "trl_extras.trainers.ppo_config",
+    "PPOTrainer": "trl_extras.trainers.ppo",
+    "ExactKLGRPOTrainer": "trl_extras.trainers.exact_kl_grpo",
+    "CEMConfig": "trl_extras.trainers.cem_config",
+    "CEMTrainer": "trl_extras.trainers.cem",
+    # callbacks and evaluation
+    "RewardEarlyStoppingCallback": "trl_extras.callbacks.reward_early_stopping",
+    "side_by_side": "trl_extras.evaluation.side_by_side",
+    "SideBySideResult": "trl_extras.evaluation.side_by_side",
+    "synthesize_preference_pairs": "trl_extras.evaluation.synthetic_pairs",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trl_extras' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core.rollout import Rollout, generate_rollouts  # noqa: F401

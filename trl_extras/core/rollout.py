@@ -1,0 +1,230 @@
+"""The one generation path shared by PPO, CEM, the reward early-stopping callback and side-by-side evaluation.
+
+``generate_rollouts`` takes prompts as TRL datasets hold them (standard strings or conversational message lists),
+tokenizes them the way TRL's GRPO does (chat template with ``add_generation_prompt`` for conversational,
+the tokenizer's own special tokens for text), left-pads, samples in batches and returns token tensors for
+training plus decoded completions for reward functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+_warned_truncation = False
+
+
+def is_conversational_prompt(prompt) -> bool:
+    return isinstance(prompt, list) and len(prompt) > 0 and isinstance(prompt[0], dict) and "role" in prompt[0]
+
+
+def prompt_text(prompt) -> str:
+    """Content of a prompt, for checks and messages (the last message for conversational prompts)."""
+    return prompt[-1].get("content", "") if is_conversational_prompt(prompt) else prompt
+
+
+def ensure_pad_token(tokenizer):
+    """Use EOS as the pad token when the tokenizer has none (documented behaviour, as in TRL)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has neither a pad token nor an EOS token; set `tokenizer.pad_token`.")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def check_chat_template(tokenizer, prompts) -> None:
+    """Fail early (at construction) when conversational prompts meet a tokenizer without a chat template."""
+    if prompts and is_conversational_prompt(prompts[0]) and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "The dataset is conversational but the tokenizer has no chat template. Set `tokenizer.chat_template` "
+            "(or use `trl.clone_chat_template`) or pass prompts as plain text."
+        )
+
+
+def tokenize_prompts(tokenizer, prompts, max_prompt_length: int | None = None) -> list[list[int]]:
+    """Token ids of each prompt; prompts longer than ``max_prompt_length`` keep their last tokens (warns once)."""
+    global _warned_truncation
+    check_chat_template(tokenizer, prompts)
+    out = []
+    for i, prompt in enumerate(prompts):
+        if prompt is None or (not is_conversational_prompt(prompt) and not str(prompt).strip()):
+            raise ValueError(f"Prompt at index {i} is empty.")
+        if is_conversational_prompt(prompt):
+            ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
+            ids = ids["input_ids"]
+        else:
+            ids = tokenizer(prompt)["input_ids"]
+        if max_prompt_length is not None and len(ids) > max_prompt_length:
+            if not _warned_truncation:
+                logger.warning(
+                    "Prompt of %d tokens truncated from the left to max_prompt_length=%d (warned once).",
+                    len(ids), max_prompt_length,
+                )
+                _warned_truncation = True
+            ids = ids[-max_prompt_length:]
+        out.append(list(ids))
+    return out
+
+
+def pad_sequences(seqs: list[list[int]] | list[torch.Tensor], pad_value: int, side: str = "right") -> torch.Tensor:
+    """Stack variable-length 1-D sequences into ``(N, L_max)``, padding on ``side``."""
+    seqs = [torch.as_tensor(s, dtype=torch.long) for s in seqs]
+    length = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), length), pad_value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            if side == "right":
+                out[i, : len(s)] = s
+            else:
+                out[i, length - len(s) :] = s
+    return out
+
+
+@dataclass
+class Rollout:
+    """Sampled completions for a batch of prompts. ``B`` = prompts × generations per prompt.
+
+    Attributes:
+        prompts: ``B`` prompts as given (each repeated ``num_generations`` times, consecutively).
+        completions: ``B`` decoded completions (strings, or ``[{"role": "assistant", "content": ...}]``).
+        prompt_ids, prompt_mask: ``(B, P)`` left-padded prompt tokens.
+        completion_ids, completion_mask: ``(B, T)`` right-padded sampled tokens; the mask is 1 up to and
+            including the first EOS and 0 after it.
+        is_eos: ``(B,)`` True where the completion ended with EOS (False when cut at ``max_new_tokens``).
+        group_index: ``(B,)`` index of the prompt each row came from.
+    """
+
+    prompts: list
+    completions: list
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    is_eos: torch.Tensor
+    group_index: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """``(B, P + T)`` prompt and completion tokens."""
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(1)
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+
+def completion_mask_after_eos(completion_ids: torch.Tensor, eos_token_id: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mask, is_eos)`` for ``(B, T)`` ids: mask is 1 up to and including the first EOS. Shapes ``(B,T)``, ``(B,)``."""
+    eos_ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    is_eos_tok = torch.zeros_like(completion_ids, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos_tok |= completion_ids == e
+    has_eos = is_eos_tok.any(1)
+    T = completion_ids.size(1)
+    first = torch.where(has_eos, is_eos_tok.int().argmax(1), torch.full_like(has_eos, T, dtype=torch.long))
+    positions = torch.arange(T, device=completion_ids.device).unsqueeze(0)
+    return (positions <= first.unsqueeze(1)).long(), has_eos
+
+
+def decode_completions(tokenizer, completion_ids, completion_mask, conversational: bool) -> list:
+    texts = tokenizer.batch_decode(
+        [ids[m.bool()] for ids, m in zip(completion_ids, completion_mask)], skip_special_tokens=True
+    )
+    return [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
+
+
+@torch.no_grad()
+def generate_rollouts(
+    model,
+    tokenizer,
+    prompts: list,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+    num_generations: int = 1,
+    batch_size: int = 64,
+    max_prompt_length: int | None = None,
+    accelerator=None,
+    progress: bool = False,
+    desc: str = "Generating",
+) -> Rollout:
+    """Sample ``num_generations`` completions per prompt in left-padded batches of ``batch_size`` sequences.
+
+    ``temperature`` is the sampling temperature; the same value must divide the logits whenever the trainer
+    recomputes log-probabilities of these samples. With ``accelerator`` the model is unwrapped for generation
+    (TRL's ``unwrap_model_for_generation``: handles DDP, DeepSpeed ZeRO-3 and FSDP).
+    """
+    from transformers import GenerationConfig
+
+    if num_generations < 1:
+        raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+    if len(prompts) == 0:
+        raise ValueError("No prompts to generate from.")
+    ensure_pad_token(tokenizer)
+    conversational = is_conversational_prompt(prompts[0])
+    prompt_token_ids = tokenize_prompts(tokenizer, prompts, max_prompt_length)
+    rows = [(i, ids) for i, ids in enumerate(prompt_token_ids) for _ in range(num_generations)]
+    gen_config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_k=top_k if do_sample else None,
+        top_p=top_p if do_sample else None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    if accelerator is not None:
+        from trl.models import unwrap_model_for_generation
+
+        unwrap_ctx = unwrap_model_for_generation(model, accelerator)
+    else:
+        unwrap_ctx = nullcontext(model)
+    device = next(model.parameters()).device
+    prompt_chunks, completion_chunks = [], []
+    was_training = model.training
+    iterator = range(0, len(rows), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=desc, leave=False)
+    with unwrap_ctx as gen_model:
+        gen_model.eval()
+        for start in iterator:
+            batch = rows[start : start + batch_size]
+            ids = pad_sequences([r[1] for r in batch], tokenizer.pad_token_id, side="left").to(device)
+            mask = pad_sequences([[1] * len(r[1]) for r in batch], 0, side="left").to(device)
+            out = gen_model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+            prompt_chunks.append((ids.cpu(), mask.cpu()))
+            completion_chunks.append(out[:, ids.size(1) :].cpu())
+        if was_training:
+            gen_model.train()
+    prompt_ids = pad_sequences([r for ids, _ in prompt_chunks for r in ids], tokenizer.pad_token_id, side="left")
+    prompt_mask = pad_sequences([r for _, m in prompt_chunks for r in m], 0, side="left")
+    completion_ids = pad_sequences([r for c in completion_chunks for r in c], tokenizer.pad_token_id, side="right")
+    completion_mask, is_eos = completion_mask_after_eos(completion_ids, tokenizer.eos_token_id)
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+    return Rollout(
+        prompts=[prompts[i] for i, _ in rows],
+        completions=decode_completions(tokenizer, completion_ids, completion_mask, conversational),
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        is_eos=is_eos,
+        group_index=torch.tensor([i for i, _ in rows], dtype=torch.long),
+    )

@@ -1,0 +1,115 @@
+"""Scoring with a Bradley–Terry reward model, tokenized exactly as TRL's ``RewardTrainer`` trained it.
+
+TRL 1.16's ``RewardTrainer`` appends the EOS *string* to standard (text) chosen/rejected and tokenizes
+``prompt + completion`` with the tokenizer's special tokens (so BOS stays), while conversational examples go
+through ``apply_chat_template(prompt + completion, tokenize=True)``. GRPO's reward-model scoring drops both BOS
+and EOS — a train/score mismatch. Everything in trl_extras that scores with a reward model goes through
+:func:`reward_model_input_ids`, which mirrors the training tokenization; a test pins it to TRL's own
+``RewardTrainer._prepare_dataset`` so a TRL change fails loudly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core.rollout import is_conversational_prompt, pad_sequences
+
+
+def reward_model_input_ids(tokenizer, prompt, completion) -> list[int]:
+    """Token ids the reward model sees for one (prompt, completion), as ``RewardTrainer`` builds them."""
+    if is_conversational_prompt(prompt) or (isinstance(completion, list) and completion and isinstance(completion[0], dict)):
+        if not (isinstance(prompt, list) and isinstance(completion, list)):
+            raise ValueError("Mixing a conversational prompt/completion with a plain-text one.")
+        return list(tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"])
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        raise TypeError(f"Expected text prompt and completion, got {type(prompt).__name__}/{type(completion).__name__}")
+    text = prompt + completion
+    if tokenizer.eos_token and not text.endswith(tokenizer.eos_token):
+        text = text + tokenizer.eos_token
+    return list(tokenizer(text=text)["input_ids"])
+
+
+@torch.no_grad()
+def score_with_reward_model(
+    model, tokenizer, prompts: list, completions: list, batch_size: int = 64, max_length: int | None = None
+) -> torch.Tensor:
+    """Rewards ``(N,)`` (float32, on CPU) of a sequence-classification model with ``num_labels == 1``.
+
+    Sequences are right-padded with the pad token (EOS if none, as in ``RewardTrainer``); the model pools at the
+    last non-pad token. ``max_length`` keeps the *last* tokens of longer inputs (RewardTrainer would drop such
+    pairs in training; at scoring time the completion's end is what matters).
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if getattr(model.config, "num_labels", 1) != 1:
+        raise ValueError(f"A reward model must have num_labels == 1, got {model.config.num_labels}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        ids = [
+            reward_model_input_ids(tokenizer, p, c)
+            for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])
+        ]
+        if max_length is not None:
+            ids = [x[-max_length:] for x in ids]
+        input_ids = pad_sequences(ids, pad_id, side="right").to(device)
+        attention_mask = pad_sequences([[1] * len(x) for x in ids], 0, side="right").to(device)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        scores.append(logits[:, 0].float().cpu())
+    if was_training:
+        model.train()
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+class RewardModelScorer:
+    """A reward model as a TRL reward function: ``scorer(prompts, completions, **kwargs) -> list[float]``.
+
+    Args:
+        model: a ``PreTrainedModel`` (sequence classification, ``num_labels=1``; PEFT models work) or a path.
+        processing_class: its tokenizer; loaded from the path (or ``config._name_or_path``) when omitted.
+        batch_size: sequences per forward pass.
+    """
+
+    def __init__(self, model, processing_class=None, batch_size: int = 64, model_init_kwargs: dict | None = None):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if isinstance(model, str):
+            path = model
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **(model_init_kwargs or {}))
+            processing_class = processing_class or AutoTokenizer.from_pretrained(path)
+        if processing_class is None:
+            name = getattr(model.config, "_name_or_path", None)
+            if not name:
+                raise ValueError("Pass `processing_class` for a reward model instance that was not loaded from a path.")
+            processing_class = AutoTokenizer.from_pretrained(name)
+        self.model = model
+        self.processing_class = processing_class
+        self.batch_size = batch_size
+        self.config = model.config  # TRL's telemetry and utilities read `.config`
+        self.__name__ = getattr(model.config, "_name_or_path", None) or type(model).__name__
+
+    def score(self, prompts, completions) -> torch.Tensor:
+        return score_with_reward_model(self.model, self.processing_class, prompts, completions, self.batch_size)
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        return self.score(prompts, completions).tolist()
+
+
+def check_rewards(name: str, values, expected: int) -> list[float]:
+    """Validate one reward function's output: a list of ``expected`` finite floats, else a clear error."""
+    if values is None:
+        raise ValueError(f"Reward function {name!r} returned None instead of a list of {expected} floats.")
+    values = values.tolist() if isinstance(values, torch.Tensor) else list(values)
+    if len(values) != expected:
+        raise ValueError(f"Reward function {name!r} returned {len(values)} values for {expected} completions.")
+    out = []
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and math.isnan(v)) or not math.isfinite(float(v)):
+            raise ValueError(f"Reward function {name!r} returned {v!r} for completion {i}; rewards must be finite.")
+        out.append(float(v))
+    return out
