@@ -1,0 +1,82 @@
+"""Statistics helpers against scipy and brute force."""
+
+import math
+
+import pytest
+
+from trl_extras.core.stats import binomial_test, mean_ci, win_rate_interval
+
+
+def _brute_binom_two_sided(k, n):
+    # exact two-sided test: sum of probabilities of outcomes no more likely than the observed one
+    probs = [math.comb(n, i) * 0.5**n for i in range(n + 1)]
+    return min(1.0, sum(p for p in probs if p <= probs[k] * (1 + 1e-7)))
+
+
+@pytest.mark.parametrize("wins,losses", [(0, 1), (3, 7), (10, 10), (15, 2), (40, 25), (0, 12)])
+def test_binomial_test_matches_brute_force(wins, losses):
+    assert binomial_test(wins, losses) == pytest.approx(_brute_binom_two_sided(wins, wins + losses), rel=1e-6)
+
+
+def test_binomial_test_symmetry_and_edges():
+    assert binomial_test(0, 0) == 1.0  # no decisive comparison: no evidence
+    assert binomial_test(7, 3) == pytest.approx(binomial_test(3, 7))
+    assert binomial_test(5, 5) == pytest.approx(1.0)
+    assert binomial_test(20, 0) < 1e-5
+    with pytest.raises(ValueError, match="wins"):
+        binomial_test(-1, 3)
+    with pytest.raises(ValueError, match="losses"):
+        binomial_test(1, 2.5)
+
+
+@pytest.mark.parametrize("wins,n", [(0, 10), (3, 10), (10, 10), (37, 100), (1, 1)])
+@pytest.mark.parametrize("confidence", [0.9, 0.95])
+def test_clopper_pearson_matches_scipy(wins, n, confidence):
+    from scipy.stats import binomtest
+
+    ref = binomtest(wins, n).proportion_ci(confidence_level=confidence, method="exact")
+    low, high = win_rate_interval(wins, n, method="clopper-pearson", confidence=confidence)
+    assert (low, high) == pytest.approx((ref.low, ref.high), abs=1e-9)
+
+
+@pytest.mark.parametrize("wins,n", [(0, 10), (3, 10), (10, 10), (37, 100), (1, 1)])
+def test_wilson_matches_scipy(wins, n):
+    from scipy.stats import binomtest
+
+    ref = binomtest(wins, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = win_rate_interval(wins, n, method="wilson")
+    assert (low, high) == pytest.approx((ref.low, ref.high), abs=1e-9)
+    assert 0.0 <= low <= wins / n <= high <= 1.0
+
+
+def test_win_rate_interval_coverage_brute_force():
+    # Clopper-Pearson is conservative: coverage >= nominal for every true p (computed exactly, not sampled)
+    n = 30
+    intervals = [win_rate_interval(k, n, method="clopper-pearson") for k in range(n + 1)]
+    for p in (0.1, 0.3, 0.5, 0.8):
+        coverage = sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k, (lo, hi) in enumerate(intervals) if lo <= p <= hi)
+        assert coverage >= 0.95 - 1e-9
+
+
+def test_win_rate_interval_bad_input():
+    assert win_rate_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="exceed"):
+        win_rate_interval(5, 3)
+    with pytest.raises(ValueError, match="method"):
+        win_rate_interval(1, 3, method="agresti")
+    with pytest.raises(ValueError, match="confidence"):
+        win_rate_interval(1, 3, confidence=1.5)
+
+
+def test_mean_ci_matches_scipy():
+    from scipy import stats
+
+    values = [0.2, 0.9, 0.4, 0.7, 0.55, 0.31]
+    mean, low, high = mean_ci(values, 0.9)
+    ref = stats.t.interval(0.9, len(values) - 1, loc=sum(values) / len(values), scale=stats.sem(values))
+    assert mean == pytest.approx(sum(values) / len(values))
+    assert (low, high) == pytest.approx(ref)
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_ci([1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        mean_ci([1.0, float("nan")])

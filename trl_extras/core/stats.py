@@ -1,0 +1,94 @@
+"""Small statistics for comparing models: a two-sided binomial (sign) test, win-rate intervals, mean intervals.
+
+Used by :func:`trl_extras.evaluation.side_by_side` (the seed's "side-by-side superiority ... we can use the binomial
+test") and by the benchmarks. Pure functions over counts and lists; scipy does the distributions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+_METHODS = ("wilson", "clopper-pearson")
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def binomial_test(wins: int, losses: int) -> float:
+    """Two-sided p-value of ``wins`` against ``losses`` under H0 "each decisive comparison is a coin flip".
+
+    ``scipy.stats.binomtest(wins, wins + losses, p=0.5, alternative="two-sided").pvalue`` — the sign test.
+    Ties are *excluded* by the caller (pass only decisive comparisons): a tie carries no evidence about which
+    model is better, and counting ties as half-wins would shrink the p-value artificially. With no decisive
+    comparison at all (``wins + losses == 0``) there is no evidence either way and the p-value is ``1.0``.
+    """
+    wins, losses = _check_count("wins", wins), _check_count("losses", losses)
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(wins, n, 0.5, alternative="two-sided").pvalue)
+
+
+def win_rate_interval(wins: int, n: int, method: str = "wilson", confidence: float = 0.95) -> tuple[float, float]:
+    """Confidence interval ``(low, high)`` for a success probability from ``wins`` successes in ``n`` trials.
+
+    ``method="wilson"``: Wilson score interval (Wilson 1927; good coverage at small ``n``, never leaves [0, 1]).
+    ``method="clopper-pearson"``: the exact interval from Beta quantiles (Clopper & Pearson 1934; conservative).
+    ``n == 0`` gives the uninformative ``(0.0, 1.0)``.
+    """
+    wins, n = _check_count("wins", wins), _check_count("n", n)
+    if wins > n:
+        raise ValueError(f"wins ({wins}) cannot exceed n ({n})")
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    _check_confidence(confidence)
+    if n == 0:
+        return 0.0, 1.0
+    from scipy.stats import beta, norm
+
+    alpha = 1.0 - confidence
+    if method == "clopper-pearson":
+        low = 0.0 if wins == 0 else float(beta.ppf(alpha / 2, wins, n - wins + 1))
+        high = 1.0 if wins == n else float(beta.ppf(1 - alpha / 2, wins + 1, n - wins))
+        return low, high
+    z = float(norm.ppf(1 - alpha / 2))
+    p = wins / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # at wins == 0 or wins == n the bound is exactly 0 or 1 in exact arithmetic; pin it against rounding
+    low = 0.0 if wins == 0 else max(0.0, center - half)
+    high = 1.0 if wins == n else min(1.0, center + half)
+    return low, high
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the sample mean and its Student-t confidence interval (unbiased std, ``n - 1`` dof).
+
+    Fewer than two values have no spread estimate, so they raise rather than return a misleading interval;
+    NaN or infinite values raise too.
+    """
+    _check_confidence(confidence)
+    values = [float(v) for v in values]
+    if len(values) < 2:
+        raise ValueError(f"mean_ci needs at least 2 values, got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("mean_ci got a NaN or infinite value")
+    from scipy.stats import t
+
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * math.sqrt(var / n)
+    return mean, mean - half, mean + half
