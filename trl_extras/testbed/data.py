@@ -27,6 +27,8 @@ from .task import (
 class TestbedConfig:
     """Size and seed of the testbed task."""
 
+    __test__ = False  # not a pytest test class
+
     min_digits: int = field(default=3, metadata={"help": "Fewest digits in a prompt."})
     max_digits: int = field(default=6, metadata={"help": "Most digits in a prompt."})
     num_train_prompts: int = field(default=2000, metadata={"help": "Prompts of the train split."})

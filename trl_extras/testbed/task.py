@@ -130,7 +130,8 @@ def corrupt(digits: Sequence[int], kind: str, rng: random.Random) -> list[int]:
 
     ``correct`` sorted; ``swap`` sorted with one adjacent pair swapped (a non-trivial swap when possible);
     ``drop`` sorted minus one digit; ``random`` random digits of the same length; ``extra`` sorted with one
-    random digit inserted in order; ``hack`` a long ascending run (off-distribution: exploits the heuristic);
+    random digit inserted in order; ``hack`` the sorted answer padded with 5-10 extra digits in order
+    (off-distribution: exploits the heuristic);
     ``empty`` no digits at all (trivially bad).
     """
     target = sorted(digits)
@@ -153,8 +154,9 @@ def corrupt(digits: Sequence[int], kind: str, rng: random.Random) -> list[int]:
     if kind == "extra":
         return sorted([*target, rng.randrange(10)])
     if kind == "hack":
-        start = rng.randrange(0, 2)
-        return list(range(start, 10))
+        # the sorted answer padded with many extra digits: ascending and covering the prompt, so the heuristic
+        # loves it, but long, so gold punishes it.
+        return sorted([*target, *rng.sample(range(10), rng.randint(5, 10))])
     if kind == "empty":
         return []
     raise ValueError(f"Unknown completion kind {kind!r}")
