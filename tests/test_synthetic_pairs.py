@@ -1,0 +1,88 @@
+"""synthesize_preference_pairs: best/worst selection, margins, bad input, and that DPOTrainer accepts the result."""
+
+import pytest
+import torch
+
+from trl_extras.evaluation.synthetic_pairs import run_two_stage_dpo, select_best_worst, synthesize_preference_pairs
+from trl_extras.testbed import gold_reward_fn, prompt_dataset
+
+
+def test_select_best_worst_brute_force():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (50, 5), generator=g).float()
+    best, worst, margin = select_best_worst(scores)
+    for i, row in enumerate(scores.tolist()):
+        assert row[best[i]] == max(row) and best[i] == row.index(max(row))
+        assert row[worst[i]] == min(row) and worst[i] == row.index(min(row))
+        assert margin[i] == max(row) - min(row)
+    with pytest.raises(ValueError, match="n >= 2"):
+        select_best_worst(torch.zeros(3, 1))
+
+
+def _length_reward(prompts, completions, **kwargs):
+    return [float(len(c)) for c in completions]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_paths):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_paths["policy"]), AutoTokenizer.from_pretrained(tiny_paths["tokenizer"])
+
+
+def test_pairs_are_best_and_worst(tiny_lm):
+    model, tok = tiny_lm
+    prompts = prompt_dataset("holdout")["prompt"][:8]
+    ds, stats = synthesize_preference_pairs(
+        model, _length_reward, prompts, n=4, processing_class=tok, max_new_tokens=8, return_stats=True, seed=1
+    )
+    assert set(ds.column_names) == {"id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected"}
+    assert stats.num_pairs == len(ds) and stats.num_pairs + stats.skipped_no_preference == 8
+    assert len(ds) > 0
+    for row in ds:
+        assert row["score_chosen"] == len(row["chosen"]) > row["score_rejected"] == len(row["rejected"])
+        assert row["prompt"] in prompts and row["id"].startswith("synth-")
+    # seeded: the same call gives the same pairs
+    again = synthesize_preference_pairs(model, _length_reward, prompts, n=4, processing_class=tok, max_new_tokens=8, seed=1)
+    assert again["chosen"] == ds["chosen"]
+    # a large min_margin drops pairs and counts them
+    ds2, stats2 = synthesize_preference_pairs(
+        model, _length_reward, prompts, n=4, processing_class=tok, max_new_tokens=8, seed=1, min_margin=1e6,
+        return_stats=True,
+    )
+    assert len(ds2) == 0 and stats2.skipped_low_margin == stats.num_pairs
+
+
+def test_bad_input(tiny_lm):
+    model, tok = tiny_lm
+    with pytest.raises(ValueError, match="n must be >= 2"):
+        synthesize_preference_pairs(model, gold_reward_fn, ["1 2 >"], n=1, processing_class=tok)
+    with pytest.raises(ValueError, match="empty"):
+        synthesize_preference_pairs(model, gold_reward_fn, [], processing_class=tok)
+    with pytest.raises(ValueError, match="finite"):
+        synthesize_preference_pairs(
+            model, lambda prompts, completions, **kw: [float("nan")] * len(prompts), ["1 2 >"], n=2,
+            processing_class=tok, max_new_tokens=4,
+        )
+
+
+def test_dpo_trainer_accepts_pairs_two_stage(tiny_paths, tmp_path):
+    from trl import DPOConfig
+
+    prompts = prompt_dataset("train")["prompt"][:8]
+    synthetic = synthesize_preference_pairs(tiny_paths["policy"], _length_reward, prompts, n=3, max_new_tokens=8)
+    assert len(synthetic) >= 2
+    from trl_extras.testbed import clean_pairs
+
+    real = clean_pairs(4)
+    args = DPOConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, use_cpu=True, bf16=False,
+        report_to="none", save_strategy="no", gradient_checkpointing=False, logging_steps=1,
+    )
+    stage1, stage2 = run_two_stage_dpo(tiny_paths["policy"], synthetic, real, args)
+    assert stage1.state.global_step == 1 and stage2.state.global_step == 1
+    assert any("loss" in h for h in stage2.state.log_history)
+    # stage 2 started from (and is anchored to) the saved stage-1 policy
+    assert stage2.model.config._name_or_path.endswith("stage1_synthetic")
+    with pytest.raises(ValueError, match="real_dataset is empty"):
+        run_two_stage_dpo(tiny_paths["policy"], synthetic, real.select([]), args)
