@@ -1,0 +1,594 @@
+"""The cross-entropy method (CEM), the seed article's "poor man's RL", with entropy and diversity control.
+
+Each round:
+
+1. sample ``num_generations`` answers per prompt from the current model (the shared rollout path,
+   :func:`trl_extras.core.rollout.generate_rollouts`: batched, left-padded, progress bar) and measure the policy's
+   token entropy on them;
+2. save them as a dataset under ``output_dir/round_{r}/generations`` *before* scoring, so a failing reward loses no
+   generation work;
+3. score them with :class:`trl_extras.rewards.functions.RewardFunctions` (reward model paths/instances, callables,
+   or a ``RewardEnsemble`` with its penalty) and, for monitoring only, with ``eval_reward_funcs`` (e.g. the
+   testbed's gold reward); save again with the scores and the elite mask;
+4. select elites (:func:`trl_extras.core.selection.select_elites`: top-k per prompt, a scheduled per-prompt
+   quantile, an absolute threshold, de-duplication; empty answers never qualify);
+5. fine-tune on the elites (plus replayed SFT rows) with TRL's ``SFTTrainer``; :class:`RegularizedSFTTrainer` adds
+   the optional exact KL-to-initial-model and entropy terms;
+6. save the model to ``output_dir/round_{r}/model`` and the round's metrics to ``round_{r}/metrics.json``.
+
+A restart with ``resume=True`` (default) loads the last finished round's model and reuses the saved generations
+(and scores, when present) of an interrupted round.
+
+Reference: Rubinstein 1999 (the cross-entropy method); trlx's RFT trainer (rising per-prompt percentile); the seed
+article ("after the first iteration, the model loses much of the original variation in responses").
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..core.diversity import completion_entropies, grouped_distinct_n, unique_fraction
+from ..core.rollout import ensure_pad_token, generate_rollouts, prompt_text
+from ..core.selection import quantile_schedule, select_elites
+from ..rewards.functions import RewardFunctions
+from .cem_config import CEMConfig
+
+logger = logging.getLogger(__name__)
+
+_RESERVED = {"prompt", "completion", "group", "is_eos", "num_tokens", "token_entropy", "temperature", "empty",
+             "reward", "elite", "gold"}
+
+
+def _linear(start: float, end: float | None, r: int, num_rounds: int) -> float:
+    if end is None or num_rounds == 1:
+        return float(start)
+    return float(start + (end - start) * r / (num_rounds - 1))
+
+
+def _is_empty(completion) -> bool:
+    return not prompt_text(completion).strip() if isinstance(completion, list) else not str(completion).strip()
+
+
+def _regularized_sft_trainer_cls():
+    """Build the SFTTrainer subclass lazily (keeps ``import trl_extras.trainers.cem`` light)."""
+    from trl import SFTTrainer
+
+    from ..core.kl import entropy_from_logits, exact_kl
+
+    class RegularizedSFTTrainer(SFTTrainer):
+        """``SFTTrainer`` whose loss adds ``kl_coef·KL(π‖π_ref) − entropy_coef·H(π)`` on completion tokens.
+
+        Both terms are exact over the vocabulary (``trl_extras.core.kl``) and are normalised like SFT's own NLL
+        (summed over label tokens, divided by ``num_items_in_batch`` or the batch's label-token count), so they
+        scale with gradient accumulation exactly as the NLL does. Costs one extra forward with full logits (plus
+        a no-grad reference forward when ``kl_coef > 0``). ``ref_model=None`` with a PEFT model means "the base
+        with the adapter disabled".
+        """
+
+        def __init__(self, *args, ref_model=None, kl_coef: float = 0.0, entropy_coef: float = 0.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.ref_model = ref_model
+            self.kl_coef = kl_coef
+            self.entropy_coef = entropy_coef
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            if not (self.kl_coef or self.entropy_coef):
+                return result
+            loss, outputs = result if return_outputs else (result, None)
+            mode = "train" if self.model.training else "eval"
+            fwd = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+            mask = inputs["labels"][:, 1:] != -100  # logits at t predict label t + 1
+            logits = model(**fwd, use_cache=False).logits[:, :-1]
+            reg = torch.zeros_like(mask, dtype=torch.float32)
+            if self.kl_coef:
+                with torch.no_grad():
+                    ref_logits = self._ref_logits(model, fwd)[:, :-1]
+                kl = exact_kl(logits, ref_logits, mask=mask)
+                reg = reg + self.kl_coef * kl
+                self._metrics[mode]["kl_to_ref"].append(float((kl * mask).sum() / mask.sum().clamp(min=1)))
+            if self.entropy_coef:
+                entropy = entropy_from_logits(logits)
+                reg = reg - self.entropy_coef * entropy
+                self._metrics[mode]["entropy_bonus"].append(
+                    float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
+                )
+            num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            reg_loss = (reg * mask).sum() / torch.as_tensor(num_tokens).clamp(min=1)
+            # Same cross-device convention as SFTTrainer's NLL (num_items_in_batch counts every rank's tokens).
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                reg_loss = reg_loss * self.accelerator.num_processes
+            loss = loss + reg_loss.to(loss.dtype)
+            return (loss, outputs) if return_outputs else loss
+
+        def _ref_logits(self, model, fwd):
+            if self.ref_model is not None:
+                return self.ref_model(**fwd, use_cache=False).logits
+            from trl.trainer.utils import use_adapter
+
+            unwrapped = self.accelerator.unwrap_model(model)
+            with use_adapter(unwrapped, None):
+                return unwrapped(**fwd, use_cache=False).logits
+
+    return RegularizedSFTTrainer
+
+
+def __getattr__(name):  # RegularizedSFTTrainer is importable from this module
+    if name == "RegularizedSFTTrainer":
+        return _regularized_sft_trainer_cls()
+    raise AttributeError(name)
+
+
+class CEMTrainer:
+    """Multi-round cross-entropy method (best-of-N / elite fine-tuning) with diversity control.
+
+    Args:
+        model: a causal LM instance or a path.
+        reward_funcs: what elites are selected by (optimized): a reward model path or instance, a callable
+            ``f(prompts, completions, **kwargs) -> list[float]``, a ``RewardEnsemble``, or a list of them (summed
+            with weights, see :class:`~trl_extras.rewards.functions.RewardFunctions`).
+        args: :class:`~trl_extras.trainers.cem_config.CEMConfig`.
+        train_dataset: a ``datasets.Dataset`` with a ``prompt`` column (text or conversational); other columns
+            reach the reward functions as keyword arguments.
+        eval_dataset: optional prompts to evaluate after every round (and before the first).
+        processing_class: the tokenizer (loaded from ``model`` when it is a path).
+        sft_dataset: prompt/completion rows replayed into each round when ``args.sft_mix_ratio > 0``.
+        reward_processing_classes: tokenizers of reward-model instances.
+        eval_reward_funcs: rewards computed for monitoring only (e.g. a gold reward), never optimized.
+        peft_config: a ``peft.PeftConfig``; the model is wrapped once and the same adapter trains every round.
+        callbacks: passed to every round's ``SFTTrainer``.
+    """
+
+    def __init__(
+        self,
+        model,
+        reward_funcs,
+        args: CEMConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        sft_dataset=None,
+        reward_processing_classes=None,
+        peft_config=None,
+        callbacks=None,
+        eval_reward_funcs=None,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if args is None:
+            args = CEMConfig(output_dir="cem_output")
+        if not isinstance(args, CEMConfig):
+            raise TypeError(f"args must be a CEMConfig, got {type(args).__name__}")
+        if args.num_generations < 2:  # re-checked: attributes can be changed after construction
+            raise ValueError(f"num_generations={args.num_generations}: CEM needs N >= 2 answers per prompt to select.")
+        self.args = args
+        if train_dataset is None or "prompt" not in getattr(train_dataset, "column_names", []):
+            columns = getattr(train_dataset, "column_names", None)
+            raise ValueError(f"train_dataset must have a 'prompt' column; got columns {columns}.")
+        if len(train_dataset) == 0:
+            raise ValueError("train_dataset is empty.")
+        if eval_dataset is not None and "prompt" not in getattr(eval_dataset, "column_names", []):
+            raise ValueError(f"eval_dataset must have a 'prompt' column; got columns {eval_dataset.column_names}.")
+        if args.sft_mix_ratio > 0:
+            if sft_dataset is None:
+                raise ValueError("sft_mix_ratio > 0 needs `sft_dataset` (prompt/completion rows to replay).")
+            missing = {"prompt", "completion"} - set(sft_dataset.column_names)
+            if missing:
+                raise ValueError(f"sft_dataset lacks columns {sorted(missing)}.")
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.sft_dataset = sft_dataset
+        self.callbacks = callbacks
+
+        model_path = model if isinstance(model, str) else None
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+        if processing_class is None:
+            name = model_path or getattr(model.config, "_name_or_path", None)
+            if not name:
+                raise ValueError("Pass `processing_class` for a model instance that was not loaded from a path.")
+            processing_class = AutoTokenizer.from_pretrained(name)
+        self.processing_class = ensure_pad_token(processing_class)
+        device = torch.device("cpu") if args.use_cpu or not torch.cuda.is_available() else torch.device("cuda")
+        model = model.to(device)
+        self.peft_config = peft_config
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        self._is_peft = peft_config is not None or _is_peft(model)
+        # Reference for the KL control: the initial model (the adapter-disabled base under PEFT).
+        self.ref_model = None
+        if args.kl_coef > 0 and not self._is_peft:
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.model = model
+        self.reward_funcs = RewardFunctions(reward_funcs, reward_processing_classes)
+        for module in self.reward_funcs.modules():
+            module.to(device)
+        self.eval_reward_funcs = RewardFunctions(eval_reward_funcs) if eval_reward_funcs is not None else None
+        self.output_dir = Path(args.output_dir)
+        self.history: list[dict] = []
+        self.initial_eval: dict | None = None
+
+    # ------------------------------------------------------------------ paths and persistence
+    def round_dir(self, r: int) -> Path:
+        return self.output_dir / f"round_{r}"
+
+    def _finished_rounds(self) -> int:
+        """Number of consecutive rounds (from 0) whose model and metrics were saved."""
+        r = 0
+        while (self.round_dir(r) / "metrics.json").exists() and (self.round_dir(r) / "model").exists():
+            r += 1
+        return r
+
+    def _load_round_model(self, r: int):
+        from transformers import AutoModelForCausalLM
+
+        path = self.round_dir(r) / "model"
+        device = next(self.model.parameters()).device
+        if self._is_peft:
+            # Load the saved adapter into the live adapter (same config); the base weights never change.
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            weights = path / "adapter_model.safetensors"
+            if not weights.exists():
+                raise FileNotFoundError(f"No adapter weights at {weights}")
+            set_peft_model_state_dict(self.model, load_file(str(weights)))
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(str(path)).to(device)
+
+    @staticmethod
+    def _save_dataset(ds, path: Path) -> None:
+        """Write atomically: a crash mid-write leaves the previous copy (and a dataset can't overwrite itself)."""
+        tmp = path.with_name(path.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        ds.save_to_disk(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ sampling and scoring
+    def _round_prompt_rows(self, r: int) -> list[int]:
+        n = len(self.train_dataset)
+        k = self.args.prompts_per_round
+        if k is None or k >= n:
+            return list(range(n))
+        return sorted(random.Random(self.args.seed * 1000 + r).sample(range(n), k))
+
+    def _sample(self, dataset, rows: list[int], num_generations: int, temperature: float, desc: str) -> dict:
+        """Sample, measure entropy; returns columns (one row per sample) ready for a ``datasets.Dataset``."""
+        sub = dataset.select(rows)
+        prompts = list(sub["prompt"])
+        rollout = generate_rollouts(
+            self.model, self.processing_class, prompts,
+            max_new_tokens=self.args.max_completion_length, temperature=temperature, top_k=self.args.top_k,
+            top_p=self.args.top_p, num_generations=num_generations, batch_size=self.args.generation_batch_size,
+            max_prompt_length=self.args.max_prompt_length, progress=not self.args.disable_tqdm, desc=desc,
+        )
+        T = rollout.completion_ids.size(1)
+        if T > 0:
+            ent = completion_entropies(self.model, rollout.input_ids, rollout.attention_mask, T,
+                                       batch_size=self.args.entropy_batch_size)
+            mask = rollout.completion_mask.float()
+            ntok = mask.sum(1)
+            per_sample = (ent * mask).sum(1) / ntok.clamp(min=1)
+        else:
+            ntok = torch.zeros(len(rollout))
+            per_sample = torch.zeros(len(rollout))
+        group = rollout.group_index
+        columns = {
+            "prompt": rollout.prompts,
+            "completion": rollout.completions,
+            "group": group.tolist(),
+            "is_eos": rollout.is_eos.tolist(),
+            "num_tokens": ntok.long().tolist(),
+            "token_entropy": per_sample.tolist(),
+            "temperature": [float(temperature)] * len(rollout),
+            "empty": [_is_empty(c) for c in rollout.completions],
+        }
+        for name in sub.column_names:  # extra dataset columns reach the reward functions (GRPO convention)
+            if name not in _RESERVED:
+                values = sub[name]
+                columns[name] = [values[g] for g in group.tolist()]
+        return columns
+
+    def _score(self, columns: dict, r: int | str, saved_at: Path | None) -> dict:
+        prompts, completions = columns["prompt"], columns["completion"]
+        extra = {k: v for k, v in columns.items() if k not in _RESERVED and not k.startswith("reward_")}
+        logged: dict[str, list[float]] = {}
+
+        def log_metric(name, value):
+            logged.setdefault(name, []).append(float(value))
+
+        try:
+            out = self.reward_funcs(prompts, completions, log_metric=log_metric, **extra)
+            gold = self.eval_reward_funcs(prompts, completions, **extra) if self.eval_reward_funcs else None
+        except ValueError as err:
+            where = f" The round's {len(prompts)} generations are saved in {saved_at}; fix the reward and rerun " \
+                    "(resume=True reuses them)." if saved_at is not None else ""
+            raise ValueError(f"CEM round {r}: scoring failed: {err}{where}") from err
+        columns = dict(columns)
+        columns["reward"] = out.total.tolist()
+        if len(out.names) > 1:
+            for j, name in enumerate(out.names):
+                columns[f"reward_{j}_{name}"] = out.per_function[:, j].tolist()
+        if gold is not None:
+            columns["gold"] = gold.total.tolist()
+        self._reward_logs = {k: sum(v) / len(v) for k, v in logged.items()}
+        return columns
+
+    def _quantile(self, r: int) -> float | None:
+        """The elite quantile of round ``r`` (scheduled from ``elite_quantile`` to ``elite_quantile_end``)."""
+        start, end = self.args.elite_quantile, self.args.elite_quantile_end
+        if start is None:
+            return None
+        return quantile_schedule(r, self.args.num_rounds, start, start if end is None else end)
+
+    def _select(self, columns: dict, r: int) -> tuple[list[bool], float | None]:
+        quantile = self._quantile(r)
+        mask = select_elites(
+            torch.tensor(columns["reward"], dtype=torch.float32),
+            torch.tensor(columns["group"], dtype=torch.long),
+            top_k=self.args.elite_top_k, quantile=quantile, threshold=self.args.reward_threshold,
+            dedupe_texts=columns["completion"] if self.args.dedupe else None,
+            valid=~torch.tensor(columns["empty"], dtype=torch.bool),
+        )
+        return mask.tolist(), quantile
+
+    @staticmethod
+    def _measure(columns: dict, prefix: str = "") -> dict:
+        """Round metrics from saved columns (so they are identical after a resume)."""
+        n = len(columns["completion"])
+        rewards = torch.tensor(columns["reward"], dtype=torch.float64)
+        ntok = torch.tensor(columns["num_tokens"], dtype=torch.float64)
+        ent = torch.tensor(columns["token_entropy"], dtype=torch.float64)
+        group = columns["group"]
+        m = {
+            "num_samples": n,
+            "num_prompts": len(set(group)),
+            "num_empty": int(sum(columns["empty"])),
+            "num_truncated": int(n - sum(columns["is_eos"])),
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "entropy": float((ent * ntok).sum() / ntok.sum()) if ntok.sum() > 0 else 0.0,
+            "distinct_1": grouped_distinct_n(columns["completion"], group, 1),
+            "distinct_2": grouped_distinct_n(columns["completion"], group, 2),
+            "unique_fraction": unique_fraction(columns["completion"], group),
+            "completion_tokens_mean": float(ntok.mean()),
+        }
+        # Best-of-N by the proxy, per prompt: what one round of selection can reach.
+        best = {}
+        for i, g in enumerate(group):
+            if g not in best or rewards[i] > rewards[best[g]]:
+                best[g] = i
+        m["best_of_n_reward_mean"] = float(rewards[list(best.values())].mean())
+        if "gold" in columns:
+            gold = torch.tensor(columns["gold"], dtype=torch.float64)
+            m["gold_mean"] = float(gold.mean())
+            m["best_of_n_gold_mean"] = float(gold[list(best.values())].mean())
+        if "elite" in columns:
+            elite = torch.tensor(columns["elite"], dtype=torch.bool)
+            m["elite_count"] = int(elite.sum())
+            m["elite_reward_mean"] = float(rewards[elite].mean()) if elite.any() else float("nan")
+            if "gold" in columns:
+                m["elite_gold_mean"] = float(gold[elite].mean()) if elite.any() else float("nan")
+        return {f"{prefix}{k}": v for k, v in m.items()}
+
+    # ------------------------------------------------------------------ fine-tuning
+    def _fine_tune_dataset(self, columns: dict, r: int):
+        from datasets import Dataset
+
+        elite_rows = [i for i, e in enumerate(columns["elite"]) if e]
+        prompts = [columns["prompt"][i] for i in elite_rows]
+        completions = [columns["completion"][i] for i in elite_rows]
+        num_mix = 0
+        if self.args.sft_mix_ratio > 0 and elite_rows:
+            num_mix = max(1, round(self.args.sft_mix_ratio * len(elite_rows)))
+            rng = random.Random(self.args.seed * 1000 + r + 7)
+            n = len(self.sft_dataset)
+            picks = rng.sample(range(n), num_mix) if num_mix <= n else [rng.randrange(n) for _ in range(num_mix)]
+            mix = self.sft_dataset.select(picks)
+            prompts += list(mix["prompt"])
+            completions += list(mix["completion"])
+        return Dataset.from_dict({"prompt": prompts, "completion": completions}), num_mix
+
+    def _fine_tune(self, dataset, r: int) -> dict:
+        trainer_cls = _regularized_sft_trainer_cls()
+        round_args = copy.copy(self.args)
+        round_args.output_dir = str(self.round_dir(r) / "sft")
+        round_args.run_name = f"{self.args.run_name or 'cem'}-round{r}"
+        trainer = trainer_cls(
+            model=self.model, args=round_args, train_dataset=dataset, processing_class=self.processing_class,
+            callbacks=self.callbacks, ref_model=self.ref_model, kl_coef=self.args.kl_coef,
+            entropy_coef=self.args.entropy_coef,
+        )
+        result = trainer.train()
+        self.model = trainer.model
+        self._last_trainer = trainer
+        metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step)}
+        for key in ("kl_to_ref", "entropy_bonus"):
+            values = [h[key] for h in trainer.state.log_history if key in h]
+            if values:
+                metrics[key] = float(sum(values) / len(values))
+        return metrics
+
+    def _save_round_model(self, r: int) -> None:
+        path = self.round_dir(r) / "model"
+        tmp = path.with_name("model.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.model.save_pretrained(str(tmp))
+        self.processing_class.save_pretrained(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict:
+        """Sample ``eval_num_generations`` answers per eval prompt at the base temperature and measure them."""
+        if self.eval_dataset is None:
+            return {}
+        n = max(self.args.eval_num_generations, 1)
+        columns = self._sample(self.eval_dataset, list(range(len(self.eval_dataset))), n, self.args.temperature,
+                               desc="Evaluating")
+        columns = self._score(columns, "eval", None)
+        return self._measure(columns, prefix="eval_")
+
+    # ------------------------------------------------------------------ main loop
+    def train(self) -> list[dict]:
+        """Run the rounds; returns the history (one dict of metrics per round) and writes ``cem_history.json``."""
+        from datasets import Dataset, load_from_disk
+        from tqdm.auto import tqdm
+
+        args = self.args
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        start = 0
+        self.history = []
+        if args.resume:
+            start = self._finished_rounds()
+            for r in range(start):
+                self.history.append(json.loads((self.round_dir(r) / "metrics.json").read_text()))
+            if start > 0:
+                logger.info("Resuming CEM after %d finished round(s) from %s", start, self.output_dir)
+                self._load_round_model(start - 1)
+            initial = self.output_dir / "initial_eval.json"
+            if initial.exists():
+                self.initial_eval = json.loads(initial.read_text())
+        else:
+            for r in range(args.num_rounds):
+                if self.round_dir(r).exists():
+                    shutil.rmtree(self.round_dir(r))
+        if self.initial_eval is None and self.eval_dataset is not None and start == 0:
+            self.initial_eval = self.evaluate()
+            (self.output_dir / "initial_eval.json").write_text(json.dumps(self.initial_eval, indent=2))
+
+        stop_reason = None
+        for r in tqdm(range(start, args.num_rounds), desc="CEM rounds", disable=args.disable_tqdm):
+            rdir = self.round_dir(r)
+            rdir.mkdir(parents=True, exist_ok=True)
+            gen_path = rdir / "generations"
+            temperature = _linear(args.temperature, args.temperature_end, r, args.num_rounds)
+            columns = None
+            if gen_path.exists():  # an interrupted round: reuse its samples (and scores, when they were saved)
+                columns = load_from_disk(str(gen_path)).to_dict()
+                logger.info("Round %d: reusing %d saved generations from %s", r, len(columns["prompt"]), gen_path)
+            if columns is None:
+                rows = self._round_prompt_rows(r)
+                columns = self._sample(self.train_dataset, rows, args.num_generations, temperature,
+                                       desc=f"Round {r}: sampling")
+                self._save_dataset(Dataset.from_dict(columns), gen_path)
+            self._reward_logs = {}
+            if "reward" not in columns:
+                columns = self._score(columns, r, gen_path)
+            quantile = self._quantile(r)
+            if "elite" not in columns:
+                columns["elite"], _ = self._select(columns, r)
+                self._save_dataset(Dataset.from_dict(columns), gen_path)
+            metrics = {"round": r, "temperature": temperature, "elite_quantile": quantile}
+            metrics.update(self._measure(columns))
+            metrics.update({f"reward_log/{k}": v for k, v in self._reward_logs.items()})
+            if metrics["num_empty"]:
+                logger.warning("Round %d: %d of %d answers are empty (never selected).", r, metrics["num_empty"],
+                               metrics["num_samples"])
+
+            # Diversity floors: once the samples have no variety left, selection cannot improve the model.
+            if args.min_entropy is not None and metrics["entropy"] < args.min_entropy:
+                stop_reason = f"entropy {metrics['entropy']:.4f} < min_entropy {args.min_entropy}"
+            key = f"distinct_{args.distinct_n_order}"
+            if args.min_distinct_n is not None:
+                dn = metrics.get(key)
+                if dn is None:
+                    dn = grouped_distinct_n(columns["completion"], columns["group"], args.distinct_n_order)
+                    metrics[key] = dn
+                if dn < args.min_distinct_n:
+                    stop_reason = f"{key} {dn:.4f} < min_distinct_n {args.min_distinct_n}"
+            if stop_reason is not None:
+                metrics["stopped"] = stop_reason
+                logger.warning("CEM stops before fine-tuning round %d: %s", r, stop_reason)
+                self.history.append(metrics)
+                (rdir / "stopped.json").write_text(json.dumps(metrics, indent=2))
+                break
+
+            dataset, num_mix = self._fine_tune_dataset(columns, r)
+            metrics["sft_mix_rows"] = num_mix
+            metrics["fine_tune_rows"] = len(dataset)
+            if metrics.get("elite_count", 0) == 0:
+                logger.warning("Round %d selected no elite (all answers empty or below the threshold); the model "
+                               "is not updated this round.", r)
+            else:
+                metrics.update(self._fine_tune(dataset, r))
+            self._save_round_model(r)
+            metrics.update(self.evaluate())
+            self.history.append(metrics)
+            (rdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            self._log_round(metrics)
+            self._write_history()
+
+        self._write_history(stop_reason)
+        return self.history
+
+    def _log_round(self, metrics: dict) -> None:
+        trainer = getattr(self, "_last_trainer", None)
+        if trainer is None:
+            return
+        logs = {f"cem/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and not (isinstance(v, float) and math.isnan(v))}
+        trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs)
+
+    def _write_history(self, stop_reason: str | None = None) -> None:
+        payload = {"initial_eval": self.initial_eval, "rounds": self.history, "stopped": stop_reason}
+        (self.output_dir / "cem_history.json").write_text(json.dumps(payload, indent=2))
+        if self.args.plot and self.history:
+            plot_history(self.history, self.output_dir / "cem_history.png", self.initial_eval)
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        path = output_dir or self.args.output_dir
+        self.model.save_pretrained(path)
+        self.processing_class.save_pretrained(path)
+
+
+def plot_history(history: list[dict], path, initial_eval: dict | None = None) -> None:
+    """PNG of the per-round metrics: rewards (samples, elites, gold), entropy, distinct-n."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [h["round"] for h in history]
+    panels = [
+        ("reward", ["reward_mean", "elite_reward_mean", "gold_mean", "eval_reward_mean", "eval_gold_mean"]),
+        ("entropy (nats/token)", ["entropy", "eval_entropy"]),
+        ("diversity", ["distinct_1", "distinct_2", "unique_fraction"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax.plot(rounds, [math.nan if v is None else v for v in values], marker="o", label=key)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)

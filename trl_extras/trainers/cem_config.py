@@ -1,0 +1,140 @@
+"""Configuration of :class:`~trl_extras.trainers.cem.CEMTrainer` (the seed's "poor man's RL")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+
+@dataclass
+class CEMConfig(SFTConfig):
+    r"""Configuration for the cross-entropy method: sample N answers per prompt, keep the elites, fine-tune; repeat.
+
+    Inherits every [`~trl.SFTConfig`] argument: those (``learning_rate``, ``num_train_epochs``,
+    ``per_device_train_batch_size``, ...) configure the fine-tuning step of *each* round. ``output_dir`` holds
+    ``round_{r}/generations`` (a dataset of every sample with its rewards), ``round_{r}/model`` and
+    ``round_{r}/metrics.json`` per round, ``cem_history.json`` and ``cem_history.png``.
+
+    Diversity controls (the seed: "after the first iteration, the model loses much of the original variation"):
+    ``sft_mix_ratio`` (replay original SFT data), ``kl_coef`` (exact KL to the initial model in the fine-tuning
+    loss), ``entropy_coef`` (entropy bonus), ``temperature_end`` (a sampling-temperature schedule), and the floors
+    ``min_entropy`` / ``min_distinct_n`` that stop the run when diversity is gone.
+    """
+
+    # rounds and sampling
+    num_rounds: int = field(default=3, metadata={"help": "Number of sample -> select -> fine-tune rounds."})
+    num_generations: int = field(
+        default=8, metadata={"help": "Answers sampled per prompt (N of best-of-N). Must be >= 2: selection needs a choice."}
+    )
+    prompts_per_round: int | None = field(
+        default=None,
+        metadata={"help": "Prompts drawn (without replacement, seeded per round) from the train set each round; "
+                  "None uses all of them."},
+    )
+    generation_batch_size: int = field(
+        default=64, metadata={"help": "Sequences per generate() call (prompts x generations, left-padded)."}
+    )
+    max_completion_length: int = field(default=64, metadata={"help": "Maximum new tokens per sampled answer."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Prompts longer than this keep their last tokens (None: no truncation)."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of round 0."})
+    temperature_end: float | None = field(
+        default=None,
+        metadata={"help": "Sampling temperature of the last round; linear schedule from `temperature` (a diversity "
+                  "control: raise it to keep exploring as the policy sharpens). None: constant temperature."},
+    )
+    top_k: int | None = field(default=None, metadata={"help": "Top-k sampling (None: disabled)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling probability."})
+
+    # elite selection
+    elite_top_k: int | None = field(
+        default=1, metadata={"help": "Keep the best k answers per prompt (1 = best-of-N). None: no top-k rule."}
+    )
+    elite_quantile: float | None = field(
+        default=None,
+        metadata={"help": "Keep answers at or above this per-prompt reward quantile (the CEM elite set), e.g. 0.75. "
+                  "None: no quantile rule."},
+    )
+    elite_quantile_end: float | None = field(
+        default=None,
+        metadata={"help": "Quantile of the last round; linear schedule from `elite_quantile` (trlx RFT raises it). "
+                  "None: constant."},
+    )
+    reward_threshold: float | None = field(
+        default=None, metadata={"help": "Keep only answers with reward >= this absolute value. None: no threshold."}
+    )
+    dedupe: bool = field(
+        default=True, metadata={"help": "Drop duplicate answers within a prompt before selecting elites."}
+    )
+
+    # diversity controls
+    sft_mix_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Rows of the original SFT data (`sft_dataset`) added to each round's fine-tuning set, as a "
+                  "fraction of the elite count (0.5: one SFT row per two elites)."},
+    )
+    kl_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the exact per-token KL(policy || initial model) added to the fine-tuning loss on "
+                  "completion tokens (reference = adapter disabled under PEFT, else a frozen copy)."},
+    )
+    entropy_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of an entropy bonus subtracted from the fine-tuning loss on completion tokens."},
+    )
+    min_entropy: float | None = field(
+        default=None,
+        metadata={"help": "Stop (before fine-tuning) when the mean token entropy of a round's samples falls below "
+                  "this (nats). None: no floor."},
+    )
+    min_distinct_n: float | None = field(
+        default=None,
+        metadata={"help": "Stop when the per-prompt distinct-n of a round's samples falls below this. None: no floor."},
+    )
+    distinct_n_order: int = field(default=2, metadata={"help": "n of the distinct-n used by `min_distinct_n`."})
+
+    # bookkeeping
+    resume: bool = field(
+        default=True,
+        metadata={"help": "Resume from `output_dir`: skip finished rounds (load the last round's model) and reuse "
+                  "saved generations/scores of an interrupted round. False: start over (existing rounds are "
+                  "overwritten)."},
+    )
+    entropy_batch_size: int = field(
+        default=64, metadata={"help": "Rows per forward pass when measuring the token entropy of samples."}
+    )
+    eval_num_generations: int = field(
+        default=1, metadata={"help": "Answers sampled per eval prompt after each round (when `eval_dataset` is set)."}
+    )
+    plot: bool = field(default=True, metadata={"help": "Write `cem_history.png` (matplotlib, Agg backend)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_generations < 2:
+            raise ValueError(
+                f"num_generations={self.num_generations}: CEM selects elites among N answers per prompt, so N must "
+                "be >= 2 (with N=1 there is nothing to choose from)."
+            )
+        if self.num_rounds < 1:
+            raise ValueError(f"num_rounds must be >= 1, got {self.num_rounds}")
+        if self.elite_top_k is None and self.elite_quantile is None and self.reward_threshold is None:
+            raise ValueError("Set at least one elite rule: elite_top_k, elite_quantile or reward_threshold.")
+        if self.elite_top_k is not None and self.elite_top_k >= self.num_generations and not self.dedupe:
+            raise ValueError(
+                f"elite_top_k={self.elite_top_k} keeps every one of num_generations={self.num_generations} answers: "
+                "no selection happens."
+            )
+        for name in ("elite_quantile", "elite_quantile_end"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.elite_quantile_end is not None and self.elite_quantile is None:
+            raise ValueError("elite_quantile_end needs elite_quantile (the schedule's start).")
+        if self.temperature <= 0 or (self.temperature_end is not None and self.temperature_end <= 0):
+            raise ValueError("Sampling temperatures must be > 0.")
+        if self.sft_mix_ratio < 0 or self.kl_coef < 0 or self.entropy_coef < 0:
+            raise ValueError("sft_mix_ratio, kl_coef and entropy_coef must be >= 0.")
+        if self.prompts_per_round is not None and self.prompts_per_round < 1:
+            raise ValueError(f"prompts_per_round must be >= 1, got {self.prompts_per_round}")
