@@ -1,0 +1,289 @@
+"""Two-stage reward modelling: pretrain on many cheap ("dirty") pairs, then fine-tune on few clean pairs.
+
+The seed article's pipeline and Anthropic's preference-model pretraining (Askell et al. 2021, "A General Language
+Assistant as a Laboratory for Alignment": PMP then fine-tuning gains ~0.10 accuracy with < 10k fine-tuning pairs).
+Unlike other frameworks (ms-swift#9239, OpenRLHF ``init_value_head=True``) the score head and any LoRA adapter
+carry over from stage 1 to stage 2: it is the same model object trained twice.
+
+Design: :class:`TwoStageRewardTrainer` *is* a TRL ``RewardTrainer`` (same model loading, PEFT, quantization,
+dataset preparation, loss and metrics). ``train()`` runs ``Trainer.train`` twice, swapping the training dataset and
+the arguments per stage:
+
+- stage 1: ``pretrain_dataset`` with ``pretrain_num_train_epochs`` / ``pretrain_max_steps`` /
+  ``pretrain_learning_rate`` (``None``: ``learning_rate``), checkpoints under ``<output_dir>/stage1``;
+- stage 2: ``train_dataset`` with the usual ``num_train_epochs`` / ``max_steps`` / ``learning_rate``,
+  checkpoints under ``<output_dir>``.
+
+The optimizer and LR scheduler are created afresh for each stage (warm-up and decay restart, Adam moments do not
+leak from dirty to clean data); ``state.global_step`` counts steps *within* the stage. After each stage the model
+is evaluated on the clean ``eval_dataset``; after stage 1 the model is saved to ``<output_dir>/stage1`` with a
+``two_stage.json`` marker (which also holds stage 1's log history and evaluation).
+
+Logged metrics are prefixed per stage: ``stage1/loss``, ``stage1/accuracy``, … for training and
+``eval_stage1/loss`` … for evaluation (reported as ``train/stage1/loss`` and ``eval/stage1/loss`` by the
+``report_to`` integrations), plus a ``stage`` field; each stage's curves thus have their own tag and step axis.
+``trainer.state.log_history`` holds both stages' entries after ``train()``; ``trainer.stage_metrics`` the
+post-stage evaluations.
+
+Resuming: ``train(resume_from_checkpoint=True)`` continues the latest stage found on disk: a stage-2 checkpoint in
+``output_dir``, else a finished stage 1 (start stage 2 from its weights), else the latest stage-1 checkpoint. A
+path resumes the stage its checkpoint belongs to (``two_stage.json`` in every checkpoint records it).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from transformers.trainer_utils import get_last_checkpoint
+from trl import RewardConfig, RewardTrainer
+
+STAGE_FILE = "two_stage.json"
+
+
+@dataclass
+class TwoStageRewardConfig(RewardConfig):
+    """``RewardConfig`` plus the stage-1 (pretraining on dirty pairs) schedule.
+
+    The inherited ``num_train_epochs``, ``max_steps`` and ``learning_rate`` apply to stage 2 (clean pairs).
+    """
+
+    pretrain_num_train_epochs: float = field(
+        default=1.0,
+        metadata={"help": "Epochs over `pretrain_dataset` in stage 1 (ignored when pretrain_max_steps > 0)."},
+    )
+    pretrain_max_steps: int = field(
+        default=-1, metadata={"help": "Optimizer steps of stage 1; -1 uses pretrain_num_train_epochs."}
+    )
+    pretrain_learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate of stage 1; None uses `learning_rate`."}
+    )
+    pretrain_output_subdir: str = field(
+        default="stage1",
+        metadata={"help": "Sub-directory of output_dir for stage-1 checkpoints and the stage-1 model."},
+    )
+    eval_after_each_stage: bool = field(
+        default=True, metadata={"help": "Evaluate on `eval_dataset` (clean pairs) at the end of each stage."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pretrain_max_steps <= 0 and self.pretrain_num_train_epochs <= 0:
+            raise ValueError("Stage 1 needs pretrain_max_steps > 0 or pretrain_num_train_epochs > 0.")
+        if self.pretrain_learning_rate is not None and self.pretrain_learning_rate <= 0:
+            raise ValueError(f"pretrain_learning_rate must be > 0, got {self.pretrain_learning_rate}")
+        if not self.pretrain_output_subdir or os.path.isabs(self.pretrain_output_subdir):
+            raise ValueError("pretrain_output_subdir must be a non-empty relative path.")
+
+
+def stage_prefixed(logs: dict, stage: int) -> dict:
+    """Logs of one stage with per-stage keys: ``loss`` -> ``stage1/loss``, ``eval_loss`` -> ``eval_stage1/loss``.
+
+    ``epoch`` stays as is (it is stage-local already); a ``stage`` field is added.
+    """
+    out = {}
+    for key, value in logs.items():
+        if key == "epoch":
+            out[key] = value
+        elif key.startswith("eval_"):
+            out[f"eval_stage{stage}/{key[len('eval_') :]}"] = value
+        else:
+            out[f"stage{stage}/{key}"] = value
+    out["stage"] = stage
+    return out
+
+
+def read_stage_marker(path: str) -> dict | None:
+    file = os.path.join(path, STAGE_FILE)
+    if not os.path.isfile(file):
+        return None
+    with open(file, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class TwoStageRewardTrainer(RewardTrainer):
+    """A ``RewardTrainer`` whose ``train()`` runs stage 1 on ``pretrain_dataset``, then stage 2 on ``train_dataset``.
+
+    Args:
+        model: as for ``RewardTrainer`` (path, sequence-classification model, or ``PeftModel``).
+        args: a :class:`TwoStageRewardConfig`.
+        train_dataset: the clean pairs of stage 2.
+        pretrain_dataset: the dirty pairs of stage 1 (same formats as ``train_dataset``).
+        eval_dataset: clean evaluation pairs, evaluated after each stage.
+        **kwargs: everything else ``RewardTrainer`` accepts (``processing_class``, ``peft_config``,
+            ``quantization_config``, ``callbacks``, ``compute_metrics``, ...). ``optimizers`` must be left unset:
+            each stage builds its own optimizer and scheduler from ``args``.
+    """
+
+    _tag_names = ["trl", "reward-trainer", "trl-extras", "two-stage-reward"]
+    _name = "Two-stage Reward"
+
+    def __init__(
+        self,
+        model,
+        args: TwoStageRewardConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        pretrain_dataset=None,
+        **kwargs,
+    ):
+        if pretrain_dataset is None:
+            raise ValueError("TwoStageRewardTrainer needs `pretrain_dataset` (the stage-1 pairs).")
+        optimizers = kwargs.get("optimizers", (None, None))
+        if optimizers is not None and any(o is not None for o in optimizers):
+            raise ValueError(
+                "TwoStageRewardTrainer creates a fresh optimizer and scheduler for each stage from `args`; do not pass "
+                "`optimizers` (use `optimizer_cls_and_kwargs` to choose the optimizer class)."
+            )
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+            args = TwoStageRewardConfig(f"{os.path.basename(str(name).rstrip('/')) or 'model'}-TwoStageReward")
+        if not isinstance(args, TwoStageRewardConfig):
+            raise TypeError(f"`args` must be a TwoStageRewardConfig, got {type(args).__name__}.")
+        self._stage: int | None = None
+        super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        self.pretrain_dataset = self._prepare_dataset(pretrain_dataset, self.processing_class, self.args, "pretrain")
+        if hasattr(self.pretrain_dataset, "__len__") and len(self.pretrain_dataset) == 0:
+            raise ValueError("`pretrain_dataset` is empty after preparation (all pairs longer than max_length?).")
+        self.finetune_dataset = self.train_dataset
+        self.stage_metrics: dict[str, dict] = {}
+        self.stage_log_history: dict[str, list] = {}
+        self.stage_train_output: dict[str, object] = {}
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    @property
+    def stage1_dir(self) -> str:
+        return os.path.join(self._base_args.output_dir, self._base_args.pretrain_output_subdir)
+
+    @property
+    def _base_args(self) -> TwoStageRewardConfig:
+        return getattr(self, "_stage2_args", None) or self.args
+
+    def _args_for_stage(self, stage: int) -> TwoStageRewardConfig:
+        base = self._base_args
+        if stage == 2:
+            return base
+        # A shallow copy: the same accelerator/deepspeed objects, only the schedule and output_dir differ.
+        args = copy.copy(base)
+        args.num_train_epochs = base.pretrain_num_train_epochs
+        args.max_steps = base.pretrain_max_steps
+        args.learning_rate = base.pretrain_learning_rate or base.learning_rate
+        args.output_dir = self.stage1_dir
+        return args
+
+    def _resolve_resume(self, resume_from_checkpoint) -> tuple[int, str | None, bool]:
+        """(stage to run first, checkpoint to resume it from, whether stage 2 starts from the stage-1 model)."""
+        if resume_from_checkpoint in (None, False):
+            return 1, None, False
+        stage1_done = (read_stage_marker(self.stage1_dir) or {}).get("completed", False)
+        if resume_from_checkpoint is True:
+            last = (
+                get_last_checkpoint(self._base_args.output_dir) if os.path.isdir(self._base_args.output_dir) else None
+            )
+            if last is not None:
+                return 2, last, False
+            if stage1_done:
+                return 2, None, True
+            last1 = get_last_checkpoint(self.stage1_dir) if os.path.isdir(self.stage1_dir) else None
+            if last1 is not None:
+                return 1, last1, False
+            raise ValueError(f"No checkpoint of either stage found under {self._base_args.output_dir}.")
+        path = str(resume_from_checkpoint)
+        if not os.path.isdir(path):
+            raise ValueError(f"resume_from_checkpoint={path!r} is not a directory.")
+        marker = read_stage_marker(path)
+        if marker is not None and marker.get("completed"):  # the finished stage-1 model
+            return 2, None, True
+        if marker is not None:
+            return int(marker["stage"]), path, False
+        inside_stage1 = os.path.commonpath(
+            [os.path.abspath(path), os.path.abspath(self.stage1_dir)]
+        ) == os.path.abspath(self.stage1_dir)
+        return (1 if inside_stage1 else 2), path, False
+
+    # ----------------------------------------------------------------------------------------------- training
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        first_stage, checkpoint, from_stage1_model = self._resolve_resume(resume_from_checkpoint)
+        self._stage2_args = self.args
+        try:
+            if first_stage == 1:
+                self._run_stage(1, checkpoint, trial, ignore_keys_for_eval, **kwargs)
+                checkpoint = None
+            else:
+                self._restore_stage1_record()
+                if from_stage1_model:
+                    # Same loader Trainer uses for checkpoints: handles full weights and PEFT adapters (+ score).
+                    self._load_from_checkpoint(self.stage1_dir)
+            output = self._run_stage(2, checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        finally:
+            self.args = self._stage2_args
+            self.train_dataset = self.finetune_dataset
+            self._stage = None
+            del self._stage2_args
+        # One history for both stages (entries are stage-prefixed, their "step" is stage-local).
+        self.state.log_history = self.stage_log_history.get("stage1", []) + self.stage_log_history["stage2"]
+        return output
+
+    def _run_stage(self, stage: int, checkpoint, trial, ignore_keys_for_eval, **kwargs):
+        self._stage = stage
+        self.args = self._args_for_stage(stage)
+        self.train_dataset = self.pretrain_dataset if stage == 1 else self.finetune_dataset
+        # Fresh optimizer and scheduler per stage (Trainer only creates them when unset).
+        self.optimizer, self.lr_scheduler = None, None
+        self._created_lr_scheduler = False
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        output = super().train(
+            resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+        )
+        self.stage_train_output[f"stage{stage}"] = output
+        if self.eval_dataset is not None and self.args.eval_after_each_stage:
+            self.stage_metrics[f"stage{stage}"] = self.evaluate()
+        self.stage_log_history[f"stage{stage}"] = list(self.state.log_history)
+        if stage == 1:
+            self._save_stage1()
+        return output
+
+    def _save_stage1(self):
+        self.save_model(self.stage1_dir)
+        if self.args.should_save:
+            record = {
+                "stage": 1,
+                "completed": True,
+                "global_step": self.state.global_step,
+                "eval_metrics": self.stage_metrics.get("stage1"),
+                "log_history": self.stage_log_history.get("stage1", []),
+            }
+            with open(os.path.join(self.stage1_dir, STAGE_FILE), "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=2)
+
+    def _restore_stage1_record(self):
+        marker = read_stage_marker(self.stage1_dir) or {}
+        if marker.get("completed"):
+            self.stage_log_history["stage1"] = marker.get("log_history", [])
+            if marker.get("eval_metrics") is not None:
+                self.stage_metrics["stage1"] = marker["eval_metrics"]
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self._stage is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(folder):
+                with open(os.path.join(folder, STAGE_FILE), "w", encoding="utf-8") as f:
+                    json.dump({"stage": self._stage, "completed": False}, f)
+
+    # ----------------------------------------------------------------------------------------------- logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # RewardTrainer.log's merge of self._metrics (same averaging), then per-stage key prefixes. `logs` is
+        # updated in place with the unprefixed metrics as RewardTrainer does, so the dict `evaluate()` returns
+        # (and metric_for_best_model) keeps the usual `eval_*` names.
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(val) / len(val) for key, val in self._metrics[mode].items()}
+        if mode == "eval":
+            metrics = {f"eval_{key}": val for key, val in metrics.items()}
+        logs.update(metrics)
+        self._metrics[mode].clear()
+        out = stage_prefixed(logs, self._stage) if self._stage is not None else dict(logs)
+        super(RewardTrainer, self).log(out, start_time)
