@@ -1,0 +1,828 @@
+"""PPO for current TRL, inside the ``transformers.Trainer`` loop.
+
+TRL removed its ``PPOTrainer`` in 1.13. This one is built like TRL's ``GRPOTrainer``/``RLOOTrainer``: the train
+dataloader yields a *rollout batch* of prompts (repeated ``num_generations`` times by TRL's ``RepeatSampler``, and
+the whole batch repeated for every update step that reuses it); ``_prepare_inputs`` samples, scores and computes
+advantages once per rollout batch and hands out one shuffled micro-batch per ``training_step``; ``compute_loss``
+is the clipped PPO surrogate plus the clipped value loss. So callbacks, ``evaluate``, ``should_training_stop``,
+``report_to``, checkpoint/resume and ``accelerate launch`` are the Trainer's own.
+
+The value model is a separate sequence-classification model (not a second head on the policy: the seed article
+found two-headed models hard to train) whose ``score`` head is applied at every position. Its parameters are a
+separate param group of the one optimizer (own learning rate); the policy and value losses are summed, which is
+harmless because their parameters are disjoint (``vf_coef`` only rescales the value gradient).
+
+The math lives in ``trl_extras.core`` (``exact_kl``/``kl_from_logprobs``, ``compute_gae``,
+``normalize_advantages``, ``completion_token_stats``/``policy_logprobs``); this file orchestrates.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from trl.trainer.base_trainer import _BaseTrainer
+
+from ..core.advantages import compute_gae, normalize_advantages
+from ..core.kl import kl_from_logprobs
+from ..core.lm import completion_token_stats, policy_logprobs, position_ids_from_mask
+from ..core.masked import masked_mean, masked_var
+from ..core.rollout import check_chat_template, ensure_pad_token, generate_rollouts, is_conversational_prompt
+from ..rewards.functions import RewardFunctions
+from .ppo_config import PPOConfig
+
+logger = logging.getLogger(__name__)
+
+VALUE_STATE_FILE = "value_model.safetensors"
+PPO_STATE_FILE = "ppo_state.json"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small pure helpers (tested in isolation)
+# ----------------------------------------------------------------------------------------------------------------
+class AdaptiveKLController:
+    """Ziegler et al. 2019 proportional controller: ``β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon)``.
+
+    ``current_kl`` is the mean per-sequence KL of the last rollout batch and ``n`` its number of sequences.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
+class FixedKLController:
+    """A constant β."""
+
+    def __init__(self, kl_coef: float):
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+
+class RunningMoments:
+    """Running mean and (population) std of scalars, merged batch by batch (Chan et al. parallel update)."""
+
+    def __init__(self):
+        self.mean, self.var, self.count = 0.0, 1.0, 0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()
+        n = x.numel()
+        if n == 0:
+            return
+        batch_mean, batch_var = x.mean().item(), x.var(unbiased=False).item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.mean += delta * n / total
+        self.var = m2 / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self.var, 1e-12))
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])
+
+
+def scores_to_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token rewards ``(B, T)``: ``−β·KL_t`` on every valid token plus the sequence score at the last valid one.
+
+    Args:
+        scores: ``(B,)`` sequence scores. kl: ``(B, T)`` per-token KL estimates. mask: ``(B, T)`` valid tokens.
+    """
+    valid = mask.bool()
+    rewards = torch.where(valid, -kl_coef * kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
+    last = (valid.long().cumsum(1) * valid).argmax(1)  # index of the last valid token (0 for an empty row)
+    has_token = valid.any(1)
+    rewards[torch.arange(len(scores), device=rewards.device)[has_token], last[has_token]] += scores[has_token].to(rewards.dtype)
+    return rewards
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 − Var(returns − values) / Var(returns)`` over valid tokens (1 = perfect critic, ≤ 0 = useless)."""
+    var_returns = masked_var(returns, mask)
+    return 1.0 - masked_var(returns - values, mask) / var_returns.clamp_min(1e-8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The value model: per-token values from a sequence-classification model
+# ----------------------------------------------------------------------------------------------------------------
+class TokenValueModel(nn.Module):
+    """Wraps a ``*ForSequenceClassification`` model (``num_labels=1``, PEFT allowed) to return ``(B, L)`` values.
+
+    A sequence classifier pools its ``score`` head at the last token; PPO needs ``V(s_t)`` at every position, so
+    the backbone's hidden states go through the same head everywhere. A value model copied from the reward model
+    therefore starts out predicting, at the last token, exactly the reward model's score.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.config = model.config  # TRL's telemetry and utilities read `.config`
+        base = self._base()
+        if getattr(base, base.base_model_prefix, None) is None:
+            raise ValueError(f"Value model {type(base).__name__} has no backbone at `{base.base_model_prefix}`.")
+        if self._head(base) is None:
+            raise ValueError(f"Value model {type(base).__name__} has no `score` or `classifier` head.")
+
+    def _base(self):
+        m = self.model
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    @staticmethod
+    def _head(base):
+        return getattr(base, "score", None) or getattr(base, "classifier", None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        base = self._base()
+        backbone = getattr(base, base.base_model_prefix)
+        out = backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return self._head(base)(hidden).squeeze(-1).float()
+
+
+def _is_peft_model(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+def _model_path(model) -> str | None:
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+def _find_reward_model(reward_functions: RewardFunctions):
+    """First ``(sequence-classification model, tokenizer)`` among the reward functions (incl. ensembles)."""
+    for fn in reward_functions.funcs:
+        model = getattr(fn, "model", None)
+        if isinstance(model, nn.Module):
+            return model, getattr(fn, "processing_class", None)
+        models = getattr(fn, "models", None)
+        if isinstance(models, (list, tuple, nn.ModuleList)) and len(models) and isinstance(models[0], nn.Module):
+            return models[0], getattr(fn, "processing_class", None)
+    return None, None
+
+
+def _same_vocab(tok_a, tok_b) -> bool:
+    return tok_a is tok_b or (tok_a is not None and tok_b is not None and tok_a.get_vocab() == tok_b.get_vocab())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------------------------
+class PPOTrainer(_BaseTrainer):
+    """Proximal Policy Optimization (Schulman et al. 2017) for language models, in the Trainer loop.
+
+    Args:
+        model: policy, a path or a ``PreTrainedModel`` (causal LM).
+        reward_funcs: what :class:`~trl_extras.rewards.functions.RewardFunctions` accepts: reward-model paths or
+            instances, callables with GRPO's signature ``f(prompts, completions, **kwargs) -> list[float]``, a
+            ``RewardEnsemble``; several are summed with ``args.reward_weights``.
+        args: :class:`PPOConfig`.
+        train_dataset, eval_dataset: datasets with a ``prompt`` column (text or conversational); other columns
+            are passed to the reward functions as keyword arguments (lists).
+        processing_class: the policy's tokenizer (loaded from the policy path when omitted). A tokenizer without
+            pad token gets ``pad_token = eos_token``.
+        value_model: path or ``*ForSequenceClassification`` instance (``num_labels=1``). Default: see
+            ``args.value_model_init``.
+        ref_model: the frozen reference. Default: a frozen copy of the policy, or with ``peft_config`` (or a PEFT
+            policy) the same model with its adapter disabled (no second copy).
+        reward_processing_classes: tokenizers for reward models given as instances.
+        log_reward_funcs: reward functions that are only *tracked* (logged as ``rewards/<name>/mean``, never
+            optimized), e.g. a gold reward while optimizing a proxy reward model.
+        callbacks, optimizers: as in ``transformers.Trainer``. A custom optimizer must include the value
+            model's trainable parameters.
+        quantization_config: e.g. ``BitsAndBytesConfig(load_in_4bit=True)``, used when loading models from paths.
+        peft_config: LoRA for the policy. value_peft_config: LoRA for the value model (default with
+            ``peft_config``: the same config with ``task_type="SEQ_CLS"``, head trained in full).
+    """
+
+    _tag_names = ["trl", "ppo", "trl_extras"]
+    _name = "PPO"
+    _paper = {
+        "title": "Proximal Policy Optimization Algorithms",
+        "id": "1707.06347",
+        "citation": (
+            "@article{schulman2017proximal,\n"
+            "    title        = {{Proximal Policy Optimization Algorithms}},\n"
+            "    author       = {John Schulman and Filip Wolski and Prafulla Dhariwal and Alec Radford and Oleg Klimov},\n"
+            "    year         = 2017,\n"
+            "    eprint       = {arXiv:1707.06347}\n"
+            "}"
+        ),
+    }
+    # compute_loss divides by the accumulation steps itself
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model,
+        reward_funcs,
+        args: PPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        value_model=None,
+        ref_model=None,
+        reward_processing_classes=None,
+        log_reward_funcs=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        value_peft_config=None,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+        if args is None:
+            name = model if isinstance(model, str) else (_model_path(model) or type(model).__name__)
+            args = PPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-PPO")
+        if not isinstance(args, PPOConfig):
+            raise TypeError(f"`args` must be a PPOConfig, got {type(args).__name__}.")
+        set_seed(args.seed)  # PEFT and fresh value heads initialise randomly
+
+        # Model kwargs shared by everything loaded from a path
+        model_init_kwargs = dict(args.model_init_kwargs or {})
+        if quantization_config is not None:
+            if "quantization_config" in model_init_kwargs:
+                raise ValueError("Set `quantization_config` either as a trainer argument or in model_init_kwargs, not both.")
+            model_init_kwargs["quantization_config"] = quantization_config
+        if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+            model_init_kwargs["device_map"] = None  # "auto" fails under DDP
+        self._model_init_kwargs = model_init_kwargs
+
+        # Policy
+        policy_path = model if isinstance(model, str) else None
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model, **model_init_kwargs)
+        if processing_class is None:
+            path = policy_path or _model_path(model)
+            if path is None:
+                raise ValueError("Pass `processing_class` for a policy instance that was not loaded from a path.")
+            processing_class = AutoTokenizer.from_pretrained(path, padding_side="left")
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        ensure_pad_token(tokenizer)  # documented: no pad token -> EOS
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+        # Data: fail at construction, not mid-training
+        if train_dataset is None:
+            raise ValueError("`train_dataset` with a `prompt` column is required.")
+        for split, ds in (("train", train_dataset), ("eval", eval_dataset)):
+            for d in (ds.values() if isinstance(ds, dict) else [ds]) if ds is not None else []:
+                self._check_dataset(d, tokenizer, split)
+
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            if _is_peft_model(model):
+                raise ValueError("Pass either a PeftModel or `peft_config`, not both.")
+            model = get_peft_model(model, peft_config)
+        is_peft = _is_peft_model(model)
+
+        # Rewards: one path for paths, models, callables and ensembles
+        self.reward_functions = RewardFunctions(
+            reward_funcs, reward_processing_classes=reward_processing_classes, reward_weights=args.reward_weights
+        )
+        self.log_reward_functions = RewardFunctions(log_reward_funcs) if log_reward_funcs else None
+
+        # Value model
+        value_model = self._build_value_model(
+            value_model, args, model, policy_path, tokenizer, value_peft_config, peft_config
+        )
+
+        # Reference model: frozen copy, or the PEFT base with its adapter disabled
+        if ref_model is None and not is_peft:
+            if policy_path is not None:
+                ref_model = AutoModelForCausalLM.from_pretrained(policy_path, **model_init_kwargs)
+            else:
+                ref_model = copy.deepcopy(model)
+        elif isinstance(ref_model, str):
+            ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **model_init_kwargs)
+        if ref_model is not None:
+            ref_model.requires_grad_(False)
+            ref_model.eval()
+
+        if args.disable_dropout:
+            from trl.trainer.utils import disable_dropout_in_model
+
+            for m in (model, value_model, ref_model):
+                if m is not None:
+                    disable_dropout_in_model(m)
+
+        self.value_model = value_model
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=lambda features: features,  # rows go as they are: prompts are tokenized at rollout
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        if args.n_gpu > 1:
+            raise ValueError("PPOTrainer does not support nn.DataParallel: launch with `accelerate launch`/torchrun.")
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise NotImplementedError(
+                "PPOTrainer trains a separate value model; DeepSpeed/FSDP preparation of it is not implemented yet. "
+                "Use DDP (`accelerate launch --multi_gpu`)."
+            )
+        self._tokenizer = tokenizer
+        self.value_model = self.accelerator.prepare_model(value_model)
+        self.ref_model = None if ref_model is None else self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        for fn_model in self.reward_functions.modules() + (
+            self.log_reward_functions.modules() if self.log_reward_functions else []
+        ):
+            fn_model.to(self.accelerator.device)
+
+        self.kl_ctl = (
+            AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
+            if args.adaptive_kl
+            else FixedKLController(args.kl_coef)
+        )
+        self.reward_moments = RunningMoments()
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._samples = []  # a few (prompt, completion, reward) rows for `log_completions`
+        self._step = 0  # micro-steps (training_step calls), as in GRPO
+        self._buffer = None  # the current rollout batch
+        self._buffer_epoch_perms = None
+        self._minibatch_approx_kl = []
+        self._stop_batch_updates = False  # set by the approx-KL early stop
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Construction helpers
+    # ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_dataset(dataset, tokenizer, split: str) -> None:
+        names = getattr(dataset, "column_names", None)
+        if names is not None and "prompt" not in names:
+            raise ValueError(f"The {split} dataset needs a `prompt` column; it has {names}.")
+        if not hasattr(dataset, "__len__"):
+            return  # an IterableDataset: prompts are checked when they are tokenized
+        if len(dataset) == 0:
+            raise ValueError(f"The {split} dataset is empty.")
+        prompts = dataset["prompt"]
+        check_chat_template(tokenizer, prompts[:1])
+        for i, p in enumerate(prompts):
+            if p is None or (not is_conversational_prompt(p) and not str(p).strip()) or (isinstance(p, list) and not p):
+                raise ValueError(f"The {split} dataset has an empty prompt at row {i}.")
+
+    def _build_value_model(self, value_model, args, policy, policy_path, tokenizer, value_peft_config, peft_config):
+        from transformers import AutoModelForSequenceClassification
+
+        if isinstance(value_model, str):
+            value_model = AutoModelForSequenceClassification.from_pretrained(
+                value_model, num_labels=1, **self._model_init_kwargs
+            )
+        elif value_model is None:
+            rm, rm_tok = _find_reward_model(self.reward_functions)
+            init = args.value_model_init or ("reward" if rm is not None else "policy")
+            if init == "reward":
+                if rm is None:
+                    raise ValueError("value_model_init='reward' but no reward model is among the reward functions.")
+                if not _same_vocab(rm_tok, tokenizer):
+                    if args.value_model_init == "reward":
+                        raise ValueError(
+                            "value_model_init='reward': the reward model's tokenizer differs from the policy's; the "
+                            "value model reads policy tokens. Pass `value_model` or use value_model_init='policy'."
+                        )
+                    logger.warning("Reward model tokenizer differs from the policy's: value model initialised from the policy.")
+                    init = "policy"
+                else:
+                    value_model = self._copy_model(rm)
+            if init == "policy":
+                value_model = self._value_from_policy(policy, policy_path)
+        if getattr(value_model.config, "num_labels", 1) != 1:
+            raise ValueError(f"The value model must have num_labels == 1, got {value_model.config.num_labels}.")
+        if value_peft_config is None and peft_config is not None and not _is_peft_model(value_model):
+            value_peft_config = copy.deepcopy(peft_config)
+            value_peft_config.task_type = "SEQ_CLS"
+        if value_peft_config is not None:
+            from peft import get_peft_model
+
+            value_model = get_peft_model(value_model, value_peft_config)
+        value_model.config.pad_token_id = tokenizer.pad_token_id
+        if args.gradient_checkpointing and hasattr(value_model, "gradient_checkpointing_enable"):
+            value_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return TokenValueModel(value_model)
+
+    def _copy_model(self, model):
+        """An independent trainable copy of a reward model (weights copied; PEFT adapters merged into it)."""
+        path = _model_path(model)
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+            from transformers import AutoModelForSequenceClassification
+
+            return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **self._model_init_kwargs)
+        copied = copy.deepcopy(model)
+        if _is_peft_model(copied):
+            copied = copied.merge_and_unload()
+        copied.requires_grad_(True)
+        copied.train()
+        return copied
+
+    def _value_from_policy(self, policy, policy_path):
+        """The policy's backbone with a fresh, zero-initialised scalar head (values start at 0)."""
+        from transformers import AutoModelForSequenceClassification
+
+        if policy_path is not None:
+            value = AutoModelForSequenceClassification.from_pretrained(policy_path, num_labels=1, **self._model_init_kwargs)
+        else:
+            base = policy.get_base_model() if _is_peft_model(policy) else policy
+            config = copy.deepcopy(base.config)
+            config.num_labels = 1
+            value = AutoModelForSequenceClassification.from_config(config, dtype=base.dtype)
+            state = {k: v for k, v in base.state_dict().items() if "lora_" not in k}
+            missing, _ = value.load_state_dict(state, strict=False)
+            head_names = ("score", "classifier")
+            if any(k.split(".")[0] not in head_names for k in missing):
+                raise ValueError(f"Could not initialise the value model from the policy: missing {missing[:5]}.")
+        head = TokenValueModel._head(value)
+        with torch.no_grad():
+            for p in head.parameters():
+                p.zero_()
+        return value
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Data: GRPO's RepeatSampler layout
+    # ------------------------------------------------------------------------------------------------------------
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt"]
+
+    def get_train_dataloader(self):
+        # One dataloader batch = one local rollout batch (per_device_train_batch_size * steps_per_generation rows)
+        return self._get_dataloader(
+            dataset=self.train_dataset,
+            description="Training",
+            batch_size=self._train_batch_size * self.args.steps_per_generation,
+            sampler_fn=self._get_train_sampler,
+            is_training=True,
+        )
+
+    def _get_train_sampler(self, dataset=None):
+        from trl.trainer.utils import RepeatSampler
+
+        # Each prompt appears num_generations times in a row (a group stays on one process); the whole rollout
+        # batch is repeated for every optimizer step that reuses it (num_ppo_epochs * num_mini_batches * GA).
+        return RepeatSampler(
+            data_source=self.train_dataset if dataset is None else dataset,
+            mini_repeat_count=self.args.num_generations,
+            batch_size=self.args.rollout_batch_size // self.args.num_generations,
+            repeat_count=self.args.num_ppo_epochs * self.args.steps_per_generation,
+            shuffle=self.args.shuffle_dataset,
+            seed=self.args.seed,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Optimizer: the value model is a second param group with its own learning rate
+    # ------------------------------------------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        value_params = [p for p in self.value_model.parameters() if p.requires_grad]
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if value_params and not any(id(p) in present for p in value_params):
+            optimizer.add_param_group(
+                {"params": value_params, "lr": self.args.value_learning_rate, "weight_decay": self.args.weight_decay}
+            )
+        return optimizer
+
+    def _clip_grad_norm(self, model):
+        # Trainer clips the policy only; clip the value model on its own (its gradient scale is unrelated)
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            params = [p for p in self.value_model.parameters() if p.grad is not None]
+            if params:
+                norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+                self._metrics["train"]["value/grad_norm"].append(float(norm))
+        return super()._clip_grad_norm(model)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Rollout -> score -> KL -> GAE -> normalize
+    # ------------------------------------------------------------------------------------------------------------
+    def _log_metric_fn(self, mode):
+        def log_metric(name: str, value: float):
+            self._metrics[mode][name].append(float(value))
+
+        return log_metric
+
+    @staticmethod
+    def _metric_name(name: str) -> str:
+        # reward models are named by their path; keep the last component for readable metric keys
+        return str(name).rstrip("/").split("/")[-1] or str(name)
+
+    def _gather_mean(self, t: torch.Tensor) -> float:
+        return self.accelerator.gather(t.detach().float().reshape(-1).to(self.accelerator.device)).mean().item()
+
+    @torch.no_grad()
+    def _rollout(self, rows: list[dict], mode: str) -> dict:
+        """Sample, score, and (in training) compute KL-penalized rewards, values, GAE advantages and returns."""
+        args = self.args
+        device = self.accelerator.device
+        prompts = [row["prompt"] for row in rows]
+        extra = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
+
+        # 1. Rollout: sample at `temperature`; the mask keeps tokens through the first EOS, the rest is padding.
+        rollout = generate_rollouts(
+            self.model_wrapped,
+            self._tokenizer,
+            prompts,
+            max_new_tokens=args.max_completion_length,
+            temperature=args.temperature,
+            top_k=args.top_k or None,
+            top_p=args.top_p,
+            num_generations=1,  # prompts are already repeated by the sampler
+            batch_size=args.generation_batch_size or len(prompts),
+            max_prompt_length=args.max_prompt_length,
+            accelerator=self.accelerator,
+        )
+        prompt_ids, completion_ids = rollout.prompt_ids.to(device), rollout.completion_ids.to(device)
+        input_ids = torch.cat([prompt_ids, completion_ids], 1)
+        attention_mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1).to(device)
+        mask = rollout.completion_mask.to(device)
+        is_eos = rollout.is_eos.to(device)
+        T = completion_ids.size(1)
+
+        # 2. Score the whole completion once (the reward sits on its last token, step 6).
+        kwargs = dict(extra, trainer_state=self.state, log_metric=self._log_metric_fn(mode))
+        completion_ids_list = [ids[m.bool()].tolist() for ids, m in zip(rollout.completion_ids, rollout.completion_mask)]
+        reward_out = self.reward_functions(
+            prompts=rollout.prompts, completions=rollout.completions, completion_ids=completion_ids_list, **kwargs
+        )
+        raw_scores = reward_out.total.to(device)
+        metrics = self._metrics[mode]
+        for j, name in enumerate(reward_out.names):
+            metrics[f"rewards/{self._metric_name(name)}/mean"].append(self._gather_mean(reward_out.per_function[:, j]))
+        if self.log_reward_functions is not None:  # tracked, never optimized (e.g. the gold reward)
+            tracked = self.log_reward_functions(
+                prompts=rollout.prompts, completions=rollout.completions, completion_ids=completion_ids_list, **kwargs
+            )
+            for j, name in enumerate(tracked.names):
+                metrics[f"rewards/{self._metric_name(name)}/mean"].append(self._gather_mean(tracked.per_function[:, j]))
+        all_raw = self.accelerator.gather(raw_scores)
+        metrics["reward"].append(all_raw.mean().item())
+        metrics["reward_std"].append(all_raw.std().item() if all_raw.numel() > 1 else 0.0)
+        lengths = mask.sum(1).float()
+        metrics["completions/mean_length"].append(self._gather_mean(lengths))
+        metrics["completions/eos_rate"].append(self._gather_mean(is_eos.float()))
+        if args.log_completions and self.accelerator.is_main_process:
+            self._samples = list(zip(rollout.prompts, rollout.completions, raw_scores.tolist()))[:4]
+        batch = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": rollout.prompt_mask.to(device),
+            "completion_ids": completion_ids,
+            "completion_mask": mask,
+            "scores": raw_scores,
+        }
+        if mode == "eval":
+            return batch
+
+        # 3. Missing-EOS penalty: a completion cut at max_completion_length is penalised (Huang et al.: -1).
+        scores = raw_scores.clone()
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~is_eos).float()
+        # 4. Optional reward normalization (running statistics over all processes) and clipping.
+        if args.reward_normalization:
+            self.reward_moments.update(self.accelerator.gather(scores))
+            scores = (scores - self.reward_moments.mean) / self.reward_moments.std
+        if args.reward_clip is not None:
+            scores = scores.clamp(-args.reward_clip, args.reward_clip)
+
+        # 5. Log-probs of the sampled tokens under the sampling policy and the reference, the exact KL and the
+        #    entropy, all from logits / temperature, chunk by chunk (the two models' (B,T,V) never coexist).
+        policy = self.accelerator.unwrap_model(self.model)
+        was_training = policy.training
+        policy.eval()
+        ref = None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model)
+        stats = completion_token_stats(
+            policy, ref, input_ids, attention_mask, logits_to_keep=T, temperature=args.temperature,
+            chunk_size=args.exact_kl_chunk_size, with_exact_kl=True, with_entropy=True,
+        )
+        policy.train(was_training)
+        logprobs, ref_logprobs = stats["logprobs"], stats["ref_logprobs"]
+
+        # 6. Values V(s_t) at the positions that predict each completion token.
+        values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1]
+
+        # 7. Per-token KL penalty: r_t = -beta * KL_t, plus the score at the last valid token.
+        if args.kl_estimator == "exact":
+            kl = stats["exact_kl"]
+        else:
+            kl = kl_from_logprobs(logprobs, ref_logprobs, args.kl_estimator, mask=mask)
+        kl = kl * mask
+        beta = self.kl_ctl.value
+        rewards = scores_to_token_rewards(scores, kl, mask, beta)
+
+        # 8. GAE over valid tokens (gamma, lambda): raw advantages, returns = advantages + values.
+        values = values * mask
+        advantages, returns = compute_gae(rewards, values, mask, gamma=args.gamma, lam=args.lam)
+
+        # 9. Advantage normalization: over the global batch (all processes), per prompt group, or none.
+        group_index = torch.arange(len(rows), device=device) // args.num_generations
+        advantages = normalize_advantages(
+            advantages, mask, mode=args.advantage_normalization, keep_mean=args.advantage_keep_mean,
+            group_index=group_index, accelerator=self.accelerator,
+        )
+
+        # 10. KL bookkeeping: adaptive beta, the budget that stops training, metrics (per-sequence sums).
+        seq_exact_kl = (stats["exact_kl"] * mask).sum(1)
+        mean_exact_kl = self._gather_mean(seq_exact_kl)
+        metrics["kl/exact"].append(mean_exact_kl)
+        if args.kl_estimator != "exact":
+            metrics[f"kl/{args.kl_estimator}"].append(self._gather_mean(kl.sum(1)))
+        metrics["kl/coef"].append(beta)
+        self.kl_ctl.update(self._gather_mean(kl.sum(1)), args.rollout_batch_size)
+        if args.kl_budget is not None and mean_exact_kl > args.kl_budget:
+            logger.info("KL to the reference %.3f passed kl_budget=%.3f: stopping training.", mean_exact_kl, args.kl_budget)
+            metrics["kl/budget_stop"].append(1.0)
+            self.control.should_training_stop = True
+        metrics["score"].append(self._gather_mean(scores))
+        metrics["penalized_reward"].append(self._gather_mean(rewards.sum(1)))
+        metrics["entropy"].append(self._gather_mean(masked_mean(stats["entropy"], mask, dim=1)))
+        metrics["value/explained_variance"].append(float(explained_variance(values, returns, mask)))
+        metrics["advantages/mean"].append(float(masked_mean(advantages, mask)))
+
+        batch.update(
+            old_logprobs=logprobs, old_values=values, advantages=advantages, returns=returns, group_index=group_index
+        )
+        return batch
+
+    def _prepare_inputs(self, generation_batch):
+        """Train: a micro-batch of the current rollout batch (sampling a new one when due). Eval: a fresh rollout."""
+        if not self.model.training:
+            return self._rollout(generation_batch, "eval")
+        args = self.args
+        steps_per_batch = args.steps_per_generation * args.num_ppo_epochs
+        position = self._step % steps_per_batch
+        at_minibatch_start = self._step % args.gradient_accumulation_steps == 0
+        if position == 0 or self._buffer is None or (self._stop_batch_updates and at_minibatch_start):
+            # A new rollout batch: on schedule, after a resume, or after the approx-KL early stop (then the rest of
+            # this cycle's steps train on a fresh rollout of the same prompts).
+            self._buffer = self._rollout(generation_batch, "train")
+            self._stop_batch_updates = False
+            n = len(generation_batch)
+            gen = torch.Generator().manual_seed(args.seed + self.state.global_step)
+            self._buffer_epoch_perms = [torch.randperm(n, generator=gen) for _ in range(args.num_ppo_epochs)]
+        epoch, micro = divmod(position, args.steps_per_generation)
+        bs = args.per_device_train_batch_size
+        idx = self._buffer_epoch_perms[epoch][micro * bs : (micro + 1) * bs].to(self.accelerator.device)
+        return {k: v[idx] for k, v in self._buffer.items()}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Update
+    # ------------------------------------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._step % self.args.gradient_accumulation_steps == 0:
+            # Trainer zeroes the policy's grads only
+            self.value_model.zero_grad(set_to_none=True)
+        out = super().training_step(model, inputs, num_items_in_batch)
+        self._step += 1
+        return out
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("PPOTrainer.compute_loss does not return outputs.")
+        args = self.args
+        metrics = self._metrics["train"]
+        mask = inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+        attention_mask = torch.cat([inputs["prompt_mask"], mask], 1)
+        T = inputs["completion_ids"].size(1)
+
+        # 11. Clipped value loss (Huang et al. detail: clip the new value around the rollout value).
+        new_values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1]
+        old_values, returns = inputs["old_values"], inputs["returns"]
+        vf_losses = (new_values - returns) ** 2
+        if args.cliprange_value is not None:
+            clipped = old_values + (new_values - old_values).clamp(-args.cliprange_value, args.cliprange_value)
+            vf_losses_clipped = (clipped - returns) ** 2
+            metrics["value/clipfrac"].append(float(masked_mean((vf_losses_clipped > vf_losses).float(), mask)))
+            vf_losses = torch.max(vf_losses, vf_losses_clipped)
+        vf_loss = 0.5 * masked_mean(vf_losses, mask)
+        metrics["loss/value"].append(vf_loss.item())
+
+        if self.state.global_step < args.value_warmup_steps:
+            # 12a. Value warm-up: the policy is frozen (no forward, so its grads stay None and AdamW skips it).
+            return args.vf_coef * vf_loss / self.current_gradient_accumulation_steps
+
+        # 12. Clipped surrogate on the log-ratio to the sampling policy (ratio = 1 at the first step of a batch).
+        out = policy_logprobs(model, input_ids, attention_mask, T, temperature=args.temperature)
+        logratio = (out["logprobs"] - inputs["old_logprobs"]) * mask
+        ratio = torch.exp(logratio)
+        advantages = inputs["advantages"]
+        pg_losses = -advantages * ratio
+        if args.cliprange is not None:
+            pg_losses2 = -advantages * ratio.clamp(1.0 - args.cliprange, 1.0 + args.cliprange)
+            metrics["policy/clipfrac"].append(float(masked_mean((pg_losses2 > pg_losses).float(), mask)))
+            pg_losses = torch.max(pg_losses, pg_losses2)
+        else:
+            metrics["policy/clipfrac"].append(0.0)
+        pg_loss = masked_mean(pg_losses, mask)
+        metrics["loss/policy"].append(pg_loss.item())
+
+        # 13. Approximate KL to the sampling policy (k3), averaged over the minibatch on all processes: past
+        #     `kl_early_stop_target` the batch's remaining update steps are replaced by a fresh rollout.
+        with torch.no_grad():
+            approx_kl = masked_mean(torch.expm1(-logratio) + logratio, mask)
+        self._minibatch_approx_kl.append(approx_kl)
+        if (self._step + 1) % args.gradient_accumulation_steps == 0:
+            mb_kl = self._gather_mean(torch.stack(self._minibatch_approx_kl))
+            self._minibatch_approx_kl = []
+            metrics["policy/approx_kl"].append(mb_kl)
+            if args.kl_early_stop_target is not None and mb_kl > args.kl_early_stop_target:
+                metrics["policy/early_stop"].append(1.0)
+                self._stop_batch_updates = True
+
+        # Parameters are disjoint: the sum trains both; vf_coef only rescales the value gradient.
+        loss = pg_loss + args.vf_coef * vf_loss
+        return loss / self.current_gradient_accumulation_steps
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Evaluation: sample from the current policy and log rewards (no loss)
+    # ------------------------------------------------------------------------------------------------------------
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        batch = self._prepare_inputs(inputs)
+        del batch
+        return None, None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        # in place: `evaluate()` returns this dict, so eval_reward reaches callbacks and metric_for_best_model
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+        if self._samples and self.args.log_completions and self.accelerator.is_main_process:
+            for prompt, completion, reward in self._samples:
+                print(f"[step {self.state.global_step}] reward={reward:.3f} | {prompt!r} -> {completion!r}")
+            self._samples = []
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoints: the value model's trainable weights and the PPO state travel with each checkpoint
+    # ------------------------------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
+        self.create_model_card(model_name=model_name)
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            from safetensors.torch import save_file
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            value = self.accelerator.unwrap_model(self.value_model)
+            state = {n: p.detach().cpu().contiguous() for n, p in value.named_parameters() if p.requires_grad}
+            save_file(state, os.path.join(output_dir, VALUE_STATE_FILE))
+            with open(os.path.join(output_dir, PPO_STATE_FILE), "w") as f:
+                json.dump({"kl_coef": self.kl_ctl.value, "reward_moments": self.reward_moments.state_dict()}, f)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        value_file = os.path.join(resume_from_checkpoint, VALUE_STATE_FILE)
+        if not os.path.isfile(value_file):
+            raise ValueError(f"{resume_from_checkpoint} has no {VALUE_STATE_FILE}: not a PPOTrainer checkpoint.")
+        from safetensors.torch import load_file
+
+        value = self.accelerator.unwrap_model(self.value_model)
+        state = load_file(value_file)
+        result = value.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"Value checkpoint does not match the value model: {result.unexpected_keys[:5]}")
+        with open(os.path.join(resume_from_checkpoint, PPO_STATE_FILE)) as f:
+            ppo_state = json.load(f)
+        self.kl_ctl.value = float(ppo_state["kl_coef"])
+        self.reward_moments.load_state_dict(ppo_state["reward_moments"])
+        # resume at the right place of the rollout cycle; the batch itself is sampled afresh
+        self._step = self._global_step_from_checkpoint(resume_from_checkpoint) * self.args.gradient_accumulation_steps
+        self._buffer = None
+
+    @staticmethod
+    def _global_step_from_checkpoint(path) -> int:
+        from transformers.trainer_callback import TrainerState
+
+        state_file = os.path.join(path, "trainer_state.json")
+        return TrainerState.load_from_json(state_file).global_step if os.path.isfile(state_file) else 0
