@@ -96,7 +96,7 @@ def _regularized_sft_trainer_cls():
                     ref_logits = self._ref_logits(model, fwd)[:, :-1]
                 kl = exact_kl(logits, ref_logits, mask=mask)
                 reg = reg + self.kl_coef * kl
-                self._metrics[mode]["kl_to_ref"].append(float((kl * mask).sum() / mask.sum().clamp(min=1)))
+                self._metrics[mode]["kl_to_ref"].append(float((kl.detach() * mask).sum() / mask.sum().clamp(min=1)))
             if self.entropy_coef:
                 entropy = entropy_from_logits(logits)
                 reg = reg - self.entropy_coef * entropy
