@@ -151,3 +151,27 @@ def test_bad_inputs(models):
         completion_token_stats(policy, ref, ids, mask, ids.shape[1])
     with pytest.raises(ValueError, match="chunk_size"):
         completion_token_stats(policy, ref, ids, mask, T, chunk_size=0)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_exact_kl_to_reference_value_and_grad(models, chunk_size):
+    from trl_extras.core.lm import exact_kl_to_reference
+
+    policy, ref = models
+    ids, mask, T = _batch(policy.config.vocab_size, seed=5)
+    kl = exact_kl_to_reference(policy, ref, ids, mask, T, temperature=0.8, chunk_size=chunk_size)
+    stats = completion_token_stats(policy, ref, ids, mask, T, temperature=0.8)
+    assert torch.allclose(kl.detach(), stats["exact_kl"], atol=1e-5)
+    # gradient equals the one through full logits
+    policy.zero_grad()
+    (kl * mask[:, -T:]).sum().backward()
+    g_chunk = torch.cat([p.grad.flatten() for p in policy.parameters()])
+    policy.zero_grad()
+    lg = _full(policy, ids, mask, T, 1.0).float()
+    with torch.no_grad():
+        rl = _full(ref, ids, mask, T, 1.0).float()
+    (exact_kl(lg, rl, temperature=0.8) * mask[:, -T:]).sum().backward()
+    g_full = torch.cat([p.grad.flatten() for p in policy.parameters()])
+    policy.zero_grad()
+    assert torch.allclose(g_chunk, g_full, atol=1e-5)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in ref.parameters())

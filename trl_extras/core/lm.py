@@ -30,10 +30,22 @@ from torch.utils.checkpoint import checkpoint
 
 from .kl import entropy_from_logits, exact_kl_from_logprobs
 
-__all__ = ["completion_token_stats", "policy_logprobs", "position_ids_from_mask", "split_lm"]
+__all__ = [
+    "completion_token_stats",
+    "exact_kl_to_reference",
+    "policy_logprobs",
+    "position_ids_from_mask",
+    "split_lm",
+]
 
-# config attributes that make ``head(hidden)`` differ from the model's logits
-_NON_SEPARABLE_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+# config attributes that make ``head(hidden)`` differ from the model's logits (the list TRL's fused LM head knows)
+_NON_SEPARABLE_ATTRS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -67,6 +79,8 @@ def split_lm(model):
     if _is_peft(base):
         base = base.get_base_model()
     config = getattr(base, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
     for attr in _NON_SEPARABLE_ATTRS:
         value = getattr(config, attr, None)
         if value not in (None, 1, 1.0):
@@ -74,11 +88,13 @@ def split_lm(model):
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if head is None:
         return None
-    trunk = None
-    try:
-        trunk = base.get_decoder()
-    except (AttributeError, ValueError, NotImplementedError):
-        trunk = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    # the backbone TRL's fused LM head also uses (``getattr(model, base_model_prefix)``)
+    trunk = getattr(base, "base_model", None)
+    if trunk is None or trunk is base:
+        try:
+            trunk = base.get_decoder()
+        except (AttributeError, ValueError, NotImplementedError):
+            trunk = None
     if trunk is None or trunk is base:
         return None
     return trunk, head
@@ -282,3 +298,87 @@ def policy_logprobs(
     if with_entropy:
         out["entropy"] = torch.cat(ents, dim=1)
     return out
+
+
+def exact_kl_to_reference(
+    model,
+    ref_model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    temperature: float = 1.0,
+    chunk_size: int | None = 64,
+    reference_context=None,
+) -> torch.Tensor:
+    """Exact per-token KL(π‖π_ref) of the completion positions WITH gradients for the policy (a loss term).
+
+    Same chunked computation as :func:`completion_token_stats`: the policy trunk runs once (with grad), the
+    reference trunk once (no grad), then per chunk of positions ``Σ_v π(v)(log π(v) − log π_ref(v))`` is computed
+    under activation checkpointing, so only ``(B, chunk, V)`` logits of each model exist at a time, in forward and
+    in backward (the chunk's logits are recomputed there). Models wrapped by DDP/DeepSpeed (or without a
+    separable head) go through the wrapper's forward instead: the policy's ``(B, T, V)`` logits are then built
+    once, the reference still in chunks.
+
+    Args:
+        model: the policy; ref_model: the reference (``None`` + PEFT ``model``: adapter disabled).
+        input_ids, attention_mask: ``(B, L)``; logits_to_keep: ``T``; temperature: sampling temperature.
+        chunk_size: positions per chunk (``None``: all at once).
+        reference_context: optional zero-argument callable returning a context manager under which ``model``
+            acts as the reference (default for PEFT: ``model.disable_adapter``; e.g. TRL's
+            ``use_adapter(model, "ref")`` when an initial adapter copy is the reference).
+
+    Returns:
+        ``(B, T)`` float32 KL; gradients flow to the policy only. Mask padded positions downstream.
+    """
+    T = _check_inputs(input_ids, attention_mask, logits_to_keep)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    step = T if chunk_size is None else int(chunk_size)
+    if step <= 0:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}.")
+    policy = _unwrap(model)
+    if ref_model is None:
+        if reference_context is None:
+            if not _is_peft(policy):
+                raise ValueError("exact_kl_to_reference: pass `ref_model`, or a PEFT model (adapter disabled).")
+            reference_context = policy.disable_adapter
+        ref = policy
+    else:
+        ref = _unwrap(ref_model)
+        reference_context = reference_context or contextlib.nullcontext
+
+    ref_split = split_lm(ref)
+    with torch.no_grad(), reference_context():
+        if ref_split is not None:
+            ref_hidden = _hidden(ref_split[0], input_ids, attention_mask, T)
+        else:
+            ref_logits_full = _full_logits(ref, input_ids, attention_mask, T)
+
+    def ref_logp(s):
+        with torch.no_grad(), reference_context():
+            lg = ref_split[1](ref_hidden[:, s]) if ref_split is not None else ref_logits_full[:, s]
+            return torch.log_softmax(lg.float() / temperature, dim=-1)
+
+    wrapped = policy is not model
+    pol_split = None if wrapped else split_lm(policy)
+    kls = []
+    if pol_split is None:
+        logits = _full_logits(model, input_ids, attention_mask, T)
+        for start in range(0, T, step):
+            s = slice(start, min(start + step, T))
+            logp = torch.log_softmax(logits[:, s].float() / temperature, dim=-1)
+            kls.append(exact_kl_from_logprobs(logp, ref_logp(s)))
+        return torch.cat(kls, dim=1)
+
+    trunk, head = pol_split
+    hidden = _hidden(trunk, input_ids, attention_mask, T)
+
+    def _chunk_kl(h, start, stop):
+        # the reference chunk is recomputed too (under no_grad) rather than kept: bounded memory in backward
+        logp = torch.log_softmax(head(h).float() / temperature, dim=-1)
+        return exact_kl_from_logprobs(logp, ref_logp(slice(start, stop)))
+
+    for start in range(0, T, step):
+        stop = min(start + step, T)
+        kls.append(checkpoint(_chunk_kl, hidden[:, start:stop], start, stop, use_reentrant=False))
+    return torch.cat(kls, dim=1)
