@@ -33,6 +33,7 @@ import torch
 
 from ..core.ensemble import PENALTY_MODES, ensemble_stats, penalize, standardize_members
 from ..core.rollout import is_conversational_prompt, pad_sequences
+from .pairs import check_pad_pooling
 from .scoring import reward_model_input_ids, score_with_reward_model
 
 MANIFEST_NAME = "ensemble_manifest.json"
@@ -157,7 +158,9 @@ def lora_tail_start(peft_model, adapter_names: list[str]) -> int | None:
 
 
 @torch.no_grad()
-def lora_tail_scores(peft_model, adapter_names, input_ids, attention_mask, tail_start: int, pad_token_id) -> torch.Tensor:
+def lora_tail_scores(
+    peft_model, adapter_names, input_ids, attention_mask, tail_start: int, pad_token_id
+) -> torch.Tensor:
     """``(K, B)`` scores of K adapters: the frozen layers ``[0, tail_start)`` run once, each adapter's layers
     ``[tail_start, L)`` + final norm + its score head run once per adapter.
 
@@ -275,8 +278,11 @@ class RewardEnsemble:
             if processing_class is None:
                 name = getattr(config, "_name_or_path", None)
                 if not name:
-                    raise ValueError("Pass `processing_class` for a LoRA ensemble whose base was not loaded from a path.")
+                    raise ValueError(
+                        "Pass `processing_class` for a LoRA ensemble whose base was not loaded from a path."
+                    )
                 processing_class = AutoTokenizer.from_pretrained(name)
+            check_pad_pooling(models.get_base_model(), processing_class)
             self.processing_class = processing_class
             self.peft_model.eval()
             self.tail_start = lora_tail_start(models, self.adapter_names)
@@ -305,7 +311,9 @@ class RewardEnsemble:
                     if proc is None:
                         proc = AutoTokenizer.from_pretrained(path)
                 if getattr(model.config, "num_labels", 1) != 1:
-                    raise ValueError(f"Ensemble member {i} has num_labels={model.config.num_labels}; reward models need 1.")
+                    raise ValueError(
+                        f"Ensemble member {i} has num_labels={model.config.num_labels}; reward models need 1."
+                    )
                 if proc is None:
                     name = getattr(model.config, "_name_or_path", None)
                     if not name:
@@ -313,6 +321,7 @@ class RewardEnsemble:
                             f"Ensemble member {i} is an in-memory model without a path: pass `processing_class`."
                         )
                     proc = AutoTokenizer.from_pretrained(name)
+                check_pad_pooling(model, proc)
                 model.eval()
                 loaded.append(model)
                 tokenizers.append(proc)
@@ -342,19 +351,24 @@ class RewardEnsemble:
         """True when a LoRA ensemble runs the frozen trunk once and K adapted tails."""
         return self.layout == "lora" and self.tail_start is not None
 
-    def _check_inputs(self, prompts, completions):
-        if not isinstance(prompts, (list, tuple)) or not isinstance(completions, (list, tuple)):
-            raise TypeError("prompts and completions must be lists.")
+    @staticmethod
+    def _check_inputs(prompts, completions) -> tuple[list, list]:
+        if isinstance(prompts, (str, dict)) or isinstance(completions, (str, dict)):
+            raise TypeError("prompts and completions must be sequences (one entry per item), not a single item.")
+        prompts, completions = list(prompts), list(completions)  # also datasets' lazy Column objects
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions.")
+        return prompts, completions
 
     @torch.no_grad()
     def raw_scores(self, prompts: list, completions: list) -> torch.Tensor:
         """``(K, N)`` float32 member scores before calibration (each member's own Bradley–Terry scale)."""
-        self._check_inputs(prompts, completions)
+        prompts, completions = self._check_inputs(prompts, completions)
         if self.layout == "separate":
-            rows = [score_with_reward_model(m, self.processing_class, prompts, completions, self.batch_size)
-                    for m in self.models]
+            rows = [
+                score_with_reward_model(m, self.processing_class, prompts, completions, self.batch_size)
+                for m in self.models
+            ]
             members = torch.stack(rows) if rows else torch.zeros(0, len(prompts))
         else:
             pad_id = _pad_id(self.processing_class)
@@ -424,8 +438,10 @@ class RewardEnsemble:
             raise ValueError(f"Calibration needs at least 2 completions, got {len(prompts)}.")
         raw = self.raw_scores(prompts, completions)
         std = raw.std(dim=1, unbiased=False)
-        if (std <= 0).any():
-            k = int((std <= 0).nonzero()[0])
+        # Near-zero spread (float noise on identical inputs) would blow standardized scores up: refuse it.
+        degenerate = std <= 1e-6 * raw.abs().mean(dim=1).clamp(min=1.0)
+        if degenerate.any():
+            k = int(degenerate.nonzero()[0])
             raise ValueError(
                 f"Member {self.member_names[k]!r} gives the same score to all {len(prompts)} calibration completions; "
                 "use a more varied reference set."
@@ -539,8 +555,14 @@ class RewardEnsemble:
                 m = AutoModelForSequenceClassification.from_pretrained(directory / rel, num_labels=1, **kwargs)
                 models.append(m.to(device) if device is not None else m)
             procs = [AutoTokenizer.from_pretrained(directory / rel) for rel in manifest["members"]]
-            ensemble = cls(models, procs, penalty=penalty, coef=coef, batch_size=batch_size,
-                           calibration=manifest.get("calibration"))
+            ensemble = cls(
+                models,
+                procs,
+                penalty=penalty,
+                coef=coef,
+                batch_size=batch_size,
+                calibration=manifest.get("calibration"),
+            )
         elif manifest["layout"] == "lora":
             from peft import PeftModel
 
@@ -554,12 +576,19 @@ class RewardEnsemble:
             if device is not None:
                 peft_model.to(device)
             tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
-            ensemble = cls(peft_model, tokenizer, penalty=penalty, coef=coef, batch_size=batch_size,
-                           calibration=manifest.get("calibration"))
+            ensemble = cls(
+                peft_model,
+                tokenizer,
+                penalty=penalty,
+                coef=coef,
+                batch_size=batch_size,
+                calibration=manifest.get("calibration"),
+            )
         else:
             raise ValueError(f"Unknown ensemble layout {manifest['layout']!r} in {path}.")
         ensemble.metadata = {
-            k: v for k, v in manifest.items()
+            k: v
+            for k, v in manifest.items()
             if k not in ("calibration", "penalty", "coef", "adapter_names", "pad_token_id", "tail_start", "members")
         }
         ensemble.metadata["directory"] = str(directory)
@@ -567,8 +596,10 @@ class RewardEnsemble:
 
     def __repr__(self) -> str:
         fast = f", trunk once + tails from layer {self.tail_start}" if self.uses_fast_path else ""
-        return (f"RewardEnsemble(K={self.num_members}, layout={self.layout!r}{fast}, penalty={self.penalty!r}, "
-                f"coef={self.coef}, calibrated={self.calibration is not None})")
+        return (
+            f"RewardEnsemble(K={self.num_members}, layout={self.layout!r}{fast}, penalty={self.penalty!r}, "
+            f"coef={self.coef}, calibrated={self.calibration is not None})"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
