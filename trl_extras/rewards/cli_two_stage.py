@@ -1,0 +1,175 @@
+"""``trl-extras reward-two-stage``: train a reward model on dirty pairs (stage 1), then on clean pairs (stage 2).
+
+    trl-extras reward-two-stage --config recipes/reward_two_stage.yaml                      # testbed, tiny models
+    trl-extras reward-two-stage --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \\
+        --pretrain_dataset_name my-org/dirty-pairs --dataset_name trl-lib/ultrafeedback_binarized \\
+        --use_peft --lora_task_type SEQ_CLS --load_in_4bit --output_dir out/rm-two-stage
+
+``dataset_name`` / ``pretrain_dataset_name`` take ``testbed`` (the built-in sort-the-digits pairs), a Hub dataset
+name, a directory saved with ``Dataset.save_to_disk``, or a ``.json``/``.jsonl``/``.parquet``/``.csv`` file.
+``model_name_or_path`` ``testbed`` (or unset) initialises the reward model from the testbed SFT policy with a
+new score head — the seed's recipe. Parsed with ``trl.TrlParser``: flags, or a YAML recipe through ``--config``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from trl import ScriptArguments
+
+TESTBED = "testbed"
+
+
+@dataclass
+class RewardScriptArguments(ScriptArguments):
+    """Dataset selection shared by the reward subcommands (TRL's ``ScriptArguments`` plus the testbed's sizes)."""
+
+    testbed_clean_pairs: int = field(default=300, metadata={"help": "Testbed: clean (gold-labelled) training pairs."})
+    testbed_dirty_pairs: int = field(default=3000, metadata={"help": "Testbed: dirty (heuristic) pretraining pairs."})
+    testbed_eval_pairs: int = field(default=200, metadata={"help": "Testbed: clean evaluation pairs (0: none)."})
+    testbed_flip_rate: float = field(default=0.1, metadata={"help": "Testbed: label flip rate of the clean pairs."})
+    testbed_conversational: bool = field(default=False, metadata={"help": "Testbed: conversational (message) form."})
+    testbed_seed: int = field(default=0, metadata={"help": "Testbed: seed of the task and of the pair generators."})
+    metrics_file: str = field(
+        default="reward_metrics.json", metadata={"help": "File under output_dir for the final metrics (JSON)."}
+    )
+
+
+@dataclass
+class TwoStageScriptArguments(RewardScriptArguments):
+    pretrain_dataset_name: str | None = field(
+        default=TESTBED, metadata={"help": "Stage-1 (dirty) pairs: 'testbed', a Hub name, a directory or a file."}
+    )
+    pretrain_dataset_config: str | None = field(default=None, metadata={"help": "Config name of the stage-1 dataset."})
+    pretrain_dataset_split: str = field(default="train", metadata={"help": "Split of the stage-1 dataset."})
+
+
+def load_pairs(name: str, config: str | None = None, split: str | None = "train"):
+    """A preference dataset from a Hub name, a ``save_to_disk`` directory or a data file (split ``split``)."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    if os.path.isdir(name) and (
+        os.path.isfile(os.path.join(name, "dataset_info.json"))
+        or os.path.isfile(os.path.join(name, "dataset_dict.json"))
+    ):
+        data = load_from_disk(name)
+    elif os.path.isfile(name):
+        ext = name.rsplit(".", 1)[-1].lower()
+        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(ext)
+        if builder is None:
+            raise ValueError(f"Unsupported data file {name!r}: use .json/.jsonl/.parquet/.csv or a dataset directory.")
+        data = load_dataset(builder, data_files=name)
+    else:
+        data = load_dataset(name, name=config)
+    if isinstance(data, DatasetDict):
+        if split not in data:
+            raise ValueError(f"Dataset {name!r} has splits {list(data)}, not {split!r}.")
+        return data[split]
+    return data
+
+
+def testbed_datasets(script_args: RewardScriptArguments) -> dict:
+    """The testbed's dirty, clean and clean-eval pairs (disjoint generator seeds)."""
+    from ..testbed import TestbedConfig, clean_pairs, dirty_pairs
+
+    task = TestbedConfig(seed=script_args.testbed_seed)
+    conv = script_args.testbed_conversational
+    s = script_args.testbed_seed
+    out = {
+        "dirty": dirty_pairs(script_args.testbed_dirty_pairs, config=task, conversational=conv, seed=1000 + s),
+        "clean": clean_pairs(
+            script_args.testbed_clean_pairs,
+            flip_rate=script_args.testbed_flip_rate,
+            config=task,
+            conversational=conv,
+            seed=2000 + s,
+        ),
+        "eval": None,
+    }
+    if script_args.testbed_eval_pairs > 0:
+        # Evaluation labels are gold (flip_rate 0): accuracy is agreement with the true preference.
+        out["eval"] = clean_pairs(
+            script_args.testbed_eval_pairs, flip_rate=0.0, config=task, conversational=conv, seed=3000 + s
+        )
+    return out
+
+
+def train_and_eval_datasets(script_args: RewardScriptArguments):
+    if (script_args.dataset_name or TESTBED) == TESTBED:
+        data = testbed_datasets(script_args)
+        return data["clean"], data["eval"]
+    train = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
+    test_split = script_args.dataset_test_split
+    evaluation = load_pairs(script_args.dataset_name, script_args.dataset_config, test_split) if test_split else None
+    return train, evaluation
+
+
+def resolve_model(model_args, training_args) -> str:
+    """Model path (the testbed SFT policy for 'testbed'/unset) and TRL-style ``model_init_kwargs``."""
+    name = model_args.model_name_or_path
+    if name in (None, "", TESTBED):
+        from ..testbed import build_sft_policy
+
+        name = build_sft_policy()
+    kwargs = dict(
+        revision=model_args.model_revision,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    training_args.model_init_kwargs = {**kwargs, **(training_args.model_init_kwargs or {})}
+    return name
+
+
+def resume_arg(value):
+    """TrainingArguments keeps ``resume_from_checkpoint`` as a string: 'true' means the latest checkpoint."""
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
+        return True
+    return value or None
+
+
+def finish(trainer, script_args, training_args, extra: dict) -> dict:
+    """Save the model and tokenizer, write and print the final metrics."""
+    trainer.save_model(training_args.output_dir)
+    metrics = dict(extra)
+    if trainer.eval_dataset is not None:
+        metrics["final_eval"] = trainer.evaluate()
+    if trainer.args.should_save:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, script_args.metrics_file), "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2, default=str)
+    trainer.accelerator.print(json.dumps(metrics, indent=2, default=str))
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    return metrics
+
+
+def main(argv=None) -> int:
+    from trl import ModelConfig, get_peft_config, get_quantization_config
+
+    from ..cli_utils import parse_args
+    from .two_stage import TwoStageRewardConfig, TwoStageRewardTrainer
+
+    script_args, training_args, model_args = parse_args(
+        [TwoStageScriptArguments, TwoStageRewardConfig, ModelConfig], argv, "reward-two-stage"
+    )
+    train, evaluation = train_and_eval_datasets(script_args)
+    if (script_args.pretrain_dataset_name or TESTBED) == TESTBED:
+        pretrain = testbed_datasets(script_args)["dirty"]
+    else:
+        pretrain = load_pairs(
+            script_args.pretrain_dataset_name, script_args.pretrain_dataset_config, script_args.pretrain_dataset_split
+        )
+    trainer = TwoStageRewardTrainer(
+        model=resolve_model(model_args, training_args),
+        args=training_args,
+        pretrain_dataset=pretrain,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=resume_arg(training_args.resume_from_checkpoint))
+    finish(trainer, script_args, training_args, {"stage_metrics": trainer.stage_metrics})
+    return 0
