@@ -178,9 +178,11 @@ def _find_reward_model(reward_functions: RewardFunctions):
         model = getattr(fn, "model", None)
         if isinstance(model, nn.Module):
             return model, getattr(fn, "processing_class", None)
-        models = getattr(fn, "models", None)
+        models = getattr(fn, "models", None)  # a RewardEnsemble: its first member
         if isinstance(models, (list, tuple, nn.ModuleList)) and len(models) and isinstance(models[0], nn.Module):
             return models[0], getattr(fn, "processing_class", None)
+        if isinstance(getattr(fn, "peft_model", None), nn.Module):  # a K-LoRA ensemble: its first adapter
+            return fn.peft_model, getattr(fn, "processing_class", None)
     return None, None
 
 
@@ -353,10 +355,12 @@ class PPOTrainer(_BaseTrainer):
         self._tokenizer = tokenizer
         self.value_model = self.accelerator.prepare_model(value_model)
         self.ref_model = None if ref_model is None else self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        for fn_model in self.reward_functions.modules() + (
-            self.log_reward_functions.modules() if self.log_reward_functions else []
-        ):
-            fn_model.to(self.accelerator.device)
+        for functions in (self.reward_functions, self.log_reward_functions):
+            for fn in functions.funcs if functions is not None else []:
+                if isinstance(getattr(fn, "model", None), nn.Module):
+                    fn.model.to(self.accelerator.device)
+                elif hasattr(fn, "models") and hasattr(fn, "to"):  # RewardEnsemble
+                    fn.to(self.accelerator.device)
 
         self.kl_ctl = (
             AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
@@ -440,7 +444,9 @@ class PPOTrainer(_BaseTrainer):
             return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **self._model_init_kwargs)
         copied = copy.deepcopy(model)
         if _is_peft_model(copied):
-            copied = copied.merge_and_unload()
+            first = list(copied.peft_config)[0]
+            copied.set_adapter(first)
+            copied = copied.merge_and_unload(adapter_names=[first])
         copied.requires_grad_(True)
         copied.train()
         return copied
