@@ -235,3 +235,23 @@ def test_lora_round(tiny_paths, tmp_path):
     h = trainer.train()[0]
     assert (tmp_path / "cem" / "round_0" / "model" / "adapter_model.safetensors").exists()
     assert "kl_to_ref" in h and math.isfinite(h["kl_to_ref"])
+
+
+def test_cli_recipe_runs_and_resumes(sft_policy_path, tmp_path, capsys):
+    from pathlib import Path
+
+    from trl_extras.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "cem_testbed.yaml"
+    argv = ["cem", "--config", str(recipe), "--output_dir", str(tmp_path / "cli"), "--num_rounds", "1",
+            "--prompts_per_round", "4", "--num_eval_prompts", "2", "--num_generations", "2",
+            "--eval_num_generations", "1", "--max_completion_length", "12", "--disable_tqdm", "true",
+            "--model_name_or_path", sft_policy_path]
+    assert main(argv) == 0
+    history = json.loads((tmp_path / "cli" / "cem_history.json").read_text())
+    assert len(history["rounds"]) == 1 and "gold_mean" in history["rounds"][0]
+    assert history["rounds"][0]["sft_mix_rows"] > 0 and "kl_to_ref" in history["rounds"][0]
+    assert (tmp_path / "cli" / "model.safetensors").exists()
+    # a second run finds the round finished and trains nothing new
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "cli" / "cem_history.json").read_text())["rounds"] == history["rounds"]

@@ -451,6 +451,7 @@ class CEMTrainer:
         """Run the rounds; returns the history (one dict of metrics per round) and writes ``cem_history.json``."""
         from datasets import Dataset, load_from_disk
         from tqdm.auto import tqdm
+        from transformers import set_seed
 
         args = self.args
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -471,6 +472,7 @@ class CEMTrainer:
                 if self.round_dir(r).exists():
                     shutil.rmtree(self.round_dir(r))
         if self.initial_eval is None and self.eval_dataset is not None and start == 0:
+            set_seed(args.seed)
             self.initial_eval = self.evaluate()
             (self.output_dir / "initial_eval.json").write_text(json.dumps(self.initial_eval, indent=2))
 
@@ -481,6 +483,7 @@ class CEMTrainer:
             gen_path = rdir / "generations"
             temperature = _linear(args.temperature, args.temperature_end, r, args.num_rounds)
             columns = None
+            set_seed(args.seed + 1 + r)  # per round, so a resumed run samples what an uninterrupted one would
             if gen_path.exists():  # an interrupted round: reuse its samples (and scores, when they were saved)
                 columns = load_from_disk(str(gen_path)).to_dict()
                 logger.info("Round %d: reusing %d saved generations from %s", r, len(columns["prompt"]), gen_path)
