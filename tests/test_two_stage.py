@@ -139,6 +139,15 @@ def test_resume_each_stage(tiny_paths, tmp_path):
     assert [len(x) for x in rec.lrs] == [2]
     torch.testing.assert_close(_head(t3.model), final)
 
+    # Another run (other output_dir) can start its stage 2 from this run's finished stage 1.
+    rec = Recorder()
+    other = _config(tmp_path, **kw)
+    other.output_dir = str(tmp_path / "other")
+    t4 = TwoStageRewardTrainer(model=tiny_paths["reward"], args=other, callbacks=[rec], **data)
+    t4.train(resume_from_checkpoint=str(out / "stage1"))
+    assert [len(x) for x in rec.lrs] == [2]
+    torch.testing.assert_close(_head(t4.model), final)
+
 
 def test_bad_arguments(tiny_paths, tmp_path):
     from trl import RewardConfig

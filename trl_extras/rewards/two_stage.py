@@ -27,7 +27,8 @@ post-stage evaluations.
 
 Resuming: ``train(resume_from_checkpoint=True)`` continues the latest stage found on disk: a stage-2 checkpoint in
 ``output_dir``, else a finished stage 1 (start stage 2 from its weights), else the latest stage-1 checkpoint. A
-path resumes the stage its checkpoint belongs to (``two_stage.json`` in every checkpoint records it).
+path resumes the stage its checkpoint belongs to (``two_stage.json`` in every checkpoint records it); the path of
+a finished stage-1 model (``<dir>/stage1``, also another run's) starts stage 2 from it, skipping stage 1.
 """
 
 from __future__ import annotations
@@ -174,49 +175,49 @@ class TwoStageRewardTrainer(RewardTrainer):
         args.output_dir = self.stage1_dir
         return args
 
-    def _resolve_resume(self, resume_from_checkpoint) -> tuple[int, str | None, bool]:
-        """(stage to run first, checkpoint to resume it from, whether stage 2 starts from the stage-1 model)."""
+    def _resolve_resume(self, resume_from_checkpoint) -> tuple[int, str | None, str | None]:
+        """(stage to run first, checkpoint to resume it from, finished stage-1 directory stage 2 starts from)."""
         if resume_from_checkpoint in (None, False):
-            return 1, None, False
+            return 1, None, None
         stage1_done = (read_stage_marker(self.stage1_dir) or {}).get("completed", False)
         if resume_from_checkpoint is True:
             last = (
                 get_last_checkpoint(self._base_args.output_dir) if os.path.isdir(self._base_args.output_dir) else None
             )
             if last is not None:
-                return 2, last, False
+                return 2, last, None
             if stage1_done:
-                return 2, None, True
+                return 2, None, self.stage1_dir
             last1 = get_last_checkpoint(self.stage1_dir) if os.path.isdir(self.stage1_dir) else None
             if last1 is not None:
-                return 1, last1, False
+                return 1, last1, None
             raise ValueError(f"No checkpoint of either stage found under {self._base_args.output_dir}.")
         path = str(resume_from_checkpoint)
         if not os.path.isdir(path):
             raise ValueError(f"resume_from_checkpoint={path!r} is not a directory.")
         marker = read_stage_marker(path)
-        if marker is not None and marker.get("completed"):  # the finished stage-1 model
-            return 2, None, True
+        if marker is not None and marker.get("completed"):  # a finished stage-1 model (this run's or another's)
+            return 2, None, path
         if marker is not None:
-            return int(marker["stage"]), path, False
+            return int(marker["stage"]), path, None
         inside_stage1 = os.path.commonpath(
             [os.path.abspath(path), os.path.abspath(self.stage1_dir)]
         ) == os.path.abspath(self.stage1_dir)
-        return (1 if inside_stage1 else 2), path, False
+        return (1 if inside_stage1 else 2), path, None
 
     # ----------------------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        first_stage, checkpoint, from_stage1_model = self._resolve_resume(resume_from_checkpoint)
+        first_stage, checkpoint, stage1_model_dir = self._resolve_resume(resume_from_checkpoint)
         self._stage2_args = self.args
         try:
             if first_stage == 1:
                 self._run_stage(1, checkpoint, trial, ignore_keys_for_eval, **kwargs)
                 checkpoint = None
             else:
-                self._restore_stage1_record()
-                if from_stage1_model:
+                self._restore_stage1_record(stage1_model_dir or self.stage1_dir)
+                if stage1_model_dir is not None:
                     # Same loader Trainer uses for checkpoints: handles full weights and PEFT adapters (+ score).
-                    self._load_from_checkpoint(self.stage1_dir)
+                    self._load_from_checkpoint(stage1_model_dir)
             output = self._run_stage(2, checkpoint, trial, ignore_keys_for_eval, **kwargs)
         finally:
             self.args = self._stage2_args
@@ -259,8 +260,8 @@ class TwoStageRewardTrainer(RewardTrainer):
             with open(os.path.join(self.stage1_dir, STAGE_FILE), "w", encoding="utf-8") as f:
                 json.dump(record, f, indent=2)
 
-    def _restore_stage1_record(self):
-        marker = read_stage_marker(self.stage1_dir) or {}
+    def _restore_stage1_record(self, directory: str):
+        marker = read_stage_marker(directory) or {}
         if marker.get("completed"):
             self.stage_log_history["stage1"] = marker.get("log_history", [])
             if marker.get("eval_metrics") is not None:
