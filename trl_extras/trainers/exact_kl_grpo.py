@@ -1,0 +1,182 @@
+"""TRL's GRPO with an exact full-vocabulary KL penalty to the reference policy.
+
+``loss = GRPO loss (beta=0) + β · aggregate_t( Σ_v π(v|·) (log π(v|·) − log π_ref(v|·)) )``
+
+The exact per-position KL replaces GRPO's k3 estimate on the sampled token (Amini et al. 2025, "Better Estimation
+of the KL Divergence Between Language Models": it is the Rao–Blackwellized estimator — unbiased with no more
+variance, and its gradient is the gradient of the true per-position KL). Logits are divided by the sampling
+temperature; the computation is chunked over positions (``trl_extras.core.lm.exact_kl_to_reference``) so the
+``(B, T, V)`` logits of the policy and the reference never coexist in full. The per-token KL is aggregated
+exactly as GRPO aggregates its own ``beta`` term for the configured ``loss_type``, so ``exact_kl_coef`` means what
+``beta`` means in GRPO, with the exact KL instead of k3. Cost: one extra policy forward (trunk once, head per
+chunk, recomputed in backward) and one reference forward per micro-batch.
+
+GRPO's internals are private and change between releases: this subclass overrides only ``compute_loss`` (calling
+``super()``), reads ``prompt_ids/prompt_mask/completion_ids/completion_mask`` (+ ``tool_mask``,
+``num_items_in_batch``) from the inputs GRPO prepares, and its tests fail loudly when those change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from ..core.lm import exact_kl_to_reference
+
+__all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
+
+# loss types whose aggregation of a per-token term we mirror (GRPOTrainer._compute_loss, TRL 1.16)
+_SUPPORTED_LOSS_TYPES = ("grpo", "sapo", "bnpo", "dr_grpo", "dapo", "cispo", "vespo", "luspo")
+
+
+@dataclass
+class ExactKLGRPOConfig(GRPOConfig):
+    """``GRPOConfig`` plus the exact-KL penalty. GRPO's own ``beta`` must stay 0.0 (no double KL)."""
+
+    exact_kl_coef: float = field(
+        default=0.04,
+        metadata={
+            "help": "Coefficient β of the exact full-vocabulary KL(π‖π_ref) added to the GRPO loss, aggregated over "
+            "tokens like GRPO's own `beta` term. 0 disables the term (no reference model is loaded)."
+        },
+    )
+    exact_kl_chunk_size: int = field(
+        default=64,
+        metadata={
+            "help": "Completion positions per chunk in the exact-KL computation: peak extra memory is about "
+            "B × chunk × V floats per model instead of B × T × V."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.exact_kl_coef < 0:
+            raise ValueError(f"exact_kl_coef must be >= 0, got {self.exact_kl_coef}.")
+        if self.exact_kl_chunk_size is None or self.exact_kl_chunk_size <= 0:
+            raise ValueError(f"exact_kl_chunk_size must be a positive integer, got {self.exact_kl_chunk_size}.")
+
+
+class ExactKLGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` whose KL penalty is the exact per-position KL to the reference (see module docstring).
+
+    Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be an :class:`ExactKLGRPOConfig` with
+    ``beta=0.0``. The reference is a frozen copy loaded from the policy's path (as GRPO loads its own), or, with
+    ``peft_config`` / a PEFT model, the same model with the adapter disabled (or TRL's ``"ref"`` adapter when
+    re-training an existing adapter). Logs ``exact_kl`` (mean per-token KL over the global batch).
+    """
+
+    _tag_names = ["trl", "grpo", "exact-kl", "trl-extras"]
+    _name = "GRPO with exact KL"
+
+    def __init__(self, model, reward_funcs=None, args: ExactKLGRPOConfig | None = None, *pos, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = ExactKLGRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-ExactKL-GRPO")
+        if not isinstance(args, ExactKLGRPOConfig):
+            raise TypeError(f"ExactKLGRPOTrainer needs an ExactKLGRPOConfig, got {type(args).__name__}.")
+        if args.beta != 0.0:
+            raise ValueError(
+                f"ExactKLGRPOTrainer adds its own exact KL term (exact_kl_coef={args.exact_kl_coef}); set GRPO's "
+                f"`beta=0.0` (got {args.beta}) so the KL is not applied twice."
+            )
+        if args.loss_type not in _SUPPORTED_LOSS_TYPES:
+            raise ValueError(
+                f"ExactKLGRPOTrainer does not know how GRPO aggregates loss_type={args.loss_type!r}; supported: "
+                f"{_SUPPORTED_LOSS_TYPES}."
+            )
+        super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        self.exact_kl_coef = args.exact_kl_coef
+        self._exact_kl_ref = None
+        if self.exact_kl_coef > 0 and not self._policy_is_peft():
+            self._exact_kl_ref = self._load_reference(kwargs.get("quantization_config"))
+
+    # ---- reference ------------------------------------------------------------------------------------------
+    def _policy_is_peft(self) -> bool:
+        from accelerate.utils import is_peft_model
+
+        return is_peft_model(self.accelerator.unwrap_model(self.model))
+
+    def _load_reference(self, quantization_config):
+        """A frozen copy of the initial policy, loaded from its path like GRPO loads its own reference."""
+        from trl.models import prepare_deepspeed, prepare_fsdp
+        from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, get_config_model_id
+
+        args = self.args
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        init_kwargs = dict(args.model_init_kwargs or {})
+        if quantization_config is not None:
+            init_kwargs["quantization_config"] = quantization_config
+        if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+            init_kwargs["device_map"] = None
+        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        init_kwargs.setdefault("dtype", unwrapped.dtype)
+        init_kwargs.setdefault("attn_implementation", unwrapped.config._attn_implementation)
+        ref = create_model_from_path(get_config_model_id(unwrapped.config), **init_kwargs)
+        if args.disable_dropout:
+            disable_dropout_in_model(ref)
+        ref.eval().requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(ref, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(ref, self.accelerator)
+        return self.accelerator.prepare_model(ref, evaluation_mode=True)
+
+    def _reference_context(self, model):
+        """For PEFT: TRL's "ref" adapter when re-training an existing adapter, else the adapter disabled."""
+        if self._exact_kl_ref is not None:
+            return None
+        from trl.trainer.utils import use_adapter
+
+        unwrapped = self.accelerator.unwrap_model(model)
+        name = "ref" if "ref" in getattr(unwrapped, "peft_config", {}) else None
+        return lambda: use_adapter(unwrapped, adapter_name=name)
+
+    # ---- loss -----------------------------------------------------------------------------------------------
+    def _aggregate_like_grpo(self, per_token: torch.Tensor, mask: torch.Tensor, inputs, mode: str) -> torch.Tensor:
+        """Aggregate a per-token term as GRPO 1.16 aggregates ``per_token_loss`` (incl. its accumulation scaling)."""
+        ga = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        lt = self.loss_type
+        if lt in ("grpo", "sapo"):
+            return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / ga
+        if lt == "bnpo":
+            return (per_token * mask).sum() / mask.sum().clamp(min=1.0) / ga
+        if lt == "dr_grpo":
+            return (per_token * mask).sum() / (per_token.size(0) * self.max_completion_length) / ga
+        if lt == "luspo":
+            return (per_token * mask).sum(-1).mean() / ga
+        # dapo, cispo, vespo: normalized by the token count of the generation batch
+        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        return (per_token * mask).sum() / normalizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if self.exact_kl_coef == 0:
+            return loss
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mask = mask.float()
+        per_token_kl = exact_kl_to_reference(
+            model,
+            self._exact_kl_ref,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            temperature=self.temperature,
+            chunk_size=self.args.exact_kl_chunk_size,
+            reference_context=self._reference_context(model),
+        )
+        mode = "train" if self.model.training else "eval"
+        kl_term = self._aggregate_like_grpo(per_token_kl, mask, inputs, mode)
+        # metric: mean per-token exact KL over the global batch
+        stats = torch.stack([(per_token_kl.detach() * mask).sum(), mask.sum()])
+        stats = self.accelerator.gather(stats.unsqueeze(0)).sum(0)
+        self._metrics[mode]["exact_kl"].append((stats[0] / stats[1].clamp(min=1.0)).item())
+        return loss + self.exact_kl_coef * kl_term
