@@ -1,0 +1,232 @@
+"""Reward-model experiments on the testbed: dirty→clean vs clean-only vs dirty-only, and easy-pair filtering.
+
+Every reward model is the testbed SFT policy with a new score head (the seed's recipe). Evaluation: fresh clean
+pairs labelled by gold (no flips) — accuracy against gold, accuracy on the hardest quartile (smallest |gold
+margin|), and calibration error of σ(margin) against the gold label.
+
+1. Clean budgets 100/300/1000 (10% flipped labels): clean-only, dirty-only (3000 heuristic pairs, 1 epoch) and
+   dirty→clean (``TwoStageRewardTrainer``; stage 1 is trained once and later budgets resume from its
+   ``output_dir/stage1`` model, the "finished stage 1" resume path).
+2. Filtering on 1000 clean pairs: one RM trained on all pairs scores the margins, then a fresh RM is trained
+   after dropping the easiest 0 / 10 / 20 / 40 % (plus one run that also drops the 10 % most suspect pairs).
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/reward_experiments.py          # a few minutes on CPU
+    .venv/bin/python benchmarks/reward_experiments.py --quick                   # smoke run
+
+Writes ``benchmarks/results/reward_experiments.json`` and ``reward_experiments.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def common_args(output_dir: str, epochs: float, lr: float, seed: int, **kw) -> dict:
+    import torch
+
+    return dict(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        learning_rate=lr,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=64,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        logging_steps=50,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        **kw,
+    )
+
+
+def evaluate(model, tok, eval_ds) -> dict:
+    from trl_extras.rewards.metrics import evaluate_reward_model
+
+    m = evaluate_reward_model(model, tok, eval_ds, batch_size=128)
+    return {
+        "gold_accuracy": m["gold_accuracy"],
+        "hard_quartile_gold_accuracy": m["hard_quartile_gold_accuracy"],
+        "gold_ece": m["gold_ece"],
+    }
+
+
+def run(args) -> dict:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from trl_extras.rewards.filtering import filter_easy_pairs
+    from trl_extras.rewards.pairs import pair_margins
+    from trl_extras.rewards.two_stage import TwoStageRewardConfig, TwoStageRewardTrainer
+    from trl_extras.testbed import build_sft_policy, clean_pairs, dirty_pairs
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
+    sft = build_sft_policy()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    eval_ds = clean_pairs(args.eval_pairs, flip_rate=0.0, seed=9000)
+    dirty = dirty_pairs(args.dirty_pairs, seed=9100)
+    clean_all = clean_pairs(max(budgets + [args.filter_pairs]), flip_rate=0.1, seed=9200)
+    results = {"config": vars(args), "budgets": [], "filtering": []}
+    tmp = tempfile.mkdtemp(prefix="reward_exp_")
+    t0 = time.perf_counter()
+
+    # -- 1. dirty→clean vs clean-only vs dirty-only
+    stage1_dir = None
+    for n in budgets:
+        clean = clean_all.select(range(n))
+        row = {"clean_pairs": n}
+        cfg = TwoStageRewardConfig(
+            **common_args(f"{tmp}/two_stage_{n}", args.clean_epochs, args.clean_lr, args.seed),
+            pretrain_num_train_epochs=args.dirty_epochs,
+            pretrain_learning_rate=args.dirty_lr,
+            eval_after_each_stage=True,
+        )
+        trainer = TwoStageRewardTrainer(
+            model=sft, args=cfg, pretrain_dataset=dirty, train_dataset=clean, eval_dataset=eval_ds
+        )
+        trainer.train(resume_from_checkpoint=stage1_dir)  # later budgets start stage 2 from the saved stage 1
+        if stage1_dir is None:
+            stage1_dir = trainer.stage1_dir
+            stage1_model = AutoModelForSequenceClassification.from_pretrained(stage1_dir)
+            results["dirty_only"] = evaluate(stage1_model, trainer.processing_class, eval_ds)
+            results["dirty_only"]["dirty_pairs"] = len(dirty)
+        row["dirty_then_clean"] = evaluate(trainer.model, trainer.processing_class, eval_ds)
+        plain = RewardTrainer(
+            model=sft,
+            args=RewardConfig(**common_args(f"{tmp}/clean_{n}", args.clean_epochs, args.clean_lr, args.seed)),
+            train_dataset=clean,
+        )
+        plain.train()
+        row["clean_only"] = evaluate(plain.model, plain.processing_class, eval_ds)
+        results["budgets"].append(row)
+        print(f"[{time.perf_counter() - t0:6.0f}s] budget {n}: {json.dumps(row)}", flush=True)
+
+    # -- 2. filtering on `filter_pairs` clean pairs
+    clean = clean_all.select(range(args.filter_pairs))
+    flipped = dict(zip(clean["id"], clean["flipped"]))
+    rm_args = common_args(f"{tmp}/filter_all", args.clean_epochs, args.clean_lr, args.seed)
+    scorer = RewardTrainer(model=sft, args=RewardConfig(**rm_args), train_dataset=clean)
+    scorer.train()
+    margins = pair_margins(scorer.model, scorer.processing_class, clean, batch_size=128)
+    all_pairs_metrics = evaluate(scorer.model, scorer.processing_class, eval_ds)
+    for drop_easiest, drop_suspect in [(0.0, 0.0), (0.1, 0.0), (0.2, 0.0), (0.4, 0.0), (0.2, 0.1)]:
+        if drop_easiest == 0 and drop_suspect == 0:
+            metrics = all_pairs_metrics  # the scoring RM is exactly the "train on all" model
+            report = None
+            kept = len(clean)
+        else:
+            kept_ds, report = filter_easy_pairs(
+                None, clean, scorer.processing_class, drop_easiest, drop_suspect, margins=margins
+            )
+            kept = len(kept_ds)
+            tag = f"{drop_easiest}_{drop_suspect}"
+            fresh = RewardTrainer(
+                model=sft,
+                args=RewardConfig(**common_args(f"{tmp}/filter_{tag}", args.clean_epochs, args.clean_lr, args.seed)),
+                train_dataset=kept_ds,
+            )
+            fresh.train()
+            metrics = evaluate(fresh.model, fresh.processing_class, eval_ds)
+        row = {"drop_easiest": drop_easiest, "drop_suspect": drop_suspect, "kept": kept, **metrics}
+        if report is not None:
+            easy_ids, sus_ids = report.dropped_easy_ids, report.dropped_suspect_ids
+            row["flipped_share_dropped_easy"] = sum(flipped[i] for i in easy_ids) / max(1, len(easy_ids))
+            row["flipped_share_dropped_suspect"] = sum(flipped[i] for i in sus_ids) / len(sus_ids) if sus_ids else None
+        results["filtering"].append(row)
+        print(f"[{time.perf_counter() - t0:6.0f}s] filter {json.dumps(row)}", flush=True)
+    results["flipped_share_all"] = sum(clean["flipped"]) / len(clean)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    results["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return results
+
+
+def to_markdown(r: dict) -> str:
+    def f(x):
+        return "–" if x is None else f"{x:.3f}"
+
+    lines = [
+        "# Reward-model experiments (testbed)",
+        "",
+        f"RM = testbed SFT policy + new head. Eval: {r['config']['eval_pairs']} fresh gold-labelled pairs. "
+        f"Dirty: {r['dirty_only']['dirty_pairs']} heuristic pairs, {r['config']['dirty_epochs']} epoch(s); clean: 10% "
+        f"flipped labels, {r['config']['clean_epochs']} epochs. Seed {r['config']['seed']}, {r['device']}, "
+        f"{r['seconds']} s.",
+        "",
+        "## Dirty→clean vs clean-only vs dirty-only (gold accuracy / hard-quartile accuracy / ECE)",
+        "",
+        "| clean pairs | clean-only | dirty-only | dirty→clean |",
+        "|---|---|---|---|",
+    ]
+    d = r["dirty_only"]
+    for row in r["budgets"]:
+        cells = [
+            f"{f(x['gold_accuracy'])} / {f(x['hard_quartile_gold_accuracy'])} / {f(x['gold_ece'])}"
+            for x in (row["clean_only"], d, row["dirty_then_clean"])
+        ]
+        lines.append(f"| {row['clean_pairs']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"## Easy-pair filtering on {r['config']['filter_pairs']} clean pairs "
+        f"({100 * r['flipped_share_all']:.1f}% flipped overall)",
+        "",
+        "| drop easiest | drop suspect | kept | gold acc | hard-quartile acc | ECE | flipped among dropped easy | "
+        "flipped among dropped suspect |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["filtering"]:
+        lines.append(
+            f"| {row['drop_easiest']:.1f} | {row['drop_suspect']:.1f} | {row['kept']} | {f(row['gold_accuracy'])} | "
+            f"{f(row['hard_quartile_gold_accuracy'])} | {f(row['gold_ece'])} | "
+            f"{f(row.get('flipped_share_dropped_easy'))} | {f(row.get('flipped_share_dropped_suspect'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", default="100,300,1000")
+    p.add_argument("--dirty_pairs", type=int, default=3000)
+    p.add_argument("--filter_pairs", type=int, default=1000)
+    p.add_argument("--eval_pairs", type=int, default=500)
+    p.add_argument("--dirty_epochs", type=float, default=1.0)
+    p.add_argument("--clean_epochs", type=float, default=3.0)
+    p.add_argument("--dirty_lr", type=float, default=1e-4)
+    p.add_argument("--clean_lr", type=float, default=5e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    p.add_argument("--output", default=str(RESULTS / "reward_experiments"))
+    args = p.parse_args()
+    if args.quick:
+        args.budgets, args.dirty_pairs, args.filter_pairs, args.eval_pairs = "20,40", 64, 40, 40
+        args.dirty_epochs = args.clean_epochs = 1.0
+        if args.output == str(RESULTS / "reward_experiments"):
+            args.output = os.path.join(tempfile.gettempdir(), "reward_experiments_quick")
+    results = run(args)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    md = to_markdown(results)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
