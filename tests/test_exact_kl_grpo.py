@@ -1,5 +1,7 @@
 """ExactKLGRPOTrainer: trains, adds exactly β·(aggregated exact KL), uses the adapter-disabled base under LoRA."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -143,3 +145,32 @@ def test_lora_uses_adapter_disabled_reference(tiny_paths, tmp_path):
     trainer.model.train()
     trainer.train()
     assert any("exact_kl" in h for h in trainer.state.log_history)
+
+
+def test_cli_runs_on_tiny_model(tiny_paths, tmp_path, capsys):
+    from trl_extras.cli import main
+
+    rc = main(
+        [
+            "grpo-exact-kl",
+            "--config",
+            str(Path(__file__).parents[1] / "recipes" / "grpo_exact_kl_testbed.yaml"),
+            "--model_name_or_path",
+            tiny_paths["policy"],
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "1",
+            "--num_train_prompts",
+            "8",
+            "--per_device_train_batch_size",
+            "4",
+            "--num_generations",
+            "2",
+            "--max_completion_length",
+            "4",
+        ]
+    )
+    assert rc == 0
+    assert "exact KL to the reference" in capsys.readouterr().out
+    assert (tmp_path / "out" / "config.json").exists()
