@@ -394,3 +394,45 @@ def test_batch_normalized_update_invariant_to_affine_reward_rescaling(tiny_paths
     raw_rescaled = _first_update(tiny_paths, tmp_path, 100.0, 50.0, "none")
     assert not torch.allclose(raw_rescaled, raw, atol=1e-6, rtol=1e-3)
     assert raw_rescaled.norm() > 10 * raw.norm()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI and recipes
+# ---------------------------------------------------------------------------------------------------------------
+def test_cli_runs_testbed_recipe_with_reward_model(tiny_paths, tmp_path):
+    import json
+    from pathlib import Path
+
+    from trl_extras.cli import main
+
+    recipe = Path(__file__).parent.parent / "recipes" / "ppo_testbed.yaml"
+    out = tmp_path / "cli"
+    rc = main([
+        "ppo", "--config", str(recipe), "--model_name_or_path", tiny_paths["policy"],
+        "--reward_model_path", tiny_paths["reward"], "--reward_funcs", "gold", "--value_model_init", "reward",
+        "--testbed_num_train_prompts", "32", "--testbed_num_eval_prompts", "8", "--max_steps", "1",
+        "--per_device_train_batch_size", "4", "--max_completion_length", "6", "--eval_strategy", "no",
+        "--per_device_eval_batch_size", "8", "--output_dir", str(out), "--disable_tqdm", "true",
+    ])
+    assert rc == 0
+    metrics = json.loads((out / "ppo_metrics.json").read_text())
+    assert metrics["global_step"] == 1 and "eval_reward" in metrics["final_eval"]
+    assert (out / "config.json").is_file()
+
+
+def test_qlora_recipe_parses():
+    from pathlib import Path
+
+    from trl import ModelConfig
+
+    from trl_extras.cli_utils import parse_args
+    from trl_extras.trainers.ppo_cli import PPOScriptArguments
+    from trl_extras.trainers.ppo_config import PPOConfig
+
+    recipe = Path(__file__).parent.parent / "recipes" / "ppo_qlora.yaml"
+    script_args, args, model_args = parse_args(
+        [PPOScriptArguments, PPOConfig, ModelConfig], ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false"],
+        "ppo",
+    )
+    assert model_args.load_in_4bit and model_args.use_peft and model_args.lora_r == 16
+    assert args.kl_estimator == "exact" and script_args.reward_model_path
