@@ -233,8 +233,20 @@ def test_lora_round(tiny_paths, tmp_path):
     args = _args(tmp_path, num_rounds=1, kl_coef=0.1)
     trainer = CEMTrainer(tiny_paths["policy"], length_reward, args, train_dataset=_prompts(), peft_config=lora)
     h = trainer.train()[0]
-    assert (tmp_path / "cem" / "round_0" / "model" / "adapter_model.safetensors").exists()
+    adapter = tmp_path / "cem" / "round_0" / "model" / "adapter_model.safetensors"
+    assert adapter.exists()
     assert "kl_to_ref" in h and math.isfinite(h["kl_to_ref"])
+    # resume with one more round: the saved adapter is loaded into a fresh LoRA model before round 1
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    resumed = CEMTrainer(tiny_paths["policy"], length_reward, _args(tmp_path, num_rounds=2, kl_coef=0.1),
+                         train_dataset=_prompts(), peft_config=lora)
+    resumed._load_round_model(0)
+    saved = load_file(str(adapter))
+    live = get_peft_model_state_dict(resumed.model)
+    assert set(saved) == set(live) and all(torch.equal(saved[k], live[k]) for k in saved)
+    assert [x["round"] for x in resumed.train()] == [0, 1]
 
 
 def test_cli_recipe_runs_and_resumes(sft_policy_path, tmp_path, capsys):

@@ -171,6 +171,11 @@ class CEMTrainer:
             raise TypeError(f"args must be a CEMConfig, got {type(args).__name__}")
         if args.num_generations < 2:  # re-checked: attributes can be changed after construction
             raise ValueError(f"num_generations={args.num_generations}: CEM needs N >= 2 answers per prompt to select.")
+        if args.world_size > 1:
+            raise ValueError(
+                "CEMTrainer runs its rounds in one process (sampling, scoring and files are not sharded); launch it "
+                f"without DDP (world_size={args.world_size})."
+            )
         self.args = args
         if train_dataset is None or "prompt" not in getattr(train_dataset, "column_names", []):
             columns = getattr(train_dataset, "column_names", None)
