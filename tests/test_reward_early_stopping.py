@@ -124,3 +124,17 @@ def test_nan_reward_is_a_clear_error(tiny_paths, tmp_path):
     trainer, _ = _trainer(tiny_paths, tmp_path, cb, max_steps=2)
     with pytest.raises(ValueError, match="finite"):
         trainer.train()
+
+
+def test_cli_recipe(tmp_path):
+    import json
+
+    from trl_extras.cli import main
+
+    argv = ["sft-reward-es", "--config", "recipes/sft_reward_early_stopping.yaml", "--output_dir", str(tmp_path),
+            "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--use_cpu", "true", "--disable_tqdm", "true",
+            "--num_train_examples", "16", "--num_eval_examples", "8", "--num_eval_prompts", "4", "--max_new_tokens", "6"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "reward_early_stopping.json").read_text())
+    assert summary["best_step"] == 2 and len(summary["evaluations"]) == 1
+    assert {"eval_reward", "eval_reward_gold"} <= set(summary["evaluations"][0])

@@ -153,3 +153,19 @@ def test_result_json_roundtrip(tmp_path):
     result.to_json(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["n"] == 5 and len(data["records"]) == 5
+
+
+def test_cli_sbs(tiny_paths, tmp_path, capsys):
+    import json
+
+    from trl_extras.cli import main
+
+    out = tmp_path / "sbs.json"
+    argv = ["sbs", "--model_a", tiny_paths["policy"], "--model_b", tiny_paths["policy"], "--judge", "gold",
+            "--num_prompts", "4", "--max_new_tokens", "4", "--temperature", "0", "--output_json", str(out)]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["n"] == 4 and data["ties"] == 4 and data["p_value"] == 1.0  # greedy, same weights
+    assert "4 ties" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="exactly one"):
+        main(["sbs", "--model_a", tiny_paths["policy"], "--model_b", tiny_paths["policy"]])

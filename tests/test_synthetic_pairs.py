@@ -86,3 +86,16 @@ def test_dpo_trainer_accepts_pairs_two_stage(tiny_paths, tmp_path):
     assert stage2.model.config._name_or_path.endswith("stage1_synthetic")
     with pytest.raises(ValueError, match="real_dataset is empty"):
         run_two_stage_dpo(tiny_paths["policy"], synthetic, real.select([]), args)
+
+
+def test_cli_synth_pairs(tiny_paths, tmp_path):
+    import json
+
+    from trl_extras.cli import main
+
+    argv = ["synth-pairs", "--policy", tiny_paths["policy"], "--judge", "heuristic", "--num_prompts", "6", "--n", "3",
+            "--max_new_tokens", "6", "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"]
+    assert main(argv) == 0
+    stats = json.loads((tmp_path / "synthesis_stats.json").read_text())
+    lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
+    assert stats["num_prompts"] == 6 and stats["num_pairs"] == len(lines)
