@@ -152,23 +152,28 @@ def main(argv=None):
 
     policy = build_sft_policy()
     result = {"settings": {k: v for k, v in vars(a).items() if k != "out"}}
-    result["best_of_n"] = best_of_n(policy, a.best_of, a.eval_prompts if a.quick else 256)
-    print(json.dumps(result["best_of_n"], indent=1))
-    workdir = Path(tempfile.mkdtemp(prefix="cem_rounds_"))
     result["runs"] = {}
+    result["best_of_n"] = best_of_n(policy, a.best_of, a.eval_prompts if a.quick else 256)
+    print(json.dumps(result["best_of_n"], indent=1), flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "cem_rounds_quick" if a.quick else "cem_rounds"
+
+    def write():  # after every config, so a long run that is cut short still leaves its numbers
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+        (out / f"{stem}.md").write_text(to_markdown(result))
+
+    write()
+    workdir = Path(tempfile.mkdtemp(prefix="cem_rounds_"))
     try:
         for name in a.configs:
             print(f"== {name}", flush=True)
             result["runs"][name] = run_cem(name, CONFIGS[name], policy, a, workdir)
+            write()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "cem_rounds_quick" if a.quick else "cem_rounds"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    md = to_markdown(result)
-    (out / f"{stem}.md").write_text(md)
-    print(md)
+    write()
+    print(to_markdown(result))
 
 
 if __name__ == "__main__":
