@@ -26,6 +26,7 @@ article ("after the first iteration, the model loses much of the original variat
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ def _is_empty(completion) -> bool:
     return not prompt_text(completion).strip() if isinstance(completion, list) else not str(completion).strip()
 
 
+@functools.cache
 def _regularized_sft_trainer_cls():
     """Build the SFTTrainer subclass lazily (keeps ``import trl_extras.trainers.cem`` light)."""
     from trl import SFTTrainer
