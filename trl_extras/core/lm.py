@@ -209,8 +209,8 @@ def completion_token_stats(
         if has_ref:
             with ref_ctx():
                 ref_logits = _full_logits(ref, input_ids, attention_mask, T)
-        get_pol = lambda s: pol_logits[:, s]  # noqa: E731
-        get_ref = lambda s: ref_logits[:, s]  # noqa: E731
+        get_pol = lambda s: pol_logits[:, s].clone()  # noqa: E731  (chunks are scaled in place)
+        get_ref = lambda s: ref_logits[:, s].clone()  # noqa: E731
 
     B = input_ids.shape[0]
     device = input_ids.device
@@ -223,21 +223,45 @@ def completion_token_stats(
         out["entropy"] = torch.empty(B, T, dtype=torch.float32, device=device)
 
     step = T if chunk_size is None else chunk_size
+    # Memory discipline per chunk (no autograd here): the head output is scaled in place, freed right after its
+    # log-softmax, the reference log-probs are turned into (log π − log π_ref) in place, and row dot products go
+    # through matmul, so the exact KL adds no (B, chunk, V) buffer beyond the k1 path's peak of three.
     for start in range(0, T, step):
         s = slice(start, min(start + step, T))
-        logp, out["logprobs"][:, s] = _logp_of(get_pol(s), labels[:, s], temperature)
+        logp = _log_softmax_owned(get_pol(s), temperature)
+        out["logprobs"][:, s] = logp.gather(-1, labels[:, s, None]).squeeze(-1)
+        probs = None
         if with_entropy:
-            out["entropy"][:, s] = -(logp.exp() * logp).sum(-1)
+            probs = logp.exp()
+            out["entropy"][:, s] = -_rowdot(probs, logp)
         if has_ref:
             with ref_ctx():  # a LoRA-wrapped head must be disabled too
-                ref_chunk = get_ref(s)
-            ref_logp, out["ref_logprobs"][:, s] = _logp_of(ref_chunk, labels[:, s], temperature)
-            del ref_chunk
+                ref_logp = _log_softmax_owned(get_ref(s), temperature)
+            out["ref_logprobs"][:, s] = ref_logp.gather(-1, labels[:, s, None]).squeeze(-1)
             if with_exact_kl:
-                out["exact_kl"][:, s] = exact_kl_from_logprobs(logp, ref_logp)
-            del ref_logp
-        del logp
+                diff = ref_logp.neg_().add_(logp)  # log π − log π_ref, in the reference's buffer
+                del ref_logp
+                if probs is None:
+                    probs = logp.exp()
+                out["exact_kl"][:, s] = _rowdot(probs, diff)
+                del diff
+            else:
+                del ref_logp
+        del logp, probs
     return out
+
+
+def _log_softmax_owned(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 ``log_softmax(logits / temperature)`` of a tensor this module owns (scaled in place, then freed)."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits.div_(temperature)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for ``(..., V)`` tensors without materializing the product."""
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
 
 def policy_logprobs(
