@@ -9,7 +9,7 @@ For each: mean gold reward of one sample (T=1) per holdout prompt (256 prompts) 
 and after, the exact-sort rate, a paired sign test against the SFT policy (per-prompt gold after vs before), KL
 to the reference, and wall time.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ppo_testbed.py            # ~10 min on 2 CPU cores
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ppo_testbed.py            # ~10 min on one CPU core
     .venv/bin/python benchmarks/ppo_testbed.py --quick                      # smoke run
 
 Writes ``benchmarks/results/ppo_testbed.json`` and ``ppo_testbed.md``.
@@ -97,7 +97,7 @@ def run(name, reward, normalization, sft_path, steps, prompts, holdout, before, 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=160, help="optimizer steps per run (a rollout every 4)")
+    parser.add_argument("--steps", type=int, default=96, help="optimizer steps per run (a rollout every 4)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 steps, 64 holdout prompts")
     parser.add_argument("--only", default=None, help="comma-separated run names")
     parser.add_argument("--lr", type=float, default=5e-5, help="policy learning rate (value: 10x)")

@@ -436,3 +436,16 @@ def test_qlora_recipe_parses():
     )
     assert model_args.load_in_4bit and model_args.use_peft and model_args.lora_r == 16
     assert args.kl_estimator == "exact" and script_args.reward_model_path
+
+
+def test_reward_ensemble_reward_logs_std_and_initialises_value(tiny_paths, tmp_path):
+    from trl_extras.rewards.ensemble import RewardEnsemble
+
+    ensemble = RewardEnsemble([tiny_paths["reward"], tiny_paths["reward"]], penalty="std", coef=0.5)
+    trainer = _trainer(tiny_paths, tmp_path, reward_funcs=ensemble, max_steps=1)
+    value = trainer.accelerator.unwrap_model(trainer.value_model).model
+    member = ensemble.models[0].state_dict()
+    for name, tensor in value.state_dict().items():
+        torch.testing.assert_close(tensor, member[name])
+    trainer.train()
+    assert _history(trainer, "ensemble/std")
