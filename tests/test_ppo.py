@@ -449,3 +449,23 @@ def test_reward_ensemble_reward_logs_std_and_initialises_value(tiny_paths, tmp_p
         torch.testing.assert_close(tensor, member[name])
     trainer.train()
     assert _history(trainer, "ensemble/std")
+
+
+def test_long_prompts_truncated_from_the_left_with_one_warning(tiny_paths, tmp_path, caplog, monkeypatch):
+    import logging
+
+    from trl_extras.core import rollout
+
+    monkeypatch.setattr(rollout, "_warned_truncation", False)
+    seen = []
+
+    def reward(prompts, completions, **kwargs):
+        seen.extend(prompts)
+        return _length_reward(prompts, completions)
+
+    trainer = _trainer(tiny_paths, tmp_path, reward_funcs=reward, max_prompt_length=4, max_steps=2,
+                       num_ppo_epochs=1, num_mini_batches=1)
+    with caplog.at_level(logging.WARNING, logger="trl_extras.core.rollout"):
+        trainer.train()
+    assert sum("truncated from the left" in r.message for r in caplog.records) == 1
+    assert trainer.state.global_step == 2 and len(seen) == 8
