@@ -303,6 +303,8 @@ class PPOTrainer(_BaseTrainer):
                 raise ValueError("Pass either a PeftModel or `peft_config`, not both.")
             model = get_peft_model(model, peft_config)
         is_peft = _is_peft_model(model)
+        if not is_peft and (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+            raise ValueError("A quantized (4/8-bit) policy can only be trained with adapters: pass `peft_config`.")
 
         # Rewards: one path for paths, models, callables and ensembles
         self.reward_functions = RewardFunctions(
