@@ -105,6 +105,9 @@ def main() -> None:
         print(json.dumps({"noise": noise, **stats}), flush=True)
     lines += [
         "",
+        "Mean importance ratio π_ref/π over the sampled tokens (≈1 when sampling is from π): "
+        + ", ".join(f"noise {k}: {v['mean_token_ratio']:.4f}" for k, v in results["by_noise"].items()),
+        "",
         "Ranking by std (exact, k3, k1 only): "
         + "; ".join(f"noise {k}: {' < '.join(v['ranking_exact_k3_k1'])}" for k, v in results["by_noise"].items()),
     ]
