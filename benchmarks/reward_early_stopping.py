@@ -140,14 +140,17 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--work_dir", default="/tmp/trl_extras_reward_es")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="reward_early_stopping", help="basename of the result files")
     args = parser.parse_args()
     start = time.perf_counter()
     runs = [run(s, args) for s in args.seeds]
     result = {"settings": vars(args), "runs": runs, "seconds": round(time.perf_counter() - start, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "reward_early_stopping.json").write_text(json.dumps(result, indent=2))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     lines = ["# Early stopping on reward vs on validation loss (testbed, gold reward on 256 fresh prompts)", "",
+             f"{args.num_train_examples} SFT examples, {args.epochs} epochs, lr {args.learning_rate}, evaluation "
+             f"every {args.eval_steps} steps; reward to stop on = heuristic labeller (proxy), gold = oracle.", "",
              "| seed | selected by | step | gold T=1 | exact T=1 | gold greedy | exact greedy |",
              "|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -160,7 +163,7 @@ def main() -> None:
         lines.append(f"seed {r['seed']}: reward-chosen vs loss-chosen side by side (gold, T=1): {s['wins']} wins, "
                      f"{s['losses']} losses, {s['ties']} ties, p = {s['p_value']:.3g}; validation loss overfits: "
                      f"{r['loss_overfits']}")
-    (out / "reward_early_stopping.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"seconds: {result['seconds']}")
 
