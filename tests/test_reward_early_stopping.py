@@ -115,6 +115,8 @@ def test_bad_input(tiny_paths):
         RewardEarlyStoppingCallback(gold_reward_fn, Dataset.from_dict({"text": ["1 2 >"]}))
     with pytest.raises(ValueError, match="patience"):
         RewardEarlyStoppingCallback(gold_reward_fn, ["1 2 >"], patience=-1)
+    with pytest.raises(ValueError, match="start with 'eval_'"):
+        RewardEarlyStoppingCallback(gold_reward_fn, ["1 2 >"], metric_name="reward")
     with pytest.raises(TypeError, match="Unsupported reward"):
         RewardEarlyStoppingCallback(42, ["1 2 >"])
 

@@ -84,8 +84,9 @@ class RewardEarlyStoppingCallback(TrainerCallback):
             raise ValueError(f"threshold must be >= 0, got {threshold}")
         if num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {num_generations}")
-        if not metric_name:
-            raise ValueError("metric_name must be a non-empty string")
+        if not metric_name or not metric_name.startswith("eval_"):
+            # Trainer looks metric_for_best_model up as "eval_<name>"; another prefix would never be found
+            raise ValueError(f"metric_name must start with 'eval_' (e.g. 'eval_reward'), got {metric_name!r}")
         if processing_class is not None:
             check_chat_template(processing_class, self.eval_prompts)
         self.rewards = RewardFunctions(reward_funcs, reward_processing_classes, reward_weights, batch_size=batch_size)
