@@ -1,3 +1,4 @@
+import contextlib
 import copy
 
 import pytest
@@ -100,6 +101,9 @@ def test_peft_reference_is_base_with_adapter_disabled(tiny_paths):
     assert (stats["exact_kl"] > 0).any()
     with_ref = completion_token_stats(peft_model, base, ids, mask, T, chunk_size=3)
     assert torch.allclose(with_ref["exact_kl"], stats["exact_kl"], atol=1e-5)
+    # a custom reference context (here: the adapter left on) is honoured -> reference == policy, KL == 0
+    same = completion_token_stats(peft_model, None, ids, mask, T, reference_context=contextlib.nullcontext)
+    assert torch.allclose(same["exact_kl"], torch.zeros_like(same["exact_kl"]), atol=1e-6)
 
 
 def test_fallback_without_separable_head(models, monkeypatch):

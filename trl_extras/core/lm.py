@@ -100,6 +100,10 @@ def split_lm(model):
     return trunk, head
 
 
+def _device_of(module) -> torch.device:
+    return next(module.parameters()).device
+
+
 def _hidden(trunk, input_ids, attention_mask, T: int) -> torch.Tensor:
     """``(B, T, H)`` hidden states at the positions that predict the last ``T`` tokens."""
     out = trunk(
@@ -154,6 +158,7 @@ def completion_token_stats(
     chunk_size: int | None = 64,
     with_exact_kl: bool = True,
     with_entropy: bool = True,
+    reference_context=None,
 ) -> dict[str, torch.Tensor]:
     """Log-probs, reference log-probs, exact KL and entropy of the completion tokens (no gradients).
 
@@ -168,6 +173,9 @@ def completion_token_stats(
         chunk_size: positions per head application (``None``: all ``T`` at once).
         with_exact_kl: compute the exact per-token KL(π‖π_ref) = Σ_v π(v)(log π(v) − log π_ref(v)).
         with_entropy: compute the policy's per-token entropy.
+        reference_context: optional zero-argument callable returning a context manager under which the PEFT
+            ``model`` acts as the reference when ``ref_model`` is None (default: ``model.disable_adapter``; e.g.
+            TRL's ``use_adapter(model, "ref")`` when an initial adapter copy is the reference).
 
     Returns:
         dict of ``(B, T)`` float32 tensors: ``logprobs`` (always), ``ref_logprobs`` (when there is a reference),
@@ -189,7 +197,9 @@ def completion_token_stats(
         )
     ref = _unwrap(ref_model) if ref_model is not None else policy
     # the reference forward of a PEFT policy runs with its adapter disabled
-    ref_ctx = policy.disable_adapter if use_disabled_adapter else contextlib.nullcontext
+    ref_ctx = contextlib.nullcontext
+    if use_disabled_adapter:
+        ref_ctx = reference_context or policy.disable_adapter
     labels = input_ids[:, -T:]
 
     pol_split = split_lm(policy)
@@ -201,8 +211,10 @@ def completion_token_stats(
             with ref_ctx():
                 ref_hidden = _hidden(ref_split[0], input_ids, attention_mask, T)
             ref_head = ref_split[1]
-        get_pol = lambda s: pol_head(pol_hidden[:, s])  # noqa: E731
-        get_ref = lambda s: ref_head(ref_hidden[:, s])  # noqa: E731
+        # with a device map the trunk can end on another device than the head (as TRL's fused head handles)
+        pol_dev, ref_dev = _device_of(pol_head), _device_of(ref_head) if has_ref else None
+        get_pol = lambda s: pol_head(pol_hidden[:, s].to(pol_dev)).to(input_ids.device)  # noqa: E731
+        get_ref = lambda s: ref_head(ref_hidden[:, s].to(ref_dev)).to(input_ids.device)  # noqa: E731
     else:
         # fallback: full logits from each model's own forward (documented: no memory saving)
         pol_logits = _full_logits(policy, input_ids, attention_mask, T)
