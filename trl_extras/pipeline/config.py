@@ -1,0 +1,91 @@
+"""Configuration of the end-to-end alignment pipeline (``trl-extras pipeline`` and ``trl-extras demo``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo", "dpo", "evaluate")
+
+
+@dataclass
+class PipelineConfig:
+    """Every stage of the seed's pipeline: SFT (reward early stopping) → reward model (dirty→clean, easy-pair
+    filtering) → reward ensemble → CEM → PPO → DPO on synthetic pairs → side-by-side evaluation.
+
+    Datasets are ``"testbed"`` (the built-in sort-the-digits task) or a ``datasets`` spec ``"name_or_path[:split]"``
+    (a local JSON/JSONL/Parquet file or directory works too). Stages whose ``result.json`` exists are skipped, so
+    a crashed run resumes where it stopped.
+    """
+
+    output_dir: str = field(default="outputs/pipeline", metadata={"help": "Root directory of every stage's outputs."})
+    stages: list[str] = field(
+        default_factory=lambda: list(ALL_STAGES), metadata={"help": f"Stages to run, in order, from {ALL_STAGES}."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Re-run stages whose outputs already exist."})
+    seed: int = field(default=0, metadata={"help": "Global seed."})
+    # ----- models
+    policy_model: str | None = field(
+        default=None,
+        metadata={"help": "Starting (pretrained) policy path or hub id; None on the testbed builds the tiny kit policy."},
+    )
+    reward_base_model: str | None = field(
+        default=None, metadata={"help": "Reward-model initialisation; None uses the SFT model (RM = SFT + new head)."}
+    )
+    # ----- data
+    prompt_dataset: str = field(default="testbed", metadata={"help": "Train prompts (`prompt` column)."})
+    eval_prompt_dataset: str = field(default="testbed", metadata={"help": "Holdout prompts for evaluation."})
+    sft_dataset: str = field(default="testbed", metadata={"help": "SFT prompt/completion data."})
+    dirty_pairs_dataset: str = field(default="testbed", metadata={"help": "Many cheap preference pairs (stage 1)."})
+    clean_pairs_dataset: str = field(default="testbed", metadata={"help": "Clean preference pairs (stage 2)."})
+    real_pairs_dataset: str | None = field(
+        default="testbed", metadata={"help": "Real pairs for the second DPO stage (None skips it)."}
+    )
+    gold_reward: str | None = field(
+        default="trl_extras.testbed:gold_reward_fn",
+        metadata={"help": "Import path of a gold reward function (testbed only); None for real tasks."},
+    )
+    num_eval_prompts: int = field(default=256, metadata={"help": "Holdout prompts used by evaluations."})
+    num_train_prompts: int = field(default=512, metadata={"help": "Train prompts used by CEM, PPO and DPO."})
+    num_dirty_pairs: int = field(default=4000, metadata={"help": "Testbed: dirty pairs to generate."})
+    num_clean_pairs: int = field(default=300, metadata={"help": "Testbed: clean pairs to generate."})
+    num_sft_examples: int = field(default=2000, metadata={"help": "Testbed: SFT examples (high-quality subset)."})
+    # ----- generation
+    max_prompt_length: int = field(default=64, metadata={"help": "Prompt tokens kept (from the left)."})
+    max_completion_length: int = field(default=24, metadata={"help": "Generated tokens at most."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature everywhere."})
+    # ----- per-stage budgets
+    sft_max_steps: int = field(default=120, metadata={"help": "SFT optimizer steps."})
+    sft_eval_steps: int = field(default=20, metadata={"help": "Evaluate (and score with the reward) every N steps."})
+    sft_learning_rate: float = field(default=5e-4, metadata={"help": "SFT learning rate."})
+    sft_patience: int = field(default=3, metadata={"help": "Reward early-stopping patience (evaluations)."})
+    rm_learning_rate: float = field(default=1e-3, metadata={"help": "Reward-model learning rate (both stages)."})
+    rm_batch_size: int = field(default=64, metadata={"help": "Reward-model batch size (pairs)."})
+    rm_epochs: float = field(default=2.0, metadata={"help": "Epochs over the clean pairs (stage 2)."})
+    rm_pretrain_epochs: float = field(default=1.0, metadata={"help": "Epochs over the dirty pairs (stage 1)."})
+    drop_easiest: float = field(default=0.2, metadata={"help": "Easy-pair filtering: drop this share of dirty pairs."})
+    ensemble_size: int = field(default=3, metadata={"help": "Reward-ensemble members (>= 2)."})
+    ensemble_penalty: str = field(default="variance", metadata={"help": "variance | std | min."})
+    ensemble_coef: float = field(default=0.5, metadata={"help": "λ of the uncertainty penalty (on standardized rewards)."})
+    cem_rounds: int = field(default=3, metadata={"help": "CEM rounds."})
+    cem_num_generations: int = field(default=8, metadata={"help": "CEM samples per prompt (N)."})
+    cem_prompts_per_round: int = field(default=128, metadata={"help": "CEM prompts per round."})
+    cem_sft_mix_ratio: float = field(default=0.25, metadata={"help": "CEM diversity control: SFT rows mixed in."})
+    ppo_max_steps: int = field(default=40, metadata={"help": "PPO steps (rollout batches)."})
+    ppo_batch_size: int = field(default=64, metadata={"help": "PPO rollouts per step."})
+    ppo_learning_rate: float = field(default=3e-4, metadata={"help": "PPO policy learning rate."})
+    ppo_kl_coef: float = field(default=0.05, metadata={"help": "β of the exact per-token KL penalty."})
+    dpo_num_generations: int = field(default=4, metadata={"help": "Samples per prompt for synthetic DPO pairs."})
+    dpo_max_steps: int = field(default=40, metadata={"help": "DPO steps per stage."})
+    dpo_learning_rate: float = field(default=2e-4, metadata={"help": "DPO learning rate."})
+    dpo_beta: float = field(default=0.1, metadata={"help": "DPO β."})
+    use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when CUDA is available."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (CUDA)."})
+
+    def __post_init__(self):
+        unknown = [s for s in self.stages if s not in ALL_STAGES]
+        if unknown:
+            raise ValueError(f"Unknown stages {unknown}; choose from {ALL_STAGES}.")
+        if self.ensemble_size < 2:
+            raise ValueError("ensemble_size must be >= 2 (an ensemble of one has no disagreement to penalize).")
+        if self.policy_model is None and self.prompt_dataset != "testbed":
+            raise ValueError("policy_model is required outside the testbed.")

@@ -1,0 +1,76 @@
+"""Dataset specs of the pipeline: ``"testbed"`` or ``"name_or_path[:split]"`` for ``datasets``."""
+
+from __future__ import annotations
+
+import os
+
+from .config import PipelineConfig
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_spec(spec: str):
+    """Load ``"name_or_path[:split]"`` (hub id, local directory or a JSON/JSONL/Parquet/CSV file)."""
+    from datasets import load_dataset, load_from_disk
+
+    name, _, split = spec.partition(":")
+    split = split or "train"
+    ext = os.path.splitext(name)[1].lower()
+    if ext in _FILE_BUILDERS:
+        return load_dataset(_FILE_BUILDERS[ext], data_files=name, split=split)
+    if os.path.isdir(name) and os.path.exists(os.path.join(name, "dataset_info.json")):
+        return load_from_disk(name)
+    return load_dataset(name, split=split)
+
+
+def pipeline_datasets(config: PipelineConfig) -> dict:
+    """Every dataset the pipeline needs, keyed by role; testbed specs are generated (seeded)."""
+    from ..testbed import TestbedConfig, clean_pairs, dirty_pairs, prompt_dataset, sft_dataset
+
+    task = TestbedConfig(seed=config.seed)
+    out = {}
+
+    def testbed(role):
+        if role == "prompts":
+            return prompt_dataset("train", task).select(range(config.num_train_prompts))
+        if role == "eval_prompts":
+            return prompt_dataset("holdout", task).select(range(config.num_eval_prompts))
+        if role == "sft":
+            # the curated SFT data: the corpus restricted to good answers (gold >= 0.75)
+            data = sft_dataset(4 * config.num_sft_examples, task, seed=config.seed + 101)
+            data = data.filter(lambda row: row["gold"] >= 0.75)
+            return data.select(range(min(config.num_sft_examples, len(data))))
+        if role == "dirty":
+            return dirty_pairs(config.num_dirty_pairs, config=task, seed=config.seed + 102)
+        if role == "clean":
+            return clean_pairs(config.num_clean_pairs, flip_rate=0.1, config=task, seed=config.seed + 103)
+        if role == "real_pairs":
+            return clean_pairs(config.num_clean_pairs, flip_rate=0.1, config=task, seed=config.seed + 104)
+        if role == "rm_test":  # held-out pairs labelled by gold without noise: RM accuracy against truth
+            return clean_pairs(1000, flip_rate=0.0, config=task, seed=config.seed + 105)
+        raise KeyError(role)
+
+    specs = {
+        "prompts": config.prompt_dataset,
+        "eval_prompts": config.eval_prompt_dataset,
+        "sft": config.sft_dataset,
+        "dirty": config.dirty_pairs_dataset,
+        "clean": config.clean_pairs_dataset,
+        "real_pairs": config.real_pairs_dataset,
+        "rm_test": config.clean_pairs_dataset,
+    }
+    for role, spec in specs.items():
+        if spec is None:
+            out[role] = None
+        elif spec == "testbed":
+            out[role] = testbed(role)
+        else:
+            data = load_spec(spec)
+            if role in ("clean", "rm_test"):  # outside the testbed, the last 10% of the clean pairs are held out
+                n = len(data)
+                data = data.select(range(int(0.9 * n), n) if role == "rm_test" else range(int(0.9 * n)))
+            out[role] = data
+    for role in ("prompts", "eval_prompts"):
+        if out[role] is not None and "prompt" not in out[role].column_names:
+            raise ValueError(f"The {role} dataset has no 'prompt' column (columns: {out[role].column_names}).")
+    return out

@@ -1,0 +1,170 @@
+"""The pipeline's report: a terminal table, a Markdown report and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .evaluate import fmt
+
+METHOD_LABELS = {"pretrained": "pretrained", "sft": "SFT (reward ES)", "cem": "CEM", "ppo": "PPO", "dpo": "DPO"}
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """A fixed-width table: gold (95% CI), proxy, KL to SFT, length, win rate vs SFT with its p-value."""
+    header = f"{'method':<16} {'gold':>6} {'gold 95% CI':>15} {'proxy':>7} {'dirty RM':>8} {'KL(π‖SFT)':>9} {'len':>5} {'win vs SFT':>10} {'p-value':>9}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        ci = r.get("gold_ci")
+        ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
+        win = fmt(r.get("win_rate")) if r.get("win_rate") is not None else "(base)" if r["method"] == "sft" else "–"
+        p = r.get("p_value")
+        lines.append(
+            f"{METHOD_LABELS.get(r['method'], r['method']):<16} {fmt(r.get('gold')):>6} {ci_s:>15} "
+            f"{fmt(r.get('proxy')):>7} {fmt(r.get('dirty_rm')):>8} {fmt(r.get('kl_to_sft')):>9} "
+            f"{r.get('length', 0):>5.1f} {win:>10} {('%.1e' % p) if p is not None else '–':>9}"
+        )
+    return lines
+
+
+def make_plots(results: dict, out: Path) -> list[str]:
+    """PNG plots: gold/proxy vs KL per method, CEM rounds, reward-model accuracies. Returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    table = results.get("evaluate", {}).get("table", [])
+    # 1. gold and proxy reward against KL to the SFT model
+    if table:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, key, title in ((axes[0], "gold", "gold reward (truth)"), (axes[1], "proxy", "proxy reward (ensemble, penalized)")):
+            traj = results.get("ppo", {}).get("trajectory") or []
+            if traj and traj[0].get(key) is not None:
+                ax.plot([p["kl"] for p in traj], [p[key] for p in traj], "-o", ms=3, color="tab:red", alpha=0.6,
+                        label="PPO during training")
+            hist = results.get("cem", {}).get("history") or []
+            cem_pts = [(h.get("eval_kl_to_sft"), h.get(f"eval_{key}")) for h in hist if h.get(f"eval_{key}") is not None]
+            for row in table:
+                if row.get(key) is None:
+                    continue
+                ax.scatter(row["kl_to_sft"], row[key], s=60, zorder=3)
+                ax.annotate(METHOD_LABELS.get(row["method"], row["method"]), (row["kl_to_sft"], row[key]),
+                            textcoords="offset points", xytext=(5, 5), fontsize=9)
+            if cem_pts and all(x is not None for x, _ in cem_pts):
+                ax.plot(*zip(*cem_pts), "--s", ms=3, color="tab:green", alpha=0.6, label="CEM rounds")
+            ax.set_xlabel("KL(π ‖ SFT), nats per answer")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "reward_vs_kl.png", dpi=120)
+        plt.close(fig)
+        files.append("reward_vs_kl.png")
+    # 2. CEM rounds
+    hist = results.get("cem", {}).get("history") or []
+    if hist:
+        keys = [k for k in ("reward_mean", "elite_reward_mean", "eval_gold", "entropy", "distinct_n") if any(k in h for h in hist)]
+        if not keys:
+            keys = sorted({k for h in hist for k, v in h.items() if isinstance(v, (int, float)) and k != "round"})[:5]
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            pts = [(h.get("round"), h[key]) for h in hist if isinstance(h.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), "-o")
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "cem_rounds.png", dpi=120)
+        plt.close(fig)
+        files.append("cem_rounds.png")
+    # 3. reward-model accuracies against gold labels
+    acc = results.get("reward", {}).get("accuracies") or {}
+    if acc:
+        names = list(acc)
+        metric = "gold_accuracy" if "gold_accuracy" in next(iter(acc.values())) else "accuracy"
+        overall = [acc[n].get(metric, float("nan")) for n in names]
+        hard = [acc[n].get("hard_quartile_gold_accuracy", float("nan")) for n in names]
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        x = range(len(names))
+        ax.bar([i - 0.2 for i in x], overall, width=0.4, label="all held-out pairs")
+        ax.bar([i + 0.2 for i in x], hard, width=0.4, label="hardest quartile (by gold margin)")
+        ax.set_xticks(list(x), names, fontsize=9)
+        ax.set_ylim(0.4, 1.0)
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_ylabel("accuracy vs gold")
+        ax.legend(fontsize=8)
+        ax.set_title("reward models")
+        fig.tight_layout()
+        fig.savefig(out / "reward_models.png", dpi=120)
+        plt.close(fig)
+        files.append("reward_models.png")
+    return files
+
+
+def write_report(results: dict, out: Path, title: str = "trl-extras pipeline report") -> Path:
+    """Write ``report.md`` (+ plots, + ``results.json``) into ``out`` and return its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    plots = make_plots(results, out)
+    md = [f"# {title}", ""]
+    table = results.get("evaluate", {}).get("table", [])
+    if table:
+        ev = results["evaluate"]
+        md += [
+            f"## Final table ({ev['num_prompts']} holdout prompts, one sample each at the training temperature; "
+            f"side-by-side judge: {ev['judge']}; p-value: two-sided binomial test, ties excluded)",
+            "",
+            "```",
+            *table_lines(table),
+            "```",
+            "",
+        ]
+    if "reward_vs_kl.png" in plots:
+        md += ["## Reward against KL to the SFT model", "", "![reward vs KL](reward_vs_kl.png)", ""]
+    sft = results.get("sft")
+    if sft:
+        md += [
+            "## SFT with reward-based early stopping",
+            "",
+            f"Best step by eval_reward: {sft.get('best_step_by_reward')}; by eval_loss: {sft.get('best_step_by_loss')}; "
+            f"stopped at step {sft.get('stopped_at_step')} ({sft.get('seconds', '?')} s).",
+            "",
+            "| step | eval_loss | eval_reward | gold |",
+            "|---:|---:|---:|---:|",
+        ]
+        for e in sft.get("evaluations", []):
+            gold = next((v for k, v in e.items() if "gold" in k), None)
+            md.append(f"| {e.get('step')} | {fmt(e.get('eval_loss'))} | {fmt(e.get('eval_reward'))} | {fmt(gold)} |")
+        md.append("")
+    rm = results.get("reward")
+    if rm:
+        md += ["## Reward models (accuracy on held-out gold-labelled pairs)", "", "| model | accuracy vs gold | hardest quartile | ECE |", "|---|---:|---:|---:|"]
+        for name, m in rm.get("accuracies", {}).items():
+            md.append(f"| {name} | {fmt(m.get('gold_accuracy', m.get('accuracy')))} | {fmt(m.get('hard_quartile_gold_accuracy'))} | {fmt(m.get('gold_ece', m.get('ece')))} |")
+        filt = rm.get("filtering") or {}
+        if filt:
+            md += ["", f"Easy-pair filtering: {json.dumps({k: v for k, v in filt.items() if k in ('num_pairs', 'num_kept', 'num_dropped_easy', 'num_dropped_suspect', 'num_input', 'num_dropped')}, default=str)}"]
+        if "reward_models.png" in plots:
+            md += ["", "![reward models](reward_models.png)"]
+        md.append("")
+    ens = results.get("ensemble")
+    if ens and "std_on_distribution" in ens:
+        md += [
+            "## Reward ensemble",
+            "",
+            f"K={ens['k']}, penalty {ens['penalty']} with λ={ens['coef']}. Mean member std on SFT-distribution answers: "
+            f"{fmt(ens['std_on_distribution'])}; on hacked off-distribution answers: {fmt(ens['std_off_distribution'])}.",
+            "",
+        ]
+    if "cem_rounds.png" in plots:
+        md += ["## CEM rounds", "", "![CEM rounds](cem_rounds.png)", ""]
+    timings = {k: v.get("seconds") for k, v in results.items() if isinstance(v, dict) and "seconds" in v}
+    if timings:
+        md += ["## Stage timings (s)", "", " | ".join(f"{k}: {v}" for k, v in timings.items()), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path

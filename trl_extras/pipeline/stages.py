@@ -1,0 +1,516 @@
+"""The pipeline's stages. Each takes the run context, writes its models under ``<output_dir>/<stage>/`` and returns
+a JSON-able result (saved as ``result.json``; a stage with a result is skipped on the next run)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    config: PipelineConfig
+    data: dict
+    model_args: object = None  # trl.ModelConfig (LoRA / 4-bit) or None
+    results: dict = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.config.output_dir)
+
+    def stage_dir(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def gold(self):
+        """The gold reward as ``RewardFunctions`` (None outside the testbed)."""
+        if self.config.gold_reward is None:
+            return None
+        from ..rewards.functions import RewardFunctions
+
+        return RewardFunctions(import_object(self.config.gold_reward))
+
+    def trainer_kwargs(self) -> dict:
+        """Common ``TrainingArguments`` for every stage."""
+        import torch
+
+        cpu = self.config.use_cpu or not torch.cuda.is_available()
+        return dict(
+            use_cpu=cpu,
+            bf16=self.config.bf16 and not cpu,
+            report_to="none",
+            seed=self.config.seed,
+            gradient_checkpointing=False,
+            logging_steps=5,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+
+    def peft_config(self, task_type: str):
+        if self.model_args is None or not getattr(self.model_args, "use_peft", False):
+            return None
+        from trl import get_peft_config
+
+        cfg = get_peft_config(self.model_args)
+        cfg.task_type = task_type
+        return cfg
+
+    def model_init_kwargs(self) -> dict:
+        if self.model_args is None:
+            return {}
+        from trl import get_kbit_device_map, get_quantization_config
+
+        kwargs = {}
+        quantization = get_quantization_config(self.model_args)
+        if quantization is not None:
+            kwargs.update(quantization_config=quantization, device_map=get_kbit_device_map())
+        if getattr(self.model_args, "dtype", None) not in (None, "auto"):
+            import torch
+
+            kwargs["dtype"] = getattr(torch, self.model_args.dtype)
+        return kwargs
+
+
+def import_object(path: str):
+    """``"package.module:name"`` → the object."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def save_model(model, tokenizer, path: Path) -> str:
+    """Save a (possibly PEFT) model as a standalone checkpoint: adapters merged, so later stages load it by path."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. SFT with reward-based early stopping
+# ----------------------------------------------------------------------------------------------------------------
+def stage_sft(ctx: Context) -> dict:
+    """SFT on the curated data; the checkpoint is chosen by the reward of generated holdout answers."""
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from ..callbacks.reward_early_stopping import RewardEarlyStoppingCallback
+    from ..testbed import build_sft_policy
+
+    cfg, out = ctx.config, ctx.stage_dir("sft")
+    base = cfg.policy_model or build_sft_policy(progress=True)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    sft = ctx.data["sft"].remove_columns([c for c in ctx.data["sft"].column_names if c not in ("prompt", "completion", "messages", "text")])
+    split = sft.train_test_split(test_size=0.1, seed=cfg.seed)
+    eval_prompts = ctx.data["eval_prompts"]["prompt"][:64]
+    # On the testbed the early-stopping reward is the cheap proxy available before any RM is trained (the dirty
+    # heuristic); real runs point `sft_reward` at an existing reward model. Gold is logged, never used to choose.
+    reward = import_object("trl_extras.testbed:heuristic_reward_fn") if cfg.gold_reward else cfg.reward_base_model
+    extra = {"gold": ctx.gold.funcs[0]} if ctx.gold is not None else None
+    callback = RewardEarlyStoppingCallback(
+        reward, eval_prompts, processing_class=tokenizer, patience=cfg.sft_patience,
+        max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, extra_reward_funcs=extra, seed=cfg.seed,
+    )
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        max_steps=cfg.sft_max_steps,
+        learning_rate=cfg.sft_learning_rate,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        eval_strategy="steps",
+        eval_steps=cfg.sft_eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.sft_eval_steps,
+        save_total_limit=None,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_reward",
+        greater_is_better=True,
+        lr_scheduler_type="constant",
+        max_length=cfg.max_prompt_length + cfg.max_completion_length,
+        model_init_kwargs=ctx.model_init_kwargs() or None,
+        **ctx.trainer_kwargs(),
+    )
+    trainer = SFTTrainer(
+        model=base, args=args, train_dataset=split["train"], eval_dataset=split["test"], processing_class=tokenizer,
+        callbacks=[callback], peft_config=ctx.peft_config("CAUSAL_LM"),
+    )
+    trainer.train()
+    # Trainer.evaluate logs eval_loss; the callback logs eval_reward (and extras) in its own entry: merge by step.
+    by_step: dict[int, dict] = {}
+    for entry in trainer.state.log_history:
+        if any(k.startswith("eval_") for k in entry):
+            by_step.setdefault(entry["step"], {}).update(entry)
+    evals = [by_step[s] for s in sorted(by_step)]
+    by_loss = min(evals, key=lambda e: e.get("eval_loss", float("inf"))) if evals else None
+    by_reward = max(evals, key=lambda e: e.get("eval_reward", float("-inf"))) if evals else None
+    model_path = save_model(trainer.model, tokenizer, out / "model")
+    return {
+        "model": model_path,
+        "base_model": base,
+        "evaluations": evals,
+        "best_step_by_reward": by_reward and by_reward["step"],
+        "best_step_by_loss": by_loss and by_loss["step"],
+        "stopped_at_step": trainer.state.global_step,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Reward model: dirty-only baseline → easy-pair filtering → two-stage (dirty → clean)
+# ----------------------------------------------------------------------------------------------------------------
+def _reward_args(ctx: Context, output_dir: Path, epochs: float, **extra):
+    from ..rewards.two_stage import TwoStageRewardConfig
+
+    cfg = ctx.config
+    return TwoStageRewardConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        learning_rate=cfg.rm_learning_rate,
+        per_device_train_batch_size=cfg.rm_batch_size,
+        per_device_eval_batch_size=cfg.rm_batch_size,
+        save_strategy="no",
+        eval_strategy="no",
+        max_length=cfg.max_prompt_length + cfg.max_completion_length + 4,
+        model_init_kwargs=ctx.model_init_kwargs() or None,
+        **ctx.trainer_kwargs(),
+        **extra,
+    )
+
+
+def stage_reward(ctx: Context) -> dict:
+    """Train the dirty-only RM (also the Goodhart proxy), filter its easiest pairs, then train dirty→clean."""
+    from trl import RewardConfig, RewardTrainer
+
+    from ..rewards.filtering import filter_easy_pairs
+    from ..rewards.metrics import evaluate_reward_model
+    from ..rewards.two_stage import TwoStageRewardTrainer
+
+    cfg, out = ctx.config, ctx.stage_dir("reward")
+    init = cfg.reward_base_model or ctx.results["sft"]["model"]
+    dirty, clean, test = ctx.data["dirty"], ctx.data["clean"], ctx.data["rm_test"]
+    peft = ctx.peft_config("SEQ_CLS")
+    accuracies = {}
+
+    def train_one(name, dataset, epochs):
+        args = RewardConfig(**{k: v for k, v in vars(_reward_args(ctx, out / name, epochs)).items()
+                               if k in RewardConfig.__dataclass_fields__ and k != "_n_gpu"})
+        trainer = RewardTrainer(model=init, args=args, train_dataset=dataset, peft_config=peft)
+        trainer.train()
+        return trainer
+
+    # (a) dirty-only: a baseline, the model that scores pairs for filtering, and the hackable proxy of the demo
+    dirty_trainer = train_one("dirty_only", dirty, cfg.rm_pretrain_epochs)
+    tokenizer = dirty_trainer.processing_class
+    accuracies["dirty only"] = evaluate_reward_model(dirty_trainer.model, tokenizer, test)
+    dirty_path = save_model(dirty_trainer.model, tokenizer, out / "dirty_only" / "model")
+    # (b) clean-only baseline
+    clean_trainer = train_one("clean_only", clean, cfg.rm_epochs)
+    accuracies["clean only"] = evaluate_reward_model(clean_trainer.model, tokenizer, test)
+    # (c) drop the easiest dirty pairs (the dirty-only RM is most sure of them), then dirty → clean
+    filtered, report = filter_easy_pairs(dirty_trainer.model, dirty, tokenizer, drop_easiest=cfg.drop_easiest)
+    args = _reward_args(ctx, out / "two_stage", cfg.rm_epochs, pretrain_num_train_epochs=cfg.rm_pretrain_epochs)
+    two_stage = TwoStageRewardTrainer(
+        model=init, args=args, pretrain_dataset=filtered, train_dataset=clean, eval_dataset=test, peft_config=peft
+    )
+    two_stage.train()
+    accuracies["dirty→clean (filtered)"] = evaluate_reward_model(two_stage.model, tokenizer, test)
+    model_path = save_model(two_stage.model, tokenizer, out / "model")
+    return {
+        "model": model_path,
+        "dirty_only_model": dirty_path,
+        "accuracies": accuracies,
+        "filtering": _jsonable(report),
+    }
+
+
+def _jsonable(obj):
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    elif hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        obj = asdict(obj)
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. Reward ensemble
+# ----------------------------------------------------------------------------------------------------------------
+def stage_ensemble(ctx: Context) -> dict:
+    """K reward models differing by seed (fresh heads on the SFT model), trained on the filtered dirty + clean pairs."""
+    from datasets import concatenate_datasets
+    from trl import RewardConfig
+
+    from ..rewards.ensemble import train_reward_ensemble
+
+    cfg, out = ctx.config, ctx.stage_dir("ensemble")
+    init = cfg.reward_base_model or ctx.results["sft"]["model"]
+    keep = ["prompt", "chosen", "rejected"]
+    clean = ctx.data["clean"].select_columns(keep)
+    dirty = ctx.data["dirty"].select_columns(keep)
+    train = concatenate_datasets([dirty, clean, clean]).shuffle(seed=cfg.seed)  # clean pairs weighted twice
+    base = _reward_args(ctx, out / "members", 1.0)
+    args = RewardConfig(**{k: v for k, v in vars(base).items() if k in RewardConfig.__dataclass_fields__ and k != "_n_gpu"})
+    ensemble = train_reward_ensemble(
+        init, train, args=args, k=cfg.ensemble_size, output_dir=out / "model", peft_config=ctx.peft_config("SEQ_CLS"),
+        penalty=cfg.ensemble_penalty, coef=cfg.ensemble_coef,
+    )
+    # disagreement on-distribution (SFT samples) vs off-distribution (hacks) — the reason the penalty helps
+    result = {"model": str(out / "model"), "k": cfg.ensemble_size, "penalty": cfg.ensemble_penalty, "coef": cfg.ensemble_coef}
+    if cfg.gold_reward is not None:
+        from ..testbed import hacked_completions
+
+        prompts = ctx.data["rm_test"]["prompt"][:256]
+        on = ensemble.score(prompts, ctx.data["rm_test"]["chosen"][:256])
+        off = ensemble.score(prompts, hacked_completions(prompts, seed=cfg.seed))
+        result["std_on_distribution"] = float(on.std.mean())
+        result["std_off_distribution"] = float(off.std.mean())
+    return result
+
+
+def load_ensemble(ctx: Context):
+    from ..rewards.ensemble import RewardEnsemble
+
+    return RewardEnsemble.from_pretrained(
+        ctx.results["ensemble"]["model"], penalty=ctx.config.ensemble_penalty, coef=ctx.config.ensemble_coef
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. CEM
+# ----------------------------------------------------------------------------------------------------------------
+def stage_cem(ctx: Context) -> dict:
+    from ..trainers.cem import CEMTrainer
+    from ..trainers.cem_config import CEMConfig
+
+    cfg, out = ctx.config, ctx.stage_dir("cem")
+    sft = ctx.data["sft"].select_columns(["prompt", "completion"])
+    args = CEMConfig(
+        output_dir=str(out / "run"),
+        num_rounds=cfg.cem_rounds,
+        num_generations=cfg.cem_num_generations,
+        prompts_per_round=cfg.cem_prompts_per_round,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        elite_top_k=1,
+        sft_mix_ratio=cfg.cem_sft_mix_ratio,
+        learning_rate=cfg.sft_learning_rate,
+        per_device_train_batch_size=32,
+        num_train_epochs=1,
+        save_strategy="no",
+        model_init_kwargs=ctx.model_init_kwargs() or None,
+        **ctx.trainer_kwargs(),
+    )
+    trainer = CEMTrainer(
+        model=ctx.results["sft"]["model"], reward_funcs=load_ensemble(ctx), args=args,
+        train_dataset=ctx.data["prompts"], eval_dataset=ctx.data["eval_prompts"].select(range(64)),
+        sft_dataset=sft, peft_config=ctx.peft_config("CAUSAL_LM"),
+        eval_reward_funcs=ctx.gold.funcs[0] if ctx.gold is not None else None,
+    )
+    history = trainer.train()
+    model_path = save_model(trainer.model, trainer.processing_class, out / "model")
+    return {"model": model_path, "history": _jsonable(history)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. PPO (advantage-normalized, exact KL, ensemble uncertainty penalty)
+# ----------------------------------------------------------------------------------------------------------------
+def _trajectory_callback(ctx: Context, every: int, num_prompts: int = 64):
+    """A callback that measures gold, proxy and KL to SFT every ``every`` steps: the data of the Goodhart plot."""
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from ..rewards.functions import RewardFunctions
+    from .evaluate import evaluate_policy
+
+    sft_model = AutoModelForCausalLM.from_pretrained(ctx.results["sft"]["model"], **ctx.model_init_kwargs())
+    prompts = ctx.data["eval_prompts"]["prompt"][:num_prompts]
+    proxy = RewardFunctions(load_ensemble(ctx))
+    gold = ctx.gold
+    cfg = ctx.config
+
+    class Trajectory(TrainerCallback):
+        def __init__(self):
+            self.points = []
+
+        def _measure(self, state, model, processing_class):
+            sft_model.to(next(model.parameters()).device)
+            ev = evaluate_policy(
+                "trajectory", model, processing_class, sft_model, prompts, proxy, gold,
+                max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed + state.global_step,
+            )
+            self.points.append({"step": state.global_step, "gold": ev.gold_mean, "proxy": ev.proxy_mean, "kl": ev.kl_to_sft})
+
+        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+            self._measure(state, model, processing_class)
+
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+            if state.global_step % every == 0:
+                self._measure(state, model, processing_class)
+
+    return Trajectory()
+
+
+def stage_ppo(ctx: Context) -> dict:
+    from ..trainers.ppo import PPOTrainer
+    from ..trainers.ppo_config import PPOConfig
+
+    cfg, out = ctx.config, ctx.stage_dir("ppo")
+    args = PPOConfig(
+        output_dir=str(out / "run"),
+        max_steps=cfg.ppo_max_steps,
+        per_device_train_batch_size=cfg.ppo_batch_size,
+        learning_rate=cfg.ppo_learning_rate,
+        max_prompt_length=cfg.max_prompt_length,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        kl_estimator="exact",
+        kl_coef=cfg.ppo_kl_coef,
+        advantage_normalization="batch",
+        save_strategy="no",
+        model_init_kwargs=ctx.model_init_kwargs() or None,
+        **ctx.trainer_kwargs(),
+    )
+    trajectory = _trajectory_callback(ctx, every=max(1, cfg.ppo_max_steps // 8))
+    trainer = PPOTrainer(
+        model=ctx.results["sft"]["model"], reward_funcs=load_ensemble(ctx), args=args,
+        train_dataset=ctx.data["prompts"], value_model=ctx.results["reward"]["model"],
+        peft_config=ctx.peft_config("CAUSAL_LM"), callbacks=[trajectory],
+    )
+    trainer.train()
+    model_path = save_model(trainer.model, trainer.processing_class, out / "model")
+    logs = [e for e in trainer.state.log_history if "loss" in e or any(k.startswith("reward") for k in e)]
+    return {"model": model_path, "trajectory": trajectory.points, "log_history": _jsonable(logs)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. DPO on reward-synthesized pairs, then on real pairs
+# ----------------------------------------------------------------------------------------------------------------
+def stage_dpo(ctx: Context) -> dict:
+    from trl import DPOConfig
+
+    from ..evaluation.synthetic_pairs import run_two_stage_dpo, synthesize_preference_pairs
+
+    cfg, out = ctx.config, ctx.stage_dir("dpo")
+    sft_path = ctx.results["sft"]["model"]
+    pairs, stats = synthesize_preference_pairs(
+        sft_path, load_ensemble(ctx), ctx.data["prompts"]["prompt"], n=cfg.dpo_num_generations,
+        max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed, return_stats=True,
+        progress=True,
+    )
+    pairs.save_to_disk(str(out / "synthetic_pairs"))
+    args = DPOConfig(
+        output_dir=str(out / "run"),
+        max_steps=cfg.dpo_max_steps,
+        learning_rate=cfg.dpo_learning_rate,
+        beta=cfg.dpo_beta,
+        per_device_train_batch_size=32,
+        save_strategy="no",
+        model_init_kwargs=ctx.model_init_kwargs() or None,
+        **ctx.trainer_kwargs(),
+    )
+    real = ctx.data["real_pairs"]
+    if real is not None:
+        real = real.select_columns(["prompt", "chosen", "rejected"])
+        _, final = run_two_stage_dpo(sft_path, pairs.select_columns(["prompt", "chosen", "rejected"]), real, args,
+                                     peft_config=ctx.peft_config("CAUSAL_LM"))
+    else:
+        from trl import DPOTrainer
+
+        final = DPOTrainer(model=sft_path, args=args, train_dataset=pairs, peft_config=ctx.peft_config("CAUSAL_LM"))
+        final.train()
+    model_path = save_model(final.model, final.processing_class, out / "model")
+    return {"model": model_path, "num_synthetic_pairs": len(pairs), "synthesis": _jsonable(stats)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. Evaluation: every model against the SFT model
+# ----------------------------------------------------------------------------------------------------------------
+def stage_evaluate(ctx: Context) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..evaluation.side_by_side import side_by_side
+    from ..rewards.functions import RewardFunctions
+    from .evaluate import evaluate_policy
+
+    cfg = ctx.config
+    prompts = ctx.data["eval_prompts"]["prompt"]
+    proxy = RewardFunctions(load_ensemble(ctx))
+    dirty_proxy = RewardFunctions(ctx.results["reward"]["dirty_only_model"]) if "reward" in ctx.results else None
+    gold = ctx.gold
+    sft_path = ctx.results["sft"]["model"]
+    device = "cuda" if torch.cuda.is_available() and not cfg.use_cpu else "cpu"
+    sft_model = AutoModelForCausalLM.from_pretrained(sft_path, **ctx.model_init_kwargs()).to(device)
+    candidates = {"pretrained": ctx.results["sft"]["base_model"], "sft": sft_path}
+    for stage in ("cem", "ppo", "dpo"):
+        if stage in ctx.results:
+            candidates[stage] = ctx.results[stage]["model"]
+    evaluations = {}
+    for name, path in candidates.items():
+        model = sft_model if name == "sft" else AutoModelForCausalLM.from_pretrained(path, **ctx.model_init_kwargs()).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        evaluations[name] = evaluate_policy(
+            name, model, tokenizer, sft_model, prompts, proxy, gold,
+            max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed,
+            extra_rewards={"dirty_rm": dirty_proxy} if dirty_proxy is not None else None,
+        )
+    rows = []
+    judge = gold.funcs[0] if gold is not None else proxy.funcs[0]
+    for name, ev in evaluations.items():
+        row = ev.row()
+        if name != "sft":
+            sbs = side_by_side(ev.completions, evaluations["sft"].completions, prompts, judge, seed=cfg.seed)
+            row.update(win_rate=sbs.win_rate, win_rate_ci=list(sbs.win_rate_ci), p_value=sbs.p_value,
+                       wins=sbs.wins, losses=sbs.losses, ties=sbs.ties)
+        rows.append(row)
+    return {"table": rows, "judge": "gold" if gold is not None else "reward ensemble", "num_prompts": len(prompts)}
+
+
+STAGES = {
+    "sft": stage_sft,
+    "reward": stage_reward,
+    "ensemble": stage_ensemble,
+    "cem": stage_cem,
+    "ppo": stage_ppo,
+    "dpo": stage_dpo,
+    "evaluate": stage_evaluate,
+}
+
+
+def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True) -> Context:
+    """Run ``config.stages`` in order, skipping those with a ``result.json`` (unless ``overwrite``)."""
+    from .data import pipeline_datasets
+
+    ctx = Context(config=config, data=pipeline_datasets(config), model_args=model_args)
+    ctx.root.mkdir(parents=True, exist_ok=True)
+    for name in STAGES:  # results of earlier runs feed later stages even when not re-run
+        path = ctx.root / name / "result.json"
+        if path.exists():
+            ctx.results[name] = json.loads(path.read_text())
+    for name in config.stages:
+        path = ctx.root / name / "result.json"
+        if path.exists() and not config.overwrite:
+            logger.info("stage %s: outputs exist, skipped", name)
+            if progress:
+                print(f"[{name}] outputs exist in {path.parent}: skipped")
+            continue
+        if progress:
+            print(f"[{name}] running ...", flush=True)
+        start = time.perf_counter()
+        result = STAGES[name](ctx)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        ctx.results[name] = result
+        path.write_text(json.dumps(_jsonable(result), indent=2))
+        if progress:
+            print(f"[{name}] done in {result['seconds']:.0f}s", flush=True)
+    return ctx
