@@ -9,7 +9,7 @@ scoring, log-probs, the update). Runs:
 PPO runs a value model (one more forward at rollout and one forward+backward per update) and its exact KL needs
 the reference's logits; GRPO needs ``num_generations >= 2`` (4 here; PPO uses 4 too, for identical batches).
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ppo_vs_grpo_throughput.py        # ~5 min on 2 CPU cores
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ppo_vs_grpo_throughput.py        # ~5 min on one CPU core
 
 Writes ``benchmarks/results/ppo_vs_grpo_throughput.json`` and ``.md``.
 """
