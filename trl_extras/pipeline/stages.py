@@ -233,6 +233,11 @@ def stage_reward(ctx: Context) -> dict:
     }
 
 
+def _pair_columns(dataset):
+    """Only the preference columns (explicit or implicit prompt), so datasets of different sources concatenate."""
+    return dataset.select_columns([c for c in ("prompt", "chosen", "rejected") if c in dataset.column_names])
+
+
 def _jsonable(obj):
     if hasattr(obj, "to_dict"):
         obj = obj.to_dict()
@@ -255,9 +260,8 @@ def stage_ensemble(ctx: Context) -> dict:
 
     cfg, out = ctx.config, ctx.stage_dir("ensemble")
     init = cfg.reward_base_model or ctx.results["sft"]["model"]
-    keep = ["prompt", "chosen", "rejected"]
-    clean = ctx.data["clean"].select_columns(keep)
-    dirty = ctx.data["dirty"].select_columns(keep)
+    clean = _pair_columns(ctx.data["clean"])
+    dirty = _pair_columns(ctx.data["dirty"])
     train = concatenate_datasets([dirty, clean, clean]).shuffle(seed=cfg.seed)  # clean pairs weighted twice
     base = _reward_args(ctx, out / "members", 1.0)
     args = RewardConfig(**{k: v for k, v in vars(base).items() if k in RewardConfig.__dataclass_fields__ and k != "_n_gpu"})
@@ -420,8 +424,7 @@ def stage_dpo(ctx: Context) -> dict:
     )
     real = ctx.data["real_pairs"]
     if real is not None:
-        real = real.select_columns(["prompt", "chosen", "rejected"])
-        _, final = run_two_stage_dpo(sft_path, pairs.select_columns(["prompt", "chosen", "rejected"]), real, args,
+        _, final = run_two_stage_dpo(sft_path, _pair_columns(pairs), _pair_columns(real), args,
                                      peft_config=ctx.peft_config("CAUSAL_LM"))
     else:
         from trl import DPOTrainer
