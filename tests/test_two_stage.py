@@ -169,3 +169,39 @@ def test_bad_arguments(tiny_paths, tmp_path):
     )
     with pytest.raises(ValueError, match="No checkpoint"):
         t.train(resume_from_checkpoint=True)
+
+
+@pytest.mark.slow
+def test_two_stage_qlora_4bit(tmp_path):
+    """4-bit (bitsandbytes nf4) base + LoRA through TRL's ModelConfig helpers, both stages, margins afterwards."""
+    from trl import ModelConfig, get_peft_config, get_quantization_config
+
+    from trl_extras.rewards.pairs import pair_margins
+    from trl_extras.testbed import TinyModelSpec, make_tiny_checkpoints
+
+    # bitsandbytes' 4-bit kernels need widths that are multiples of 64.
+    spec = TinyModelSpec(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    reward_path = make_tiny_checkpoints(tmp_path / "tiny64", spec=spec)["reward"]
+    model_args = ModelConfig(
+        model_name_or_path=reward_path,
+        load_in_4bit=True,
+        use_peft=True,
+        lora_task_type="SEQ_CLS",
+        lora_r=4,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
+    # QLoRA adapters are bf16 (TRL casts them), so the compute dtype must be bf16 as well.
+    args = _config(tmp_path, model_init_kwargs={"dtype": torch.bfloat16})
+    rec = Recorder()
+    trainer = TwoStageRewardTrainer(
+        model=reward_path,
+        args=args,
+        pretrain_dataset=dirty_pairs(16, seed=1),
+        train_dataset=clean_pairs(12, seed=2),
+        callbacks=[rec],
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train()
+    torch.testing.assert_close(rec.begin[1], rec.end[0], rtol=0, atol=0)
+    assert torch.isfinite(pair_margins(trainer.model, trainer.processing_class, clean_pairs(4, seed=3))).all()
