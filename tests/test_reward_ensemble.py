@@ -273,3 +273,22 @@ def test_bad_inputs(tiny_paths, tiny_tokenizer, tmp_path):
         ensemble.score(PROMPTS, COMPLETIONS)
     with pytest.raises(FileNotFoundError, match=MANIFEST_NAME):
         RewardEnsemble.from_pretrained(tmp_path)
+
+
+def test_cli_reward_ensemble_recipe(tiny_paths, tmp_path):
+    """The recipe with tiny overrides, K LoRA adapters on the last layer (separate checkpoints: tested above)."""
+    from pathlib import Path
+
+    from trl_extras.cli import main
+
+    recipe = Path(__file__).parent.parent / "recipes" / "reward_ensemble.yaml"
+    argv = ["reward-ensemble", "--config", str(recipe), "--model_name_or_path", tiny_paths["policy"],
+            "--output_dir", str(tmp_path / "out"), "--k", "2", "--testbed_dirty_pairs", "16",
+            "--testbed_clean_pairs", "8", "--testbed_eval_pairs", "8", "--max_steps", "1",
+            "--per_device_train_batch_size", "4", "--calibration_size", "8", "--use_peft", "--lora_task_type",
+            "SEQ_CLS", "--lora_r", "4", "--lora_last_layers", "1", "--lora_target_modules", "q_proj", "v_proj"]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "out" / "reward_metrics.json").read_text())
+    assert len(metrics["eval"]["member_accuracy"]) == 2
+    loaded = RewardEnsemble.from_pretrained(tmp_path / "out")
+    assert loaded.layout == "lora" and loaded.calibration is not None and loaded.uses_fast_path

@@ -636,6 +636,7 @@ def train_reward_ensemble(
     penalty: str = "variance",
     coef: float = 0.1,
     callbacks=None,
+    quantization_config=None,
     progress: bool = True,
 ) -> RewardEnsemble:
     """Train K reward models with TRL's ``RewardTrainer`` and save them as a :class:`RewardEnsemble`.
@@ -659,6 +660,8 @@ def train_reward_ensemble(
             which enables trunk-once scoring.
         calibration_size: calibrate on the chosen and rejected completions of this many training pairs (None: skip).
         penalty, coef: the ensemble's default penalty for ``__call__``.
+        quantization_config: e.g. ``trl.get_quantization_config(model_args)`` for QLoRA members (passed to
+            ``RewardTrainer``; the returned ensemble reloads the base with it).
 
     Returns:
         The saved ensemble, reloaded from ``output_dir`` (manifest: members, layout, seeds, calibration).
@@ -722,6 +725,7 @@ def train_reward_ensemble(
             processing_class=processing_class,
             peft_config=copy.deepcopy(peft_config),
             callbacks=callbacks,
+            quantization_config=quantization_config,
         )
         trainer.train()
         if layout == "separate":
@@ -759,7 +763,10 @@ def train_reward_ensemble(
         "train_metrics": histories,
     }
     (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-    ensemble = RewardEnsemble.from_pretrained(output_dir, model_init_kwargs=_load_kwargs(args))
+    load_kwargs = _load_kwargs(args)
+    if quantization_config is not None:
+        load_kwargs["quantization_config"] = quantization_config
+    ensemble = RewardEnsemble.from_pretrained(output_dir, model_init_kwargs=load_kwargs)
     if calibration_size:
         prompts, completions = _reference_completions(train_dataset, calibration_size)
         manifest["calibration"] = ensemble.calibrate(prompts, completions)
