@@ -60,7 +60,8 @@ def summarize(gold: list[float]) -> dict:
     return {"mean": mean, "ci95": [low, high], "exact_sort_rate": sum(g >= 1.0 for g in gold) / len(gold)}
 
 
-def run(name, reward, normalization, sft_path, steps, prompts, holdout, before, out_dir, lr=5e-5, seed=0) -> dict:
+def run(name, reward, normalization, sft_path, steps, prompts, holdout, before, out_dir, lr=5e-5, seed=0,
+        penalty_scale: float = 1.0) -> dict:
     from trl_extras.core.stats import binomial_test
     from trl_extras.testbed import gold_reward_fn
     from trl_extras.trainers.ppo import PPOTrainer
@@ -70,7 +71,8 @@ def run(name, reward, normalization, sft_path, steps, prompts, holdout, before, 
         output_dir=str(out_dir / name), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
         per_device_train_batch_size=32, gradient_accumulation_steps=1, num_mini_batches=2, num_ppo_epochs=2,
         max_steps=steps, max_completion_length=24, learning_rate=lr, value_learning_rate=10 * lr,
-        lr_scheduler_type="constant", kl_coef=0.05, advantage_normalization=normalization,
+        lr_scheduler_type="constant", kl_coef=0.05 * penalty_scale, missing_eos_penalty=1.0 * penalty_scale,
+        advantage_normalization=normalization,
         value_model_init="policy", logging_steps=4, seed=seed, disable_tqdm=True,
     )
     trainer = PPOTrainer(sft_path, reward_funcs=reward, args=args, train_dataset=prompts,
@@ -86,6 +88,7 @@ def run(name, reward, normalization, sft_path, steps, prompts, holdout, before, 
     return {
         "name": name,
         "advantage_normalization": normalization,
+        "penalty_scale": penalty_scale,
         "steps": steps,
         "train_seconds": wall,
         "after": summarize(after),
@@ -120,19 +123,27 @@ def main(argv=None):
         "gold": (gold_reward_fn, "batch"),
         "gold_x100+50_batch": (affine_gold(100.0, 50.0), "batch"),
         "gold_x100+50_none": (affine_gold(100.0, 50.0), "none"),
+        # the KL coefficient and the EOS penalty rescaled too: the whole per-token reward is 100 r + 50 (at EOS)
+        "gold_x100+50_batch_penalties_x100": (affine_gold(100.0, 50.0), "batch", 100.0),
     }
     if args.only:
         runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
     results = {"sft_before": summarize(before), "num_holdout_prompts": len(holdout), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (reward, norm) in runs.items():
+        for name, (reward, norm, *scale) in runs.items():
             print(f"== {name}", flush=True)
-            r = run(name, reward, norm, sft_path, steps, prompts, holdout, before, Path(tmp), lr=args.lr)
+            r = run(name, reward, norm, sft_path, steps, prompts, holdout, before, Path(tmp), lr=args.lr,
+                    penalty_scale=scale[0] if scale else 1.0)
             print(json.dumps(r["after"]), r["sign_test_vs_sft"], f"{r['train_seconds']:.0f}s", flush=True)
             results["runs"].append(r)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
+    previous = RESULTS / f"ppo_testbed{suffix}.json"
+    if args.only and previous.is_file():  # --only re-runs some rows of an existing table
+        old = json.loads(previous.read_text())
+        fresh = {r["name"]: r for r in results["runs"]}
+        results["runs"] = [fresh.pop(r["name"], r) for r in old["runs"]] + list(fresh.values())
     (RESULTS / f"ppo_testbed{suffix}.json").write_text(json.dumps(results, indent=2))
     b = results["sft_before"]
     lines = [
