@@ -4,13 +4,13 @@ Every reward model is the testbed SFT policy with a new score head (the seed's r
 pairs labelled by gold (no flips) — accuracy against gold, accuracy on the hardest quartile (smallest |gold
 margin|), and calibration error of σ(margin) against the gold label.
 
-1. Clean budgets 100/300/1000 (10% flipped labels): clean-only, dirty-only (3000 heuristic pairs, 1 epoch) and
+1. Clean budgets 100/300/1000 (10% flipped labels): clean-only, dirty-only (1500 heuristic pairs, 1 epoch) and
    dirty→clean (``TwoStageRewardTrainer``; stage 1 is trained once and later budgets resume from its
    ``output_dir/stage1`` model, the "finished stage 1" resume path).
-2. Filtering on 1000 clean pairs: one RM trained on all pairs scores the margins, then a fresh RM is trained
+2. Filtering on 600 clean pairs: one RM trained on all pairs scores the margins, then a fresh RM is trained
    after dropping the easiest 0 / 10 / 20 / 40 % (plus one run that also drops the 10 % most suspect pairs).
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/reward_experiments.py          # a few minutes on CPU
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/reward_experiments.py   # ~1000 steps: minutes on a free CPU
     .venv/bin/python benchmarks/reward_experiments.py --quick                   # smoke run
 
 Writes ``benchmarks/results/reward_experiments.json`` and ``reward_experiments.md``.
@@ -68,7 +68,7 @@ def evaluate(model, tok, eval_ds) -> dict:
     }
 
 
-def run(args) -> dict:
+def run(args, save=lambda results: None) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
@@ -117,6 +117,7 @@ def run(args) -> dict:
         plain.train()
         row["clean_only"] = evaluate(plain.model, plain.processing_class, eval_ds)
         results["budgets"].append(row)
+        save(results)
         print(f"[{time.perf_counter() - t0:6.0f}s] budget {n}: {json.dumps(row)}", flush=True)
 
     # -- 2. filtering on `filter_pairs` clean pairs
@@ -151,8 +152,9 @@ def run(args) -> dict:
             row["flipped_share_dropped_easy"] = sum(flipped[i] for i in easy_ids) / max(1, len(easy_ids))
             row["flipped_share_dropped_suspect"] = sum(flipped[i] for i in sus_ids) / len(sus_ids) if sus_ids else None
         results["filtering"].append(row)
+        results["flipped_share_all"] = sum(clean["flipped"]) / len(clean)
+        save(results)
         print(f"[{time.perf_counter() - t0:6.0f}s] filter {json.dumps(row)}", flush=True)
-    results["flipped_share_all"] = sum(clean["flipped"]) / len(clean)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return results
@@ -203,11 +205,11 @@ def to_markdown(r: dict) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", default="100,300,1000")
-    p.add_argument("--dirty_pairs", type=int, default=3000)
-    p.add_argument("--filter_pairs", type=int, default=1000)
-    p.add_argument("--eval_pairs", type=int, default=500)
+    p.add_argument("--dirty_pairs", type=int, default=1500)
+    p.add_argument("--filter_pairs", type=int, default=600)
+    p.add_argument("--eval_pairs", type=int, default=300)
     p.add_argument("--dirty_epochs", type=float, default=1.0)
-    p.add_argument("--clean_epochs", type=float, default=3.0)
+    p.add_argument("--clean_epochs", type=float, default=2.0)
     p.add_argument("--dirty_lr", type=float, default=1e-4)
     p.add_argument("--clean_lr", type=float, default=5e-5)
     p.add_argument("--seed", type=int, default=0)
@@ -219,10 +221,14 @@ def main():
         args.dirty_epochs = args.clean_epochs = 1.0
         if args.output == str(RESULTS / "reward_experiments"):
             args.output = os.path.join(tempfile.gettempdir(), "reward_experiments_quick")
-    results = run(args)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+
+    def save(results):  # after every row, so an interrupted run keeps what it measured
+        out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+
+    results = run(args, save)
+    save(results)
     md = to_markdown(results)
     out.with_suffix(".md").write_text(md)
     print(md)

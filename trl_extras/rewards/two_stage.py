@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -121,6 +122,18 @@ class TwoStageRewardTrainer(RewardTrainer):
 
     _tag_names = ["trl", "reward-trainer", "trl-extras", "two-stage-reward"]
     _name = "Two-stage Reward"
+    _paper = {
+        "title": "A General Language Assistant as a Laboratory for Alignment",
+        "id": "2112.00861",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{askell2021general,
+                title   = {{A General Language Assistant as a Laboratory for Alignment}},
+                author  = {Amanda Askell and Yuntao Bai and Anna Chen and Dawn Drain and Deep Ganguli and Tom Henighan and Andy Jones and Nicholas Joseph and Ben Mann and Nova DasSarma and others},
+                year    = 2021,
+                journal = {arXiv preprint arXiv:2112.00861},
+            }"""),
+    }
 
     def __init__(
         self,
@@ -173,6 +186,8 @@ class TwoStageRewardTrainer(RewardTrainer):
         args.max_steps = base.pretrain_max_steps
         args.learning_rate = base.pretrain_learning_rate or base.learning_rate
         args.output_dir = self.stage1_dir
+        # Stage-1 checkpoints must not be pushed over the final model's Hub repository.
+        args.push_to_hub = False
         return args
 
     def _resolve_resume(self, resume_from_checkpoint) -> tuple[int, str | None, str | None]:
