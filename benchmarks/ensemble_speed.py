@@ -8,7 +8,8 @@ Model: a randomly initialised ``LlamaForSequenceClassification`` (default 16 lay
 * ensemble: the base with K adapters scored by ``RewardEnsemble`` (trunk once, K tails);
 * for reference, the same K adapters by K full passes (the naive ``set_adapter`` loop).
 
-Time: median wall time of scoring one batch over ``--repeats`` runs after a warm-up, ``OMP_NUM_THREADS`` threads.
+Time: the three variants on one K-adapter model in one process, timed round-robin over ``--repeats`` rounds after a
+warm-up (load on a shared machine then hits them alike); ratio = median over rounds of time / one-member time.
 Memory: each variant runs in its own fresh subprocess; "held" = bytes of all parameters and buffers (base, adapters,
 score heads; exact) + the peak memory added while scoring: on CPU the rise of the peak resident set size
 (``VmHWM``, reset through ``/proc/self/clear_refs`` after the warm-up) over the RSS just before scoring — torch's

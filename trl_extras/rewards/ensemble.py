@@ -493,7 +493,11 @@ class RewardEnsemble:
             "calibration": self.calibration,
             "penalty": self.penalty,
             "coef": self.coef,
-            **{k: v for k, v in self.metadata.items() if k not in ("format", "version", "layout", "members")},
+            **{
+                k: v
+                for k, v in self.metadata.items()
+                if k not in ("format", "version", "layout", "members", "directory", "base_model")
+            },
         }
 
     def save_pretrained(self, directory: str | os.PathLike, base_model_path: str | None = None) -> str:
