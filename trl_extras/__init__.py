@@ -47,6 +47,10 @@ _LAZY = {
     "side_by_side": "trl_extras.evaluation.side_by_side",
     "SideBySideResult": "trl_extras.evaluation.side_by_side",
     "synthesize_preference_pairs": "trl_extras.evaluation.synthetic_pairs",
+    "run_two_stage_dpo": "trl_extras.evaluation.synthetic_pairs",
+    "binomial_test": "trl_extras.core.stats",
+    "win_rate_interval": "trl_extras.core.stats",
+    "mean_ci": "trl_extras.core.stats",
 }
 
 __all__ = sorted(_LAZY)

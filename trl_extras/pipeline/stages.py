@@ -145,6 +145,7 @@ def stage_sft(ctx: Context) -> dict:
         model=base, args=args, train_dataset=split["train"], eval_dataset=split["test"], processing_class=tokenizer,
         callbacks=[callback], peft_config=ctx.peft_config("CAUSAL_LM"),
     )
+    callback.set_trainer(trainer)  # log eval_reward through the trainer (report_to integrations) and its accelerator
     trainer.train()
     # Trainer.evaluate logs eval_loss; the callback logs eval_reward (and extras) in its own entry: merge by step.
     by_step: dict[int, dict] = {}
