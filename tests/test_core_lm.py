@@ -49,6 +49,13 @@ def test_completion_token_stats_equals_full_logits(models, chunk_size):
     assert torch.allclose(stats["exact_kl"].double(), (lp.exp() * (lp - rlp)).sum(-1), atol=1e-5)
     assert torch.allclose(stats["entropy"].double(), -(lp.exp() * lp).sum(-1), atol=1e-5)
     assert stats["exact_kl"].abs().sum() > 0  # the reference really differs
+    # without the entropy the in-place path (π taken in log π's buffer) gives the same numbers
+    lean = completion_token_stats(
+        policy, ref, ids, mask, T, temperature=temp, chunk_size=chunk_size, with_entropy=False
+    )
+    assert "entropy" not in lean
+    for key in ("logprobs", "ref_logprobs", "exact_kl"):
+        assert torch.allclose(lean[key], stats[key], atol=1e-6), key
     # same as exact_kl on full logits
     full_kl = exact_kl(
         _full(policy, ids, mask, T, 1.0).float(), _full(ref, ids, mask, T, 1.0).float(), temperature=temp

@@ -236,8 +236,9 @@ def completion_token_stats(
 
     step = T if chunk_size is None else chunk_size
     # Memory discipline per chunk (no autograd here): the head output is scaled in place, freed right after its
-    # log-softmax, the reference log-probs are turned into (log π − log π_ref) in place, and row dot products go
-    # through matmul, so the exact KL adds no (B, chunk, V) buffer beyond the k1 path's peak of three.
+    # log-softmax; the reference log-probs become (log π − log π_ref) in place, π = exp(log π) is taken in place
+    # (or reused from the entropy), and row dot products go through matmul: the exact KL allocates no
+    # (B, chunk, V) buffer beyond the k1 path's (fresh large buffers also cost page faults on CPU).
     for start in range(0, T, step):
         s = slice(start, min(start + step, T))
         logp = _log_softmax_owned(get_pol(s), temperature)
@@ -254,7 +255,7 @@ def completion_token_stats(
                 diff = ref_logp.neg_().add_(logp)  # log π − log π_ref, in the reference's buffer
                 del ref_logp
                 if probs is None:
-                    probs = logp.exp()
+                    probs = logp.exp_()  # in logp's buffer: logp is not needed any more
                 out["exact_kl"][:, s] = _rowdot(probs, diff)
                 del diff
             else:
