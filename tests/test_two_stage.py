@@ -100,6 +100,21 @@ def test_two_stages_carry_head_and_reset_optimizer(tiny_paths, tmp_path, lora):
     assert (stage1 / ("adapter_config.json" if lora else "config.json")).exists()
     assert trainer.args.output_dir == str(tmp_path / "out") and trainer.args.learning_rate == 1e-3
 
+    if lora:  # a new LoRA run starts stage 2 from the saved stage-1 adapter + head
+        rec2 = Recorder()
+        other = _config(tmp_path, output_dir=str(tmp_path / "other"))
+        again = TwoStageRewardTrainer(
+            model=tiny_paths["reward"],
+            args=other,
+            pretrain_dataset=dirty_pairs(24, seed=1),
+            train_dataset=clean_pairs(16, seed=2),
+            callbacks=[rec2],
+            peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        )
+        again.train(resume_from_checkpoint=str(stage1))
+        assert len(rec2.begin) == 1
+        torch.testing.assert_close(rec2.begin[0], rec.end[0], rtol=0, atol=0)
+
 
 def test_resume_each_stage(tiny_paths, tmp_path):
     kw = dict(save_strategy="steps", save_steps=1, seed=0)
