@@ -105,6 +105,7 @@ def filter_easy_pairs(
     batch_size: int = 64,
     id_column: str = "id",
     margins: torch.Tensor | None = None,
+    progress: bool = False,
 ):
     """Drop the easiest (largest-margin) and optionally the most suspect (most negative-margin) pairs.
 
@@ -118,6 +119,7 @@ def filter_easy_pairs(
         batch_size: sequences per scoring forward pass.
         id_column: stable id column; created when absent.
         margins: precomputed margins ``(N,)`` (skips scoring).
+        progress: show a progress bar while scoring.
 
     Returns:
         ``(filtered_dataset, report)``: the kept rows in their original order (with ``id_column`` and a
@@ -127,7 +129,9 @@ def filter_easy_pairs(
         raise ValueError(f"min_keep must be >= 1, got {min_keep}")
     dataset = ensure_id_column(dataset, id_column)
     if margins is None:
-        margins = pair_margins(model, processing_class, dataset, batch_size=batch_size, id_column=id_column)
+        margins = pair_margins(
+            model, processing_class, dataset, batch_size=batch_size, id_column=id_column, progress=progress
+        )
     elif margins.shape != (len(dataset),):
         raise ValueError(f"margins has shape {tuple(margins.shape)}, expected ({len(dataset)},)")
     margins = margins.float().cpu()
@@ -229,6 +233,7 @@ def train_with_easy_pair_filtering(
         min_keep=min_keep,
         batch_size=scoring_batch_size,
         id_column=id_column,
+        progress=not scoring_trainer.args.disable_tqdm,
     )
     trainer = trainer_cls(
         model=fresh,

@@ -107,6 +107,7 @@ def pair_margins(
     max_length: int | None = None,
     allow_identical: bool = False,
     id_column: str = "id",
+    progress: bool = False,
 ) -> torch.Tensor:
     """Margins ``(N,)`` float32 on CPU: ``r(prompt + chosen) − r(prompt + rejected)`` for every row of ``dataset``.
 
@@ -119,14 +120,28 @@ def pair_margins(
             pairs in training; here every row gets a margin so positions match the dataset.
         allow_identical: score rows whose chosen equals rejected instead of raising.
         id_column: column used to name rows in error messages.
+        progress: show a tqdm bar over batches.
 
     No gradients; the model's train/eval mode is restored afterwards.
     """
     prompts, chosen, rejected = pair_columns(dataset, id_column=id_column, allow_identical=allow_identical)
     check_pad_pooling(model, processing_class)
-    r_chosen = score_with_reward_model(model, processing_class, prompts, chosen, batch_size, max_length)
-    r_rejected = score_with_reward_model(model, processing_class, prompts, rejected, batch_size, max_length)
-    margins = r_chosen - r_rejected
+    chunks = []
+    starts = range(0, len(chosen), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="Scoring pairs", unit="batch")
+    for start in starts:
+        rows = slice(start, start + batch_size)
+        r_chosen = score_with_reward_model(
+            model, processing_class, prompts[rows], chosen[rows], batch_size, max_length
+        )
+        r_rejected = score_with_reward_model(
+            model, processing_class, prompts[rows], rejected[rows], batch_size, max_length
+        )
+        chunks.append(r_chosen - r_rejected)
+    margins = torch.cat(chunks)
     bad = (~torch.isfinite(margins)).nonzero().flatten().tolist()
     if bad:
         ids = list(dataset[id_column]) if id_column in dataset.column_names else None
