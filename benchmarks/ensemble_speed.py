@@ -12,7 +12,7 @@ Time: the three variants on one K-adapter model in one process, timed round-robi
 warm-up (load on a shared machine then hits them alike); ratio = median over rounds of time / one-member time.
 Memory: each variant runs in its own fresh subprocess; "held" = bytes of all parameters and buffers (base, adapters,
 score heads; exact) + the peak memory added while scoring: on CPU the rise of the peak resident set size
-(``VmHWM``, reset through ``/proc/self/clear_refs`` after the warm-up) over the RSS just before scoring — torch's
+(``VmHWM``, reset through ``/proc/self/clear_refs``) over the RSS just before the first scoring call — torch's
 C++ allocations are invisible to ``tracemalloc``, so RSS is the honest CPU measure; with ``--device cuda``,
 ``torch.cuda.max_memory_allocated`` minus the allocation before scoring.
 
@@ -173,10 +173,8 @@ def run_variant(variant: str, a) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(2):  # warm-up (and the ensemble's one-time fast-path self-check)
-        score()
-    sync()
-    # Weights + adapters (+ buffers) counted exactly; activation memory as the peak-RSS rise while scoring.
+    # Weights + adapters (+ buffers) counted exactly; activation memory as the peak-RSS rise over the RSS before
+    # the FIRST scoring call (after it the allocator keeps freed blocks, so later calls barely move the peak).
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     import gc
 
@@ -187,6 +185,9 @@ def run_variant(variant: str, a) -> dict:
     else:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
         before = _rss_kib("VmRSS") * 1024
+    for _ in range(2):  # warm-up (and the ensemble's one-time fast-path self-check)
+        score()
+    sync()
     times = []
     for _ in range(a.repeats):
         start = time.perf_counter()
@@ -265,8 +266,8 @@ def main() -> int:
         "method": (
             "time: one process, one model with K adapters, the three variants timed round-robin; ratio = median over "
             "rounds of (variant time / one-member time in the same round). memory: each variant alone in a fresh "
-            "process; held = exact parameter+buffer bytes + (peak RSS while scoring - RSS before scoring; VmHWM reset via "
-            "/proc/self/clear_refs) (CUDA: max_memory_allocated delta)."
+            "process; held = exact parameter+buffer bytes + (peak RSS while scoring - RSS before the first scoring call; "
+            "VmHWM reset via /proc/self/clear_refs) (CUDA: max_memory_allocated delta)."
         ),
     }
     result["meets_targets"] = result["time_ratio_trunk_once"] <= 1.6 and result["memory_ratio_trunk_once"] <= 1.3
