@@ -86,7 +86,8 @@ def run_cem(name: str, overrides: dict, policy_path: str, a, workdir: Path) -> d
     train = prompt_dataset("train", TestbedConfig())
     holdout = prompt_dataset("holdout", TestbedConfig()).select(range(a.eval_prompts))
     t0 = time.perf_counter()
-    trainer = CEMTrainer(policy_path, heuristic_reward_fn, args, train_dataset=train, eval_dataset=holdout,
+    proxy = gold_reward_fn if a.reward == "gold" else heuristic_reward_fn
+    trainer = CEMTrainer(policy_path, proxy, args, train_dataset=train, eval_dataset=holdout,
                          sft_dataset=sft_dataset(4000), eval_reward_funcs=gold_reward_fn)
     history = trainer.train()
     return {"config": overrides, "initial_eval": trainer.initial_eval, "rounds": history,
@@ -101,16 +102,19 @@ KEYS = [("reward_mean", "proxy"), ("elite_reward_mean", "proxy elite"), ("gold_m
 
 
 def to_markdown(result: dict) -> str:
-    b = result["best_of_n"]
+    optimized = "gold_reward_fn" if result["settings"].get("reward") == "gold" else "heuristic_reward_fn"
     lines = ["# CEM rounds on the testbed", "",
-             f"Proxy = `heuristic_reward_fn` (optimized), gold = `gold_reward_fn` (tracked). Settings: {result['settings']}.",
-             "", f"## Best-of-{b['n']} vs the SFT policy (holdout, {b['num_prompts']} prompts, T=1, 95% t-intervals)", "",
-             "| quantity | mean gold | 95% CI |", "|---|---|---|"]
-    for k in ("sft_single_sample", "sft_mean_of_samples", "best_of_n_by_proxy", "best_of_n_by_gold",
-              "by_proxy_minus_mean_sample", "by_gold_minus_mean_sample"):
-        lines.append(f"| {k} | {b[k]['mean']:.4f} | [{b[k]['ci95'][0]:.4f}, {b[k]['ci95'][1]:.4f}] |")
-    lines += ["", f"Exact sorts: SFT sample {b['exact_sort_rate']['sft_sample']:.3f}, best-of-{b['n']} by proxy "
-              f"{b['exact_sort_rate']['best_of_n_by_proxy']:.3f}.", ""]
+             f"Optimized reward (\"proxy\" columns) = `{optimized}`, gold = `gold_reward_fn` (tracked). "
+             f"Settings: {result['settings']}.", ""]
+    b = result.get("best_of_n")
+    if b:
+        lines += [f"## Best-of-{b['n']} vs the SFT policy (holdout, {b['num_prompts']} prompts, T=1, 95% t-intervals)",
+                  "", "| quantity | mean gold | 95% CI |", "|---|---|---|"]
+        for k in ("sft_single_sample", "sft_mean_of_samples", "best_of_n_by_proxy", "best_of_n_by_gold",
+                  "by_proxy_minus_mean_sample", "by_gold_minus_mean_sample"):
+            lines.append(f"| {k} | {b[k]['mean']:.4f} | [{b[k]['ci95'][0]:.4f}, {b[k]['ci95'][1]:.4f}] |")
+        lines += ["", f"Exact sorts: SFT sample {b['exact_sort_rate']['sft_sample']:.3f}, best-of-{b['n']} by proxy "
+                  f"{b['exact_sort_rate']['best_of_n_by_proxy']:.3f}.", ""]
     lines += ["## Rounds", "",
               "Round r's sample columns measure the model *before* round r's fine-tuning (r=0: the SFT policy); "
               "holdout columns are measured *after* it (row `init`: the SFT policy).", ""]
@@ -138,6 +142,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--best-of", type=int, default=16)
     p.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    p.add_argument("--reward", choices=["heuristic", "gold"], default="heuristic",
+                   help="what CEM optimizes (gold is always tracked)")
+    p.add_argument("--skip-best-of", action="store_true", help="skip the best-of-n comparison")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
@@ -153,11 +160,12 @@ def main(argv=None):
     policy = build_sft_policy()
     result = {"settings": {k: v for k, v in vars(a).items() if k != "out"}}
     result["runs"] = {}
-    result["best_of_n"] = best_of_n(policy, a.best_of, a.eval_prompts if a.quick else 256)
-    print(json.dumps(result["best_of_n"], indent=1), flush=True)
+    if not a.skip_best_of:
+        result["best_of_n"] = best_of_n(policy, a.best_of, a.eval_prompts if a.quick else 256)
+        print(json.dumps(result["best_of_n"], indent=1), flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "cem_rounds_quick" if a.quick else "cem_rounds"
+    stem = "cem_rounds" + ("_gold" if a.reward == "gold" else "") + ("_quick" if a.quick else "")
 
     def write():  # after every config, so a long run that is cut short still leaves its numbers
         (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
