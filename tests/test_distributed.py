@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,13 @@ import torch
 
 SCRIPT = Path(__file__).parent / "scripts" / "normalize_advantages_dist.py"
 CPU_CONFIG = Path(__file__).parents[1] / "recipes" / "accelerate" / "cpu_2proc.yaml"
+
+
+def _free_port() -> int:
+    """A port the OS reports free (other test sessions on the machine may be launching process groups too)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.mark.distributed
@@ -29,7 +37,7 @@ def test_two_process_advantage_normalization_equals_single_process(tmp_path):
     if launcher is None:
         pytest.skip("the `accelerate` launcher is not installed")
     out = tmp_path / "stats.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
     # `accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.15 (its simple launcher
     # only fans out through mpirun with --mpirun_hostfile); the config selects the torchrun launcher + CPU/gloo.
     cmd = [launcher, "launch", "--config_file", str(CPU_CONFIG), "--main_process_port", env["MASTER_PORT"]]

@@ -44,6 +44,10 @@ def main(out_path: str) -> None:
         with open(out_path, "w") as f:
             json.dump(result, f)
     acc.wait_for_everyone()
+    # tear the gloo group down explicitly: leaving it to interpreter exit can abort ("terminate called without an
+    # active exception") and fail the launch
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
