@@ -113,12 +113,17 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64, help="hidden size of the 1-layer model (head cost)")
     parser.add_argument("--timing-runs", type=int, default=3, help="timed runs per process; the fastest counts")
     parser.add_argument("--output-name", default="exact_kl_memory")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child(args.child, args.hidden, args.timing_runs)))
         return
 
+    if args.render_only:  # rewrite the Markdown from an existing JSON (no measurement)
+        data = json.loads((RESULTS / f"{args.output_name}.json").read_text())
+        _write(args, data["runs"], data["setup"])
+        return
     variants = ["k1", "exact", "k1+entropy", "exact+entropy"] + (["naive"] if args.with_naive else [])
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -131,10 +136,29 @@ def main() -> None:
                 raise RuntimeError(res.stderr[-3000:])
             runs[v].append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(f"repeat {rep} {v}: {runs[v][-1]}", flush=True)
+    setup = {
+        "V": V,
+        "T": T,
+        "B": B,
+        "hidden": args.hidden,
+        "timing_runs": args.timing_runs,
+        "prompt_len": P,
+        "chunk_size": CHUNK,
+        "dtype": "float32",
+        "device": "cpu",
+        "torch_threads": os.environ.get("OMP_NUM_THREADS"),
+        "repeats": args.repeats,
+        "full_logits_one_model_mib": B * T * V * 4 / 2**20,
+    }
+    _write(args, runs, setup)
+
+
+def _write(args, runs: dict, setup: dict) -> None:
     summary = {
         v: {
             "peak_extra_mib_median": statistics.median(r["peak_extra_mib"] for r in rs),
             "seconds_median": statistics.median(r["seconds"] for r in rs),
+            "peak_extra_mib_range": [min(r["peak_extra_mib"] for r in rs), max(r["peak_extra_mib"] for r in rs)],
             "mean_kl": rs[0]["mean_kl"],
         }
         for v, rs in runs.items()
@@ -147,35 +171,30 @@ def main() -> None:
         "time_exact_over_k1_with_entropy": summary["exact+entropy"]["seconds_median"]
         / summary["k1+entropy"]["seconds_median"],
     }
-    setup = {
-        "V": V,
-        "T": T,
-        "B": B,
-        "prompt_len": P,
-        "chunk_size": CHUNK,
-        "dtype": "float32",
-        "device": "cpu",
-        "torch_threads": os.environ.get("OMP_NUM_THREADS"),
-        "repeats": args.repeats,
-        "full_logits_one_model_mib": B * T * V * 4 / 2**20,
-    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.output_name}.json").write_text(
         json.dumps({"setup": setup, "summary": summary, "ratios": ratios, "runs": runs}, indent=2)
     )
     lines = [
-        f"# Exact KL vs k1: peak extra memory and time (V={V}, T={T}, B={B}, hidden={args.hidden}, chunk={CHUNK}, "
+        f"# Exact KL vs k1: peak extra memory and time (V={V}, T={T}, B={B}, hidden={setup.get('hidden', 64)}, "
+        f"chunk={CHUNK}, "
         "CPU float32)",
         "",
         "Median over repeats, each in a fresh process; peak extra = VmHWM − RSS before the call (first measured run);",
-        f"seconds = fastest of {args.timing_runs} runs in that process (shared 2-core machine).",
+        f"seconds = fastest of {setup.get('timing_runs', 1)} runs in that process (shared 2-core machine).",
+        "The min–max column shows run-to-run spread of the RSS peak: ratios are resolved only where the ranges of",
+        "the compared paths are narrow relative to their difference.",
         f"One model's full (B,T,V) float32 logits would be {setup['full_logits_one_model_mib']:.0f} MiB.",
         "",
-        "| path | peak extra MiB | seconds | mean KL |",
-        "|---|---|---|---|",
+        "| path | peak extra MiB (median) | min–max | seconds | mean KL |",
+        "|---|---|---|---|---|",
     ]
     for v, s in summary.items():
-        lines.append(f"| {v} | {s['peak_extra_mib_median']:.1f} | {s['seconds_median']:.3f} | {s['mean_kl']:.4f} |")
+        lo, hi = s["peak_extra_mib_range"]
+        lines.append(
+            f"| {v} | {s['peak_extra_mib_median']:.1f} | {lo:.0f}–{hi:.0f} | {s['seconds_median']:.3f} "
+            f"| {s['mean_kl']:.4f} |"
+        )
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
     (RESULTS / f"{args.output_name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
