@@ -20,6 +20,9 @@ _LAZY = {
     "normalize_advantages": "trl_extras.core.advantages",
     "masked_mean": "trl_extras.core.masked",
     "masked_var": "trl_extras.core.masked",
+    "masked_whiten": "trl_extras.core.masked",
+    "completion_token_stats": "trl_extras.core.lm",
+    "exact_kl_to_reference": "trl_extras.core.lm",
     "generate_rollouts": "trl_extras.core.rollout",
     "Rollout": "trl_extras.core.rollout",
     # rewards
@@ -43,6 +46,7 @@ _LAZY = {
     "PPOConfig": "trl_extras.trainers.ppo_config",
     "PPOTrainer": "trl_extras.trainers.ppo",
     "ExactKLGRPOTrainer": "trl_extras.trainers.exact_kl_grpo",
+    "ExactKLGRPOConfig": "trl_extras.trainers.exact_kl_grpo",
     "CEMConfig": "trl_extras.trainers.cem_config",
     "CEMTrainer": "trl_extras.trainers.cem",
     # callbacks and evaluation

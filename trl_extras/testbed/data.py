@@ -186,8 +186,8 @@ def dirty_pairs(
 ):
     """Many cheap pairs labelled by the biased heuristic — the seed's semi-automatic "dirty" data.
 
-    A share ``easy_share`` are trivially easy (the correct answer against an empty or random answer), which a
-    reward model separates at once; the rest are drawn from the SFT mix and labelled by
+    A share ``easy_share`` are trivially easy (the correct answer against a random answer), which a
+    reward model separates at once (a random or one-digit answer); the rest are drawn from the SFT mix and labelled by
     :func:`~trl_extras.testbed.task.heuristic_reward`, which prefers padded ascending answers.
     Columns: ``id`` (``"dirty-<n>"``), ``prompt``, ``chosen``, ``rejected``, ``gold_chosen``, ``gold_rejected``,
     ``easy``, ``agrees_with_gold``.
@@ -208,7 +208,10 @@ def dirty_pairs(
         if easy:
             digits = parse_prompt(prompt)
             a = format_completion(corrupt(digits, "correct", rng))
-            b = format_completion(corrupt(digits, rng.choice(["empty", "random"]), rng))
+            # trivially bad: random digits, or a single random digit (non-empty: an empty answer is a bad *input*
+            # to scoring utilities, not a trivially easy pair)
+            junk = corrupt(digits, "random", rng)
+            b = format_completion(junk if rng.random() < 0.5 else junk[:1])
             if a == b:
                 continue
         else:
