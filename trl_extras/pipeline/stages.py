@@ -318,7 +318,7 @@ def stage_cem(ctx: Context) -> dict:
     )
     trainer = CEMTrainer(
         model=ctx.results["sft"]["model"], reward_funcs=load_ensemble(ctx), args=args,
-        train_dataset=ctx.data["prompts"], eval_dataset=ctx.data["eval_prompts"].select(range(64)),
+        train_dataset=ctx.data["prompts"], eval_dataset=ctx.data["eval_prompts"].select(range(min(64, len(ctx.data["eval_prompts"])))),
         sft_dataset=sft, peft_config=ctx.peft_config("CAUSAL_LM"),
         eval_reward_funcs=ctx.gold.funcs[0] if ctx.gold is not None else None,
     )
@@ -514,6 +514,7 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
         result = STAGES[name](ctx)
         result["seconds"] = round(time.perf_counter() - start, 1)
         ctx.results[name] = result
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_jsonable(result), indent=2))
         if progress:
             print(f"[{name}] done in {result['seconds']:.0f}s", flush=True)

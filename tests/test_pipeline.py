@@ -1,0 +1,67 @@
+"""The end-to-end pipeline at micro scale: every stage runs, results and report land, finished stages resume."""
+
+import json
+
+import pytest
+
+from trl_extras.pipeline.config import PipelineConfig
+
+
+def micro_config(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "pipe"),
+        num_eval_prompts=16,
+        num_train_prompts=32,
+        num_dirty_pairs=128,
+        num_clean_pairs=64,
+        num_sft_examples=96,
+        max_completion_length=12,
+        sft_max_steps=4,
+        sft_eval_steps=2,
+        ensemble_size=2,
+        cem_rounds=1,
+        cem_num_generations=2,
+        cem_prompts_per_round=8,
+        ppo_max_steps=2,
+        ppo_batch_size=8,
+        dpo_num_generations=2,
+        dpo_max_steps=2,
+        use_cpu=True,
+    )
+    values.update(overrides)
+    return PipelineConfig(**values)
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="Unknown stages"):
+        micro_config(tmp_path, stages=["sft", "magic"])
+    with pytest.raises(ValueError, match="ensemble_size"):
+        micro_config(tmp_path, ensemble_size=1)
+    with pytest.raises(ValueError, match="policy_model"):
+        micro_config(tmp_path, prompt_dataset="some/dataset")
+
+
+def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
+    from trl_extras.pipeline.report import write_report
+    from trl_extras.pipeline.stages import run_pipeline
+
+    config = micro_config(tmp_path)
+    ctx = run_pipeline(config)
+    for stage in config.stages:
+        assert (tmp_path / "pipe" / stage / "result.json").exists(), stage
+    table = {row["method"]: row for row in ctx.results["evaluate"]["table"]}
+    assert set(table) == {"pretrained", "sft", "cem", "ppo", "dpo"}
+    for name, row in table.items():
+        assert 0.0 <= row["gold"] <= 1.0 and row["kl_to_sft"] >= -1e-4
+        if name != "sft":
+            assert 0.0 <= row["p_value"] <= 1.0 and row["wins"] + row["losses"] + row["ties"] == 16
+    assert abs(table["sft"]["kl_to_sft"]) < 1e-4  # the SFT model against itself
+    report = write_report(ctx.results, tmp_path / "pipe" / "report")
+    text = report.read_text()
+    assert "Final table" in text and "reward_vs_kl.png" in text
+    assert (tmp_path / "pipe" / "report" / "reward_vs_kl.png").stat().st_size > 1000
+    # a second run skips every finished stage and reuses their results
+    capsys.readouterr()
+    ctx2 = run_pipeline(config)
+    assert capsys.readouterr().out.count("skipped") == len(config.stages)
+    assert json.dumps(ctx2.results["evaluate"], sort_keys=True) == json.dumps(ctx.results["evaluate"], sort_keys=True)
