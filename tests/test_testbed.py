@@ -47,18 +47,21 @@ def test_gold_reward_is_lcs_over_longer_length_brute_force():
         # brute-force LCS by recursion on small inputs
         from functools import lru_cache
 
-        @lru_cache(None)
-        def lcs(i, j):
-            if i == len(comp) or j == len(target):
-                return 0
-            if comp[i] == target[j]:
-                return 1 + lcs(i + 1, j + 1)
-            return max(lcs(i + 1, j), lcs(i, j + 1))
+        def lcs_of(a, b):
+            @lru_cache(None)
+            def lcs(i, j):
+                if i == len(a) or j == len(b):
+                    return 0
+                if a[i] == b[j]:
+                    return 1 + lcs(i + 1, j + 1)
+                return max(lcs(i + 1, j), lcs(i, j + 1))
 
-        expected = lcs(0, 0) / max(len(comp), len(target))
+            return lcs(0, 0)
+
+        expected = lcs_of(tuple(comp), tuple(target)) / max(len(comp), len(target))
         assert gold_reward(prompt, "".join(f" {d}" for d in comp)) == pytest.approx(expected)
         assert 0.0 <= expected <= 1.0
-        assert _lcs(comp, target) == lcs(0, 0)
+        assert _lcs(comp, target) == lcs_of(tuple(comp), tuple(target))
 
 
 def test_batched_reward_fn_signature_and_errors():

@@ -27,12 +27,20 @@ def main(argv=None) -> int:
     from .config import PipelineConfig
     from .run import run_and_report
 
-    (config,) = parse_args([PipelineConfig], argv or ["--output_dir", "outputs/demo"], "demo")
+    # outputs/demo unless the user names another directory (a later --output_dir wins in argparse)
+    (config,) = parse_args([PipelineConfig], ["--output_dir", "outputs/demo", *(argv or [])], "demo")
     if config.prompt_dataset != "testbed":
         raise SystemExit("`trl-extras demo` runs on the built-in testbed; use `trl-extras pipeline` for real models.")
+    import datasets
+    from transformers import trainer_callback
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    # The demo shows one progress bar per training run and the final table; the per-step metric dicts that
+    # Trainer prints go to each stage's result.json and the report instead of the terminal.
+    trainer_callback.ProgressCallback.on_log = lambda self, *args, **kwargs: None
+    trainer_callback.PrinterCallback.on_log = lambda self, *args, **kwargs: None
     logging.getLogger("trl").setLevel(logging.ERROR)
     start = time.perf_counter()
     run_and_report(config, title="trl-extras demo: the alignment pipeline on the sort-the-digits testbed")

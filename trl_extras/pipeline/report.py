@@ -22,7 +22,7 @@ def table_lines(rows: list[dict]) -> list[str]:
         lines.append(
             f"{METHOD_LABELS.get(r['method'], r['method']):<16} {fmt(r.get('gold')):>6} {ci_s:>15} "
             f"{fmt(r.get('proxy')):>7} {fmt(r.get('dirty_rm')):>8} {fmt(r.get('kl_to_sft')):>9} "
-            f"{r.get('length', 0):>5.1f} {win:>10} {('%.1e' % p) if p is not None else '–':>9}"
+            f"{r.get('length', 0):>5.1f} {win:>10} {f'{p:.1e}' if p is not None else '–':>9}"
         )
     return lines
 
@@ -66,7 +66,8 @@ def make_plots(results: dict, out: Path) -> list[str]:
     # 2. CEM rounds
     hist = results.get("cem", {}).get("history") or []
     if hist:
-        keys = [k for k in ("reward_mean", "elite_reward_mean", "eval_gold", "entropy", "distinct_n") if any(k in h for h in hist)]
+        # holdout measurements after each round: proxy (optimized), gold (truth), entropy and distinct-2 (diversity)
+        keys = [k for k in ("eval_reward_mean", "eval_gold_mean", "eval_entropy", "eval_distinct_2", "elite_count") if any(k in h for h in hist)]
         if not keys:
             keys = sorted({k for h in hist for k, v in h.items() if isinstance(v, (int, float)) and k != "round"})[:5]
         fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)

@@ -51,7 +51,7 @@ class Context:
             seed=self.config.seed,
             gradient_checkpointing=False,
             logging_steps=5,
-            disable_tqdm=True,
+            disable_tqdm=False,
             dataloader_num_workers=0,
         )
 
@@ -508,6 +508,10 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
             if progress:
                 print(f"[{name}] outputs exist in {path.parent}: skipped")
             continue
+        if config.overwrite and path.parent.exists():  # re-run from scratch: never resume stale work (CEM rounds)
+            import shutil
+
+            shutil.rmtree(path.parent)
         if progress:
             print(f"[{name}] running ...", flush=True)
         start = time.perf_counter()

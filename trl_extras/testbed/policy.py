@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import TestbedConfig, sft_dataset
-from .models import TinyModelSpec, build_causal_lm, build_tokenizer, build_sequence_classifier, save_tiny
+from .models import TinyModelSpec, build_causal_lm, build_sequence_classifier, build_tokenizer, save_tiny
 
 logger = logging.getLogger(__name__)
 
