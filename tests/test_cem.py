@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import cpu_config
 
 from trl_extras.testbed import TestbedConfig, gold_reward_fn, prompt_dataset, sft_dataset
 
@@ -17,14 +18,11 @@ def length_reward(prompts, completions, **kwargs):
 def _args(tmp_path, **overrides):
     from trl_extras.trainers.cem_config import CEMConfig
 
-    kwargs = dict(
-        output_dir=str(tmp_path / "cem"), num_rounds=2, num_generations=4, max_completion_length=8,
-        generation_batch_size=16, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-        gradient_checkpointing=False, per_device_train_batch_size=8, num_train_epochs=1, learning_rate=1e-3,
-        logging_steps=1, disable_tqdm=True, seed=0,
+    defaults = dict(
+        num_rounds=2, num_generations=4, max_completion_length=8, generation_batch_size=16,
+        per_device_train_batch_size=8, num_train_epochs=1, learning_rate=1e-3, seed=0,
     )
-    kwargs.update(overrides)
-    return CEMConfig(**kwargs)
+    return cpu_config(CEMConfig, tmp_path / "cem", **{**defaults, **overrides})
 
 
 def _prompts(n=4):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cpu_config
 
 from trl_extras.core.lm import completion_token_stats
 
@@ -11,26 +12,18 @@ from trl_extras.core.lm import completion_token_stats
 def _args(tmp_path, **kw):
     from trl_extras.trainers.exact_kl_grpo import ExactKLGRPOConfig
 
-    base = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        gradient_checkpointing=False,
+    defaults = dict(
         per_device_train_batch_size=4,
         num_generations=2,
         max_completion_length=6,
         max_steps=2,
         learning_rate=1e-2,
-        logging_steps=1,
         temperature=0.9,
         exact_kl_coef=0.5,
         exact_kl_chunk_size=4,
         seed=0,
     )
-    base.update(kw)
-    return ExactKLGRPOConfig(**base)
+    return cpu_config(ExactKLGRPOConfig, tmp_path, **{**defaults, **kw})
 
 
 def _dataset(n=8):

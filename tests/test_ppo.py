@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import cpu_config
 
 from trl_extras.testbed import TestbedConfig, gold_reward_fn, prompt_dataset
 
@@ -23,12 +24,7 @@ def _data(n=32, conversational=False, split="train"):
 def _args(tmp_path, **overrides):
     from trl_extras.trainers.ppo_config import PPOConfig
 
-    kw = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
+    defaults = dict(
         per_device_train_batch_size=4,
         gradient_accumulation_steps=1,
         num_mini_batches=2,
@@ -37,10 +33,8 @@ def _args(tmp_path, **overrides):
         max_completion_length=8,
         learning_rate=1e-3,
         seed=0,
-        disable_tqdm=True,
     )
-    kw.update(overrides)
-    return PPOConfig(**kw)
+    return cpu_config(PPOConfig, tmp_path / "out", **{**defaults, **overrides})
 
 
 def _trainer(tiny_paths, tmp_path, reward_funcs=None, dataset=None, **kw):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import cpu_config
 
 from trl_extras.rewards.ensemble import (
     MANIFEST_NAME,
@@ -19,21 +20,8 @@ from trl_extras.testbed import TinyModelSpec, build_sequence_classifier, clean_p
 def _args(tmp_path, **kw):
     from trl import RewardConfig
 
-    base = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        gradient_checkpointing=False,
-        per_device_train_batch_size=4,
-        max_steps=1,
-        learning_rate=1e-3,
-        logging_steps=1,
-        disable_tqdm=True,
-    )
-    base.update(kw)
-    return RewardConfig(**base)
+    defaults = {"per_device_train_batch_size": 4, "max_steps": 1, "learning_rate": 1e-3}
+    return cpu_config(RewardConfig, tmp_path, **{**defaults, **kw})
 
 
 def _trainer_margins(trainer, dataset):

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from datasets import Dataset
+from helpers import cpu_config
 
 from trl_extras.rewards.pairs import pair_margins
 from trl_extras.testbed import clean_pairs
@@ -11,20 +12,7 @@ from trl_extras.testbed import clean_pairs
 def _args(tmp_path, **kw):
     from trl import RewardConfig
 
-    base = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        gradient_checkpointing=False,
-        per_device_train_batch_size=4,
-        max_steps=1,
-        logging_steps=1,
-        disable_tqdm=True,
-    )
-    base.update(kw)
-    return RewardConfig(**base)
+    return cpu_config(RewardConfig, tmp_path, **{"per_device_train_batch_size": 4, "max_steps": 1, **kw})
 
 
 def _trainer_margins(trainer, dataset):

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from helpers import cpu_config
 from transformers import TrainerCallback
 
 from trl_extras.rewards.two_stage import TwoStageRewardConfig, TwoStageRewardTrainer, stage_prefixed
@@ -12,24 +13,15 @@ from trl_extras.testbed import clean_pairs, dirty_pairs
 
 
 def _config(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        gradient_checkpointing=False,
+    defaults = dict(
         per_device_train_batch_size=4,
         per_device_eval_batch_size=8,
-        logging_steps=1,
-        disable_tqdm=True,
         max_steps=2,
         learning_rate=1e-3,
         pretrain_max_steps=3,
         pretrain_learning_rate=5e-3,
     )
-    base.update(kw)
-    return TwoStageRewardConfig(**base)
+    return cpu_config(TwoStageRewardConfig, tmp_path / "out", **{**defaults, **kw})
 
 
 def _head(model):
