@@ -65,3 +65,28 @@ def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     ctx2 = run_pipeline(config)
     assert capsys.readouterr().out.count("skipped") == len(config.stages)
     assert json.dumps(ctx2.results["evaluate"], sort_keys=True) == json.dumps(ctx.results["evaluate"], sort_keys=True)
+
+
+def test_pipeline_datasets_from_local_files(tmp_path):
+    """Outside the testbed, datasets come from specs; the last 10% of the clean pairs are held out for RM tests."""
+    from trl_extras.pipeline.data import pipeline_datasets
+    from trl_extras.testbed import clean_pairs, prompt_dataset
+
+    clean_pairs(50).to_json(tmp_path / "clean.jsonl")
+    prompt_dataset("holdout").select(range(8)).to_json(tmp_path / "prompts.jsonl")
+    config = micro_config(
+        tmp_path,
+        policy_model="unused-here",
+        prompt_dataset=str(tmp_path / "prompts.jsonl"),
+        eval_prompt_dataset=str(tmp_path / "prompts.jsonl:train"),
+        clean_pairs_dataset=str(tmp_path / "clean.jsonl"),
+        real_pairs_dataset=None,
+    )
+    data = pipeline_datasets(config)
+    assert len(data["prompts"]) == 8 and data["real_pairs"] is None
+    assert len(data["clean"]) == 45 and len(data["rm_test"]) == 5
+    assert not set(data["clean"]["id"]) & set(data["rm_test"]["id"])
+    (tmp_path / "text.jsonl").write_text('{"text": "1 2 >"}\n')
+    bad = micro_config(tmp_path, policy_model="x", prompt_dataset=str(tmp_path / "text.jsonl"))
+    with pytest.raises(ValueError, match="no 'prompt' column"):
+        pipeline_datasets(bad)

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 from .config import PipelineConfig
-
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def load_spec(spec: str):
-    """Load ``"name_or_path[:split]"`` (hub id, local directory or a JSON/JSONL/Parquet/CSV file)."""
-    from datasets import load_dataset, load_from_disk
+    """Load ``"name_or_path[:split]"`` (hub id, ``save_to_disk`` directory or a JSON/JSONL/Parquet/CSV file)."""
+    from ..cli_utils import load_dataset_from_spec
 
     name, _, split = spec.partition(":")
-    split = split or "train"
-    ext = os.path.splitext(name)[1].lower()
-    if ext in _FILE_BUILDERS:
-        return load_dataset(_FILE_BUILDERS[ext], data_files=name, split=split)
-    if os.path.isdir(name) and os.path.exists(os.path.join(name, "dataset_info.json")):
-        return load_from_disk(name)
-    return load_dataset(name, split=split)
+    return load_dataset_from_spec(name, split=split or "train")
 
 
 def pipeline_datasets(config: PipelineConfig) -> dict:

@@ -48,26 +48,9 @@ class TwoStageScriptArguments(RewardScriptArguments):
 
 def load_pairs(name: str, config: str | None = None, split: str | None = "train"):
     """A preference dataset from a Hub name, a ``save_to_disk`` directory or a data file (split ``split``)."""
-    from datasets import DatasetDict, load_dataset, load_from_disk
+    from ..cli_utils import load_dataset_from_spec
 
-    if os.path.isdir(name) and (
-        os.path.isfile(os.path.join(name, "dataset_info.json"))
-        or os.path.isfile(os.path.join(name, "dataset_dict.json"))
-    ):
-        data = load_from_disk(name)
-    elif os.path.isfile(name):
-        ext = name.rsplit(".", 1)[-1].lower()
-        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(ext)
-        if builder is None:
-            raise ValueError(f"Unsupported data file {name!r}: use .json/.jsonl/.parquet/.csv or a dataset directory.")
-        data = load_dataset(builder, data_files=name)
-    else:
-        data = load_dataset(name, name=config)
-    if isinstance(data, DatasetDict):
-        if split not in data:
-            raise ValueError(f"Dataset {name!r} has splits {list(data)}, not {split!r}.")
-        return data[split]
-    return data
+    return load_dataset_from_spec(name, config, split)
 
 
 def testbed_datasets(script_args: RewardScriptArguments) -> dict:

@@ -37,17 +37,9 @@ class ExactKLGRPOScriptArguments:
 
 
 def _load(name: str, split: str = "train"):
-    from pathlib import Path
+    from ..cli_utils import load_dataset_from_spec
 
-    from datasets import load_dataset, load_from_disk
-
-    path = Path(name)
-    if path.is_dir():
-        ds = load_from_disk(name)
-        return ds[split] if hasattr(ds, "keys") else ds
-    if path.suffix in (".json", ".jsonl"):
-        return load_dataset("json", data_files=name, split="train")
-    return load_dataset(name, split=split)
+    return load_dataset_from_spec(name, split=split)
 
 
 def build_trainer(script_args: ExactKLGRPOScriptArguments, args, model_args):
