@@ -59,3 +59,20 @@ def test_two_process_advantage_normalization_equals_single_process(tmp_path):
     # sanity: a per-shard normalization would have given different numbers
     shard = normalize_advantages(adv[:4], mask[:4], mode="batch")
     assert not torch.allclose(shard, expected[:4], atol=1e-3)
+
+
+@pytest.mark.distributed
+def test_ppo_trains_under_accelerate_launch_two_processes(tmp_path, tiny_paths):
+    """PPOTrainer inside `accelerate launch` (DDP over gloo, 2 CPU processes): trains and logs global metrics."""
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("the `accelerate` launcher is not installed")
+    out = tmp_path / "ppo.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
+    cmd = [launcher, "launch", "--config_file", str(CPU_CONFIG), "--main_process_port", env["MASTER_PORT"]]
+    cmd += [str(SCRIPT.parent / "ppo_ddp.py"), tiny_paths["policy"], str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["num_processes"] == 2 and result["global_step"] == 2
+    assert result["rollout_logs"] and all(torch.isfinite(torch.tensor(e["reward"])) for e in result["rollout_logs"])
