@@ -102,3 +102,12 @@ def test_tokenizer_without_pad_uses_eos(policy):
     tok2.pad_token = None
     r = generate_rollouts(model, tok2, ["3 1 >", "1 >"], max_new_tokens=3)
     assert tok2.pad_token_id == tok2.eos_token_id and len(r) == 2
+
+
+def test_temperature_zero_is_greedy(policy):
+    model, tok = policy
+    greedy = generate_rollouts(model, tok, ["3 1 >", "7 2 5 >"], max_new_tokens=5, do_sample=False)
+    zero = generate_rollouts(model, tok, ["3 1 >", "7 2 5 >"], max_new_tokens=5, temperature=0.0)
+    assert zero.completion_ids.tolist() == greedy.completion_ids.tolist()
+    with pytest.raises(ValueError, match="temperature"):
+        generate_rollouts(model, tok, ["3 1 >"], max_new_tokens=2, temperature=-1.0)

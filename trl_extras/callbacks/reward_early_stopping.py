@@ -98,8 +98,7 @@ class RewardEarlyStoppingCallback(TrainerCallback):
         self.threshold = threshold
         self.generation_kwargs = dict(
             max_new_tokens=max_new_tokens,
-            temperature=temperature if temperature > 0 else 1.0,
-            do_sample=temperature > 0,
+            temperature=temperature,  # 0 = greedy (handled by the rollout path)
             top_k=top_k,
             top_p=top_p,
             num_generations=num_generations,

@@ -164,14 +164,18 @@ def generate_rollouts(
 ) -> Rollout:
     """Sample ``num_generations`` completions per prompt in left-padded batches of ``batch_size`` sequences.
 
-    ``temperature`` is the sampling temperature; the same value must divide the logits whenever the trainer
-    recomputes log-probabilities of these samples. With ``accelerator`` the model is unwrapped for generation
+    ``temperature`` is the sampling temperature (0 means greedy); the same value must divide the logits whenever
+    the trainer recomputes log-probabilities of these samples. With ``accelerator`` the model is unwrapped for generation
     (TRL's ``unwrap_model_for_generation``: handles DDP, DeepSpeed ZeRO-3 and FSDP).
     """
     from transformers import GenerationConfig
 
     if num_generations < 1:
         raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:  # temperature 0 means greedy decoding, as in most serving stacks
+        do_sample, temperature = False, 1.0
     if len(prompts) == 0:
         raise ValueError("No prompts to generate from.")
     ensure_pad_token(tokenizer)

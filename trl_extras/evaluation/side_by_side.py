@@ -227,8 +227,7 @@ def side_by_side(
 
     generation_kwargs = dict(
         max_new_tokens=max_new_tokens,
-        temperature=temperature if temperature > 0 else 1.0,
-        do_sample=temperature > 0,
+        temperature=temperature,  # 0 = greedy (handled by the rollout path)
         top_k=top_k,
         top_p=top_p,
         batch_size=batch_size,
