@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 from ..core.ensemble import PENALTY_MODES, ensemble_stats, penalize, standardize_members
-from ..core.rollout import is_conversational_prompt, pad_sequences
+from ..core.rollout import is_conversational_prompt
 from .pairs import check_pad_pooling
-from .scoring import reward_model_input_ids, score_with_reward_model
+from .scoring import reward_model_batches, score_with_reward_model
 
 MANIFEST_NAME = "ensemble_manifest.json"
 MANIFEST_FORMAT = "trl_extras.reward_ensemble"
@@ -70,19 +70,6 @@ class EnsembleScores:
 # --------------------------------------------------------------------------------------------------------------
 # Tokenization and pooling shared by both layouts
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _encode_batches(tokenizer, prompts, completions, batch_size: int, pad_id: int):
-    """Yield right-padded ``(input_ids, attention_mask)`` ``(B, T)`` batches tokenized as RewardTrainer does."""
-    for start in range(0, len(prompts), batch_size):
-        ids = [
-            reward_model_input_ids(tokenizer, p, c)
-            for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])
-        ]
-        yield (
-            pad_sequences(ids, pad_id, side="right"),
-            pad_sequences([[1] * len(x) for x in ids], 0, side="right"),
-        )
 
 
 def last_non_pad_index(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
@@ -375,7 +362,7 @@ class RewardEnsemble:
             pool_pad = self.config.get_text_config().pad_token_id
             device = next(self.peft_model.parameters()).device
             chunks = []
-            for input_ids, attention_mask in _encode_batches(
+            for input_ids, attention_mask in reward_model_batches(
                 self.processing_class, prompts, completions, self.batch_size, pad_id
             ):
                 input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)

@@ -31,6 +31,21 @@ def reward_model_input_ids(tokenizer, prompt, completion) -> list[int]:
     return list(tokenizer(text=text)["input_ids"])
 
 
+def reward_model_batches(tokenizer, prompts, completions, batch_size: int, pad_id: int, max_length: int | None = None):
+    """Yield right-padded ``(input_ids, attention_mask)`` ``(B, T)`` batches tokenized as RewardTrainer does.
+
+    ``max_length`` keeps the *last* tokens of longer inputs.
+    """
+    for start in range(0, len(prompts), batch_size):
+        ids = [
+            reward_model_input_ids(tokenizer, p, c)
+            for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])
+        ]
+        if max_length is not None:
+            ids = [x[-max_length:] for x in ids]
+        yield pad_sequences(ids, pad_id, side="right"), pad_sequences([[1] * len(x) for x in ids], 0, side="right")
+
+
 @torch.no_grad()
 def score_with_reward_model(
     model, tokenizer, prompts: list, completions: list, batch_size: int = 64, max_length: int | None = None
@@ -50,16 +65,8 @@ def score_with_reward_model(
     was_training = model.training
     model.eval()
     scores = []
-    for start in range(0, len(prompts), batch_size):
-        ids = [
-            reward_model_input_ids(tokenizer, p, c)
-            for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])
-        ]
-        if max_length is not None:
-            ids = [x[-max_length:] for x in ids]
-        input_ids = pad_sequences(ids, pad_id, side="right").to(device)
-        attention_mask = pad_sequences([[1] * len(x) for x in ids], 0, side="right").to(device)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    for input_ids, attention_mask in reward_model_batches(tokenizer, prompts, completions, batch_size, pad_id, max_length):
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         scores.append(logits[:, 0].float().cpu())
     if was_training:
         model.train()
