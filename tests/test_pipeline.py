@@ -38,7 +38,7 @@ def test_config_validation(tmp_path):
     with pytest.raises(ValueError, match="ensemble_size"):
         micro_config(tmp_path, ensemble_size=1)
     with pytest.raises(ValueError, match="policy_model"):
-        micro_config(tmp_path, prompt_dataset="some/dataset")
+        micro_config(tmp_path, prompt_dataset="some/dataset").check_models()
 
 
 def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
@@ -90,3 +90,22 @@ def test_pipeline_datasets_from_local_files(tmp_path):
     bad = micro_config(tmp_path, policy_model="x", prompt_dataset=str(tmp_path / "text.jsonl"))
     with pytest.raises(ValueError, match="no 'prompt' column"):
         pipeline_datasets(bad)
+
+
+def test_real_recipe_parses_and_sft_without_reward_selects_by_loss(tmp_path, sft_policy_path):
+    """The real-model recipe parses (ModelConfig + PipelineConfig); with no early-stopping reward the SFT stage
+    still runs and keeps the eval_loss-best checkpoint."""
+    from pathlib import Path
+
+    from trl import ModelConfig
+
+    from trl_extras.cli_utils import parse_args
+    from trl_extras.pipeline.stages import run_pipeline
+
+    recipe = Path(__file__).parents[1] / "recipes" / "pipeline_real.yaml"
+    config, model_args = parse_args([PipelineConfig, ModelConfig], ["--config", str(recipe)], "pipeline")
+    assert config.sft_reward is None and config.gold_reward is None and model_args.load_in_4bit
+    ctx = run_pipeline(micro_config(tmp_path, stages=["sft"], sft_reward=None))
+    evals = ctx.results["sft"]["evaluations"]
+    assert evals and all("eval_reward" not in e for e in evals)
+    assert ctx.results["sft"]["best_step_by_loss"] in [e["step"] for e in evals]

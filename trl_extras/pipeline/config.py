@@ -44,6 +44,13 @@ class PipelineConfig:
         default="trl_extras.testbed:gold_reward_fn",
         metadata={"help": "Import path of a gold reward function (testbed only); None for real tasks."},
     )
+    sft_reward: str | None = field(
+        default="trl_extras.testbed:heuristic_reward_fn",
+        metadata={
+            "help": "Reward for SFT early stopping: an import path `module:function` or a reward-model path. The "
+            "testbed default is the cheap dirty heuristic (no RM exists before SFT); None selects by eval_loss."
+        },
+    )
     num_eval_prompts: int = field(default=256, metadata={"help": "Holdout prompts used by evaluations."})
     num_train_prompts: int = field(default=512, metadata={"help": "Train prompts used by CEM, PPO and DPO."})
     num_dirty_pairs: int = field(default=1000, metadata={"help": "Testbed: dirty pairs to generate."})
@@ -87,5 +94,8 @@ class PipelineConfig:
             raise ValueError(f"Unknown stages {unknown}; choose from {ALL_STAGES}.")
         if self.ensemble_size < 2:
             raise ValueError("ensemble_size must be >= 2 (an ensemble of one has no disagreement to penalize).")
+
+    def check_models(self) -> None:
+        """Called when the run starts (after `--model_name_or_path` has been merged into `policy_model`)."""
         if self.policy_model is None and self.prompt_dataset != "testbed":
-            raise ValueError("policy_model is required outside the testbed.")
+            raise ValueError("policy_model (or --model_name_or_path) is required outside the testbed.")

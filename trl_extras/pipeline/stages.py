@@ -114,14 +114,19 @@ def stage_sft(ctx: Context) -> dict:
     sft = ctx.data["sft"].remove_columns([c for c in ctx.data["sft"].column_names if c not in ("prompt", "completion", "messages", "text")])
     split = sft.train_test_split(test_size=0.1, seed=cfg.seed)
     eval_prompts = ctx.data["eval_prompts"]["prompt"][:64]
-    # On the testbed the early-stopping reward is the cheap proxy available before any RM is trained (the dirty
-    # heuristic); real runs point `sft_reward` at an existing reward model. Gold is logged, never used to choose.
-    reward = import_object("trl_extras.testbed:heuristic_reward_fn") if cfg.gold_reward else cfg.reward_base_model
-    extra = {"gold": ctx.gold.funcs[0]} if ctx.gold is not None else None
-    callback = RewardEarlyStoppingCallback(
-        reward, eval_prompts, processing_class=tokenizer, patience=cfg.sft_patience,
-        max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, extra_reward_funcs=extra, seed=cfg.seed,
-    )
+    # The early-stopping reward: on the testbed the cheap proxy available before any RM is trained (the dirty
+    # heuristic); real runs point `sft_reward` at an existing reward model, or None to select by eval_loss.
+    # Gold is logged, never used to choose.
+    callbacks, callback = [], None
+    if cfg.sft_reward is not None:
+        reward = import_object(cfg.sft_reward) if ":" in cfg.sft_reward else cfg.sft_reward
+        extra = {"gold": ctx.gold.funcs[0]} if ctx.gold is not None else None
+        callback = RewardEarlyStoppingCallback(
+            reward, eval_prompts, processing_class=tokenizer, patience=cfg.sft_patience,
+            max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, extra_reward_funcs=extra,
+            seed=cfg.seed,
+        )
+        callbacks.append(callback)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"),
         max_steps=cfg.sft_max_steps,
@@ -134,8 +139,8 @@ def stage_sft(ctx: Context) -> dict:
         save_steps=cfg.sft_eval_steps,
         save_total_limit=None,
         load_best_model_at_end=True,
-        metric_for_best_model="eval_reward",
-        greater_is_better=True,
+        metric_for_best_model="eval_reward" if callback is not None else "eval_loss",
+        greater_is_better=callback is not None,
         lr_scheduler_type="constant",
         max_length=cfg.max_prompt_length + cfg.max_completion_length,
         model_init_kwargs=ctx.model_init_kwargs() or None,
@@ -143,9 +148,10 @@ def stage_sft(ctx: Context) -> dict:
     )
     trainer = SFTTrainer(
         model=base, args=args, train_dataset=split["train"], eval_dataset=split["test"], processing_class=tokenizer,
-        callbacks=[callback], peft_config=ctx.peft_config("CAUSAL_LM"),
+        callbacks=callbacks, peft_config=ctx.peft_config("CAUSAL_LM"),
     )
-    callback.set_trainer(trainer)  # log eval_reward through the trainer (report_to integrations) and its accelerator
+    if callback is not None:
+        callback.set_trainer(trainer)  # log eval_reward through the trainer (report_to integrations) and its accelerator
     trainer.train()
     # Trainer.evaluate logs eval_loss; the callback logs eval_reward (and extras) in its own entry: merge by step.
     by_step: dict[int, dict] = {}
@@ -495,6 +501,7 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
     """Run ``config.stages`` in order, skipping those with a ``result.json`` (unless ``overwrite``)."""
     from .data import pipeline_datasets
 
+    config.check_models()
     ctx = Context(config=config, data=pipeline_datasets(config), model_args=model_args)
     ctx.root.mkdir(parents=True, exist_ok=True)
     for name in STAGES:  # results of earlier runs feed later stages even when not re-run
