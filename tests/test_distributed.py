@@ -61,18 +61,114 @@ def test_two_process_advantage_normalization_equals_single_process(tmp_path):
     assert not torch.allclose(shard, expected[:4], atol=1e-3)
 
 
-@pytest.mark.distributed
-def test_ppo_trains_under_accelerate_launch_two_processes(tmp_path, tiny_paths):
-    """PPOTrainer inside `accelerate launch` (DDP over gloo, 2 CPU processes): trains and logs global metrics."""
+# ---------------------------------------------------------------------------------------------------------------
+# PPOTrainer under DDP and DeepSpeed ZeRO-2/3 (2 CPU processes, gloo): the same run on every backend
+# ---------------------------------------------------------------------------------------------------------------
+DEEPSPEED_CPU_CONFIG = """compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+deepspeed_config:
+  deepspeed_multinode_launcher: standard
+  offload_optimizer_device: none
+  offload_param_device: none
+  zero3_init_flag: {zero3_init}
+  zero3_save_16bit_model: true
+  zero_stage: {stage}
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+main_training_function: main
+mixed_precision: "no"
+rdzv_backend: static
+same_network: true
+use_cpu: true
+"""
+# rollout metrics that depend on every update so far (value warm-up, value and policy steps)
+COMPARED_METRICS = ("reward", "rewards/reward/mean", "kl/exact", "value/explained_variance", "entropy")
+
+
+def _launch_ppo(backend: str, tmp_path: Path, tiny_paths: dict, *flags: str) -> dict:
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     if launcher is None:
         pytest.skip("the `accelerate` launcher is not installed")
+    if backend == "ddp":
+        config = CPU_CONFIG
+    else:
+        pytest.importorskip("deepspeed")
+        stage = {"zero2": 2, "zero3": 3}[backend]
+        config = tmp_path / f"{backend}.yaml"
+        config.write_text(DEEPSPEED_CPU_CONFIG.format(stage=stage, zero3_init=str(stage == 3).lower()))
     out = tmp_path / "ppo.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
-    cmd = [launcher, "launch", "--config_file", str(CPU_CONFIG), "--main_process_port", env["MASTER_PORT"]]
-    cmd += [str(SCRIPT.parent / "ppo_ddp.py"), tiny_paths["policy"], str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(out.read_text())
-    assert result["num_processes"] == 2 and result["global_step"] == 2
-    assert result["rollout_logs"] and all(torch.isfinite(torch.tensor(e["reward"])) for e in result["rollout_logs"])
+    cmd = [launcher, "launch", "--config_file", str(config), "--main_process_port", env["MASTER_PORT"]]
+    cmd += [str(SCRIPT.parent / "ppo_distributed.py"), tiny_paths["policy"], str(out), *flags]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+def _check_ppo_run(result: dict, tmp_path: Path, expected_type: str, peft: bool, warmup: bool) -> None:
+    from transformers import AutoModelForCausalLM
+
+    assert result["num_processes"] == 2 and expected_type in result["distributed_type"]
+    assert result["global_step"] == 3 and len(result["rollout_logs"]) == 3
+    # the value model has its own learning rate (3e-3) next to the policy's (1e-2), on every backend
+    assert result["learning_rates"] == [3e-3, 1e-2]
+    # with a warm-up, step 1 trains the value model only; then (or throughout) both train
+    assert result["policy_moved_in_warmup"] is not warmup and result["value_moved_in_warmup"]
+    assert result["policy_moved_after"] and result["value_moved_after"]
+    # the saved model is the trained policy (a from_pretrained-able model, or its adapter)
+    trained = torch.load(tmp_path / "trained_policy.pt")
+    if peft:
+        from peft import AutoPeftModelForCausalLM
+
+        saved = dict(AutoPeftModelForCausalLM.from_pretrained(result["final_dir"]).named_parameters())
+        compared = [n for n in trained if "lora_" in n]
+    else:
+        saved = dict(AutoModelForCausalLM.from_pretrained(result["final_dir"]).named_parameters())
+        compared = list(trained)
+    assert compared and all(n in saved for n in compared)
+    for name in compared:
+        torch.testing.assert_close(saved[name].detach().float(), trained[name], rtol=0, atol=0)
+    # resume from checkpoint-2: policy, value model and PPO state (adaptive KL coefficient) come back
+    checkpoint_kl = json.loads((tmp_path / "ppo" / "checkpoint-2" / "ppo_state.json").read_text())["kl_coef"]
+    assert checkpoint_kl != 0.05  # the adaptive controller moved it, so restoring it is visible
+    assert result["resumed_kl_coef"] == [checkpoint_kl]
+    assert result["resumed_policy_equals_checkpoint"] and result["resumed_value_equals_checkpoint"]
+    assert result["resumed_global_step"] == 4
+
+
+@pytest.fixture(scope="module")
+def ddp_ppo_run(tmp_path_factory, tiny_paths):
+    path = tmp_path_factory.mktemp("ppo_ddp")
+    return path, _launch_ppo("ddp", path, tiny_paths, "--reward-model", tiny_paths["reward"], "--compare")
+
+
+@pytest.mark.distributed
+def test_ppo_under_ddp_two_processes(ddp_ppo_run):
+    """PPOTrainer inside `accelerate launch` (DDP over gloo): two learning rates, save, resume."""
+    path, result = ddp_ppo_run
+    _check_ppo_run(result, path, "MULTI_CPU", peft=False, warmup=False)
+    assert result["model_class"] == "LlamaForCausalLM"
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("backend", ["zero2", "zero3"])
+def test_ppo_under_deepspeed_matches_ddp(backend, ddp_ppo_run, tmp_path, tiny_paths):
+    """Under DeepSpeed the policy and the value model are one engine (PolicyAndValueModel); the run (reward-model
+    scores, the value model initialised from the RM, exact KL after the policy steps) equals the DDP run."""
+    result = _launch_ppo(backend, tmp_path, tiny_paths, "--reward-model", tiny_paths["reward"], "--compare")
+    _check_ppo_run(result, tmp_path, "DEEPSPEED", peft=False, warmup=False)
+    assert result["model_class"] == "PolicyAndValueModel"
+    _, reference = ddp_ppo_run
+    assert reference["rollout_logs"][1]["kl/exact"] > 0  # the policy moved, so the comparison covers its update
+    for got, expected in zip(result["rollout_logs"], reference["rollout_logs"]):
+        for key in COMPARED_METRICS:
+            assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.distributed
+def test_ppo_lora_under_deepspeed_zero2(tmp_path, tiny_paths):
+    """LoRA policy (reference = adapter disabled) and LoRA value model under ZeRO-2, with a value warm-up (the
+    policy gets zero gradients in the one engine and must not move); the adapter is what is saved."""
+    result = _launch_ppo("zero2", tmp_path, tiny_paths, "--peft")
+    _check_ppo_run(result, tmp_path, "DEEPSPEED", peft=True, warmup=True)

@@ -179,9 +179,19 @@ def test_checkpoint_and_resume(tiny_paths, tmp_path):
     value = dict(resumed.accelerator.unwrap_model(resumed.value_model).named_parameters())
     for name, tensor in saved.items():
         torch.testing.assert_close(value[name].detach().cpu(), tensor)
+    resumed._load_ppo_state(str(ckpt))
     assert resumed.kl_ctl.value != 0.1  # the adaptive coefficient came back
-    resumed.train(resume_from_checkpoint=str(ckpt))
-    assert resumed.state.global_step == 4
+    assert resumed._step == 2 * resumed.args.gradient_accumulation_steps  # and the place in the rollout cycle
+
+    # the Trainer's resume path restores the PPO state too (on every backend: DeepSpeed skips _load_from_checkpoint)
+    again = _trainer(tiny_paths, tmp_path, max_steps=4, save_strategy="steps", save_steps=2, kl_coef=0.1,
+                     adaptive_kl=True, target_kl=0.01, kl_horizon=100, num_mini_batches=1, num_ppo_epochs=1)
+    restored = []
+    load = again._load_ppo_state
+    again._load_ppo_state = lambda path: (load(path), restored.append(again.kl_ctl.value))
+    again.train(resume_from_checkpoint=str(ckpt))
+    assert again.state.global_step == 4
+    assert restored == [resumed.kl_ctl.value]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,11 @@ found two-headed models hard to train) whose ``score`` head is applied at every 
 separate param group of the one optimizer (own learning rate); the policy and value losses are summed, which is
 harmless because their parameters are disjoint (``vf_coef`` only rescales the value gradient).
 
+Under DeepSpeed the Trainer's model is :class:`PolicyAndValueModel`, one module holding both, so that DeepSpeed
+builds one engine (one ZeRO-partitioned optimizer, one checkpoint) over the policy and the value model -- the layout
+of TRL's old ``PolicyAndValueWrapper``. Under DDP and in one process they stay two modules (the value model is
+DDP-wrapped on its own), which lets the value warm-up skip the policy's forward entirely.
+
 The math lives in ``trl_extras.core`` (``exact_kl``/``kl_from_logprobs``, ``compute_gae``,
 ``normalize_advantages``, ``completion_token_stats``/``policy_logprobs``); this file orchestrates.
 """
@@ -162,6 +167,79 @@ class TokenValueModel(nn.Module):
         )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return self._head(base)(hidden).squeeze(-1).float()
+
+
+def policy_and_values(
+    policy: nn.Module,
+    value_model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    temperature: float,
+    with_policy: bool = True,
+) -> tuple[dict | None, torch.Tensor]:
+    """The update's forward: policy log-probs of the last ``T = logits_to_keep`` tokens and their values.
+
+    Args:
+        policy: causal LM (possibly PEFT/DDP-wrapped); value_model: :class:`TokenValueModel` (possibly DDP-wrapped).
+        input_ids, attention_mask: ``(B, L)`` prompt + completion.
+        with_policy: ``False`` during the value warm-up (no policy forward at all).
+
+    Returns:
+        ``(policy_logprobs(...) dict or None, values (B, T))`` -- ``values[:, t]`` is ``V(s_t)``, read at the
+        position that predicts completion token ``t``.
+    """
+    T = logits_to_keep
+    values = value_model(input_ids, attention_mask)[:, -T - 1 : -1]
+    out = policy_logprobs(policy, input_ids, attention_mask, T, temperature=temperature) if with_policy else None
+    return out, values
+
+
+class PolicyAndValueModel(nn.Module):
+    """Policy and value model as ONE module, the Trainer's model under DeepSpeed.
+
+    DeepSpeed builds one engine per ``accelerator.prepare`` call around one model and one optimizer, and ZeRO only
+    partitions parameters that belong to that model; the value model's parameters in a second, unprepared module
+    would be invisible to it. As one module, both are partitioned, clipped (jointly: DeepSpeed's
+    ``gradient_clipping`` sees one parameter set), checkpointed and resumed together. ``forward`` is the only entry
+    the update uses, so DeepSpeed's hooks run around both models.
+    """
+
+    def __init__(self, policy: nn.Module, value_model: TokenValueModel):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        self.config = policy.config  # TRL telemetry, DeepSpeed "auto" sizes and model cards read the policy's
+
+    def forward(self, input_ids, attention_mask, logits_to_keep: int, temperature: float, with_policy: bool = True):
+        return policy_and_values(
+            self.policy, self.value_model, input_ids, attention_mask, logits_to_keep, temperature, with_policy
+        )
+
+    def generate(self, *args, **kwargs):  # rollouts sample from the policy
+        return self.policy.generate(*args, **kwargs)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:  # read by TRL's unwrap_model_for_generation
+        return getattr(self.policy, "is_gradient_checkpointing", False)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        # the value model's checkpointing is set when it is built
+        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self.policy.gradient_checkpointing_disable()
+
+
+def _gathered_for_update(params: list):
+    """A context in which ``params`` can be written: DeepSpeed ZeRO-3 gathers them (rank 0's write is broadcast)."""
+    from contextlib import nullcontext
+
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    return nullcontext()
 
 
 def _is_peft_model(model) -> bool:
@@ -337,8 +415,12 @@ class PPOTrainer(_BaseTrainer):
                     disable_dropout_in_model(m)
 
         self.value_model = value_model
+        # Under DeepSpeed one engine must own both models (see PolicyAndValueModel); decided before the Trainer
+        # builds the accelerator, from the same setting it reads (`--deepspeed` or `accelerate launch`'s env).
+        self._joint_model = args.deepspeed_plugin is not None
+        trainer_model = PolicyAndValueModel(model, value_model) if self._joint_model else model
         super().__init__(
-            model=model,
+            model=trainer_model,
             args=args,
             data_collator=lambda features: features,  # rows go as they are: prompts are tokenized at rollout
             train_dataset=train_dataset,
@@ -349,20 +431,27 @@ class PPOTrainer(_BaseTrainer):
         )
         if args.n_gpu > 1:
             raise ValueError("PPOTrainer does not support nn.DataParallel: launch with `accelerate launch`/torchrun.")
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if self.is_fsdp_enabled:
             raise NotImplementedError(
-                "PPOTrainer trains a separate value model; DeepSpeed/FSDP preparation of it is not implemented yet. "
-                "Use DDP (`accelerate launch --multi_gpu`)."
+                "PPOTrainer does not support FSDP: its rollout statistics call the policy and value model outside "
+                "the root module's forward, which FSDP's sharded parameters do not allow. Use DeepSpeed ZeRO-2/3 "
+                "(recipes/accelerate/zero2.yaml) or DDP (recipes/accelerate/ddp.yaml)."
             )
+        if self._joint_model != self.is_deepspeed_enabled:
+            raise RuntimeError("PPOTrainer: DeepSpeed was enabled differently from what `args.deepspeed_plugin` said.")
         self._tokenizer = tokenizer
-        self.value_model = self.accelerator.prepare_model(value_model)
-        self.ref_model = None if ref_model is None else self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        for functions in (self.reward_functions, self.log_reward_functions):
-            for fn in functions.funcs if functions is not None else []:
-                if isinstance(getattr(fn, "model", None), nn.Module):
-                    fn.model.to(self.accelerator.device)
-                elif hasattr(fn, "models") and hasattr(fn, "to"):  # RewardEnsemble
-                    fn.to(self.accelerator.device)
+        if not self._joint_model:  # under DeepSpeed the value model is inside the engine already
+            self.value_model = self.accelerator.prepare_model(value_model)
+        if ref_model is None:
+            self.ref_model = None
+        elif self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            # ZeRO-3: sharded like the policy; ZeRO-1/2: a full inference copy per process (stage 0)
+            self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
+        else:
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self._place_reward_models()
 
         self.kl_ctl = (
             AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
@@ -377,8 +466,35 @@ class PPOTrainer(_BaseTrainer):
         self._buffer_epoch_perms = None
         self._minibatch_approx_kl = []
         self._stop_batch_updates = False  # set by the approx-KL early stop
-        if hasattr(self.model, "add_model_tags"):
-            self.model.add_model_tags(self._tag_names)
+        if hasattr(self.policy, "add_model_tags"):
+            self.policy.add_model_tags(self._tag_names)
+
+    def _place_reward_models(self) -> None:
+        """Reward models to the device; under DeepSpeed each becomes an inference engine, as in TRL's GRPO (ZeRO-3
+        shards it like the policy -- a model loaded under ZeRO-3 is partitioned and has no forward without one)."""
+        for functions in (self.reward_functions, self.log_reward_functions):
+            for fn in functions.funcs if functions is not None else []:
+                if isinstance(getattr(fn, "model", None), nn.Module):
+                    if self.is_deepspeed_enabled:
+                        from trl.models.utils import prepare_deepspeed
+
+                        fn.model = prepare_deepspeed(fn.model, self.accelerator)
+                    else:
+                        fn.model.to(self.accelerator.device)
+                elif hasattr(fn, "models") and hasattr(fn, "to"):  # RewardEnsemble
+                    members = list(fn.models) + ([fn.peft_model] if getattr(fn, "peft_model", None) is not None else [])
+                    if any(hasattr(p, "ds_id") for m in members for p in m.parameters()):
+                        raise NotImplementedError(
+                            "A RewardEnsemble whose members were loaded under DeepSpeed ZeRO-3 is partitioned and "
+                            "cannot score: use ZeRO-2 (recipes/accelerate/zero2.yaml) or DDP for ensemble rewards."
+                        )
+                    fn.to(self.accelerator.device)
+
+    @property
+    def policy(self) -> nn.Module:
+        """The policy module (unwrapped from DDP/DeepSpeed and from :class:`PolicyAndValueModel`)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.policy if isinstance(model, PolicyAndValueModel) else model
 
     # ------------------------------------------------------------------------------------------------------------
     # Construction helpers
@@ -440,7 +556,8 @@ class PPOTrainer(_BaseTrainer):
     def _copy_model(self, model):
         """An independent trainable copy of a reward model (weights copied; PEFT adapters merged into it)."""
         path = _model_path(model)
-        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        partitioned = any(hasattr(p, "ds_id") for p in model.parameters())  # loaded under DeepSpeed ZeRO-3
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False) or partitioned:
             from transformers import AutoModelForSequenceClassification
 
             return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **self._model_init_kwargs)
@@ -470,7 +587,7 @@ class PPOTrainer(_BaseTrainer):
             if any(k.split(".")[0] not in head_names for k in missing):
                 raise ValueError(f"Could not initialise the value model from the policy: missing {missing[:5]}.")
         head = TokenValueModel._head(value)
-        with torch.no_grad():
+        with torch.no_grad(), _gathered_for_update(list(head.parameters())):
             for p in head.parameters():
                 p.zero_()
         return value
@@ -510,18 +627,26 @@ class PPOTrainer(_BaseTrainer):
     # Optimizer: the value model is a second param group with its own learning rate
     # ------------------------------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
+        if self.optimizer is not None:  # the user's own optimizer (documented: it must hold the value parameters)
+            return super().create_optimizer(model)
         optimizer = super().create_optimizer(model)
+        # Under DeepSpeed the Trainer's model holds the value model too, so the Trainer put its parameters in the
+        # policy's groups: move them out, into one group with the value learning rate.
         value_params = [p for p in self.value_model.parameters() if p.requires_grad]
-        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if value_params and not any(id(p) in present for p in value_params):
+        value_ids = {id(p) for p in value_params}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in value_ids]
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        if value_params:
             optimizer.add_param_group(
                 {"params": value_params, "lr": self.args.value_learning_rate, "weight_decay": self.args.weight_decay}
             )
         return optimizer
 
     def _clip_grad_norm(self, model):
-        # Trainer clips the policy only; clip the value model on its own (its gradient scale is unrelated)
-        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+        # Trainer clips the policy only; clip the value model on its own (its gradient scale is unrelated). Under
+        # DeepSpeed the engine clips both together (one `gradient_clipping` over the one module).
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0 and not self._joint_model:
             params = [p for p in self.value_model.parameters() if p.grad is not None]
             if params:
                 norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
@@ -621,7 +746,7 @@ class PPOTrainer(_BaseTrainer):
 
         # 5. Log-probs of the sampled tokens under the sampling policy and the reference, the exact KL and the
         #    entropy, all from logits / temperature, chunk by chunk (the two models' (B,T,V) never coexist).
-        policy = self.accelerator.unwrap_model(self.model)
+        policy = self.policy
         was_training = policy.training
         policy.eval()
         ref = None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model)
@@ -703,8 +828,8 @@ class PPOTrainer(_BaseTrainer):
     # Update
     # ------------------------------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self._step % self.args.gradient_accumulation_steps == 0:
-            # Trainer zeroes the policy's grads only
+        if self._step % self.args.gradient_accumulation_steps == 0 and not self._joint_model:
+            # Trainer zeroes the policy's grads only (under DeepSpeed the engine owns both)
             self.value_model.zero_grad(set_to_none=True)
         out = super().training_step(model, inputs, num_items_in_batch)
         self._step += 1
@@ -720,8 +845,17 @@ class PPOTrainer(_BaseTrainer):
         attention_mask = torch.cat([inputs["prompt_mask"], mask], 1)
         T = inputs["completion_ids"].size(1)
 
-        # 11. Clipped value loss (Huang et al. detail: clip the new value around the rollout value).
-        new_values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1]
+        # 11. One forward for the new values and (after the value warm-up, during which the policy is frozen and not
+        #     run at all) the policy's log-probs. Under DeepSpeed `model` is the engine around PolicyAndValueModel.
+        with_policy = self.state.global_step >= args.value_warmup_steps
+        if self._joint_model:
+            out, new_values = model(input_ids, attention_mask, T, args.temperature, with_policy=with_policy)
+        else:
+            out, new_values = policy_and_values(
+                model, self.value_model, input_ids, attention_mask, T, args.temperature, with_policy=with_policy
+            )
+
+        # 12. Clipped value loss (Huang et al. detail: clip the new value around the rollout value).
         old_values, returns = inputs["old_values"], inputs["returns"]
         vf_losses = (new_values - returns) ** 2
         if args.cliprange_value is not None:
@@ -732,12 +866,11 @@ class PPOTrainer(_BaseTrainer):
         vf_loss = 0.5 * masked_mean(vf_losses, mask)
         metrics["loss/value"].append(vf_loss.item())
 
-        if self.state.global_step < args.value_warmup_steps:
+        if not with_policy:
             # 12a. Value warm-up: the policy is frozen (no forward, so its grads stay None and AdamW skips it).
             return args.vf_coef * vf_loss / self.current_gradient_accumulation_steps
 
-        # 12. Clipped surrogate on the log-ratio to the sampling policy (ratio = 1 at the first step of a batch).
-        out = policy_logprobs(model, input_ids, attention_mask, T, temperature=args.temperature)
+        # 13. Clipped surrogate on the log-ratio to the sampling policy (ratio = 1 at the first step of a batch).
         logratio = (out["logprobs"] - inputs["old_logprobs"]) * mask
         ratio = torch.exp(logratio)
         advantages = inputs["advantages"]
@@ -751,7 +884,7 @@ class PPOTrainer(_BaseTrainer):
         pg_loss = masked_mean(pg_losses, mask)
         metrics["loss/policy"].append(pg_loss.item())
 
-        # 13. Approximate KL to the sampling policy (k3), averaged over the minibatch on all processes: past
+        # 14. Approximate KL to the sampling policy (k3), averaged over the minibatch on all processes: past
         #     `kl_early_stop_target` the batch's remaining update steps are replaced by a fresh rollout.
         with torch.no_grad():
             approx_kl = masked_mean(torch.expm1(-logratio) + logratio, mask)
@@ -791,24 +924,43 @@ class PPOTrainer(_BaseTrainer):
             self._samples = []
 
     # ------------------------------------------------------------------------------------------------------------
-    # Checkpoints: the value model's trainable weights and the PPO state travel with each checkpoint
+    # Checkpoints: the value model's trainable weights and the PPO state travel with each checkpoint (under
+    # DeepSpeed the engine's own checkpoint holds the value model; the PPO state file is written either way)
     # ------------------------------------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
         model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name)
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            from safetensors.torch import save_file
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
             output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            value = self.accelerator.unwrap_model(self.value_model)
-            state = {n: p.detach().cpu().contiguous() for n, p in value.named_parameters() if p.requires_grad}
-            save_file(state, os.path.join(output_dir, VALUE_STATE_FILE))
+            if not self._joint_model:
+                from safetensors.torch import save_file
+
+                value = self.accelerator.unwrap_model(self.value_model)
+                state = {n: p.detach().cpu().contiguous() for n, p in value.named_parameters() if p.requires_grad}
+                save_file(state, os.path.join(output_dir, VALUE_STATE_FILE))
             with open(os.path.join(output_dir, PPO_STATE_FILE), "w") as f:
                 json.dump({"kl_coef": self.kl_ctl.value, "reward_moments": self.reward_moments.state_dict()}, f)
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The saved model is the policy (``from_pretrained``-able, or its adapter), also under DeepSpeed."""
+        if not self._joint_model:
+            return super()._save(output_dir, state_dict)
+        # DeepSpeed hands over the state dict of PolicyAndValueModel: keep the policy's entries, unprefixed
+        prefix = "policy."
+        if state_dict is not None:
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        joint = self.model
+        self.model = joint.policy
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.model = joint
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Not called under DeepSpeed: the Trainer restores the engine (policy and value) from its own checkpoint
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         value_file = os.path.join(resume_from_checkpoint, VALUE_STATE_FILE)
         if not os.path.isfile(value_file):
@@ -820,12 +972,23 @@ class PPOTrainer(_BaseTrainer):
         result = value.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise ValueError(f"Value checkpoint does not match the value model: {result.unexpected_keys[:5]}")
-        with open(os.path.join(resume_from_checkpoint, PPO_STATE_FILE)) as f:
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # Called on resume by every backend (DeepSpeed included): the PPO state is restored here
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self._load_ppo_state(checkpoint)
+
+    def _load_ppo_state(self, checkpoint: str) -> None:
+        state_file = os.path.join(checkpoint, PPO_STATE_FILE)
+        if not os.path.isfile(state_file):
+            raise ValueError(f"{checkpoint} has no {PPO_STATE_FILE}: not a PPOTrainer checkpoint.")
+        with open(state_file) as f:
             ppo_state = json.load(f)
         self.kl_ctl.value = float(ppo_state["kl_coef"])
         self.reward_moments.load_state_dict(ppo_state["reward_moments"])
         # resume at the right place of the rollout cycle; the batch itself is sampled afresh
-        self._step = self._global_step_from_checkpoint(resume_from_checkpoint) * self.args.gradient_accumulation_steps
+        self._step = self._global_step_from_checkpoint(checkpoint) * self.args.gradient_accumulation_steps
         self._buffer = None
 
     @staticmethod
