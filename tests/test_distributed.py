@@ -1,4 +1,5 @@
-"""Global advantage statistics across processes: ``accelerate launch --num_processes 2 --cpu`` equals one process."""
+"""Multi-process runs (2 CPU processes, gloo): global advantage statistics equal one process; PPOTrainer and
+ExactKLGRPOTrainer give the same run under DDP, DeepSpeed ZeRO-2 and ZeRO-3."""
 
 import json
 import os
@@ -172,3 +173,41 @@ def test_ppo_lora_under_deepspeed_zero2(tmp_path, tiny_paths):
     policy gets zero gradients in the one engine and must not move); the adapter is what is saved."""
     result = _launch_ppo("zero2", tmp_path, tiny_paths, "--peft")
     _check_ppo_run(result, tmp_path, "DEEPSPEED", peft=True, warmup=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ExactKLGRPOTrainer under DDP and DeepSpeed: its reference copy is prepared per backend, the run is the same
+# ---------------------------------------------------------------------------------------------------------------
+def _launch_grpo(backend: str, tmp_path: Path, tiny_paths: dict) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("the `accelerate` launcher is not installed")
+    if backend == "ddp":
+        config = CPU_CONFIG
+    else:
+        pytest.importorskip("deepspeed")
+        stage = {"zero2": 2, "zero3": 3}[backend]
+        config = tmp_path / f"{backend}.yaml"
+        config.write_text(DEEPSPEED_CPU_CONFIG.format(stage=stage, zero3_init=str(stage == 3).lower()))
+    out = tmp_path / "grpo.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
+    cmd = [launcher, "launch", "--config_file", str(config), "--main_process_port", env["MASTER_PORT"]]
+    cmd += [str(SCRIPT.parent / "grpo_exact_kl_distributed.py"), tiny_paths["policy"], str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    result = json.loads(out.read_text())
+    assert result["num_processes"] == 2 and len(result["logs"]) == 3
+    return result
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("backend", ["zero2", pytest.param("zero3", marks=pytest.mark.slow)])
+def test_exact_kl_grpo_under_deepspeed_matches_ddp(backend, tmp_path, tiny_paths):
+    reference = _launch_grpo("ddp", tmp_path / "ddp", tiny_paths)
+    result = _launch_grpo(backend, tmp_path / backend, tiny_paths)
+    assert "DEEPSPEED" in result["distributed_type"] and "MULTI_CPU" in reference["distributed_type"]
+    assert reference["logs"][2]["exact_kl"] > 1e-3  # the policy moved away from the reference
+    for got, expected in zip(result["logs"], reference["logs"]):
+        for key in ("reward", "exact_kl", "loss", "entropy"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
