@@ -169,10 +169,12 @@ def test_ppo_under_deepspeed_matches_ddp(backend, ddp_ppo_run, tmp_path, tiny_pa
 
 @pytest.mark.distributed
 def test_ppo_lora_under_deepspeed_zero2(tmp_path, tiny_paths):
-    """LoRA policy (reference = adapter disabled) and LoRA value model under ZeRO-2, with a value warm-up (the
-    policy gets zero gradients in the one engine and must not move); the adapter is what is saved."""
-    result = _launch_ppo("zero2", tmp_path, tiny_paths, "--peft")
+    """LoRA policy (reference = adapter disabled) and LoRA value model under ZeRO-2 with activation checkpointing
+    (as on a real GPU run), and a value warm-up (the policy gets zero gradients in the one engine and must not
+    move); the adapter is what is saved."""
+    result = _launch_ppo("zero2", tmp_path, tiny_paths, "--peft", "--gradient-checkpointing")
     _check_ppo_run(result, tmp_path, "DEEPSPEED", peft=True, warmup=True)
+    assert result["gradient_checkpointing"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def moved(before, after) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, after))
 
 
-def make_trainer(policy_path, output_dir, max_steps, use_peft, reward_model, compare):
+def make_trainer(policy_path, output_dir, max_steps, use_peft, reward_model, compare, checkpointing=False):
     from datasets import Dataset
 
     from trl_extras import PPOConfig, PPOTrainer
@@ -45,7 +45,7 @@ def make_trainer(policy_path, output_dir, max_steps, use_peft, reward_model, com
     prompts = [f"{i % 10} {(i * 7) % 10} >" for i in range(16)]
     args = PPOConfig(
         output_dir=output_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="steps", save_steps=2,
-        gradient_checkpointing=False, disable_tqdm=True, logging_steps=1, per_device_train_batch_size=4,
+        gradient_checkpointing=checkpointing, disable_tqdm=True, logging_steps=1, per_device_train_batch_size=4,
         num_mini_batches=1, num_ppo_epochs=1, max_steps=max_steps, max_completion_length=6, learning_rate=1e-2,
         value_learning_rate=3e-3, lr_scheduler_type="constant", adaptive_kl=True, target_kl=0.01, kl_horizon=100,
         seed=0,
@@ -81,10 +81,11 @@ class Snapshots:
         trainer.add_callback(_CB())
 
 
-def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, compare: bool) -> None:
+def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, compare: bool,
+         checkpointing: bool) -> None:
     work = os.path.dirname(out)
     trainer = make_trainer(policy_path, os.path.join(work, "ppo"), max_steps=3, use_peft=use_peft, reward_model=reward_model,
-                           compare=compare)
+                           compare=compare, checkpointing=checkpointing)
     snaps = Snapshots(trainer)
     trainer.train()
     lrs = sorted({group["lr"] for group in trainer.optimizer.param_groups})
@@ -94,6 +95,7 @@ def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, c
     trainer.accelerator.wait_for_everyone()
 
     result = {
+        "gradient_checkpointing": bool(getattr(trainer.policy, "is_gradient_checkpointing", False)),
         "num_processes": trainer.accelerator.num_processes,
         "distributed_type": str(trainer.accelerator.distributed_type),
         "model_class": type(trainer.model).__name__,
@@ -117,7 +119,7 @@ def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, c
 
     # resume from checkpoint-2 in a fresh trainer and go on to step 4
     resumed = make_trainer(policy_path, os.path.join(work, "ppo"), max_steps=4, use_peft=use_peft, reward_model=reward_model,
-                           compare=compare)
+                           compare=compare, checkpointing=checkpointing)
     restored = []
     load = resumed._load_ppo_state
     resumed._load_ppo_state = lambda path: (load(path), restored.append(resumed.kl_ctl.value))
@@ -150,4 +152,5 @@ def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, c
 if __name__ == "__main__":
     flags = sys.argv[3:]
     rm = flags[flags.index("--reward-model") + 1] if "--reward-model" in flags else None
-    main(sys.argv[1], sys.argv[2], use_peft="--peft" in flags, reward_model=rm, compare="--compare" in flags)
+    main(sys.argv[1], sys.argv[2], use_peft="--peft" in flags, reward_model=rm, compare="--compare" in flags,
+         checkpointing="--gradient-checkpointing" in flags)

@@ -219,13 +219,21 @@ class PolicyAndValueModel(nn.Module):
     def generate(self, *args, **kwargs):  # rollouts sample from the policy
         return self.policy.generate(*args, **kwargs)
 
+    # Activation checkpointing is the policy's (the value model's is set when it is built): the Trainer turns it on
+    # through these, TRL's unwrap_model_for_generation turns it off and on around generation.
     @property
-    def is_gradient_checkpointing(self) -> bool:  # read by TRL's unwrap_model_for_generation
+    def is_gradient_checkpointing(self) -> bool:
         return getattr(self.policy, "is_gradient_checkpointing", False)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        # the value model's checkpointing is set when it is built
-        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def activation_checkpointing_enable(self, **kwargs):
+        enable = getattr(self.policy, "activation_checkpointing_enable", None)
+        if enable is None:  # transformers < 5.x names
+            kwargs["gradient_checkpointing_kwargs"] = kwargs.pop("activation_checkpointing_kwargs", None)
+            enable = self.policy.gradient_checkpointing_enable
+        enable(**kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.policy.gradient_checkpointing_enable(**kwargs)
 
     def gradient_checkpointing_disable(self):
         self.policy.gradient_checkpointing_disable()
@@ -296,6 +304,10 @@ class PPOTrainer(_BaseTrainer):
         quantization_config: e.g. ``BitsAndBytesConfig(load_in_4bit=True)``, used when loading models from paths.
         peft_config: LoRA for the policy. value_peft_config: LoRA for the value model (default with
             ``peft_config``: the same config with ``task_type="SEQ_CLS"``, head trained in full).
+
+    Distributed: DDP and DeepSpeed ZeRO-2/3 through ``accelerate launch`` (FSDP raises ``NotImplementedError``).
+    Under DeepSpeed ``self.model`` is a :class:`PolicyAndValueModel` (use ``trainer.policy`` for the policy);
+    gradient clipping is then joint over policy and value, and ``save_model`` still writes the policy alone.
     """
 
     _tag_names = ["trl", "ppo", "trl_extras"]
