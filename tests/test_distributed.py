@@ -87,7 +87,10 @@ use_cpu: true
 COMPARED_METRICS = ("reward", "rewards/reward/mean", "kl/exact", "value/explained_variance", "entropy")
 
 
-def _launch_ppo(backend: str, tmp_path: Path, tiny_paths: dict, *flags: str) -> dict:
+def _launch(script: str, backend: str, tmp_path: Path, *args: str) -> dict:
+    """Run ``tests/scripts/<script>`` under ``accelerate launch`` (2 CPU processes) with DDP or DeepSpeed ZeRO-2/3;
+    the script writes its JSON result to ``tmp_path/result.json``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     if launcher is None:
         pytest.skip("the `accelerate` launcher is not installed")
@@ -98,13 +101,17 @@ def _launch_ppo(backend: str, tmp_path: Path, tiny_paths: dict, *flags: str) -> 
         stage = {"zero2": 2, "zero3": 3}[backend]
         config = tmp_path / f"{backend}.yaml"
         config.write_text(DEEPSPEED_CPU_CONFIG.format(stage=stage, zero3_init=str(stage == 3).lower()))
-    out = tmp_path / "ppo.json"
+    out = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
     cmd = [launcher, "launch", "--config_file", str(config), "--main_process_port", env["MASTER_PORT"]]
-    cmd += [str(SCRIPT.parent / "ppo_distributed.py"), tiny_paths["policy"], str(out), *flags]
+    cmd += [str(SCRIPT.parent / script), args[0], str(out), *args[1:]]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return json.loads(out.read_text())
+
+
+def _launch_ppo(backend: str, tmp_path: Path, tiny_paths: dict, *flags: str) -> dict:
+    return _launch("ppo_distributed.py", backend, tmp_path, tiny_paths["policy"], *flags)
 
 
 def _check_ppo_run(result: dict, tmp_path: Path, expected_type: str, peft: bool, warmup: bool) -> None:
@@ -181,24 +188,7 @@ def test_ppo_lora_under_deepspeed_zero2(tmp_path, tiny_paths):
 # ExactKLGRPOTrainer under DDP and DeepSpeed: its reference copy is prepared per backend, the run is the same
 # ---------------------------------------------------------------------------------------------------------------
 def _launch_grpo(backend: str, tmp_path: Path, tiny_paths: dict) -> dict:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if launcher is None:
-        pytest.skip("the `accelerate` launcher is not installed")
-    if backend == "ddp":
-        config = CPU_CONFIG
-    else:
-        pytest.importorskip("deepspeed")
-        stage = {"zero2": 2, "zero3": 3}[backend]
-        config = tmp_path / f"{backend}.yaml"
-        config.write_text(DEEPSPEED_CPU_CONFIG.format(stage=stage, zero3_init=str(stage == 3).lower()))
-    out = tmp_path / "grpo.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
-    cmd = [launcher, "launch", "--config_file", str(config), "--main_process_port", env["MASTER_PORT"]]
-    cmd += [str(SCRIPT.parent / "grpo_exact_kl_distributed.py"), tiny_paths["policy"], str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    result = json.loads(out.read_text())
+    result = _launch("grpo_exact_kl_distributed.py", backend, tmp_path, tiny_paths["policy"])
     assert result["num_processes"] == 2 and len(result["logs"]) == 3
     return result
 

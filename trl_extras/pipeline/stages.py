@@ -398,7 +398,7 @@ def stage_ppo(ctx: Context) -> dict:
         peft_config=ctx.peft_config("CAUSAL_LM"), callbacks=[trajectory],
     )
     trainer.train()
-    model_path = save_model(trainer.model, trainer.processing_class, out / "model")
+    model_path = save_model(trainer.policy, trainer.processing_class, out / "model")
     logs = [e for e in trainer.state.log_history if "loss" in e or any(k.startswith("reward") for k in e)]
     return {"model": model_path, "trajectory": trajectory.points, "log_history": _jsonable(logs)}
 
