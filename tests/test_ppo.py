@@ -454,6 +454,11 @@ def test_reward_ensemble_reward_logs_std_and_initialises_value(tiny_paths, tmp_p
     trainer.train()
     assert _history(trainer, "ensemble/std")
 
+    # an ensemble loaded under DeepSpeed ZeRO-3 (partitioned parameters carry `ds_id`) cannot score: refused clearly
+    next(ensemble.models[0].parameters()).ds_id = 0
+    with pytest.raises(NotImplementedError, match="ZeRO-3"):
+        trainer._place_reward_models()
+
 
 def test_long_prompts_truncated_from_the_left_with_one_warning(tiny_paths, tmp_path, caplog, monkeypatch):
     import logging
