@@ -119,6 +119,8 @@ def _check_ppo_run(result: dict, tmp_path: Path, expected_type: str, peft: bool,
 
     assert result["num_processes"] == 2 and expected_type in result["distributed_type"]
     assert result["global_step"] == 3 and len(result["rollout_logs"]) == 3
+    # evaluate() samples the eval prompts and returns eval_reward (for callbacks and metric_for_best_model)
+    assert "eval_reward" in result["eval_metrics"] and "eval_completions/mean_length" in result["eval_metrics"]
     # the value model has its own learning rate (3e-3) next to the policy's (1e-2), on every backend
     assert result["learning_rates"] == [3e-3, 1e-2]
     # with a warm-up, step 1 trains the value model only; then (or throughout) both train
@@ -172,6 +174,7 @@ def test_ppo_under_deepspeed_matches_ddp(backend, ddp_ppo_run, tmp_path, tiny_pa
     for got, expected in zip(result["rollout_logs"], reference["rollout_logs"]):
         for key in COMPARED_METRICS:
             assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+    assert result["eval_metrics"]["eval_reward"] == pytest.approx(reference["eval_metrics"]["eval_reward"], rel=1e-4)
 
 
 @pytest.mark.distributed

@@ -1,9 +1,10 @@
 """PPO under `accelerate launch` (DDP or DeepSpeed, 2 CPU processes): run by tests/test_distributed.py.
 
-Trains 3 steps (the first a value warm-up step, policy frozen, unless `--compare`), checkpoints at step 2, saves the final policy, then
-resumes from checkpoint-2 in a fresh trainer to step 4. Writes what the test checks to a JSON file:
-the backend, the optimizer's learning rates, whether the policy and value weights moved (and only the value one
-during the warm-up), the trained policy's weights (to compare with the saved model) and the resumed state.
+Trains 3 steps (the first a value warm-up step, policy frozen, unless `--compare`), checkpoints at step 2,
+evaluates (a rollout of the eval prompts), saves the final policy, then resumes from checkpoint-2 in a fresh
+trainer to step 4. Writes what the test checks to a JSON file: the backend, the optimizer's learning rates, whether
+the policy and value weights moved (and only the value one during the warm-up), the eval metrics, the trained
+policy's weights (to compare with the saved model) and the resumed state.
 """
 
 import json
@@ -61,7 +62,8 @@ def make_trainer(policy_path, output_dir, max_steps, use_peft, reward_model, com
     # with a reward-model path the value model is initialised from it (and the RM scores under DeepSpeed)
     reward_funcs = length_reward if reward_model is None else [reward_model, length_reward]
     return PPOTrainer(model=policy_path, reward_funcs=reward_funcs, args=args, peft_config=peft_config,
-                      train_dataset=Dataset.from_dict({"prompt": prompts}))
+                      train_dataset=Dataset.from_dict({"prompt": prompts}),
+                      eval_dataset=Dataset.from_dict({"prompt": prompts[:8]}))
 
 
 class Snapshots:
@@ -88,6 +90,7 @@ def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, c
                            compare=compare, checkpointing=checkpointing)
     snaps = Snapshots(trainer)
     trainer.train()
+    eval_metrics = trainer.evaluate()  # sampled from the trained policy, logged as eval_* like GRPO's
     lrs = sorted({group["lr"] for group in trainer.optimizer.param_groups})
     final_dir = os.path.join(work, "final")
     trainer.save_model(final_dir)
@@ -108,6 +111,7 @@ def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, c
         "policy_moved_after": moved(snaps.policy[1], snaps.policy[2]) and moved(snaps.policy[2], snaps.policy[3]),
         "value_moved_after": moved(snaps.value[1], snaps.value[2]) and moved(snaps.value[2], snaps.value[3]),
         "kl_coef": trainer.kl_ctl.value,
+        "eval_metrics": eval_metrics,
     }
     if trainer.accelerator.is_main_process:
         # the test compares these with what `from_pretrained(final_dir)` loads (in its own process: under ZeRO-3,

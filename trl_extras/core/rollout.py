@@ -200,13 +200,14 @@ def generate_rollouts(
         unwrap_ctx = nullcontext(model)
     device = next(model.parameters()).device
     prompt_chunks, completion_chunks = [], []
-    was_training = model.training
     iterator = range(0, len(rows), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc=desc, leave=False)
     with unwrap_ctx as gen_model:
+        # the unwrapped model's mode: a DeepSpeed engine's own `training` flag stays True after `engine.eval()`
+        was_training = gen_model.training
         gen_model.eval()
         for start in iterator:
             batch = rows[start : start + batch_size]
