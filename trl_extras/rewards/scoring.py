@@ -62,7 +62,8 @@ def score_with_reward_model(
         raise ValueError(f"A reward model must have num_labels == 1, got {model.config.num_labels}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    was_training = model.training
+    # the wrapped module's mode: a DeepSpeed engine's own `training` flag does not follow eval()/train()
+    was_training = getattr(model, "module", model).training
     model.eval()
     scores = []
     for input_ids, attention_mask in reward_model_batches(tokenizer, prompts, completions, batch_size, pad_id, max_length):
