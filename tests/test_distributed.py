@@ -2,25 +2,14 @@
 ExactKLGRPOTrainer give the same run under DDP, DeepSpeed ZeRO-2 and ZeRO-3."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import launch_two_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "normalize_advantages_dist.py"
-CPU_CONFIG = Path(__file__).parents[1] / "recipes" / "accelerate" / "cpu_2proc.yaml"
-
-
-def _free_port() -> int:
-    """A port the OS reports free (other test sessions on the machine may be launching process groups too)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.distributed
@@ -34,17 +23,8 @@ def test_two_process_advantage_normalization_equals_single_process(tmp_path):
     finally:
         sys.path.pop(0)
 
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if launcher is None:
-        pytest.skip("the `accelerate` launcher is not installed")
     out = tmp_path / "stats.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
-    # `accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.15 (its simple launcher
-    # only fans out through mpirun with --mpirun_hostfile); the config selects the torchrun launcher + CPU/gloo.
-    cmd = [launcher, "launch", "--config_file", str(CPU_CONFIG), "--main_process_port", env["MASTER_PORT"]]
-    cmd += [str(SCRIPT), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch_two_processes(SCRIPT, "ddp", tmp_path, str(out), timeout=180)
     result = json.loads(out.read_text())
     assert result["num_processes"] == 2
 
@@ -65,48 +45,14 @@ def test_two_process_advantage_normalization_equals_single_process(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # PPOTrainer under DDP and DeepSpeed ZeRO-2/3 (2 CPU processes, gloo): the same run on every backend
 # ---------------------------------------------------------------------------------------------------------------
-DEEPSPEED_CPU_CONFIG = """compute_environment: LOCAL_MACHINE
-distributed_type: DEEPSPEED
-deepspeed_config:
-  deepspeed_multinode_launcher: standard
-  offload_optimizer_device: none
-  offload_param_device: none
-  zero3_init_flag: {zero3_init}
-  zero3_save_16bit_model: true
-  zero_stage: {stage}
-num_machines: 1
-num_processes: 2
-machine_rank: 0
-main_training_function: main
-mixed_precision: "no"
-rdzv_backend: static
-same_network: true
-use_cpu: true
-"""
 # rollout metrics that depend on every update so far (value warm-up, value and policy steps)
 COMPARED_METRICS = ("reward", "rewards/reward/mean", "kl/exact", "value/explained_variance", "entropy")
 
 
 def _launch(script: str, backend: str, tmp_path: Path, *args: str) -> dict:
-    """Run ``tests/scripts/<script>`` under ``accelerate launch`` (2 CPU processes) with DDP or DeepSpeed ZeRO-2/3;
-    the script writes its JSON result to ``tmp_path/result.json``."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if launcher is None:
-        pytest.skip("the `accelerate` launcher is not installed")
-    if backend == "ddp":
-        config = CPU_CONFIG
-    else:
-        pytest.importorskip("deepspeed")
-        stage = {"zero2": 2, "zero3": 3}[backend]
-        config = tmp_path / f"{backend}.yaml"
-        config.write_text(DEEPSPEED_CPU_CONFIG.format(stage=stage, zero3_init=str(stage == 3).lower()))
+    """``tests/scripts/<script> args[0] <result.json> args[1:]`` on 2 processes; returns the script's JSON result."""
     out = tmp_path / "result.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
-    cmd = [launcher, "launch", "--config_file", str(config), "--main_process_port", env["MASTER_PORT"]]
-    cmd += [str(SCRIPT.parent / script), args[0], str(out), *args[1:]]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-6000:]
+    launch_two_processes(SCRIPT.parent / script, backend, tmp_path, args[0], str(out), *args[1:])
     return json.loads(out.read_text())
 
 

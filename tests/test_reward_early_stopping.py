@@ -142,30 +142,23 @@ def test_cli_recipe(tmp_path):
     assert {"eval_reward", "eval_reward_gold"} <= set(summary["evaluations"][0])
 
 
-@pytest.mark.slow  # ~30 s of process start-up on 2 cores; run with `pytest -m distributed`
+@pytest.mark.slow  # ~10-30 s of process start-up on 2 cores each; run with `pytest -m distributed`
 @pytest.mark.distributed
-def test_two_processes_split_prompts_and_gather(tmp_path):
-    """Under DDP (2 CPU processes) each process answers a share of the prompts and the metric averages all."""
+@pytest.mark.parametrize("backend", ["ddp", "zero2", "zero3"])
+def test_two_processes_split_prompts_and_gather(backend, tmp_path):
+    """Under DDP and DeepSpeed ZeRO-2/3 (2 CPU processes) each process answers a share of the prompts (ZeRO-3
+    gathers the sharded policy to generate) and the metric averages all of them."""
     import json
-    import os
-    import shutil
-    import subprocess
     import sys
     from pathlib import Path
+
+    from helpers import launch_two_processes
 
     from trl_extras.testbed.task import parse_prompt
 
     script = Path(__file__).parent / "scripts" / "reward_es_dist.py"
-    config = Path(__file__).parents[1] / "recipes" / "accelerate" / "cpu_2proc.yaml"
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if launcher is None:
-        pytest.skip("the `accelerate` launcher is not installed")
     out = tmp_path / "result.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(30500 + os.getpid() % 1000)}
-    cmd = [launcher, "launch", "--config_file", str(config), "--main_process_port", env["MASTER_PORT"], str(script),
-           str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch_two_processes(script, backend, tmp_path, str(out), timeout=300)
     result = json.loads(out.read_text())
     assert result["num_processes"] == 2
     sys.path.insert(0, str(script.parent))
