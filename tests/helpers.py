@@ -33,7 +33,7 @@ num_machines: 1
 num_processes: 2
 machine_rank: 0
 main_training_function: main
-mixed_precision: "no"
+mixed_precision: {mixed_precision}
 rdzv_backend: static
 same_network: true
 use_cpu: true
@@ -52,7 +52,8 @@ def _free_port() -> int:
 def launch_two_processes(script, backend: str, workdir, *args: str, timeout: int = 600):
     """Run ``script *args`` under ``accelerate launch`` with 2 CPU processes: ``backend`` is ``"ddp"`` (the repo's
     ``recipes/accelerate/cpu_2proc.yaml``) or ``"zero2"``/``"zero3"`` (DeepSpeed, skipped when not installed).
-    Returns the finished process; fails the test with the tail of stderr when it exits non-zero."""
+    ``"zero2_bf16"`` is ZeRO-2 with bf16 mixed precision (the script must pass ``bf16=True`` too). Returns the
+    finished process; fails the test with the tail of stderr when it exits non-zero."""
     import os
     import shutil
     import subprocess
@@ -70,9 +71,12 @@ def launch_two_processes(script, backend: str, workdir, *args: str, timeout: int
         config = Path(__file__).parents[1] / "recipes" / "accelerate" / "cpu_2proc.yaml"
     else:
         pytest.importorskip("deepspeed")
-        stage = {"zero2": 2, "zero3": 3}[backend]
+        stage = {"zero2": 2, "zero3": 3, "zero2_bf16": 2}[backend]
         config = workdir / f"{backend}.yaml"
-        config.write_text(DEEPSPEED_CPU_CONFIG.format(stage=stage, zero3_init=str(stage == 3).lower()))
+        precision = "bf16" if backend.endswith("_bf16") else '"no"'
+        config.write_text(
+            DEEPSPEED_CPU_CONFIG.format(stage=stage, zero3_init=str(stage == 3).lower(), mixed_precision=precision)
+        )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
     # `accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.15 (its simple launcher
     # only fans out through mpirun with --mpirun_hostfile); the configs select the torchrun launcher + CPU/gloo.

@@ -2,6 +2,7 @@
 ExactKLGRPOTrainer give the same run under DDP, DeepSpeed ZeRO-2 and ZeRO-3."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -131,6 +132,18 @@ def test_ppo_lora_under_deepspeed_zero2(tmp_path, tiny_paths):
     result = _launch_ppo("zero2", tmp_path, tiny_paths, "--peft", "--gradient-checkpointing")
     _check_ppo_run(result, tmp_path, "DEEPSPEED", peft=True, warmup=True)
     assert result["gradient_checkpointing"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ppo_lora_bf16_under_deepspeed_zero2(tmp_path, tiny_paths):
+    """The bf16 path on CPU (what a GPU run uses): DeepSpeed casts policy and value model to bf16 in the one engine;
+    the reward model scores, the run trains, saves and resumes."""
+    result = _launch_ppo("zero2_bf16", tmp_path, tiny_paths, "--peft", "--bf16", "--reward-model", tiny_paths["reward"])
+    _check_ppo_run(result, tmp_path, "DEEPSPEED", peft=True, warmup=True)
+    assert result["policy_dtypes"] == ["torch.bfloat16"] and result["value_dtypes"] == ["torch.bfloat16"]
+    for log in result["rollout_logs"]:
+        assert all(math.isfinite(log[k]) for k in COMPARED_METRICS)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -38,14 +38,14 @@ def moved(before, after) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, after))
 
 
-def make_trainer(policy_path, output_dir, max_steps, use_peft, reward_model, compare, checkpointing=False):
+def make_trainer(policy_path, output_dir, max_steps, use_peft, reward_model, compare, checkpointing=False, bf16=False):
     from datasets import Dataset
 
     from trl_extras import PPOConfig, PPOTrainer
 
     prompts = [f"{i % 10} {(i * 7) % 10} >" for i in range(16)]
     args = PPOConfig(
-        output_dir=output_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="steps", save_steps=2,
+        output_dir=output_dir, use_cpu=True, bf16=bf16, report_to="none", save_strategy="steps", save_steps=2,
         gradient_checkpointing=checkpointing, disable_tqdm=True, logging_steps=1, per_device_train_batch_size=4,
         num_mini_batches=1, num_ppo_epochs=1, max_steps=max_steps, max_completion_length=6, learning_rate=1e-2,
         value_learning_rate=3e-3, lr_scheduler_type="constant", adaptive_kl=True, target_kl=0.01, kl_horizon=100,
@@ -67,15 +67,20 @@ def make_trainer(policy_path, output_dir, max_steps, use_peft, reward_model, com
 
 
 class Snapshots:
-    """A callback that records policy/value weights after each optimizer step."""
+    """A callback that records policy/value weights when training starts and after each optimizer step."""
 
     def __init__(self, trainer):
         from transformers import TrainerCallback
 
         outer = self
-        self.trainer, self.policy, self.value = trainer, [snapshot(trainer.policy)], [snapshot(trainer.value_model)]
+        self.trainer, self.policy, self.value = trainer, [], []
 
         class _CB(TrainerCallback):
+            # the first snapshot after the engine is built: DeepSpeed bf16 casts the weights when it prepares them
+            def on_train_begin(self, args, state, control, **kwargs):
+                outer.policy.append(snapshot(outer.trainer.policy))
+                outer.value.append(snapshot(outer.trainer.value_model))
+
             def on_step_end(self, args, state, control, **kwargs):
                 outer.policy.append(snapshot(outer.trainer.policy))
                 outer.value.append(snapshot(outer.trainer.value_model))
@@ -84,10 +89,10 @@ class Snapshots:
 
 
 def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, compare: bool,
-         checkpointing: bool) -> None:
+         checkpointing: bool, bf16: bool) -> None:
     work = os.path.dirname(out)
     trainer = make_trainer(policy_path, os.path.join(work, "ppo"), max_steps=3, use_peft=use_peft, reward_model=reward_model,
-                           compare=compare, checkpointing=checkpointing)
+                           compare=compare, checkpointing=checkpointing, bf16=bf16)
     snaps = Snapshots(trainer)
     trainer.train()
     eval_metrics = trainer.evaluate()  # sampled from the trained policy, logged as eval_* like GRPO's
@@ -99,6 +104,8 @@ def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, c
 
     result = {
         "gradient_checkpointing": bool(getattr(trainer.policy, "is_gradient_checkpointing", False)),
+        "policy_dtypes": sorted({str(p.dtype) for p in trainer.policy.parameters()}),
+        "value_dtypes": sorted({str(p.dtype) for p in trainer.value_model.parameters()}),
         "num_processes": trainer.accelerator.num_processes,
         "distributed_type": str(trainer.accelerator.distributed_type),
         "model_class": type(trainer.model).__name__,
@@ -123,7 +130,7 @@ def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, c
 
     # resume from checkpoint-2 in a fresh trainer and go on to step 4
     resumed = make_trainer(policy_path, os.path.join(work, "ppo"), max_steps=4, use_peft=use_peft, reward_model=reward_model,
-                           compare=compare, checkpointing=checkpointing)
+                           compare=compare, checkpointing=checkpointing, bf16=bf16)
     restored = []
     load = resumed._load_ppo_state
     resumed._load_ppo_state = lambda path: (load(path), restored.append(resumed.kl_ctl.value))
@@ -157,4 +164,4 @@ if __name__ == "__main__":
     flags = sys.argv[3:]
     rm = flags[flags.index("--reward-model") + 1] if "--reward-model" in flags else None
     main(sys.argv[1], sys.argv[2], use_peft="--peft" in flags, reward_model=rm, compare="--compare" in flags,
-         checkpointing="--gradient-checkpointing" in flags)
+         checkpointing="--gradient-checkpointing" in flags, bf16="--bf16" in flags)
