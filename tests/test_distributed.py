@@ -134,7 +134,6 @@ def test_ppo_lora_under_deepspeed_zero2(tmp_path, tiny_paths):
     assert result["gradient_checkpointing"]
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_ppo_lora_bf16_under_deepspeed_zero2(tmp_path, tiny_paths):
     """The bf16 path on CPU (what a GPU run uses): DeepSpeed casts policy and value model to bf16 in the one engine;
