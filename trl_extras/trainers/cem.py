@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from ..core.diversity import completion_entropies, grouped_distinct_n, unique_fraction
+from ..core.quantization import keep_4bit_layers_differentiable
 from ..core.rollout import ensure_pad_token, generate_rollouts, prompt_text
 from ..core.selection import quantile_schedule, select_elites
 from ..rewards.functions import RewardFunctions
@@ -214,6 +215,7 @@ class CEMTrainer:
 
             model = get_peft_model(model, peft_config)
         self._is_peft = peft_config is not None or _is_peft(model)
+        keep_4bit_layers_differentiable(model)  # rounds alternate no-grad sampling and training (see the function)
         # Reference for the KL control: the initial model (the adapter-disabled base under PEFT).
         self.ref_model = None
         if args.kl_coef > 0 and not self._is_peft:
@@ -416,6 +418,7 @@ class CEMTrainer:
         round_args = copy.copy(self.args)
         round_args.output_dir = str(self.round_dir(r) / "sft")
         round_args.run_name = f"{self.args.run_name or 'cem'}-round{r}"
+        round_args.model_init_kwargs = None  # the model was loaded with them already (SFTTrainer would warn)
         trainer = trainer_cls(
             model=self.model, args=round_args, train_dataset=dataset, processing_class=self.processing_class,
             callbacks=self.callbacks, ref_model=self.ref_model, kl_coef=self.args.kl_coef,

@@ -24,6 +24,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ..core.lm import exact_kl_to_reference
+from ..core.quantization import keep_4bit_layers_differentiable
 
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
 
@@ -87,6 +88,8 @@ class ExactKLGRPOTrainer(GRPOTrainer):
                 f"{_SUPPORTED_LOSS_TYPES}."
             )
         super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        # GRPO samples under no_grad, then trains through the same 4-bit layers (see keep_4bit_layers_differentiable)
+        keep_4bit_layers_differentiable(self.model)
         self.exact_kl_coef = args.exact_kl_coef
         self._exact_kl_ref = None
         if self.exact_kl_coef > 0 and not self._policy_is_peft():

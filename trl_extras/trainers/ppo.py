@@ -39,6 +39,7 @@ from ..core.advantages import compute_gae, normalize_advantages
 from ..core.kl import kl_from_logprobs
 from ..core.lm import completion_token_stats, policy_logprobs, position_ids_from_mask
 from ..core.masked import masked_mean, masked_var
+from ..core.quantization import keep_4bit_layers_differentiable
 from ..core.rollout import check_chat_template, ensure_pad_token, generate_rollouts, is_conversational_prompt
 from ..rewards.functions import RewardFunctions
 from .ppo_config import PPOConfig
@@ -393,6 +394,7 @@ class PPOTrainer(_BaseTrainer):
                 raise ValueError("Pass either a PeftModel or `peft_config`, not both.")
             model = get_peft_model(model, peft_config)
         is_peft = _is_peft_model(model)
+        keep_4bit_layers_differentiable(model)  # rollouts run under no_grad, then we train through the same layers
         if not is_peft and (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
             raise ValueError("A quantized (4/8-bit) policy can only be trained with adapters: pass `peft_config`.")
 
@@ -561,6 +563,7 @@ class PPOTrainer(_BaseTrainer):
 
             value_model = get_peft_model(value_model, value_peft_config)
         value_model.config.pad_token_id = tokenizer.pad_token_id
+        keep_4bit_layers_differentiable(value_model)
         if args.gradient_checkpointing and hasattr(value_model, "gradient_checkpointing_enable"):
             value_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return TokenValueModel(value_model)
