@@ -148,3 +148,70 @@ def test_qlora_cem_rounds(paths_128, tmp_path):
     trainer.train()
     snapshots.append(lora())
     assert any(not torch.equal(a, b) for a, b in zip(snapshots[0], snapshots[1]))
+
+
+def test_qlora_sft_keeps_training_after_reward_evaluation(paths_128, tmp_path):
+    """The reward early-stopping callback samples from the model being fine-tuned (eval mode, no grad): a 4-bit
+    base must stay trainable afterwards (the shared rollout path guards any model with trainable parameters)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from trl_extras.callbacks.reward_early_stopping import RewardEarlyStoppingCallback
+    from trl_extras.testbed import sft_dataset
+
+    tok = AutoTokenizer.from_pretrained(paths_128["tokenizer"])
+    model = AutoModelForCausalLM.from_pretrained(paths_128["policy"], quantization_config=_quantization(), device_map="cpu")
+    data = sft_dataset(32).select_columns(["prompt", "completion"])
+    reward = RewardEarlyStoppingCallback(lambda prompts, completions, **kw: [float(len(c)) for c in completions],
+                                         ["1 2 >", "3 1 >"], max_new_tokens=4, patience=None)
+    snapshots = []
+
+    class AfterEvaluation(TrainerCallback):
+        def on_evaluate(self, args, state, control, model=None, **kwargs):
+            snapshots.append([p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n])
+
+    args = cpu_config(SFTConfig, tmp_path, max_steps=4, per_device_train_batch_size=4, eval_strategy="steps",
+                      eval_steps=2, learning_rate=1e-3)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(4)),
+                         processing_class=tok, peft_config=_lora(), callbacks=[reward, AfterEvaluation()])
+    reward.set_trainer(trainer)
+    trainer.train()
+    assert len(snapshots) == 2  # evaluations after steps 2 and 4
+    # steps 3-4 came after the first reward evaluation: the adapter still moved
+    assert any(not torch.equal(a, b) for a, b in zip(snapshots[0], snapshots[1]))
+
+
+def test_qlora_two_stage_reward_model_trains_after_stage_evaluation(paths_128, tmp_path):
+    """Two-stage RM training on a 4-bit base with LoRA (bf16 autocast, as TRL's QLoRA recipe needs): stage 1 ends
+    with an evaluation and stage 2 still trains the adapter. (Under bf16 this passes with or without the trainer's
+    4-bit guard -- the fp32 PPO/CEM/SFT tests above are the ones that fail without it.)"""
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+
+    from trl_extras.rewards.two_stage import TwoStageRewardConfig, TwoStageRewardTrainer
+    from trl_extras.testbed import clean_pairs, dirty_pairs
+
+    stage_lora = []
+
+    class StageEnds(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            stage_lora.append([p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n])
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            stage_lora.append([p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n])
+
+    args = cpu_config(
+        TwoStageRewardConfig, tmp_path / "out", per_device_train_batch_size=4, per_device_eval_batch_size=8,
+        max_steps=2, learning_rate=1e-3, pretrain_max_steps=2, pretrain_learning_rate=1e-3,
+        bf16=True,  # TRL's RewardTrainer casts a 4-bit model's adapters to bf16 (the QLoRA recipe): autocast needed
+        model_init_kwargs={"quantization_config": _quantization(torch.bfloat16), "device_map": "cpu"},
+    )
+    trainer = TwoStageRewardTrainer(
+        model=paths_128["reward"], args=args, pretrain_dataset=dirty_pairs(16, seed=1),
+        train_dataset=clean_pairs(16, seed=2), eval_dataset=clean_pairs(8, seed=3), callbacks=[StageEnds()],
+        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules())
+    trainer.train()
+    assert len(stage_lora) == 4  # begin/end of stage 1, begin/end of stage 2
+    assert any(not torch.equal(a, b) for a, b in zip(stage_lora[2], stage_lora[3]))  # stage 2 trained the adapter

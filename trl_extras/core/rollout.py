@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .quantization import keep_4bit_layers_differentiable
+
 logger = logging.getLogger(__name__)
 _warned_truncation = False
 
@@ -208,6 +210,8 @@ def generate_rollouts(
     with unwrap_ctx as gen_model:
         # the unwrapped model's mode: a DeepSpeed engine's own `training` flag stays True after `engine.eval()`
         was_training = gen_model.training
+        if any(p.requires_grad for p in gen_model.parameters()):  # a model in training (the callback's SFT model)
+            keep_4bit_layers_differentiable(gen_model)
         gen_model.eval()
         for start in iterator:
             batch = rows[start : start + batch_size]

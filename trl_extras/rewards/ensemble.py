@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ..core.ensemble import PENALTY_MODES, ensemble_stats, penalize, standardize_members
+from ..core.quantization import keep_4bit_layers_differentiable
 from ..core.rollout import is_conversational_prompt
 from .pairs import check_pad_pooling
 from .scoring import reward_model_batches, score_with_reward_model
@@ -718,6 +719,7 @@ def train_reward_ensemble(
             callbacks=callbacks,
             quantization_config=quantization_config,
         )
+        keep_4bit_layers_differentiable(trainer.model)  # evaluations run no-grad forwards between training steps
         trainer.train()
         if layout == "separate":
             rel = f"member_{i}"

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer
 
+from ..core.quantization import keep_4bit_layers_differentiable
+
 STAGE_FILE = "two_stage.json"
 
 
@@ -159,6 +161,7 @@ class TwoStageRewardTrainer(RewardTrainer):
             raise TypeError(f"`args` must be a TwoStageRewardConfig, got {type(args).__name__}.")
         self._stage: int | None = None
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        keep_4bit_layers_differentiable(self.model)  # stage evaluations run no-grad forwards between training steps
         self.pretrain_dataset = self._prepare_dataset(pretrain_dataset, self.processing_class, self.args, "pretrain")
         if hasattr(self.pretrain_dataset, "__len__") and len(self.pretrain_dataset) == 0:
             raise ValueError("`pretrain_dataset` is empty after preparation (all pairs longer than max_length?).")
