@@ -1,0 +1,138 @@
+"""The models PPOTrainer trains: a per-token value model and, under DeepSpeed, policy + value as one module.
+
+``TokenValueModel`` turns a sequence classifier (e.g. a copy of the reward model) into ``V(s_t)`` at every position;
+``PolicyAndValueModel`` is the Trainer's model under DeepSpeed (one engine over both); ``policy_and_values`` is the
+update's forward shared by both layouts.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from ..core.lm import policy_logprobs, position_ids_from_mask
+
+__all__ = ["PolicyAndValueModel", "TokenValueModel", "gathered_for_update", "policy_and_values"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The value model: per-token values from a sequence-classification model
+# ----------------------------------------------------------------------------------------------------------------
+class TokenValueModel(nn.Module):
+    """Wraps a ``*ForSequenceClassification`` model (``num_labels=1``, PEFT allowed) to return ``(B, L)`` values.
+
+    A sequence classifier pools its ``score`` head at the last token; PPO needs ``V(s_t)`` at every position, so
+    the backbone's hidden states go through the same head everywhere. A value model copied from the reward model
+    therefore starts out predicting, at the last token, exactly the reward model's score.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.config = model.config  # TRL's telemetry and utilities read `.config`
+        base = self._base()
+        if getattr(base, base.base_model_prefix, None) is None:
+            raise ValueError(f"Value model {type(base).__name__} has no backbone at `{base.base_model_prefix}`.")
+        if self._head(base) is None:
+            raise ValueError(f"Value model {type(base).__name__} has no `score` or `classifier` head.")
+
+    def _base(self):
+        m = self.model
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    @staticmethod
+    def _head(base):
+        return getattr(base, "score", None) or getattr(base, "classifier", None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        base = self._base()
+        backbone = getattr(base, base.base_model_prefix)
+        out = backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return self._head(base)(hidden).squeeze(-1).float()
+
+
+def policy_and_values(
+    policy: nn.Module,
+    value_model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    temperature: float,
+    with_policy: bool = True,
+) -> tuple[dict | None, torch.Tensor]:
+    """The update's forward: policy log-probs of the last ``T = logits_to_keep`` tokens and their values.
+
+    Args:
+        policy: causal LM (possibly PEFT/DDP-wrapped); value_model: :class:`TokenValueModel` (possibly DDP-wrapped).
+        input_ids, attention_mask: ``(B, L)`` prompt + completion.
+        with_policy: ``False`` during the value warm-up (no policy forward at all).
+
+    Returns:
+        ``(policy_logprobs(...) dict or None, values (B, T))`` -- ``values[:, t]`` is ``V(s_t)``, read at the
+        position that predicts completion token ``t``.
+    """
+    T = logits_to_keep
+    values = value_model(input_ids, attention_mask)[:, -T - 1 : -1]
+    out = policy_logprobs(policy, input_ids, attention_mask, T, temperature=temperature) if with_policy else None
+    return out, values
+
+
+class PolicyAndValueModel(nn.Module):
+    """Policy and value model as ONE module, the Trainer's model under DeepSpeed.
+
+    DeepSpeed builds one engine per ``accelerator.prepare`` call around one model and one optimizer, and ZeRO only
+    partitions parameters that belong to that model; the value model's parameters in a second, unprepared module
+    would be invisible to it. As one module, both are partitioned, clipped (jointly: DeepSpeed's
+    ``gradient_clipping`` sees one parameter set), checkpointed and resumed together. ``forward`` is the only entry
+    the update uses, so DeepSpeed's hooks run around both models.
+    """
+
+    def __init__(self, policy: nn.Module, value_model: TokenValueModel):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        self.config = policy.config  # TRL telemetry, DeepSpeed "auto" sizes and model cards read the policy's
+
+    def forward(self, input_ids, attention_mask, logits_to_keep: int, temperature: float, with_policy: bool = True):
+        return policy_and_values(
+            self.policy, self.value_model, input_ids, attention_mask, logits_to_keep, temperature, with_policy
+        )
+
+    def generate(self, *args, **kwargs):  # rollouts sample from the policy
+        return self.policy.generate(*args, **kwargs)
+
+    # Activation checkpointing is the policy's (the value model's is set when it is built): the Trainer turns it on
+    # through these, TRL's unwrap_model_for_generation turns it off and on around generation.
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return getattr(self.policy, "is_gradient_checkpointing", False)
+
+    def activation_checkpointing_enable(self, **kwargs):
+        enable = getattr(self.policy, "activation_checkpointing_enable", None)
+        if enable is None:  # transformers < 5.x names
+            kwargs["gradient_checkpointing_kwargs"] = kwargs.pop("activation_checkpointing_kwargs", None)
+            enable = self.policy.gradient_checkpointing_enable
+        enable(**kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.policy.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self.policy.gradient_checkpointing_disable()
+
+
+def gathered_for_update(params: list):
+    """A context in which ``params`` can be written: DeepSpeed ZeRO-3 gathers them (rank 0's write is broadcast)."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    return nullcontext()
