@@ -104,16 +104,21 @@ def _device_of(module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _hidden(trunk, input_ids, attention_mask, T: int) -> torch.Tensor:
-    """``(B, T, H)`` hidden states at the positions that predict the last ``T`` tokens."""
+def trunk_hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, L, H)`` last hidden states of a transformer trunk over left-padded ``(B, L)`` inputs (positions counted
+    from each row's first real token, as in generation)."""
     out = trunk(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     )
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    return hidden[:, -T - 1 : -1, :]
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def _hidden(trunk, input_ids, attention_mask, T: int) -> torch.Tensor:
+    """``(B, T, H)`` hidden states at the positions that predict the last ``T`` tokens."""
+    return trunk_hidden_states(trunk, input_ids, attention_mask)[:, -T - 1 : -1, :]
 
 
 def _full_logits(model, input_ids, attention_mask, T: int) -> torch.Tensor:

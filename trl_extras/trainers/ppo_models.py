@@ -12,7 +12,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from ..core.lm import policy_logprobs, position_ids_from_mask
+from ..core.lm import policy_logprobs, trunk_hidden_states
 
 __all__ = ["PolicyAndValueModel", "TokenValueModel", "gathered_for_update", "policy_and_values"]
 
@@ -48,14 +48,7 @@ class TokenValueModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         base = self._base()
-        backbone = getattr(base, base.base_model_prefix)
-        out = backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        )
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        hidden = trunk_hidden_states(getattr(base, base.base_model_prefix), input_ids, attention_mask)
         return self._head(base)(hidden).squeeze(-1).float()
 
 
