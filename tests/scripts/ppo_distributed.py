@@ -118,6 +118,7 @@ def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, c
         "policy_moved_after": moved(snaps.policy[1], snaps.policy[2]) and moved(snaps.policy[2], snaps.policy[3]),
         "value_moved_after": moved(snaps.value[1], snaps.value[2]) and moved(snaps.value[2], snaps.value[3]),
         "kl_coef": trainer.kl_ctl.value,
+        "initial_kl_coef": trainer.args.kl_coef,
         "eval_metrics": eval_metrics,
     }
     if trainer.accelerator.is_main_process:

@@ -88,7 +88,7 @@ class ExactKLGRPOTrainer(GRPOTrainer):
                 f"{_SUPPORTED_LOSS_TYPES}."
             )
         super().__init__(model, reward_funcs, args, *pos, **kwargs)
-        # GRPO samples under no_grad, then trains through the same 4-bit layers (see keep_4bit_layers_differentiable)
+        # evaluate() runs no-grad eval-mode forwards between training steps (see keep_4bit_layers_differentiable)
         keep_4bit_layers_differentiable(self.model)
         self.exact_kl_coef = args.exact_kl_coef
         self._exact_kl_ref = None

@@ -14,8 +14,8 @@ harmless because their parameters are disjoint (``vf_coef`` only rescales the va
 
 Under DeepSpeed the Trainer's model is :class:`PolicyAndValueModel` (``ppo_models.py``), one module holding both,
 so that DeepSpeed builds one engine (one ZeRO-partitioned optimizer, one checkpoint) over the policy and the value
-model -- the layout of TRL's old ``PolicyAndValueWrapper``. Under DDP and in one process they stay two modules (the value model is
-DDP-wrapped on its own), which lets the value warm-up skip the policy's forward entirely.
+model -- the layout of TRL's old ``PolicyAndValueWrapper``. Under DDP and in one process they stay two modules (the
+value model is DDP-wrapped on its own), which lets the value warm-up skip the policy's forward entirely.
 
 The math lives in ``trl_extras.core`` (``exact_kl``/``kl_from_logprobs``, ``compute_gae``,
 ``normalize_advantages``, ``completion_token_stats``/``policy_logprobs``); this file orchestrates.
@@ -760,7 +760,8 @@ class PPOTrainer(_BaseTrainer):
         metrics["loss/value"].append(vf_loss.item())
 
         if not with_policy:
-            # 12a. Value warm-up: the policy is frozen (no forward, so its grads stay None and AdamW skips it).
+            # 12a. Value warm-up: the policy is frozen (no forward, so its grads stay None and AdamW skips it;
+            #      under DeepSpeed the engine hands it zero gradients instead: it does not move either).
             return args.vf_coef * vf_loss / self.current_gradient_accumulation_steps
 
         # 13. Clipped surrogate on the log-ratio to the sampling policy (ratio = 1 at the first step of a batch).
