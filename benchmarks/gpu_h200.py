@@ -504,6 +504,7 @@ def part_ensemble(a, tmp: str) -> dict:
     paths = checkpoints(a, "qwen")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     k, layers = 4, s["qwen"].num_hidden_layers
+    tail = min(2, layers - 1)  # adapters on the last layers only: the trunk before them runs once
     tok = AutoTokenizer.from_pretrained(paths["reward"])
     vocab = len(tok)
     g = torch.Generator().manual_seed(0)
@@ -512,7 +513,7 @@ def part_ensemble(a, tmp: str) -> dict:
     # completions of T random tokens (each token one character, so they re-tokenize to T tokens)
     completions = [tok.decode(torch.randint(8, vocab, (s["T"],), generator=g).tolist()) for _ in range(n)]
     lora = LoraConfig(task_type="SEQ_CLS", r=16, target_modules=LORA_TARGETS, init_lora_weights=False,
-                      layers_to_transform=list(range(layers - 2, layers)))
+                      layers_to_transform=list(range(layers - tail, layers)))
 
     def measure(fn, repeats):
         fn()
@@ -574,7 +575,7 @@ def part_ensemble(a, tmp: str) -> dict:
     for row in rows.values():
         row["memory_ratio"] = row["held_mib"] / one_held if one_held else None
     uses_fast_path = fast.uses_fast_path
-    return {"shape": s["qwen"].name, "k": k, "adapted_layers": 2, "batch": n, "completion_tokens": s["T"],
+    return {"shape": s["qwen"].name, "k": k, "adapted_layers": tail, "batch": n, "completion_tokens": s["T"],
             "uses_fast_path": uses_fast_path, "rows": rows,
             "targets": {"time_ratio": 1.6, "memory_ratio": 1.3}}
 
