@@ -151,6 +151,22 @@ class Phases:
         setattr(owner, attr, self.wrap(fn, phase))
         return True
 
+    def patch_everywhere(self, module: str, attr: str, phase: str) -> bool:
+        """Time ``module.attr`` wherever a ``trl_extras`` module holds it (callers import it by name, so it is
+        patched in each importer); False when the function does not exist (a renamed internal)."""
+        import importlib
+
+        try:
+            original = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            return False
+        timed = self.wrap(original, phase)
+        for name, mod in list(sys.modules.items()):
+            if name.startswith("trl_extras") and getattr(mod, attr, None) is original:
+                self._patched.append((mod, attr, original))
+                setattr(mod, attr, timed)
+        return True
+
     def restore(self) -> None:
         """Undo :meth:`patch` (module-level functions stay patched otherwise, for the next run in this process)."""
         for owner, attr, original in reversed(self._patched):
@@ -370,7 +386,6 @@ def _ppo_run(a, tmp: str, name: str, paths: dict, *, estimator: str, quantized: 
     from peft import LoraConfig
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
-    import trl_extras.trainers.ppo as ppo_module
     from trl_extras.trainers.ppo import PPOTrainer
     from trl_extras.trainers.ppo_config import PPOConfig
 
@@ -399,7 +414,7 @@ def _ppo_run(a, tmp: str, name: str, paths: dict, *, estimator: str, quantized: 
     load_s = time.perf_counter() - t_load
     force_full_length(trainer.policy, phases)
     trainer.reward_functions.funcs = [TimedReward(f, phases) for f in trainer.reward_functions.funcs]
-    stats_patched = phases.patch(ppo_module, "completion_token_stats", "logprob_kl_stats")
+    stats_patched = phases.patch_everywhere("trl_extras.core.lm", "completion_token_stats", "logprob_kl_stats")
     phases.patch(trainer, "_prepare_inputs", "rollout")
     after_init = memory()
     reset_peak()
@@ -743,7 +758,8 @@ def markdown(r: dict) -> str:
             lines.append(f"| {name} | {_f(row['median_s'] * 1000, '.1f')} | {_f(row['time_ratio'], '.2f')} | "
                          f"{_f(row['weights_mib'], '.0f')} | {_f(row['scoring_peak_mib'], '.0f')} | "
                          f"{_f(row['memory_ratio'], '.2f')} |")
-        lines += ["", "Targets (issue 12): time <= 1.6x, memory <= 1.3x of one member."]
+        lines += ["", f"Trunk-once path used (no fallback to full passes): {e['uses_fast_path']}. Targets (issue 12): "
+                  "time <= 1.6x, memory <= 1.3x of one member."]
     return "\n".join(lines) + "\n"
 
 
@@ -753,7 +769,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (runs on CPU): checks the code paths only")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--out", default=str(RESULTS), help="folder of gpu_h200.json/.md and the logs")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="global wall-clock budget in seconds")
+    parser.add_argument("--merge", help="an earlier gpu_h200.json whose other parts the results keep (default: "
+                        "<out>/gpu_h200.json when --parts is a subset)")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="global wall-clock budget in seconds")
     parser.add_argument("--models-dir", default="/tmp/trl_extras_gpu_models", help="cache of the random checkpoints")
     parser.add_argument("--child", choices=sorted(CHILD_PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -768,11 +786,13 @@ def main(argv=None) -> int:
     unknown = [p for p in selected if p not in PARTS]
     if unknown:
         parser.error(f"--parts: unknown {unknown}; choose from {list(PARTS)}")
-    previous = out_dir / f"{NAME}.json"
+    previous = Path(a.merge) if a.merge else out_dir / f"{NAME}.json"
     results = {"parts": {}}
-    if set(selected) != set(PARTS) and previous.is_file():  # a rerun of some parts keeps the others
+    if (a.merge or set(selected) != set(PARTS)) and previous.is_file():  # a rerun of some parts keeps the others
         with contextlib.suppress(ValueError):
             results = json.loads(previous.read_text())
+            results.setdefault("earlier_runs", []).append(
+                {k: results.get(k) for k in ("started", "wall_seconds", "budget_s")})
     results.update(tiny=a.tiny, budget_s=a.budget_s, started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     results["environment"] = environment()
     cuda = results["environment"]["cuda_available"]
