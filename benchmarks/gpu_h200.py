@@ -639,10 +639,15 @@ def environment() -> dict:
 
 def run_pytest(a, out_dir: Path, timeout: float) -> dict:
     log = out_dir / f"{NAME}_pytest.log"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-rA", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-v", "-rA", "-p", "no:cacheprovider",
            f"--junitxml={out_dir / (NAME + '_pytest.xml')}"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:  # keep what it printed: which test hung
+        partial = [x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr)]
+        log.write_text("".join(partial) + f"\n[stopped after {timeout:.0f} s]\n")
+        raise
     text = proc.stdout + proc.stderr
     log.write_text(text)
     outcomes = {}
