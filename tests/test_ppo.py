@@ -60,7 +60,7 @@ def _history(trainer, key):
 # pure helpers
 # ---------------------------------------------------------------------------------------------------------------
 def test_scores_to_token_rewards_puts_score_on_last_valid_token():
-    from trl_extras.trainers.ppo import scores_to_token_rewards
+    from trl_extras.core.ppo import scores_to_token_rewards
 
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
     kl = torch.arange(12, dtype=torch.float32).reshape(3, 4) / 10
@@ -72,7 +72,7 @@ def test_scores_to_token_rewards_puts_score_on_last_valid_token():
 
 
 def test_adaptive_kl_controller_moves_towards_target():
-    from trl_extras.trainers.ppo import AdaptiveKLController
+    from trl_extras.core.ppo import AdaptiveKLController
 
     ctl = AdaptiveKLController(0.1, target=1.0, horizon=100)
     assert math.isclose(ctl.update(2.0, 10), 0.1 * (1 + 0.2 * 10 / 100))  # error clipped at +0.2
@@ -81,7 +81,7 @@ def test_adaptive_kl_controller_moves_towards_target():
 
 
 def test_running_moments_match_brute_force():
-    from trl_extras.trainers.ppo import RunningMoments
+    from trl_extras.core.ppo import RunningMoments
 
     g = torch.Generator().manual_seed(0)
     chunks = [torch.randn(n, generator=g) * 3 + 1 for n in (5, 1, 17, 8)]
@@ -154,12 +154,35 @@ def test_kl_budget_stops_training(tiny_paths, tmp_path):
     assert _history(trainer, "kl/budget_stop")
 
 
-def test_kl_early_stop_resamples(tiny_paths, tmp_path):
-    trainer = _trainer(tiny_paths, tmp_path, max_steps=4, num_mini_batches=2, num_ppo_epochs=2,
-                       kl_early_stop_target=-1.0)  # always exceeded: every minibatch triggers a fresh rollout
+def test_kl_early_stop_skips_the_rest_of_the_rollout_batch(tiny_paths, tmp_path):
+    from transformers import TrainerCallback
+
+    seen_prompts = []
+
+    def reward(prompts, completions, **kwargs):
+        seen_prompts.append(list(prompts))
+        return _length_reward(prompts, completions)
+
+    class Snapshots(TrainerCallback):
+        def __init__(self):
+            self.params = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.params.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
+
+    snaps = Snapshots()
+    # 2 minibatches x 2 epochs = 4 optimizer steps per rollout batch, 2 rollout batches; the target is always
+    # exceeded, so each batch trains one minibatch and its 3 remaining steps are no-ops
+    trainer = _trainer(tiny_paths, tmp_path, reward_funcs=reward, max_steps=8, num_mini_batches=2, num_ppo_epochs=2,
+                       kl_early_stop_target=-1.0, callbacks=[snaps], lr_scheduler_type="constant")
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
     trainer.train()
-    assert _history(trainer, "policy/early_stop")
-    assert len(_history(trainer, "reward")) == 4  # a rollout at every step instead of one per 4 steps
+    assert trainer.state.global_step == 8
+    assert len(_history(trainer, "policy/early_stop")) == 2
+    assert len(seen_prompts) == 2  # one rollout per rollout batch, no re-sampling
+    assert seen_prompts[0] != seen_prompts[1]  # the second is the NEXT rollout batch, not the same prompts again
+    moved = [not torch.equal(a, b) for a, b in zip([before] + snaps.params[:-1], snaps.params)]
+    assert moved == [True, False, False, False, True, False, False, False]
 
 
 def test_checkpoint_and_resume(tiny_paths, tmp_path):
