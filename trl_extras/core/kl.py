@@ -81,12 +81,16 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
 
-def _log_softmax(logits: torch.Tensor, temperature: float, owned: bool) -> torch.Tensor:
-    """float32 ``log_softmax(logits / temperature)``; an ``owned`` float32 input is scaled in place."""
+def _log_softmax(logits: torch.Tensor, temperature: float, inplace: bool) -> torch.Tensor:
+    """float32 ``log_softmax(logits / temperature)`` as ``x − logsumexp(x)``: the same arithmetic in place (no
+    gradient; ``logits`` handed over, or a fresh float32 copy of it) and out of place (with gradient), so the
+    rollout's no-grad statistics and the update's log-probs agree bit for bit."""
     x = logits.float()
+    inplace = inplace or (x is not logits and not torch.is_grad_enabled())
     if temperature != 1.0:
-        x = x.div_(temperature) if owned and x is logits else x / temperature
-    return torch.log_softmax(x, dim=-1)
+        x = x.div_(temperature) if inplace else x / temperature
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    return x.sub_(lse) if inplace else x - lse
 
 
 def token_stats_from_logits(
@@ -108,8 +112,9 @@ def token_stats_from_logits(
     Gradients: when grad mode is on and ``logits`` requires grad, ``logprobs`` and ``exact_kl`` carry the gradient
     with respect to ``logits`` (the direct KL gradient ∇θ KL(π(·|s)‖π_ref(·|s)) used as a loss term); the reference
     is always treated as a constant, and ``entropy`` is a metric (no gradient). Without gradients the kernel
-    works in place in its own buffers (``owned=True`` also lets it scale ``logits`` in place): the exact KL then
-    allocates no ``(..., V)`` buffer beyond those the log-probs need.
+    works in place (``owned``/``ref_owned``: the logits buffers become the log-probs, the reference's then
+    log π − log π_ref, and π overwrites log π): the exact KL then allocates no ``(..., V)`` buffer beyond the two
+    logits chunks the k1 path needs too.
 
     Args:
         logits: ``(..., V)`` policy logits (e.g. ``(B, chunk, V)``), any float dtype.
@@ -130,30 +135,98 @@ def token_stats_from_logits(
         raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}[:-1].")
     _check_temperature(temperature)
     track = torch.is_grad_enabled() and logits.requires_grad
+    if track:
+        return _token_stats_with_grad(logits, labels, ref_logits, temperature, with_exact_kl, with_entropy, ref_owned)
     out = {}
-    logp = _log_softmax(logits, temperature, owned and not track)
+    logp = _log_softmax(logits, temperature, owned)
+    del logits  # (an owned buffer now holds logp)
     if labels is not None:
         out["logprobs"] = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     probs = None
     if with_entropy:
-        with torch.no_grad():
-            probs = logp.detach().exp()
-            out["entropy"] = -_rowdot(probs, logp.detach())
+        probs = logp.exp()
+        out["entropy"] = -_rowdot(probs, logp)
+    if ref_logits is not None:
+        ref_logp = _log_softmax(ref_logits, temperature, ref_owned)
+        del ref_logits
+        if labels is not None:
+            out["ref_logprobs"] = ref_logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        if with_exact_kl:
+            # in place: (log π − log π_ref) in the reference's buffer, π in logp's buffer (or the entropy's)
+            diff = ref_logp.neg_().add_(logp)
+            del ref_logp
+            if probs is None:
+                probs = logp.exp_()
+            out["exact_kl"] = _rowdot(probs, diff)
+    return out
+
+
+def _token_stats_with_grad(logits, labels, ref_logits, temperature, with_exact_kl, with_entropy, ref_owned) -> dict:
+    """The kernel with gradients: reference under no_grad, then :class:`_LogprobAndKL` (closed-form backward)."""
+    out = {}
+    ref_logp = None
     if ref_logits is not None:
         with torch.no_grad():
             ref_logp = _log_softmax(ref_logits, temperature, ref_owned)
+            del ref_logits
             if labels is not None:
                 out["ref_logprobs"] = ref_logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        if with_exact_kl:
-            if track:
-                out["exact_kl"] = exact_kl_from_logprobs(logp, ref_logp)
-            else:  # in place: (log π − log π_ref) in the reference's buffer, π in logp's buffer (or the entropy's)
-                diff = ref_logp.neg_().add_(logp)
-                del ref_logp
-                if probs is None:
-                    probs = logp.exp_()
-                out["exact_kl"] = _rowdot(probs, diff)
+    if with_entropy:  # a metric: no gradient
+        with torch.no_grad():
+            out["entropy"] = token_stats_from_logits(logits.detach(), temperature=temperature, with_entropy=True)[
+                "entropy"
+            ]
+    lp, kl = _LogprobAndKL.apply(logits, labels, ref_logp if with_exact_kl else None, temperature)
+    if labels is not None:
+        out["logprobs"] = lp
+    if with_exact_kl:
+        out["exact_kl"] = kl
     return out
+
+
+class _LogprobAndKL(torch.autograd.Function):
+    """``(log π(y), KL(π‖π_ref))`` per position from logits ``z`` with a closed-form, in-place backward.
+
+    With ``π = softmax(z/τ)`` and ``d = log π − log π_ref``: ``∂ log π(y)/∂z = (onehot(y) − π)/τ`` and
+    ``∂ KL/∂z = π ⊙ (d − KL)/τ``. Only ``π`` and ``d`` (two ``(..., V)`` float32 buffers) are kept for backward,
+    which is computed in those buffers; autograd's generic graph would keep the logits, ``π``, ``d`` and several
+    gradient temporaries. The forward is the same arithmetic as the no-grad kernel (bit-identical outputs).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, ref_logp, temperature):
+        logp = _log_softmax(logits, temperature, inplace=False)  # grad mode is off in forward: a fresh buffer
+        lp = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1) if labels is not None else logp.new_zeros(())
+        if labels is None:
+            ctx.mark_non_differentiable(lp)
+        if ref_logp is not None:
+            diff = ref_logp.neg_().add_(logp)  # the reference's buffer (ours, no grad) becomes log π − log π_ref
+            probs = logp.exp_()
+            kl = _rowdot(probs, diff)
+            ctx.save_for_backward(probs, diff, kl, labels)
+        else:
+            probs = logp.exp_()
+            kl = logp.new_zeros(())
+            ctx.mark_non_differentiable(kl)
+            ctx.save_for_backward(probs, None, None, labels)
+        ctx.temperature, ctx.logits_dtype = temperature, logits.dtype
+        return lp, kl
+
+    @staticmethod
+    def backward(ctx, grad_lp, grad_kl):
+        probs, diff, kl, labels = ctx.saved_tensors
+        grad = None
+        if diff is not None and grad_kl is not None:
+            grad = diff.sub_(kl.unsqueeze(-1)).mul_(probs).mul_(grad_kl.unsqueeze(-1))  # π ⊙ (d − KL) · g_kl
+        if labels is not None and grad_lp is not None:
+            part = probs.mul_(-grad_lp.unsqueeze(-1))  # −π · g_lp (π is not needed any more)
+            part.scatter_add_(-1, labels.unsqueeze(-1), grad_lp.unsqueeze(-1))  # + onehot(y) · g_lp
+            grad = part if grad is None else grad.add_(part)
+        if grad is None:
+            grad = torch.zeros_like(probs)
+        if ctx.temperature != 1.0:
+            grad = grad.div_(ctx.temperature)
+        return grad.to(ctx.logits_dtype), None, None, None
 
 
 def _chunked_stats(logits, labels, ref_logits, mask, chunk_size, temperature, key, **kwargs) -> torch.Tensor:
