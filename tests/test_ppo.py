@@ -556,3 +556,32 @@ def test_dapo_loss_makes_gradient_accumulation_exact(sft_policy_path, tmp_path):
     bnpo_accumulated, _ = _one_update(sft_policy_path, tmp_path, "bnpo", 4, 2)
     torch.testing.assert_close(bnpo_whole, whole, atol=1e-6, rtol=1e-4)  # one micro-batch: the same loss
     assert not torch.allclose(bnpo_accumulated, bnpo_whole, atol=1e-6, rtol=1e-4)
+
+
+def test_batch_layout_uses_grpo_names(tmp_path, caplog):
+    import logging
+
+    # TRL GRPOConfig meanings: steps_per_generation micro-batches per process, generation_batch_size sequences
+    args = _args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=3)
+    assert (args.steps_per_generation, args.generation_batch_size, args.rollout_batch_size) == (6, 24, 24)
+    args = _args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=None,
+                 steps_per_generation=4)
+    assert (args.num_mini_batches, args.generation_batch_size) == (2, 16)
+    args = _args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1, num_mini_batches=None,
+                 generation_batch_size=12)
+    assert (args.num_mini_batches, args.steps_per_generation) == (3, 3)
+    assert _args(tmp_path, num_mini_batches=None).num_mini_batches == 1
+    with pytest.raises(ValueError, match="not both"):
+        _args(tmp_path, num_mini_batches=None, steps_per_generation=2, generation_batch_size=8)
+    with pytest.raises(ValueError, match="multiple of gradient_accumulation_steps"):
+        _args(tmp_path, num_mini_batches=None, gradient_accumulation_steps=2, steps_per_generation=3)
+    with pytest.raises(ValueError, match="contradicts"):
+        _args(tmp_path, num_mini_batches=2, steps_per_generation=1)
+    with pytest.raises(ValueError, match="multiple of per_device_train_batch_size"):
+        _args(tmp_path, num_mini_batches=None, generation_batch_size=6)
+    with pytest.raises(ValueError, match="loss_type"):
+        _args(tmp_path, loss_type="token_mean")
+    assert _args(tmp_path).missing_eos_penalty is None and _args(tmp_path).loss_type == "dapo"
+    with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo_config"):
+        _args(tmp_path, disable_dropout=False)
+    assert any("disable_dropout=False" in r.message for r in caplog.records)
