@@ -145,7 +145,7 @@ class PPOTrainer(_BaseTrainer):
             "}"
         ),
     }
-    # compute_loss divides by the accumulation steps itself
+    # compute_loss normalises for gradient accumulation itself (core.ppo.aggregate_loss, `loss_type`)
     loss_is_scaled_for_ga = True
 
     def __init__(
