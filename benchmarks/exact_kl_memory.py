@@ -1,13 +1,17 @@
-"""Peak extra memory and time of the exact-KL statistics vs the k1 path, at V=32000, T=512, B=8 (CPU, float32).
+"""Peak extra memory and time of the exact-KL statistics and PPO update vs the k1 path, at V=32000, T=512, B=8 (CPU).
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/exact_kl_memory.py [--repeats 3] [--with-naive]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/exact_kl_memory.py [--repeats 3] [--with-naive] [--variants ...]
 
 Both paths go through ``trl_extras.core.lm.completion_token_stats`` on the same policy/reference pair (a 1-layer,
 64-wide Llama with a 32k vocabulary; the reference is a perturbed copy), same inputs, same chunking:
 - ``k1``:    ``with_exact_kl=False`` (log-probs of both models) + ``kl_from_logprobs(..., "k1")``;
 - ``exact``: ``with_exact_kl=True`` (adds Σ_v π(log π − log π_ref) per position).
 Each is measured with and without the entropy metric. ``--with-naive`` adds the unchunked textbook computation
-(full (B,T,V) logits of both models, ``exact_kl`` on them) for scale.
+(full (B,T,V) logits of both models, ``exact_kl`` on them) for scale. The PPO update (forward + backward of the
+policy loss, ``trl_extras.core.lm.policy_logprobs`` chunked like ``PPOTrainer.compute_loss``):
+- ``update-k1``:    log-probs with gradient, clipped surrogate, ``dapo`` aggregation, backward (k1 is in the reward);
+- ``update-exact``: the same plus β·KL_t with its gradient, the reference recomputed under no_grad (trunk once,
+  head per chunk, recomputed again in backward), in the same chunked pass.
 
 Memory method: torch's CPU allocator hands big blocks straight to malloc/mmap and returns them on free, so the
 process RSS tracks live tensors. Each measurement runs in a FRESH subprocess: build models and inputs, warm up
@@ -44,7 +48,8 @@ def _child(variant: str, hidden: int = 64, timing_runs: int = 3) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from trl_extras.core.kl import exact_kl, kl_from_logprobs
-    from trl_extras.core.lm import completion_token_stats, position_ids_from_mask
+    from trl_extras.core.lm import completion_token_stats, policy_logprobs, position_ids_from_mask
+    from trl_extras.core.ppo import aggregate_loss, policy_loss
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
@@ -69,7 +74,25 @@ def _child(variant: str, hidden: int = 64, timing_runs: int = 3) -> dict:
     with_entropy = variant.endswith("+entropy")
     kind = variant.split("+")[0]
 
+    if kind.startswith("update"):
+        policy.train()
+        with torch.no_grad():
+            old_lp = completion_token_stats(policy, None, ids, mask, T, chunk_size=CHUNK, with_exact_kl=False,
+                                            with_entropy=False)["logprobs"] - 0.01
+        adv = torch.randn(B, T, generator=torch.Generator().manual_seed(1))
+        cmask = mask[:, -T:]
+
     def run():
+        if kind.startswith("update"):
+            exact = kind == "update-exact"
+            out = policy_logprobs(policy, ids, mask, T, chunk_size=CHUNK, ref_model=ref if exact else None,
+                                  with_exact_kl=exact)
+            losses, _ = policy_loss(out["logprobs"], old_lp, adv, 0.2)
+            if exact:
+                losses = losses + 0.05 * out["exact_kl"]
+            aggregate_loss(losses, cmask, "dapo", num_items_in_batch=cmask.sum()).backward()
+            policy.zero_grad(set_to_none=True)
+            return (out["exact_kl"] if exact else out["logprobs"]).detach()
         with torch.no_grad():
             if kind == "k1":
                 st = completion_token_stats(
@@ -110,6 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--with-naive", action="store_true")
+    parser.add_argument("--variants", nargs="+", default=["k1", "exact", "update-k1", "update-exact"],
+                        help="among k1, exact, k1+entropy, exact+entropy, update-k1, update-exact")
     parser.add_argument("--hidden", type=int, default=64, help="hidden size of the 1-layer model (head cost)")
     parser.add_argument("--timing-runs", type=int, default=3, help="timed runs per process; the fastest counts")
     parser.add_argument("--output-name", default="exact_kl_memory")
@@ -124,7 +149,7 @@ def main() -> None:
         data = json.loads((RESULTS / f"{args.output_name}.json").read_text())
         _write(args, data["runs"], data["setup"])
         return
-    variants = ["k1", "exact", "k1+entropy", "exact+entropy"] + (["naive"] if args.with_naive else [])
+    variants = list(args.variants) + (["naive"] if args.with_naive else [])
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     for rep in range(args.repeats):
@@ -163,14 +188,16 @@ def _write(args, runs: dict, setup: dict) -> None:
         }
         for v, rs in runs.items()
     }
-    ratios = {
-        "memory_exact_over_k1": summary["exact"]["peak_extra_mib_median"] / summary["k1"]["peak_extra_mib_median"],
-        "time_exact_over_k1": summary["exact"]["seconds_median"] / summary["k1"]["seconds_median"],
-        "memory_exact_over_k1_with_entropy": summary["exact+entropy"]["peak_extra_mib_median"]
-        / summary["k1+entropy"]["peak_extra_mib_median"],
-        "time_exact_over_k1_with_entropy": summary["exact+entropy"]["seconds_median"]
-        / summary["k1+entropy"]["seconds_median"],
+    pairs = {
+        "exact_over_k1": ("exact", "k1"),
+        "exact_over_k1_with_entropy": ("exact+entropy", "k1+entropy"),
+        "update_exact_over_k1": ("update-exact", "update-k1"),
     }
+    ratios = {}
+    for name, (a, b) in pairs.items():
+        if a in summary and b in summary:
+            ratios[f"memory_{name}"] = summary[a]["peak_extra_mib_median"] / summary[b]["peak_extra_mib_median"]
+            ratios[f"time_{name}"] = summary[a]["seconds_median"] / summary[b]["seconds_median"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.output_name}.json").write_text(
         json.dumps({"setup": setup, "summary": summary, "ratios": ratios, "runs": runs}, indent=2)
@@ -185,6 +212,9 @@ def _write(args, runs: dict, setup: dict) -> None:
         "The min–max column shows run-to-run spread of the RSS peak: ratios are resolved only where the ranges of",
         "the compared paths are narrow relative to their difference.",
         f"One model's full (B,T,V) float32 logits would be {setup['full_logits_one_model_mib']:.0f} MiB.",
+        "",
+        "Rows `k1`/`exact`: the rollout statistics (no grad). Rows `update-*`: one PPO update's forward + backward",
+        "(for `update-k1` the last column is the mean log-prob, not a KL).",
         "",
         "| path | peak extra MiB (median) | min–max | seconds | mean KL |",
         "|---|---|---|---|---|",

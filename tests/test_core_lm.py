@@ -186,3 +186,19 @@ def test_exact_kl_to_reference_value_and_grad(models, chunk_size):
     policy.zero_grad()
     assert torch.allclose(g_chunk, g_full, atol=1e-5)
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in ref.parameters())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_update_pass_equals_rollout_statistics_bit_for_bit(models, autocast):
+    """The update's chunked pass (grad, with the exact KL) and the rollout's no-grad statistics share one path and
+    one kernel: identical numbers, also under bf16 autocast (so PPO's first ratio is exactly 1)."""
+    policy, ref = models
+    ids, mask, T = _batch(policy.config.vocab_size, seed=5)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with ctx:
+        stats = completion_token_stats(policy, ref, ids, mask, T, temperature=0.7, chunk_size=4)
+        out = policy_logprobs(policy, ids, mask, T, temperature=0.7, chunk_size=4, ref_model=ref, with_exact_kl=True)
+    assert torch.equal(out["logprobs"].detach(), stats["logprobs"])
+    assert torch.equal(out["exact_kl"].detach(), stats["exact_kl"])
+    assert out["exact_kl"].requires_grad
+    policy.zero_grad()

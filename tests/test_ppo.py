@@ -59,40 +59,6 @@ def _history(trainer, key):
 # ---------------------------------------------------------------------------------------------------------------
 # pure helpers
 # ---------------------------------------------------------------------------------------------------------------
-def test_scores_to_token_rewards_puts_score_on_last_valid_token():
-    from trl_extras.trainers.ppo import scores_to_token_rewards
-
-    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
-    kl = torch.arange(12, dtype=torch.float32).reshape(3, 4) / 10
-    out = scores_to_token_rewards(torch.tensor([1.0, 2.0, 3.0]), kl, mask, kl_coef=0.5)
-    expected = -0.5 * kl * mask
-    expected[0, 2] += 1.0
-    expected[1, 0] += 2.0  # the empty row gets nothing
-    torch.testing.assert_close(out, expected)
-
-
-def test_adaptive_kl_controller_moves_towards_target():
-    from trl_extras.trainers.ppo import AdaptiveKLController
-
-    ctl = AdaptiveKLController(0.1, target=1.0, horizon=100)
-    assert math.isclose(ctl.update(2.0, 10), 0.1 * (1 + 0.2 * 10 / 100))  # error clipped at +0.2
-    ctl = AdaptiveKLController(0.1, target=1.0, horizon=100)
-    assert math.isclose(ctl.update(0.95, 10), 0.1 * (1 - 0.05 * 10 / 100))
-
-
-def test_running_moments_match_brute_force():
-    from trl_extras.trainers.ppo import RunningMoments
-
-    g = torch.Generator().manual_seed(0)
-    chunks = [torch.randn(n, generator=g) * 3 + 1 for n in (5, 1, 17, 8)]
-    rm = RunningMoments()
-    for c in chunks:
-        rm.update(c)
-    allx = torch.cat(chunks).double()
-    assert math.isclose(rm.mean, allx.mean().item(), rel_tol=1e-9)
-    assert math.isclose(rm.std, allx.std(unbiased=False).item(), rel_tol=1e-9)
-
-
 def test_token_value_model_matches_reward_model_at_last_token(tiny_paths):
     from transformers import AutoModelForSequenceClassification
 
@@ -154,12 +120,35 @@ def test_kl_budget_stops_training(tiny_paths, tmp_path):
     assert _history(trainer, "kl/budget_stop")
 
 
-def test_kl_early_stop_resamples(tiny_paths, tmp_path):
-    trainer = _trainer(tiny_paths, tmp_path, max_steps=4, num_mini_batches=2, num_ppo_epochs=2,
-                       kl_early_stop_target=-1.0)  # always exceeded: every minibatch triggers a fresh rollout
+def test_kl_early_stop_skips_the_rest_of_the_rollout_batch(tiny_paths, tmp_path):
+    from transformers import TrainerCallback
+
+    seen_prompts = []
+
+    def reward(prompts, completions, **kwargs):
+        seen_prompts.append(list(prompts))
+        return _length_reward(prompts, completions)
+
+    class Snapshots(TrainerCallback):
+        def __init__(self):
+            self.params = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.params.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
+
+    snaps = Snapshots()
+    # 2 minibatches x 2 epochs = 4 optimizer steps per rollout batch, 2 rollout batches; the target is always
+    # exceeded, so each batch trains one minibatch and its 3 remaining steps are no-ops
+    trainer = _trainer(tiny_paths, tmp_path, reward_funcs=reward, max_steps=8, num_mini_batches=2, num_ppo_epochs=2,
+                       kl_early_stop_target=-1.0, callbacks=[snaps], lr_scheduler_type="constant")
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
     trainer.train()
-    assert _history(trainer, "policy/early_stop")
-    assert len(_history(trainer, "reward")) == 4  # a rollout at every step instead of one per 4 steps
+    assert trainer.state.global_step == 8
+    assert len(_history(trainer, "policy/early_stop")) == 2
+    assert len(seen_prompts) == 2  # one rollout per rollout batch, no re-sampling
+    assert seen_prompts[0] != seen_prompts[1]  # the second is the NEXT rollout batch, not the same prompts again
+    moved = [not torch.equal(a, b) for a, b in zip([before] + snaps.params[:-1], snaps.params)]
+    assert moved == [True, False, False, False, True, False, False, False]
 
 
 def test_checkpoint_and_resume(tiny_paths, tmp_path):
@@ -478,3 +467,121 @@ def test_long_prompts_truncated_from_the_left_with_one_warning(tiny_paths, tmp_p
         trainer.train()
     assert sum("truncated from the left" in r.message for r in caplog.records) == 1
     assert trainer.state.global_step == 2 and len(seen) == 8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 10: the exact KL's direct gradient, autocast-consistent old log-probs, loss aggregation
+# ---------------------------------------------------------------------------------------------------------------
+def _bandit_kl(tiny_paths, tmp_path, estimator, steps=30):
+    """One-token bandit: one prompt, max_completion_length=1, reward 0, policy perturbed from the reference, beta=1:
+    the only force on the policy is the KL penalty. Returns the exact KL at the first and last rollout."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from trl_extras.trainers.ppo import PPOTrainer
+
+    ref = AutoModelForCausalLM.from_pretrained(tiny_paths["policy"])
+    policy = AutoModelForCausalLM.from_pretrained(tiny_paths["policy"])
+    with torch.no_grad():
+        policy.lm_head.weight.add_(0.3 * torch.randn(policy.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)))
+    prompt = _data(n=8)["prompt"][0]
+    trainer = PPOTrainer(
+        policy, reward_funcs=lambda prompts, completions, **kw: [0.0] * len(prompts), ref_model=ref,
+        args=_args(tmp_path, output_dir=str(tmp_path / estimator), kl_estimator=estimator, kl_coef=1.0,
+                   learning_rate=1e-2, max_steps=steps, max_completion_length=1, per_device_train_batch_size=16,
+                   num_mini_batches=1, num_ppo_epochs=1, lr_scheduler_type="constant"),
+        train_dataset=Dataset.from_dict({"prompt": [prompt] * 16}),
+    )
+    trainer.train()
+    kl = _history(trainer, "kl/exact")
+    return kl[0], kl[-1]
+
+
+@pytest.mark.slow
+def test_exact_kl_moves_a_one_token_bandit_towards_the_reference(tiny_paths, tmp_path):
+    k1_before, k1_after = _bandit_kl(tiny_paths, tmp_path, "k1")
+    exact_before, exact_after = _bandit_kl(tiny_paths, tmp_path, "exact")
+    print(f"bandit KL: k1 {k1_before:.3f} -> {k1_after:.3f}; exact {exact_before:.3f} -> {exact_after:.3f}")
+    assert exact_before == pytest.approx(k1_before, rel=1e-6) and exact_before > 0.5
+    assert k1_after < 0.9 * k1_before
+    # the state term alone gives every token the same advantage (whitened to 0): only the direct term moves it
+    assert exact_after < 0.7 * exact_before
+
+
+def test_first_update_ratio_is_exactly_one_under_bf16_autocast(tiny_paths, tmp_path, monkeypatch):
+    """fp32 weights + bf16=True (CPU autocast): the rollout's old log-probs and the update's new ones come from the
+    same autocast, chunks and kernel, so the first update's log-ratio is exactly 0."""
+    from trl_extras.core import ppo as core_ppo
+    from trl_extras.trainers import ppo as ppo_module
+
+    seen = []
+
+    def recording_policy_loss(logprobs, old_logprobs, advantages, cliprange):
+        seen.append((logprobs.detach() - old_logprobs).clone())
+        return core_ppo.policy_loss(logprobs, old_logprobs, advantages, cliprange)
+
+    monkeypatch.setattr(ppo_module, "policy_loss", recording_policy_loss)
+    trainer = _trainer(tiny_paths, tmp_path, bf16=True, max_steps=1, num_ppo_epochs=1, num_mini_batches=1,
+                       per_device_train_batch_size=8)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    trainer.train()
+    mask = trainer._buffer["completion_mask"]
+    assert len(seen) == 1 and mask.sum() > 0
+    assert seen[0][mask.bool()].abs().max().item() == 0.0
+    assert _history(trainer, "policy/approx_kl")[0] == 0.0
+
+
+def _one_update(policy_path, tmp_path, loss_type, per_device, ga):
+    trainer = _trainer({"policy": policy_path}, tmp_path, max_steps=1, num_mini_batches=1, num_ppo_epochs=1,
+                       per_device_train_batch_size=per_device, gradient_accumulation_steps=ga, loss_type=loss_type,
+                       optim="sgd", max_grad_norm=0.0, learning_rate=1e-2, lr_scheduler_type="constant",
+                       output_dir=str(tmp_path / f"{loss_type}-{ga}"))
+    params = list(trainer.model.parameters()) + list(trainer.value_model.parameters())
+    before = [p.detach().clone() for p in params]
+    trainer.train()
+    lengths = trainer._buffer["completion_mask"].sum(1)
+    return torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)]), lengths
+
+
+def test_dapo_loss_makes_gradient_accumulation_exact(sft_policy_path, tmp_path):
+    """GA=2 over micro-batches of unequal token counts gives the GA=1 update with loss_type='dapo' (not 'bnpo')."""
+    whole, lengths = _one_update(sft_policy_path, tmp_path, "dapo", 8, 1)
+    accumulated, lengths2 = _one_update(sft_policy_path, tmp_path, "dapo", 4, 2)
+    assert torch.equal(lengths, lengths2)  # the same rollout batch
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    assert lengths[perm[:4]].sum() != lengths[perm[4:]].sum()  # the two micro-batches differ in token count
+    assert whole.abs().max() > 0
+    torch.testing.assert_close(accumulated, whole, atol=1e-6, rtol=1e-4)
+    bnpo_whole, _ = _one_update(sft_policy_path, tmp_path, "bnpo", 8, 1)
+    bnpo_accumulated, _ = _one_update(sft_policy_path, tmp_path, "bnpo", 4, 2)
+    torch.testing.assert_close(bnpo_whole, whole, atol=1e-6, rtol=1e-4)  # one micro-batch: the same loss
+    assert not torch.allclose(bnpo_accumulated, bnpo_whole, atol=1e-6, rtol=1e-4)
+
+
+def test_batch_layout_uses_grpo_names(tmp_path, caplog):
+    import logging
+
+    # TRL GRPOConfig meanings: steps_per_generation micro-batches per process, generation_batch_size sequences
+    args = _args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=3)
+    assert (args.steps_per_generation, args.generation_batch_size, args.rollout_batch_size) == (6, 24, 24)
+    args = _args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=None,
+                 steps_per_generation=4)
+    assert (args.num_mini_batches, args.generation_batch_size) == (2, 16)
+    args = _args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1, num_mini_batches=None,
+                 generation_batch_size=12)
+    assert (args.num_mini_batches, args.steps_per_generation) == (3, 3)
+    assert _args(tmp_path, num_mini_batches=None).num_mini_batches == 1
+    with pytest.raises(ValueError, match="not both"):
+        _args(tmp_path, num_mini_batches=None, steps_per_generation=2, generation_batch_size=8)
+    with pytest.raises(ValueError, match="multiple of gradient_accumulation_steps"):
+        _args(tmp_path, num_mini_batches=None, gradient_accumulation_steps=2, steps_per_generation=3)
+    with pytest.raises(ValueError, match="contradicts"):
+        _args(tmp_path, num_mini_batches=2, steps_per_generation=1)
+    with pytest.raises(ValueError, match="multiple of per_device_train_batch_size"):
+        _args(tmp_path, num_mini_batches=None, generation_batch_size=6)
+    with pytest.raises(ValueError, match="loss_type"):
+        _args(tmp_path, loss_type="token_mean")
+    assert _args(tmp_path).missing_eos_penalty is None and _args(tmp_path).loss_type == "dapo"
+    with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo_config"):
+        _args(tmp_path, disable_dropout=False)
+    assert any("disable_dropout=False" in r.message for r in caplog.records)

@@ -4,18 +4,35 @@ Notation: ``B`` sequences, ``T`` completion positions, ``V`` vocabulary. π is t
 at the sampling temperature: every function divides logits by ``temperature`` before the softmax, so the KL is
 the one between the distributions that were actually sampled from.
 
+- :func:`token_stats_from_logits` — the one per-position kernel (log-probs, reference log-probs, exact KL,
+  entropy) that :func:`exact_kl`, :func:`logprobs_from_logits`, :func:`entropy_from_logits` and the chunked model
+  statistics of ``trl_extras.core.lm`` (rollout statistics and the KL loss term of the update) all run.
 - :func:`exact_kl` — KL(π‖π_ref) at each position, Σ_v π(v)·(log π(v) − log π_ref(v)), from the full logits
   (the Rao–Blackwellized per-position KL of Amini et al. 2025, "Better Estimation of the KL Divergence Between
   Language Models": unbiased for the sequence KL, variance no greater than Monte Carlo, no extra forward pass).
   Computed in float32 over chunks of positions so only ``(chunk, V)`` float32 temporaries exist at a time.
 - :func:`kl_from_logprobs` — the single-sample estimators of J. Schulman, "Approximating KL Divergence" (2020),
   from the log-probabilities of the sampled tokens only.
+
+Which gradient each estimator gives when the KL penalises an RL objective (``KL_ESTIMATORS``; Amini et al. 2025,
+Tang & Munos 2025, arXiv 2506.09477). The gradient
+of ``β·KL(π‖π_ref)`` over sequences has two parts: a score-function part (how the choice of token t changes the
+KL of the states that follow) and a direct part ``Σ_t ∇θ KL(π(·|s_t)‖π_ref(·|s_t))`` (the KL of each visited state
+as a function of θ).
+
+- ``k1``/``k2``/``k3`` in the reward (``r_t −= β·k(x_t)``): the policy-gradient surrogate sees them only through
+  the advantage, i.e. only the score-function term. For ``k1`` this is the whole gradient in expectation, since
+  ``E[∇log π(x)·log π(x)/π_ref(x)] = ∇KL`` (the ``E[∇log π] = 0`` term vanishes); ``k2``/``k3`` in the reward
+  give biased gradients of the KL.
+- ``exact`` in the reward alone: ``−β·KL_t`` depends on the state, not on the sampled token, so the score-function
+  term only penalises reaching high-KL states and the direct term is missing (a one-token bandit does not move
+  towards the reference at all). ``PPOTrainer`` therefore adds the direct term to the policy loss:
+  state term in the reward + ``β·Σ_t KL_t`` with its gradient in the loss = the full Rao–Blackwellized gradient.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -24,9 +41,11 @@ __all__ = [
     "logprobs_from_logits",
     "entropy_from_logits",
     "exact_kl_from_logprobs",
+    "token_stats_from_logits",
 ]
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+#: The per-token KL penalties PPO offers: three single-sample estimators and the exact full-vocabulary KL.
+KL_ESTIMATORS = ("k1", "k2", "k3", "exact")
 
 
 def _check_temperature(temperature: float) -> None:
@@ -54,7 +73,182 @@ def _chunks(idx: torch.Tensor, chunk_size: int | None):
 
 def exact_kl_from_logprobs(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Σ_v exp(logp)·(logp − ref_logp) over the last dim. ``(..., V)`` log-probabilities -> ``(...)``."""
-    return (logp.exp() * (logp - ref_logp)).sum(-1)
+    return _rowdot(logp.exp(), logp - ref_logp)
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for ``(..., V)`` tensors without materializing the product."""
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+
+
+def _log_softmax(logits: torch.Tensor, temperature: float, inplace: bool) -> torch.Tensor:
+    """float32 ``log_softmax(logits / temperature)`` as ``x − logsumexp(x)``: the same arithmetic in place (no
+    gradient; ``logits`` handed over, or a fresh float32 copy of it) and out of place (with gradient), so the
+    rollout's no-grad statistics and the update's log-probs agree bit for bit."""
+    x = logits.float()
+    inplace = inplace or (x is not logits and not torch.is_grad_enabled())
+    if temperature != 1.0:
+        x = x.div_(temperature) if inplace else x / temperature
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    return x.sub_(lse) if inplace else x - lse
+
+
+def token_stats_from_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    ref_logits: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    with_exact_kl: bool = False,
+    with_entropy: bool = False,
+    owned: bool = False,
+    ref_owned: bool = False,
+) -> dict[str, torch.Tensor]:
+    """THE per-position kernel: every log-softmax statistic of the package goes through it, chunk by chunk.
+
+    From the policy's logits (and optionally the reference's) at some positions, all divided by ``temperature``:
+    ``logprobs`` of ``labels``, ``ref_logprobs`` of ``labels``, the exact ``exact_kl`` = Σ_v π(v)(log π(v) −
+    log π_ref(v)) and the ``entropy`` −Σ_v π(v) log π(v).
+
+    Gradients: when grad mode is on and ``logits`` requires grad, ``logprobs`` and ``exact_kl`` carry the gradient
+    with respect to ``logits`` (the direct KL gradient ∇θ KL(π(·|s)‖π_ref(·|s)) used as a loss term); the reference
+    is always treated as a constant, and ``entropy`` is a metric (no gradient). Without gradients the kernel
+    works in place (``owned``/``ref_owned``: the logits buffers become the log-probs, the reference's then
+    log π − log π_ref, and π overwrites log π): the exact KL then allocates no ``(..., V)`` buffer beyond the two
+    logits chunks the k1 path needs too.
+
+    Args:
+        logits: ``(..., V)`` policy logits (e.g. ``(B, chunk, V)``), any float dtype.
+        labels: ``(...)`` token ids, or ``None`` (no ``logprobs``/``ref_logprobs``).
+        ref_logits: ``(..., V)`` reference logits at the same positions, or ``None``.
+        temperature: sampling temperature.
+        with_exact_kl: compute ``exact_kl`` (needs ``ref_logits``). with_entropy: compute ``entropy``.
+        owned, ref_owned: the caller hands over ``logits`` / ``ref_logits`` (they may be overwritten).
+
+    Returns:
+        dict of ``(...)`` float32 tensors.
+    """
+    if with_exact_kl and ref_logits is None:
+        raise ValueError("token_stats_from_logits: with_exact_kl=True needs `ref_logits`.")
+    if ref_logits is not None and ref_logits.shape != logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ in shape.")
+    if labels is not None and labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}[:-1].")
+    _check_temperature(temperature)
+    track = torch.is_grad_enabled() and logits.requires_grad
+    if track:
+        return _token_stats_with_grad(logits, labels, ref_logits, temperature, with_exact_kl, with_entropy, ref_owned)
+    out = {}
+    logp = _log_softmax(logits, temperature, owned)
+    del logits  # (an owned buffer now holds logp)
+    if labels is not None:
+        out["logprobs"] = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    probs = None
+    if with_entropy:
+        probs = logp.exp()
+        out["entropy"] = -_rowdot(probs, logp)
+    if ref_logits is not None:
+        ref_logp = _log_softmax(ref_logits, temperature, ref_owned)
+        del ref_logits
+        if labels is not None:
+            out["ref_logprobs"] = ref_logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        if with_exact_kl:
+            # in place: (log π − log π_ref) in the reference's buffer, π in logp's buffer (or the entropy's)
+            diff = ref_logp.neg_().add_(logp)
+            del ref_logp
+            if probs is None:
+                probs = logp.exp_()
+            out["exact_kl"] = _rowdot(probs, diff)
+    return out
+
+
+def _token_stats_with_grad(logits, labels, ref_logits, temperature, with_exact_kl, with_entropy, ref_owned) -> dict:
+    """The kernel with gradients: reference under no_grad, then :class:`_LogprobAndKL` (closed-form backward)."""
+    out = {}
+    ref_logp = None
+    if ref_logits is not None:
+        with torch.no_grad():
+            ref_logp = _log_softmax(ref_logits, temperature, ref_owned)
+            del ref_logits
+            if labels is not None:
+                out["ref_logprobs"] = ref_logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    if with_entropy:  # a metric: no gradient
+        with torch.no_grad():
+            out["entropy"] = token_stats_from_logits(logits.detach(), temperature=temperature, with_entropy=True)[
+                "entropy"
+            ]
+    lp, kl = _LogprobAndKL.apply(logits, labels, ref_logp if with_exact_kl else None, temperature)
+    if labels is not None:
+        out["logprobs"] = lp
+    if with_exact_kl:
+        out["exact_kl"] = kl
+    return out
+
+
+class _LogprobAndKL(torch.autograd.Function):
+    """``(log π(y), KL(π‖π_ref))`` per position from logits ``z`` with a closed-form, in-place backward.
+
+    With ``π = softmax(z/τ)`` and ``d = log π − log π_ref``: ``∂ log π(y)/∂z = (onehot(y) − π)/τ`` and
+    ``∂ KL/∂z = π ⊙ (d − KL)/τ``. Only ``π`` and ``d`` (two ``(..., V)`` float32 buffers) are kept for backward,
+    which is computed in those buffers; autograd's generic graph would keep the logits, ``π``, ``d`` and several
+    gradient temporaries. The forward is the same arithmetic as the no-grad kernel (bit-identical outputs).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, ref_logp, temperature):
+        logp = _log_softmax(logits, temperature, inplace=False)  # grad mode is off in forward: a fresh buffer
+        lp = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1) if labels is not None else logp.new_zeros(())
+        if labels is None:
+            ctx.mark_non_differentiable(lp)
+        if ref_logp is not None:
+            diff = ref_logp.neg_().add_(logp)  # the reference's buffer (ours, no grad) becomes log π − log π_ref
+            probs = logp.exp_()
+            kl = _rowdot(probs, diff)
+            ctx.save_for_backward(probs, diff, kl, labels)
+        else:
+            probs = logp.exp_()
+            kl = logp.new_zeros(())
+            ctx.mark_non_differentiable(kl)
+            ctx.save_for_backward(probs, None, None, labels)
+        ctx.temperature, ctx.logits_dtype = temperature, logits.dtype
+        return lp, kl
+
+    @staticmethod
+    def backward(ctx, grad_lp, grad_kl):
+        probs, diff, kl, labels = ctx.saved_tensors
+        grad = None
+        if diff is not None and grad_kl is not None:
+            grad = diff.sub_(kl.unsqueeze(-1)).mul_(probs).mul_(grad_kl.unsqueeze(-1))  # π ⊙ (d − KL) · g_kl
+        if labels is not None and grad_lp is not None:
+            part = probs.mul_(-grad_lp.unsqueeze(-1))  # −π · g_lp (π is not needed any more)
+            part.scatter_add_(-1, labels.unsqueeze(-1), grad_lp.unsqueeze(-1))  # + onehot(y) · g_lp
+            grad = part if grad is None else grad.add_(part)
+        if grad is None:
+            grad = torch.zeros_like(probs)
+        if ctx.temperature != 1.0:
+            grad = grad.div_(ctx.temperature)
+        return grad.to(ctx.logits_dtype), None, None, None
+
+
+def _chunked_stats(logits, labels, ref_logits, mask, chunk_size, temperature, key, **kwargs) -> torch.Tensor:
+    """Run :func:`token_stats_from_logits` over chunks of (valid) positions of ``(..., V)`` logits -> ``(...)``."""
+    _check_temperature(temperature)
+    lead, V = logits.shape[:-1], logits.shape[-1]
+    flat = logits.reshape(-1, V)
+    ref_flat = None if ref_logits is None else ref_logits.reshape(-1, V)
+    flat_labels = None if labels is None else labels.reshape(-1)
+    out = torch.zeros(lead.numel(), dtype=torch.float32, device=logits.device)
+    for idx in _chunks(_positions(lead, mask, logits.device), chunk_size):
+        if len(idx) == 0:
+            continue
+        stats = token_stats_from_logits(
+            flat[idx],
+            None if flat_labels is None else flat_labels[idx],
+            None if ref_flat is None else ref_flat[idx],
+            temperature,
+            **kwargs,
+        )
+        out = out.index_put((idx,), stats[key])
+    return out.view(lead)
 
 
 def exact_kl(
@@ -75,7 +269,8 @@ def exact_kl(
         temperature: sampling temperature; both logits are divided by it (π is the sampling distribution).
 
     Returns:
-        ``(B, T)`` float32 KL, ≥ 0 up to rounding. Differentiable with respect to both logits.
+        ``(B, T)`` float32 KL, ≥ 0 up to rounding. Differentiable with respect to ``logits`` (the reference is a
+        constant: the gradient is the direct term ∇θ KL(π(·|s)‖π_ref(·|s))).
 
     Reference: Amini et al. 2025, "Better Estimation of the KL Divergence Between Language Models" (the
     per-position exact KL is the Rao–Blackwellization of the Monte Carlo estimator).
@@ -84,18 +279,7 @@ def exact_kl(
         raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ in shape.")
     if logits.dim() < 2:
         raise ValueError("logits must have shape (..., V).")
-    _check_temperature(temperature)
-    lead = logits.shape[:-1]
-    V = logits.shape[-1]
-    flat, ref_flat = logits.reshape(-1, V), ref_logits.reshape(-1, V)
-    out = torch.zeros(lead.numel(), dtype=torch.float32, device=logits.device)
-    for idx in _chunks(_positions(lead, mask, logits.device), chunk_size):
-        if len(idx) == 0:
-            continue
-        logp = F.log_softmax(flat[idx].float() / temperature, dim=-1)
-        ref_logp = F.log_softmax(ref_flat[idx].float() / temperature, dim=-1)
-        out = out.index_put((idx,), exact_kl_from_logprobs(logp, ref_logp))
-    return out.view(lead)
+    return _chunked_stats(logits, None, ref_logits, mask, chunk_size, temperature, "exact_kl", with_exact_kl=True)
 
 
 def kl_from_logprobs(
@@ -134,7 +318,7 @@ def kl_from_logprobs(
     elif estimator == "exact":
         raise ValueError("kl_from_logprobs: the 'exact' estimator needs full logits; use `exact_kl` instead.")
     else:
-        raise ValueError(f"Unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}.")
+        raise ValueError(f"Unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS[:3]}.")
     if mask is not None:
         kl = torch.where(mask.bool(), kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
     return kl
@@ -150,31 +334,13 @@ def logprobs_from_logits(
         chunk_size: positions per chunk (``None``: all at once); bounds the float32 temporaries to ``(chunk, V)``.
 
     Returns:
-        ``(B, T)`` float32, computed as ``logit[label] − logsumexp(logits)`` (no full log-softmax tensor kept).
+        ``(B, T)`` float32 (differentiable with respect to ``logits``).
     """
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}[:-1].")
-    _check_temperature(temperature)
-    V = logits.shape[-1]
-    flat, flat_labels = logits.reshape(-1, V), labels.reshape(-1)
-    out = []
-    for idx in _chunks(torch.arange(flat.shape[0], device=logits.device), chunk_size):
-        lg = flat[idx].float() / temperature
-        out.append(lg.gather(-1, flat_labels[idx, None]).squeeze(-1) - torch.logsumexp(lg, dim=-1))
-    if not out:
-        return torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
-    return torch.cat(out).view(labels.shape)
+    return _chunked_stats(logits, labels, None, None, chunk_size, temperature, "logprobs")
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
     """Entropy −Σ_v π(v) log π(v) of ``softmax(logits / temperature)``. ``(B, T, V)`` -> ``(B, T)`` float32."""
-    _check_temperature(temperature)
-    V = logits.shape[-1]
-    flat = logits.reshape(-1, V)
-    out = []
-    for idx in _chunks(torch.arange(flat.shape[0], device=logits.device), chunk_size):
-        logp = F.log_softmax(flat[idx].float() / temperature, dim=-1)
-        out.append(-(logp.exp() * logp).sum(-1))
-    if not out:
-        return torch.zeros(logits.shape[:-1], dtype=torch.float32, device=logits.device)
-    return torch.cat(out).view(logits.shape[:-1])
+    return _chunked_stats(logits, None, None, None, chunk_size, temperature, "entropy", with_entropy=True)

@@ -28,7 +28,7 @@ import contextlib
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .kl import entropy_from_logits, exact_kl_from_logprobs
+from .kl import token_stats_from_logits
 
 __all__ = [
     "completion_token_stats",
@@ -146,13 +146,118 @@ def _check_inputs(input_ids, attention_mask, logits_to_keep) -> int:
     return T
 
 
-def _logp_of(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-softmax ``(..., V)`` float32, log-prob of ``labels`` ``(...)``)."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logp, logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+def _resolve_reference(policy, ref_model, reference_context, required: bool, caller: str):
+    """``(reference module or None, context factory)``: ``ref_model``; else the PEFT policy under
+    ``reference_context`` (default: its adapter disabled); else ``None`` (an error when ``required``)."""
+    if ref_model is not None:
+        return _unwrap(ref_model), reference_context or contextlib.nullcontext
+    if reference_context is not None:
+        return policy, reference_context
+    if _is_peft(policy):
+        return policy, policy.disable_adapter
+    if required:
+        raise ValueError(
+            f"{caller}: the exact KL needs a reference: pass `ref_model`, or a PEFT model (whose reference is the "
+            "base with the adapter disabled)."
+        )
+    return None, None
 
 
-@torch.no_grad()
+def _token_stats(
+    model,
+    ref_model,
+    input_ids,
+    attention_mask,
+    logits_to_keep,
+    temperature,
+    chunk_size,
+    with_ref_logprobs: bool,
+    with_exact_kl: bool,
+    with_entropy: bool,
+    reference_context,
+    caller: str,
+) -> dict[str, torch.Tensor]:
+    """The one driver of the chunked statistics, in grad mode (update) or not (rollout); see the callers."""
+    T = _check_inputs(input_ids, attention_mask, logits_to_keep)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}.")
+    policy = _unwrap(model)
+    ref, ref_ctx = _resolve_reference(policy, ref_model, reference_context, with_exact_kl, caller)
+    use_ref = ref is not None and (with_ref_logprobs or with_exact_kl)
+    labels = input_ids[:, -T:]
+    device = input_ids.device
+    step = T if chunk_size is None else chunk_size
+    track = torch.is_grad_enabled()
+    chunks = [slice(start, min(start + step, T)) for start in range(0, T, step)]
+
+    # The reference: trunk once to (B, T, H) hidden states (no grad), head per chunk; or full logits (fallback).
+    get_ref, ref_owned = None, False
+    if use_ref:
+        ref_split = split_lm(ref)
+        with torch.no_grad(), ref_ctx():
+            if ref_split is not None:
+                ref_hidden = _hidden(ref_split[0], input_ids, attention_mask, T)
+                ref_head, ref_dev = ref_split[1], _device_of(ref_split[1])
+                ref_owned = True  # each chunk's logits are a fresh head output
+            else:
+                ref_logits = _full_logits(ref, input_ids, attention_mask, T)
+
+        def get_ref(s):
+            with torch.no_grad(), ref_ctx():  # a LoRA-wrapped head must be disabled too
+                if ref_split is None:
+                    return ref_logits[:, s]
+                return ref_head(ref_hidden[:, s].to(ref_dev)).to(device)
+
+    def kernel(logits, s, owned):
+        ref_logits_s = get_ref(s) if use_ref else None
+        return token_stats_from_logits(
+            logits, labels[:, s], ref_logits_s, temperature, with_exact_kl=with_exact_kl,
+            with_entropy=with_entropy and not track, owned=owned, ref_owned=ref_owned,
+        )
+
+    # With gradients, a DDP/DeepSpeed wrapper must run its own forward (its hooks synchronise gradients).
+    pol_split = None if (track and policy is not model) else split_lm(policy)
+    pieces: dict[str, list] = {}
+    if pol_split is None:
+        # fallback: the policy's full (B, T, V) logits (documented: no memory saving for the policy)
+        logits = _full_logits(model if track else policy, input_ids, attention_mask, T)
+        for s in chunks:
+            for k, v in kernel(logits[:, s], s, owned=False).items():
+                pieces.setdefault(k, []).append(v)
+        hidden, head = None, None
+    else:
+        trunk, head = pol_split
+        pol_dev = _device_of(head)
+        hidden = _hidden(trunk, input_ids, attention_mask, T)
+        keys = ["logprobs"] + (["ref_logprobs"] if use_ref and with_ref_logprobs else [])
+        keys += ["exact_kl"] if with_exact_kl else []
+
+        def chunk_fn(h, start, stop):
+            st = kernel(head(h.to(pol_dev)).to(device), slice(start, stop), owned=True)
+            return torch.stack([st[k] for k in keys], -1) if track else st
+
+        for s in chunks:
+            if track:
+                # recompute the chunk's logits (and the reference's) in backward instead of keeping them alive
+                stacked = checkpoint(chunk_fn, hidden[:, s], s.start, s.stop, use_reentrant=False)
+                st = {k: stacked[..., i] for i, k in enumerate(keys)}
+            else:
+                st = chunk_fn(hidden[:, s], s.start, s.stop)
+            for k, v in st.items():
+                pieces.setdefault(k, []).append(v)
+    out = {k: torch.cat(v, dim=1) for k, v in pieces.items() if k != "ref_logprobs" or with_ref_logprobs}
+    if with_entropy and track:  # a metric: no gradient, from the (detached) logits again
+        with torch.no_grad():
+            ents = []
+            for s in chunks:
+                lg = head(hidden[:, s].detach().to(pol_dev)).to(device) if head is not None else logits[:, s].detach()
+                ents.append(token_stats_from_logits(lg, temperature=temperature, with_entropy=True)["entropy"])
+            out["entropy"] = torch.cat(ents, dim=1)
+    return out
+
+
 def completion_token_stats(
     model,
     ref_model,
@@ -178,108 +283,24 @@ def completion_token_stats(
         chunk_size: positions per head application (``None``: all ``T`` at once).
         with_exact_kl: compute the exact per-token KL(π‖π_ref) = Σ_v π(v)(log π(v) − log π_ref(v)).
         with_entropy: compute the policy's per-token entropy.
-        reference_context: optional zero-argument callable returning a context manager under which the PEFT
-            ``model`` acts as the reference when ``ref_model`` is None (default: ``model.disable_adapter``; e.g.
-            TRL's ``use_adapter(model, "ref")`` when an initial adapter copy is the reference).
+        reference_context: optional zero-argument callable returning a context manager under which the
+            reference runs: the PEFT ``model`` itself when ``ref_model`` is None (default: ``model.disable_adapter``;
+            e.g. TRL's ``use_adapter(model, "ref")`` when an initial adapter copy is the reference).
 
     Returns:
         dict of ``(B, T)`` float32 tensors: ``logprobs`` (always), ``ref_logprobs`` (when there is a reference),
         ``exact_kl`` (when ``with_exact_kl``), ``entropy`` (when ``with_entropy``). Values at padded completion
         positions are computed like any other (mask them downstream).
+
+    Same numbers, bit for bit, as :func:`policy_logprobs` on the same inputs (same trunk/head path, same chunks,
+    same kernel), so the PPO ratio is exactly 1 at the first update when both run in the same autocast/mode.
     """
-    T = _check_inputs(input_ids, attention_mask, logits_to_keep)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
-    if chunk_size is not None and chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}.")
-    policy = _unwrap(model)
-    use_disabled_adapter = ref_model is None and _is_peft(policy)
-    has_ref = ref_model is not None or use_disabled_adapter
-    if with_exact_kl and not has_ref:
-        raise ValueError(
-            "completion_token_stats: with_exact_kl=True needs a reference: pass `ref_model`, or a PEFT model "
-            "(whose reference is the base with the adapter disabled)."
+    with torch.no_grad():
+        return _token_stats(
+            model, ref_model, input_ids, attention_mask, logits_to_keep, temperature, chunk_size,
+            with_ref_logprobs=True, with_exact_kl=with_exact_kl, with_entropy=with_entropy,
+            reference_context=reference_context, caller="completion_token_stats",
         )
-    ref = _unwrap(ref_model) if ref_model is not None else policy
-    # the reference forward of a PEFT policy runs with its adapter disabled
-    ref_ctx = contextlib.nullcontext
-    if use_disabled_adapter:
-        ref_ctx = reference_context or policy.disable_adapter
-    labels = input_ids[:, -T:]
-
-    pol_split = split_lm(policy)
-    ref_split = split_lm(ref) if has_ref else None
-    if pol_split is not None and (not has_ref or ref_split is not None):
-        pol_hidden = _hidden(pol_split[0], input_ids, attention_mask, T)
-        pol_head = pol_split[1]
-        if has_ref:
-            with ref_ctx():
-                ref_hidden = _hidden(ref_split[0], input_ids, attention_mask, T)
-            ref_head = ref_split[1]
-        # with a device map the trunk can end on another device than the head (as TRL's fused head handles)
-        pol_dev, ref_dev = _device_of(pol_head), _device_of(ref_head) if has_ref else None
-        get_pol = lambda s: pol_head(pol_hidden[:, s].to(pol_dev)).to(input_ids.device)  # noqa: E731
-        get_ref = lambda s: ref_head(ref_hidden[:, s].to(ref_dev)).to(input_ids.device)  # noqa: E731
-    else:
-        # fallback: full logits from each model's own forward (documented: no memory saving)
-        pol_logits = _full_logits(policy, input_ids, attention_mask, T)
-        if has_ref:
-            with ref_ctx():
-                ref_logits = _full_logits(ref, input_ids, attention_mask, T)
-        get_pol = lambda s: pol_logits[:, s].clone()  # noqa: E731  (chunks are scaled in place)
-        get_ref = lambda s: ref_logits[:, s].clone()  # noqa: E731
-
-    B = input_ids.shape[0]
-    device = input_ids.device
-    out = {"logprobs": torch.empty(B, T, dtype=torch.float32, device=device)}
-    if has_ref:
-        out["ref_logprobs"] = torch.empty(B, T, dtype=torch.float32, device=device)
-    if with_exact_kl:
-        out["exact_kl"] = torch.empty(B, T, dtype=torch.float32, device=device)
-    if with_entropy:
-        out["entropy"] = torch.empty(B, T, dtype=torch.float32, device=device)
-
-    step = T if chunk_size is None else chunk_size
-    # Memory discipline per chunk (no autograd here): the head output is scaled in place, freed right after its
-    # log-softmax; the reference log-probs become (log π − log π_ref) in place, π = exp(log π) is taken in place
-    # (or reused from the entropy), and row dot products go through matmul: the exact KL allocates no
-    # (B, chunk, V) buffer beyond the k1 path's (fresh large buffers also cost page faults on CPU).
-    for start in range(0, T, step):
-        s = slice(start, min(start + step, T))
-        logp = _log_softmax_owned(get_pol(s), temperature)
-        out["logprobs"][:, s] = logp.gather(-1, labels[:, s, None]).squeeze(-1)
-        probs = None
-        if with_entropy:
-            probs = logp.exp()
-            out["entropy"][:, s] = -_rowdot(probs, logp)
-        if has_ref:
-            with ref_ctx():  # a LoRA-wrapped head must be disabled too
-                ref_logp = _log_softmax_owned(get_ref(s), temperature)
-            out["ref_logprobs"][:, s] = ref_logp.gather(-1, labels[:, s, None]).squeeze(-1)
-            if with_exact_kl:
-                diff = ref_logp.neg_().add_(logp)  # log π − log π_ref, in the reference's buffer
-                del ref_logp
-                if probs is None:
-                    probs = logp.exp_()  # in logp's buffer: logp is not needed any more
-                out["exact_kl"][:, s] = _rowdot(probs, diff)
-                del diff
-            else:
-                del ref_logp
-        del logp, probs
-    return out
-
-
-def _log_softmax_owned(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """float32 ``log_softmax(logits / temperature)`` of a tensor this module owns (scaled in place, then freed)."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits.div_(temperature)
-    return torch.log_softmax(logits, dim=-1)
-
-
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum(-1)`` for ``(..., V)`` tensors without materializing the product."""
-    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
 
 def policy_logprobs(
@@ -290,56 +311,37 @@ def policy_logprobs(
     temperature: float = 1.0,
     chunk_size: int | None = None,
     with_entropy: bool = False,
+    ref_model=None,
+    with_exact_kl: bool = False,
+    reference_context=None,
 ) -> dict[str, torch.Tensor]:
-    """Log-probs (and optionally entropy) of the completion tokens WITH gradients, for the policy update.
+    """Log-probs (optionally the exact KL to the reference, and the entropy) of the completion tokens WITH
+    gradients, for the policy update.
 
     Args:
         model: the policy (possibly PEFT- or DDP/DeepSpeed-wrapped).
         input_ids, attention_mask: ``(B, L)``; logits_to_keep: ``T`` completion tokens at the end.
         temperature: sampling temperature.
-        chunk_size: ``None`` builds the policy's ``(B, T, V)`` logits once through the model's own forward (the
-            wrapper's forward, so DDP/DeepSpeed hooks run). An integer goes through trunk + head in position
-            chunks, each recomputed in backward (activation checkpointing), so only ``(B, chunk, V)`` logits
-            exist at a time -- for unwrapped models with a separable head; otherwise it falls back to ``None``.
+        chunk_size: positions per chunk (``None``: all ``T`` at once). An unwrapped model with a separable head
+            goes through trunk + head, chunk by chunk, each chunk recomputed in backward (activation
+            checkpointing), so only ``(B, chunk, V)`` logits exist at a time. A DDP/DeepSpeed wrapper (whose own
+            forward must run) or a model without a separable head builds its ``(B, T, V)`` logits once.
         with_entropy: also return the entropy (computed under no_grad: a metric, not a loss term).
+        ref_model, reference_context: the reference, as in :func:`completion_token_stats` (needed only with
+            ``with_exact_kl``); its trunk runs once under no_grad and its head per chunk (recomputed in backward).
+        with_exact_kl: also return ``exact_kl`` = KL(π(·|s_t)‖π_ref(·|s_t)) with its gradient w.r.t. the policy
+            (the direct term of the KL gradient, Amini et al. 2025), in the same chunked pass as the log-probs.
 
     Returns:
-        dict with ``logprobs`` ``(B, T)`` float32 (requires grad when the model has trainable parameters) and
-        ``entropy`` ``(B, T)`` when requested.
+        dict of ``(B, T)`` float32: ``logprobs`` (requires grad when the model has trainable parameters),
+        ``exact_kl`` and ``entropy`` when requested.
     """
-    T = _check_inputs(input_ids, attention_mask, logits_to_keep)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
-    labels = input_ids[:, -T:]
-    wrapped = _unwrap(model) is not model
-    split = None if (chunk_size is None or wrapped) else split_lm(model)
-    if split is None:
-        logits = _full_logits(model, input_ids, attention_mask, T)
-        logp, lp = _logp_of(logits, labels, temperature)
-        out = {"logprobs": lp}
-        if with_entropy:
-            with torch.no_grad():
-                out["entropy"] = entropy_from_logits(logits.detach(), temperature)
-        return out
-
-    trunk, head = split
-    hidden = _hidden(trunk, input_ids, attention_mask, T)
-
-    def _chunk_logp(h, y):
-        return _logp_of(head(h), y, temperature)[1]
-
-    lps, ents = [], []
-    for start in range(0, T, chunk_size):
-        s = slice(start, min(start + chunk_size, T))
-        # recompute the chunk's logits in backward instead of keeping (B, chunk, V) activations alive
-        lps.append(checkpoint(_chunk_logp, hidden[:, s], labels[:, s], use_reentrant=False))
-        if with_entropy:
-            with torch.no_grad():
-                ents.append(entropy_from_logits(head(hidden[:, s].detach()), temperature))
-    out = {"logprobs": torch.cat(lps, dim=1)}
-    if with_entropy:
-        out["entropy"] = torch.cat(ents, dim=1)
-    return out
+    with torch.enable_grad():
+        return _token_stats(
+            model, ref_model, input_ids, attention_mask, logits_to_keep, temperature, chunk_size,
+            with_ref_logprobs=False, with_exact_kl=with_exact_kl, with_entropy=with_entropy,
+            reference_context=reference_context, caller="policy_logprobs",
+        )
 
 
 def exact_kl_to_reference(
@@ -354,12 +356,9 @@ def exact_kl_to_reference(
 ) -> torch.Tensor:
     """Exact per-token KL(π‖π_ref) of the completion positions WITH gradients for the policy (a loss term).
 
-    Same chunked computation as :func:`completion_token_stats`: the policy trunk runs once (with grad), the
-    reference trunk once (no grad), then per chunk of positions ``Σ_v π(v)(log π(v) − log π_ref(v))`` is computed
-    under activation checkpointing, so only ``(B, chunk, V)`` logits of each model exist at a time, in forward and
-    in backward (the chunk's logits are recomputed there). Models wrapped by DDP/DeepSpeed (or without a
-    separable head) go through the wrapper's forward instead: the policy's ``(B, T, V)`` logits are then built
-    once, the reference still in chunks.
+    :func:`policy_logprobs` with ``with_exact_kl=True``: the policy trunk runs once (with grad), the reference trunk
+    once (no grad), then per chunk of positions ``Σ_v π(v)(log π(v) − log π_ref(v))`` under activation
+    checkpointing, so only ``(B, chunk, V)`` logits of each model exist at a time, in forward and in backward.
 
     Args:
         model: the policy; ref_model: the reference (``None`` + PEFT ``model``: adapter disabled).
@@ -372,55 +371,7 @@ def exact_kl_to_reference(
     Returns:
         ``(B, T)`` float32 KL; gradients flow to the policy only. Mask padded positions downstream.
     """
-    T = _check_inputs(input_ids, attention_mask, logits_to_keep)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
-    step = T if chunk_size is None else int(chunk_size)
-    if step <= 0:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}.")
-    policy = _unwrap(model)
-    if ref_model is None:
-        if reference_context is None:
-            if not _is_peft(policy):
-                raise ValueError("exact_kl_to_reference: pass `ref_model`, or a PEFT model (adapter disabled).")
-            reference_context = policy.disable_adapter
-        ref = policy
-    else:
-        ref = _unwrap(ref_model)
-        reference_context = reference_context or contextlib.nullcontext
-
-    ref_split = split_lm(ref)
-    with torch.no_grad(), reference_context():
-        if ref_split is not None:
-            ref_hidden = _hidden(ref_split[0], input_ids, attention_mask, T)
-        else:
-            ref_logits_full = _full_logits(ref, input_ids, attention_mask, T)
-
-    def ref_logp(s):
-        with torch.no_grad(), reference_context():
-            lg = ref_split[1](ref_hidden[:, s]) if ref_split is not None else ref_logits_full[:, s]
-            return torch.log_softmax(lg.float() / temperature, dim=-1)
-
-    wrapped = policy is not model
-    pol_split = None if wrapped else split_lm(policy)
-    kls = []
-    if pol_split is None:
-        logits = _full_logits(model, input_ids, attention_mask, T)
-        for start in range(0, T, step):
-            s = slice(start, min(start + step, T))
-            logp = torch.log_softmax(logits[:, s].float() / temperature, dim=-1)
-            kls.append(exact_kl_from_logprobs(logp, ref_logp(s)))
-        return torch.cat(kls, dim=1)
-
-    trunk, head = pol_split
-    hidden = _hidden(trunk, input_ids, attention_mask, T)
-
-    def _chunk_kl(h, start, stop):
-        # the reference chunk is recomputed too (under no_grad) rather than kept: bounded memory in backward
-        logp = torch.log_softmax(head(h).float() / temperature, dim=-1)
-        return exact_kl_from_logprobs(logp, ref_logp(slice(start, stop)))
-
-    for start in range(0, T, step):
-        stop = min(start + step, T)
-        kls.append(checkpoint(_chunk_kl, hidden[:, start:stop], start, stop, use_reentrant=False))
-    return torch.cat(kls, dim=1)
+    return policy_logprobs(
+        model, input_ids, attention_mask, logits_to_keep, temperature=temperature, chunk_size=chunk_size,
+        ref_model=ref_model, with_exact_kl=True, reference_context=reference_context,
+    )["exact_kl"]

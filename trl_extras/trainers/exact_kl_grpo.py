@@ -4,7 +4,12 @@
 
 The exact per-position KL replaces GRPO's k3 estimate on the sampled token (Amini et al. 2025, "Better Estimation
 of the KL Divergence Between Language Models": it is the Rao–Blackwellized estimator — unbiased with no more
-variance, and its gradient is the gradient of the true per-position KL). Logits are divided by the sampling
+variance). Which gradient it gives, precisely: only the DIRECT term Σ_t ∇θ KL(π(·|s_t)‖π_ref(·|s_t)), the
+gradient of each visited state's KL with the states held fixed (GRPO style: the KL is in the loss, not in the
+reward). The score-function term — how the sampled tokens change which states, hence which KLs, come later — is
+not included: the KL is not in the reward, so the advantages do not see it (Tang & Munos 2025, arXiv 2506.09477,
+on such partial KL gradients). ``PPOTrainer(kl_estimator="exact")`` has both terms (state term in the reward,
+direct term in the loss). Logits are divided by the sampling
 temperature; the computation is chunked over positions (``trl_extras.core.lm.exact_kl_to_reference``) so the
 ``(B, T, V)`` logits of the policy and the reference never coexist in full. The per-token KL is aggregated
 exactly as GRPO aggregates its own ``beta`` term for the configured ``loss_type``, so ``exact_kl_coef`` means what

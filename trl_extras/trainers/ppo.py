@@ -17,8 +17,15 @@ so that DeepSpeed builds one engine (one ZeRO-partitioned optimizer, one checkpo
 model -- the layout of TRL's old ``PolicyAndValueWrapper``. Under DDP and in one process they stay two modules (the
 value model is DDP-wrapped on its own), which lets the value warm-up skip the policy's forward entirely.
 
-The math lives in ``trl_extras.core`` (``exact_kl``/``kl_from_logprobs``, ``compute_gae``,
-``normalize_advantages``, ``completion_token_stats``/``policy_logprobs``); this file orchestrates.
+The math lives in ``trl_extras.core`` as pure functions (``core.lm`` chunked log-probs/exact KL, ``core.kl``,
+``core.ppo`` token rewards/surrogate/value loss/aggregation/KL controllers, ``core.advantages`` GAE and
+normalization); this file orchestrates: rollout → score → KL → GAE → normalize → update.
+
+KL gradient (``kl_estimator``; see ``trl_extras.core.kl``): with ``k1``/``k2``/``k3`` the penalty is in the reward
+only, so the policy gradient carries the KL's score-function term through the advantage; with ``exact`` the
+state term ``−β·KL_t`` is in the reward AND ``β·KL_t`` of the current policy (against the reference, recomputed at
+each update micro-batch under no_grad) is added to the per-token policy loss, whose gradient is the direct term:
+together the full Rao–Blackwellized gradient (Amini et al. 2025; Tang & Munos 2025, arXiv 2506.09477).
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -38,7 +44,18 @@ from trl.trainer.base_trainer import _BaseTrainer
 from ..core.advantages import compute_gae, normalize_advantages
 from ..core.kl import kl_from_logprobs
 from ..core.lm import completion_token_stats
-from ..core.masked import masked_mean, masked_var
+from ..core.masked import masked_mean
+from ..core.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    RunningMoments,
+    aggregate_loss,
+    approx_kl,
+    explained_variance,
+    policy_loss,
+    scores_to_token_rewards,
+    value_loss,
+)
 from ..core.quantization import keep_4bit_layers_differentiable
 from ..core.rollout import check_chat_template, ensure_pad_token, generate_rollouts, is_conversational_prompt
 from ..rewards.functions import RewardFunctions
@@ -52,83 +69,8 @@ PPO_STATE_FILE = "ppo_state.json"
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Small pure helpers (tested in isolation)
+# Small helpers
 # ----------------------------------------------------------------------------------------------------------------
-class AdaptiveKLController:
-    """Ziegler et al. 2019 proportional controller: ``β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon)``.
-
-    ``current_kl`` is the mean per-sequence KL of the last rollout batch and ``n`` its number of sequences.
-    """
-
-    def __init__(self, init_kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
-        return self.value
-
-
-class FixedKLController:
-    """A constant β."""
-
-    def __init__(self, kl_coef: float):
-        self.value = float(kl_coef)
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        return self.value
-
-
-class RunningMoments:
-    """Running mean and (population) std of scalars, merged batch by batch (Chan et al. parallel update)."""
-
-    def __init__(self):
-        self.mean, self.var, self.count = 0.0, 1.0, 0
-
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().double().flatten()
-        n = x.numel()
-        if n == 0:
-            return
-        batch_mean, batch_var = x.mean().item(), x.var(unbiased=False).item()
-        total = self.count + n
-        delta = batch_mean - self.mean
-        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
-        self.mean += delta * n / total
-        self.var = m2 / total
-        self.count = total
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(max(self.var, 1e-12))
-
-    def state_dict(self) -> dict:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])
-
-
-def scores_to_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """Per-token rewards ``(B, T)``: ``−β·KL_t`` on every valid token plus the sequence score at the last valid one.
-
-    Args:
-        scores: ``(B,)`` sequence scores. kl: ``(B, T)`` per-token KL estimates. mask: ``(B, T)`` valid tokens.
-    """
-    valid = mask.bool()
-    rewards = torch.where(valid, -kl_coef * kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
-    last = (valid.long().cumsum(1) * valid).argmax(1)  # index of the last valid token (0 for an empty row)
-    has_token = valid.any(1)
-    rewards[torch.arange(len(scores), device=rewards.device)[has_token], last[has_token]] += scores[has_token].to(rewards.dtype)
-    return rewards
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``1 − Var(returns − values) / Var(returns)`` over valid tokens (1 = perfect critic, ≤ 0 = useless)."""
-    var_returns = masked_var(returns, mask)
-    return 1.0 - masked_var(returns - values, mask) / var_returns.clamp_min(1e-8)
-
-
 def _is_peft_model(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
@@ -203,7 +145,7 @@ class PPOTrainer(_BaseTrainer):
             "}"
         ),
     }
-    # compute_loss divides by the accumulation steps itself
+    # compute_loss normalises for gradient accumulation itself (core.ppo.aggregate_loss, `loss_type`)
     loss_is_scaled_for_ga = True
 
     def __init__(
@@ -581,7 +523,7 @@ class PPOTrainer(_BaseTrainer):
             top_k=args.top_k or None,
             top_p=args.top_p,
             num_generations=1,  # prompts are already repeated by the sampler
-            batch_size=args.generation_batch_size or len(prompts),
+            batch_size=args.generation_chunk_size or len(prompts),
             max_prompt_length=args.max_prompt_length,
             accelerator=self.accelerator,
         )
@@ -626,7 +568,8 @@ class PPOTrainer(_BaseTrainer):
         if mode == "eval":
             return batch
 
-        # 3. Missing-EOS penalty: a completion cut at max_completion_length is penalised (Huang et al.: -1).
+        # 3. Missing-EOS penalty (off by default): subtract `missing_eos_penalty` from the score of a completion cut at
+        #    max_completion_length (Huang et al.'s TL;DR setting replaces such scores by -1 instead).
         scores = raw_scores.clone()
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * (~is_eos).float()
@@ -638,22 +581,24 @@ class PPOTrainer(_BaseTrainer):
             scores = scores.clamp(-args.reward_clip, args.reward_clip)
 
         # 5. Log-probs of the sampled tokens under the sampling policy and the reference, the exact KL and the
-        #    entropy, all from logits / temperature, chunk by chunk (the two models' (B,T,V) never coexist).
+        #    entropy, all from logits / temperature, chunk by chunk (the two models' (B,T,V) never coexist). Same
+        #    autocast, chunks and kernel as the update's forward (step 11), so the first update's ratio is exactly 1.
         policy = self.policy
         was_training = policy.training
         policy.eval()
         ref = None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model)
-        stats = completion_token_stats(
-            policy, ref, input_ids, attention_mask, logits_to_keep=T, temperature=args.temperature,
-            chunk_size=args.exact_kl_chunk_size, with_exact_kl=True, with_entropy=True,
-        )
-        policy.train(was_training)
+        with self.accelerator.autocast():
+            stats = completion_token_stats(
+                policy, ref, input_ids, attention_mask, logits_to_keep=T, temperature=args.temperature,
+                chunk_size=args.exact_kl_chunk_size, with_exact_kl=True, with_entropy=True,
+            )
+            policy.train(was_training)
+            # 6. Values V(s_t) at the positions that predict each completion token.
+            values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1].float()
         logprobs, ref_logprobs = stats["logprobs"], stats["ref_logprobs"]
 
-        # 6. Values V(s_t) at the positions that predict each completion token.
-        values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1]
-
-        # 7. Per-token KL penalty: r_t = -beta * KL_t, plus the score at the last valid token.
+        # 7. Per-token KL penalty: r_t = -beta * KL_t, plus the score at the last valid token. With 'exact' the
+        #    update also adds beta * KL_t of the current policy to the loss (step 13): the KL's direct gradient.
         if args.kl_estimator == "exact":
             kl = stats["exact_kl"]
         else:
@@ -692,7 +637,8 @@ class PPOTrainer(_BaseTrainer):
         metrics["advantages/mean"].append(float(masked_mean(advantages, mask)))
 
         batch.update(
-            old_logprobs=logprobs, old_values=values, advantages=advantages, returns=returns, group_index=group_index
+            old_logprobs=logprobs, old_values=values, advantages=advantages, returns=returns, group_index=group_index,
+            kl_coef=torch.full((len(rows),), beta, device=device),  # the beta of this batch's rewards
         )
         return batch
 
@@ -701,21 +647,27 @@ class PPOTrainer(_BaseTrainer):
         if not self.model.training:
             return self._rollout(generation_batch, "eval")
         args = self.args
-        steps_per_batch = args.steps_per_generation * args.num_ppo_epochs
-        position = self._step % steps_per_batch
-        at_minibatch_start = self._step % args.gradient_accumulation_steps == 0
-        if position == 0 or self._buffer is None or (self._stop_batch_updates and at_minibatch_start):
-            # A new rollout batch: on schedule, after a resume, or after the approx-KL early stop (then the rest of
-            # this cycle's steps train on a fresh rollout of the same prompts).
+        position = self._step % (args.steps_per_generation * args.num_ppo_epochs)
+        bs, ga = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        if position == 0 or self._buffer is None:
+            # A new rollout batch: on schedule, or after a resume.
             self._buffer = self._rollout(generation_batch, "train")
             self._stop_batch_updates = False
             n = len(generation_batch)
             gen = torch.Generator().manual_seed(args.seed + self.state.global_step)
             self._buffer_epoch_perms = [torch.randperm(n, generator=gen) for _ in range(args.num_ppo_epochs)]
+            # valid tokens of each optimizer step's whole accumulated batch (all processes): the 'dapo' normaliser
+            mask = self._buffer["completion_mask"]
+            counts = torch.stack([
+                torch.stack([mask[perm[m * bs * ga : (m + 1) * bs * ga].to(mask.device)].sum() for m in range(args.num_mini_batches)])
+                for perm in self._buffer_epoch_perms
+            ]).float()
+            self._buffer_minibatch_tokens = self.accelerator.reduce(counts, reduction="sum")
         epoch, micro = divmod(position, args.steps_per_generation)
-        bs = args.per_device_train_batch_size
         idx = self._buffer_epoch_perms[epoch][micro * bs : (micro + 1) * bs].to(self.accelerator.device)
-        return {k: v[idx] for k, v in self._buffer.items()}
+        inputs = {k: v[idx] for k, v in self._buffer.items()}
+        inputs["num_items_in_batch"] = self._buffer_minibatch_tokens[epoch, micro // ga]
+        return inputs
 
     # ------------------------------------------------------------------------------------------------------------
     # Update
@@ -724,9 +676,24 @@ class PPOTrainer(_BaseTrainer):
         if self._step % self.args.gradient_accumulation_steps == 0 and not self._joint_model:
             # Trainer zeroes the policy's grads only (under DeepSpeed the engine owns both)
             self.value_model.zero_grad(set_to_none=True)
+        position = self._step % (self.args.steps_per_generation * self.args.num_ppo_epochs)
+        if self._stop_batch_updates and position != 0:
+            # 14a. Approx-KL early stop: the rest of this rollout batch's updates are skipped (no forward, no
+            #      gradient: the optimizer leaves the weights alone); the next cycle samples the next rollout batch.
+            self._step += 1
+            self._metrics["train"]["policy/skipped_steps"].append(1.0)
+            return torch.zeros((), device=self.accelerator.device)
         out = super().training_step(model, inputs, num_items_in_batch)
         self._step += 1
         return out
+
+    def _aggregate(self, losses: torch.Tensor, mask: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """This micro-batch's share of the optimizer step's loss (``args.loss_type``, see ``core.ppo``)."""
+        return aggregate_loss(
+            losses, mask, self.args.loss_type, gradient_accumulation_steps=self.current_gradient_accumulation_steps,
+            num_items_in_batch=inputs["num_items_in_batch"], num_processes=self.accelerator.num_processes,
+            max_completion_length=self.args.max_completion_length,
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
@@ -739,50 +706,51 @@ class PPOTrainer(_BaseTrainer):
         T = inputs["completion_ids"].size(1)
 
         # 11. One forward for the new values and (after the value warm-up, during which the policy is frozen and not
-        #     run at all) the policy's log-probs. Under DeepSpeed `model` is the engine around PolicyAndValueModel.
+        #     run at all) the policy's log-probs and, with the exact KL, KL(pi(.|s_t) || pi_ref(.|s_t)) with its
+        #     gradient, in the same chunked pass as the rollout's statistics (step 5) and under the same autocast.
+        #     Under DeepSpeed `model` is the engine around PolicyAndValueModel.
         with_policy = self.state.global_step >= args.value_warmup_steps
-        if self._joint_model:
-            out, new_values = model(input_ids, attention_mask, T, args.temperature, with_policy=with_policy)
-        else:
-            out, new_values = policy_and_values(
-                model, self.value_model, input_ids, attention_mask, T, args.temperature, with_policy=with_policy
-            )
+        with_kl = with_policy and args.kl_estimator == "exact"
+        forward_kwargs = dict(
+            with_policy=with_policy, chunk_size=args.exact_kl_chunk_size, with_exact_kl=with_kl,
+            ref_model=None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model),
+        )
+        with self.accelerator.autocast():
+            if self._joint_model:
+                out, new_values = model(input_ids, attention_mask, T, args.temperature, **forward_kwargs)
+            else:
+                out, new_values = policy_and_values(
+                    model, self.value_model, input_ids, attention_mask, T, args.temperature, **forward_kwargs
+                )
+        new_values = new_values.float()
 
         # 12. Clipped value loss (Huang et al. detail: clip the new value around the rollout value).
-        old_values, returns = inputs["old_values"], inputs["returns"]
-        vf_losses = (new_values - returns) ** 2
-        if args.cliprange_value is not None:
-            clipped = old_values + (new_values - old_values).clamp(-args.cliprange_value, args.cliprange_value)
-            vf_losses_clipped = (clipped - returns) ** 2
-            metrics["value/clipfrac"].append(float(masked_mean((vf_losses_clipped > vf_losses).float(), mask)))
-            vf_losses = torch.max(vf_losses, vf_losses_clipped)
-        vf_loss = 0.5 * masked_mean(vf_losses, mask)
-        metrics["loss/value"].append(vf_loss.item())
+        vf_losses, vf_clipped = value_loss(new_values, inputs["old_values"], inputs["returns"], args.cliprange_value)
+        vf_loss = self._aggregate(vf_losses, mask, inputs)
+        metrics["loss/value"].append(float(masked_mean(vf_losses.detach(), mask)))
+        metrics["value/clipfrac"].append(float(masked_mean(vf_clipped.float(), mask)))
 
         if not with_policy:
             # 12a. Value warm-up: the policy is frozen (no forward, so its grads stay None and AdamW skips it;
             #      under DeepSpeed the engine hands it zero gradients instead: it does not move either).
-            return args.vf_coef * vf_loss / self.current_gradient_accumulation_steps
+            return args.vf_coef * vf_loss
 
-        # 13. Clipped surrogate on the log-ratio to the sampling policy (ratio = 1 at the first step of a batch).
-        logratio = (out["logprobs"] - inputs["old_logprobs"]) * mask
-        ratio = torch.exp(logratio)
-        advantages = inputs["advantages"]
-        pg_losses = -advantages * ratio
-        if args.cliprange is not None:
-            pg_losses2 = -advantages * ratio.clamp(1.0 - args.cliprange, 1.0 + args.cliprange)
-            metrics["policy/clipfrac"].append(float(masked_mean((pg_losses2 > pg_losses).float(), mask)))
-            pg_losses = torch.max(pg_losses, pg_losses2)
-        else:
-            metrics["policy/clipfrac"].append(0.0)
-        pg_loss = masked_mean(pg_losses, mask)
-        metrics["loss/policy"].append(pg_loss.item())
+        # 13. Clipped surrogate on the ratio to the sampling policy (ratio = 1 at the first step of a batch), plus
+        #     with the exact KL the direct term beta * KL_t, aggregated together.
+        logratio = out["logprobs"] - inputs["old_logprobs"]
+        pg_losses, pg_clipped = policy_loss(out["logprobs"], inputs["old_logprobs"], inputs["advantages"], args.cliprange)
+        metrics["policy/clipfrac"].append(float(masked_mean(pg_clipped.float(), mask)))
+        metrics["loss/policy"].append(float(masked_mean(pg_losses.detach(), mask)))
+        per_token = pg_losses
+        if with_kl:
+            per_token = per_token + inputs["kl_coef"][:, None] * out["exact_kl"]
+            metrics["loss/kl"].append(float(masked_mean(out["exact_kl"].detach(), mask)))
+        pg_loss = self._aggregate(per_token, mask, inputs)
 
-        # 14. Approximate KL to the sampling policy (k3), averaged over the minibatch on all processes: past
-        #     `kl_early_stop_target` the batch's remaining update steps are replaced by a fresh rollout.
+        # 14. Approximate KL(old || new) (k3 on the rollout's samples), averaged over the minibatch on all
+        #     processes: past `kl_early_stop_target` the rest of this rollout batch's updates are skipped (14a).
         with torch.no_grad():
-            approx_kl = masked_mean(torch.expm1(-logratio) + logratio, mask)
-        self._minibatch_approx_kl.append(approx_kl)
+            self._minibatch_approx_kl.append(approx_kl(logratio.detach(), mask))
         if (self._step + 1) % args.gradient_accumulation_steps == 0:
             mb_kl = self._gather_mean(torch.stack(self._minibatch_approx_kl))
             self._minibatch_approx_kl = []
@@ -792,8 +760,7 @@ class PPOTrainer(_BaseTrainer):
                 self._stop_batch_updates = True
 
         # Parameters are disjoint: the sum trains both; vf_coef only rescales the value gradient.
-        loss = pg_loss + args.vf_coef * vf_loss
-        return loss / self.current_gradient_accumulation_steps
+        return pg_loss + args.vf_coef * vf_loss
 
     # ------------------------------------------------------------------------------------------------------------
     # Evaluation: sample from the current policy and log rewards (no loss)

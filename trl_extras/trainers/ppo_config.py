@@ -5,22 +5,29 @@ reward model, reward at the last token, a penalty when no EOS was produced, whit
 gamma = 1, lambda = 0.95, 4 PPO epochs, clip 0.2) with the seed article's choices on top: the exact
 full-vocabulary KL in the reward and a separate value model.
 
-Batch layout (per process): one *rollout batch* of ``per_device_train_batch_size * gradient_accumulation_steps *
-num_mini_batches`` sequences is sampled, scored and given advantages; it is then used for ``num_ppo_epochs``
-passes, each pass split into ``num_mini_batches`` optimizer steps of ``gradient_accumulation_steps``
-micro-batches. One Trainer ``global_step`` is one optimizer step, so ``max_steps`` counts minibatch updates and
-a rollout happens every ``num_ppo_epochs * num_mini_batches`` steps.
+Batch layout, with TRL ``GRPOConfig``'s names and meanings: one *rollout batch* of ``generation_batch_size =
+per_device_train_batch_size * num_processes * steps_per_generation`` sequences is sampled, scored and given
+advantages, where ``steps_per_generation = gradient_accumulation_steps * num_mini_batches`` is the number of
+micro-batches per process it is cut into. It is then used for ``num_ppo_epochs`` passes, each pass split into
+``num_mini_batches`` optimizer steps of ``gradient_accumulation_steps`` micro-batches. Set any one of
+``num_mini_batches``, ``steps_per_generation`` or ``generation_batch_size``; the others follow. One Trainer
+``global_step`` is one optimizer step, so ``max_steps`` counts minibatch updates and a rollout happens every
+``num_ppo_epochs * num_mini_batches`` steps. (``generation_chunk_size`` is only a memory knob of ``generate()``.)
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl.trainer.base_config import _BaseConfig
 
-KL_ESTIMATORS = ("k1", "k2", "k3", "exact")
-ADVANTAGE_NORMALIZATIONS = ("batch", "group", "none")
+from ..core.advantages import ADVANTAGE_NORMALIZATIONS
+from ..core.kl import KL_ESTIMATORS
+from ..core.ppo import LOSS_TYPES
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,7 +71,11 @@ class PPOConfig(_BaseConfig):
     )
     disable_dropout: bool = field(
         default=True,
-        metadata={"help": "Disable dropout in policy, reference and value models (log-probs must be deterministic)."},
+        metadata={
+            "help": "Disable dropout in policy, reference and value models (TRL and Huang et al. do). The rollout's "
+            "log-probs are computed in eval mode and the update's in train mode, so with dropout on (False) the "
+            "ratio is not 1 at the first update and the clip sees dropout noise (warned)."
+        },
     )
     value_model_init: str | None = field(
         default=None,
@@ -101,6 +112,22 @@ class PPOConfig(_BaseConfig):
     )
     generation_batch_size: int | None = field(
         default=None,
+        metadata={
+            "help": "Sequences per rollout batch over all processes, as in TRL's GRPOConfig: "
+            "per_device_train_batch_size * num_processes * steps_per_generation. Mutually exclusive with "
+            "`steps_per_generation`; default from `num_mini_batches`."
+        },
+    )
+    steps_per_generation: int | None = field(
+        default=None,
+        metadata={
+            "help": "Micro-batches per process per rollout batch, as in TRL's GRPOConfig: gradient_accumulation_steps"
+            " * num_mini_batches (must be a multiple of gradient_accumulation_steps). Mutually exclusive with "
+            "`generation_batch_size`; default from `num_mini_batches`."
+        },
+    )
+    generation_chunk_size: int | None = field(
+        default=None,
         metadata={"help": "Sequences per `generate()` call (a memory knob). Default: the whole local rollout batch."},
     )
     shuffle_dataset: bool = field(default=True, metadata={"help": "Shuffle the prompt dataset."})
@@ -111,8 +138,13 @@ class PPOConfig(_BaseConfig):
         metadata={"help": "One weight per reward function (default: all 1.0); the reward is their weighted sum."},
     )
     missing_eos_penalty: float | None = field(
-        default=1.0,
-        metadata={"help": "Subtracted from the score of completions that end without EOS (None = no penalty)."},
+        default=None,
+        metadata={
+            "help": "Subtracted from the score of completions that reach max_completion_length without EOS (None = "
+            "off). Helps when truncated answers would otherwise score well, e.g. summaries cut at a length limit "
+            "(Huang et al.'s TL;DR setting, where the score is replaced by -1); on tasks where a short answer is not "
+            "wanted it pushes the policy to end early."
+        },
     )
     reward_normalization: bool = field(
         default=False,
@@ -127,8 +159,10 @@ class PPOConfig(_BaseConfig):
     kl_estimator: str = field(
         default="exact",
         metadata={
-            "help": "Per-token KL penalty in the reward: 'exact' (sum over the vocabulary, the seed's choice), "
-            "'k1' (log-ratio), 'k2' (squared log-ratio / 2) or 'k3' ((r - 1) - log r)."
+            "help": "Per-token KL penalty: 'exact' (sum over the vocabulary, the seed's choice: -beta*KL_t in the "
+            "reward AND beta*KL_t with its gradient in the policy loss, i.e. the full Rao-Blackwellized KL gradient, "
+            "at the cost of a reference forward per update micro-batch), or in the reward only: 'k1' (log-ratio: the "
+            "KL's score-function gradient), 'k2' (squared log-ratio / 2) or 'k3' ((r - 1) - log r)."
         },
     )
     kl_coef: float = field(default=0.05, metadata={"help": "KL coefficient beta (initial value when adaptive)."})
@@ -167,9 +201,21 @@ class PPOConfig(_BaseConfig):
         },
     )
     num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
-    num_mini_batches: int = field(
-        default=1,
-        metadata={"help": "Optimizer steps per pass over the rollout batch (each of `gradient_accumulation_steps`)."},
+    num_mini_batches: int | None = field(
+        default=None,
+        metadata={
+            "help": "Optimizer steps per pass over the rollout batch (each of `gradient_accumulation_steps` "
+            "micro-batches). Default: from `steps_per_generation`/`generation_batch_size`, else 1."
+        },
+    )
+    loss_type: str = field(
+        default="dapo",
+        metadata={
+            "help": "How per-token policy/value losses are aggregated, with TRL GRPOConfig's names: 'dapo' (sum / "
+            "valid tokens of the whole accumulated batch on all processes: gradient accumulation does not change "
+            "the gradient), 'bnpo' (token mean per micro-batch / accumulation steps), 'grpo' (per-sequence mean, "
+            "then mean over sequences) or 'dr_grpo' (sum / (batch * max_completion_length))."
+        },
     )
     advantage_normalization: str = field(
         default="batch",
@@ -184,8 +230,10 @@ class PPOConfig(_BaseConfig):
     kl_early_stop_target: float | None = field(
         default=None,
         metadata={
-            "help": "Stop a rollout batch's remaining update steps when the approximate KL (k3) between the current "
-            "and the sampling policy on a minibatch exceeds this; the next step samples a fresh batch."
+            "help": "When the approximate KL(old || new) (k3 on the rollout's samples) of a minibatch exceeds this, "
+            "the rest of this rollout batch's updates (minibatches and epochs) are skipped: those optimizer steps are "
+            "no-ops (no forward, no gradient, weights unchanged; they still count in global_step) and training goes "
+            "on with the next rollout batch."
         },
     )
     kl_budget: float | None = field(
@@ -216,13 +264,21 @@ class PPOConfig(_BaseConfig):
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}")
         if self.advantage_normalization == "group" and self.num_generations < 2:
             raise ValueError("advantage_normalization='group' needs num_generations >= 2 (one group per prompt).")
-        if self.num_ppo_epochs < 1 or self.num_mini_batches < 1:
-            raise ValueError("num_ppo_epochs and num_mini_batches must be >= 1.")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.num_ppo_epochs < 1:
+            raise ValueError(f"num_ppo_epochs must be >= 1, got {self.num_ppo_epochs}")
+        self._resolve_batch_layout()
         if self.rollout_batch_size_per_device % self.num_generations:
             raise ValueError(
-                f"The local rollout batch (per_device_train_batch_size * gradient_accumulation_steps * "
-                f"num_mini_batches = {self.rollout_batch_size_per_device}) must be divisible by num_generations "
+                f"The local rollout batch (per_device_train_batch_size * steps_per_generation = "
+                f"{self.rollout_batch_size_per_device}) must be divisible by num_generations "
                 f"({self.num_generations}) so that each prompt's completions stay on one process."
+            )
+        if not self.disable_dropout:
+            logger.warning(
+                "PPOConfig(disable_dropout=False): the rollout's old log-probs are computed without dropout (eval "
+                "mode) and the update's with it (train mode), so the PPO ratio is not 1 at the first update."
             )
         if self.adaptive_kl and (self.target_kl <= 0 or self.kl_horizon <= 0):
             raise ValueError("adaptive_kl needs target_kl > 0 and kl_horizon > 0.")
@@ -233,10 +289,38 @@ class PPOConfig(_BaseConfig):
         if self.value_learning_rate is None:
             self.value_learning_rate = 10 * self.learning_rate
 
-    @property
-    def steps_per_generation(self) -> int:
-        """Micro-batches per rollout batch and per process: ``gradient_accumulation_steps * num_mini_batches``."""
-        return self.gradient_accumulation_steps * self.num_mini_batches
+    def _resolve_batch_layout(self) -> None:
+        """num_mini_batches, steps_per_generation and generation_batch_size from whichever one was set (TRL's
+        GRPOConfig resolves the last two the same way)."""
+        ga, per_step = self.gradient_accumulation_steps, self.per_device_train_batch_size * self.world_size
+        if self.generation_batch_size is not None and self.steps_per_generation is not None:
+            raise ValueError("Set `generation_batch_size` or `steps_per_generation`, not both.")
+        if self.generation_batch_size is not None:
+            if self.generation_batch_size <= 0 or self.generation_batch_size % per_step:
+                raise ValueError(
+                    f"generation_batch_size ({self.generation_batch_size}) must be a positive multiple of "
+                    f"per_device_train_batch_size * num_processes ({per_step})."
+                )
+            self.steps_per_generation = self.generation_batch_size // per_step
+        if self.steps_per_generation is not None:
+            if self.steps_per_generation <= 0 or self.steps_per_generation % ga:
+                raise ValueError(
+                    f"steps_per_generation ({self.steps_per_generation}) must be a positive multiple of "
+                    f"gradient_accumulation_steps ({ga}): each optimizer step uses whole rollout micro-batches."
+                )
+            implied = self.steps_per_generation // ga
+            if self.num_mini_batches is not None and self.num_mini_batches != implied:
+                raise ValueError(
+                    f"num_mini_batches={self.num_mini_batches} contradicts steps_per_generation / "
+                    f"gradient_accumulation_steps = {implied}: set one of them."
+                )
+            self.num_mini_batches = implied
+        if self.num_mini_batches is None:
+            self.num_mini_batches = 1
+        if self.num_mini_batches < 1:
+            raise ValueError(f"num_mini_batches must be >= 1, got {self.num_mini_batches}")
+        self.steps_per_generation = ga * self.num_mini_batches
+        self.generation_batch_size = per_step * self.steps_per_generation
 
     @property
     def rollout_batch_size_per_device(self) -> int:
@@ -245,8 +329,8 @@ class PPOConfig(_BaseConfig):
 
     @property
     def rollout_batch_size(self) -> int:
-        """Sequences sampled per rollout batch over all processes."""
-        return self.rollout_batch_size_per_device * self.world_size
+        """Sequences sampled per rollout batch over all processes (= ``generation_batch_size``)."""
+        return self.generation_batch_size
 
     @classmethod
     def a2c(cls, **kwargs) -> PPOConfig:

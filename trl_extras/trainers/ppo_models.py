@@ -60,13 +60,20 @@ def policy_and_values(
     logits_to_keep: int,
     temperature: float,
     with_policy: bool = True,
+    chunk_size: int | None = None,
+    with_exact_kl: bool = False,
+    ref_model: nn.Module | None = None,
+    reference_context=None,
 ) -> tuple[dict | None, torch.Tensor]:
-    """The update's forward: policy log-probs of the last ``T = logits_to_keep`` tokens and their values.
+    """The update's forward: policy log-probs of the last ``T = logits_to_keep`` tokens (and optionally their
+    exact KL to the reference, with gradient) and their values.
 
     Args:
         policy: causal LM (possibly PEFT/DDP-wrapped); value_model: :class:`TokenValueModel` (possibly DDP-wrapped).
         input_ids, attention_mask: ``(B, L)`` prompt + completion.
         with_policy: ``False`` during the value warm-up (no policy forward at all).
+        chunk_size, with_exact_kl, ref_model, reference_context: as in :func:`trl_extras.core.lm.policy_logprobs`
+            (the same chunked pass as the rollout's ``completion_token_stats``).
 
     Returns:
         ``(policy_logprobs(...) dict or None, values (B, T))`` -- ``values[:, t]`` is ``V(s_t)``, read at the
@@ -74,7 +81,12 @@ def policy_and_values(
     """
     T = logits_to_keep
     values = value_model(input_ids, attention_mask)[:, -T - 1 : -1]
-    out = policy_logprobs(policy, input_ids, attention_mask, T, temperature=temperature) if with_policy else None
+    if not with_policy:
+        return None, values
+    out = policy_logprobs(
+        policy, input_ids, attention_mask, T, temperature=temperature, chunk_size=chunk_size,
+        with_exact_kl=with_exact_kl, ref_model=ref_model, reference_context=reference_context,
+    )
     return out, values
 
 
@@ -94,10 +106,8 @@ class PolicyAndValueModel(nn.Module):
         self.value_model = value_model
         self.config = policy.config  # TRL telemetry, DeepSpeed "auto" sizes and model cards read the policy's
 
-    def forward(self, input_ids, attention_mask, logits_to_keep: int, temperature: float, with_policy: bool = True):
-        return policy_and_values(
-            self.policy, self.value_model, input_ids, attention_mask, logits_to_keep, temperature, with_policy
-        )
+    def forward(self, input_ids, attention_mask, logits_to_keep: int, temperature: float, **kwargs):
+        return policy_and_values(self.policy, self.value_model, input_ids, attention_mask, logits_to_keep, temperature, **kwargs)
 
     def generate(self, *args, **kwargs):  # rollouts sample from the policy
         return self.policy.generate(*args, **kwargs)

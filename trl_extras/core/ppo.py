@@ -1,0 +1,234 @@
+"""The PPO algorithm's pieces as pure functions over ``(B, T)`` tensors: token rewards, the clipped surrogate, the
+clipped value loss, loss aggregation, the approximate KL to the sampling policy, KL controllers, running moments
+and the critic's explained variance. ``trl_extras.trainers.ppo.PPOTrainer`` only orchestrates them.
+
+Notation: ``B`` sequences, ``T`` completion positions; ``mask`` is ``(B, T)``, nonzero on valid completion tokens.
+
+References:
+- Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (clipped surrogate).
+- Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR Summarization" (clipped
+  value loss, reward at the last token, whitening).
+- Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences" (adaptive KL controller).
+- J. Schulman 2020, "Approximating KL Divergence" (the k3 estimator used by :func:`approx_kl`); CleanRL's PPO.
+- TRL's ``GRPOConfig.loss_type`` for the loss aggregation names (:data:`LOSS_TYPES`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .masked import masked_mean, masked_var
+
+__all__ = [
+    "LOSS_TYPES",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "RunningMoments",
+    "aggregate_loss",
+    "approx_kl",
+    "explained_variance",
+    "policy_loss",
+    "scores_to_token_rewards",
+    "value_loss",
+]
+
+#: How per-token losses become one scalar, with TRL ``GRPOConfig.loss_type``'s names and meanings:
+#: ``"dapo"`` (TRL's default): sum over the tokens of the micro-batch divided by the number of valid tokens of the
+#: WHOLE accumulated batch (all gradient-accumulation micro-batches of the optimizer step, all processes), so every
+#: token of the optimizer step weighs the same and gradient accumulation does not change the gradient;
+#: ``"bnpo"``: token mean of each micro-batch, divided by the accumulation steps (micro-batches weigh the same
+#: whatever their token counts); ``"grpo"``: per-sequence token mean, then the mean over sequences (each sequence
+#: weighs the same), divided by the accumulation steps; ``"dr_grpo"``: sum divided by ``B × max_completion_length``
+#: (a constant), divided by the accumulation steps.
+LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo")
+
+
+def scores_to_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token rewards ``(B, T)``: ``−β·KL_t`` on every valid token plus the sequence score at the last valid one.
+
+    Args:
+        scores: ``(B,)`` sequence scores. kl: ``(B, T)`` per-token KL (an estimate, or the exact KL of the state).
+        mask: ``(B, T)`` valid tokens. kl_coef: β.
+
+    Returns:
+        ``(B, T)`` rewards, 0 on padding; a row without valid token gets nothing.
+    """
+    if kl.shape != mask.shape or scores.shape != kl.shape[:1]:
+        raise ValueError(
+            f"scores_to_token_rewards: scores {tuple(scores.shape)} must be (B,), kl {tuple(kl.shape)} and mask "
+            f"{tuple(mask.shape)} (B, T)."
+        )
+    valid = mask.bool()
+    rewards = torch.where(valid, -kl_coef * kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
+    last = (valid.long().cumsum(1) * valid).argmax(1)  # index of the last valid token (0 for an empty row)
+    has_token = valid.any(1)
+    rows = torch.arange(len(scores), device=rewards.device)[has_token]
+    rewards[rows, last[has_token]] += scores[has_token].to(rewards.dtype)
+    return rewards
+
+
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, cliprange: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate per token: ``max(−A·ρ, −A·clip(ρ, 1 ± ε))`` with ``ρ = exp(log π − log π_old)``.
+
+    Args:
+        logprobs: ``(B, T)`` log-probs of the sampled tokens under the current policy (with gradient).
+        old_logprobs: ``(B, T)`` the same under the sampling policy. advantages: ``(B, T)``.
+        cliprange: ε; ``None`` = no clipping (the plain importance-weighted policy gradient).
+
+    Returns:
+        ``(losses (B, T), clipped (B, T) bool)`` -- ``clipped`` marks tokens where the clipped branch is active
+        (its mean over valid tokens is the usual ``clipfrac``). Aggregate with :func:`aggregate_loss`.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    losses = -advantages * ratio
+    if cliprange is None:
+        return losses, torch.zeros_like(losses, dtype=torch.bool)
+    clipped_losses = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
+    return torch.max(losses, clipped_losses), clipped_losses > losses
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, cliprange_value: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss per token: ``½·max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²)`` (Huang et al.).
+
+    Args:
+        values: ``(B, T)`` new values (with gradient); old_values: ``(B, T)`` rollout values; returns: ``(B, T)``.
+        cliprange_value: ε_v; ``None`` = the plain squared error ``½(V − R)²``.
+
+    Returns:
+        ``(losses (B, T), clipped (B, T) bool)``.
+    """
+    losses = (values - returns) ** 2
+    if cliprange_value is None:
+        return 0.5 * losses, torch.zeros_like(losses, dtype=torch.bool)
+    clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    clipped_losses = (clipped_values - returns) ** 2
+    return 0.5 * torch.max(losses, clipped_losses), clipped_losses > losses
+
+
+def aggregate_loss(
+    losses: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str = "dapo",
+    gradient_accumulation_steps: int = 1,
+    num_items_in_batch: float | torch.Tensor | None = None,
+    num_processes: int = 1,
+    max_completion_length: int | None = None,
+) -> torch.Tensor:
+    """One micro-batch's share of the optimizer step's loss, from per-token losses (see :data:`LOSS_TYPES`).
+
+    Summed over the ``gradient_accumulation_steps`` micro-batches of an optimizer step (and averaged over processes,
+    as DDP averages gradients) this is the step's loss.
+
+    Args:
+        losses: ``(B, T)`` per-token losses of the micro-batch. mask: ``(B, T)`` valid tokens.
+        loss_type: one of :data:`LOSS_TYPES`.
+        gradient_accumulation_steps: micro-batches per optimizer step (``bnpo``, ``grpo``, ``dr_grpo``).
+        num_items_in_batch: ``dapo``: valid tokens of the whole accumulated batch over all processes.
+        num_processes: ``dapo``: processes whose gradients are averaged.
+        max_completion_length: ``dr_grpo``: the constant length normaliser.
+
+    Returns:
+        scalar loss.
+    """
+    if losses.shape != mask.shape:
+        raise ValueError(f"aggregate_loss: losses {tuple(losses.shape)} and mask {tuple(mask.shape)} differ.")
+    valid = mask.bool()
+    summed = torch.where(valid, losses, torch.zeros((), dtype=losses.dtype, device=losses.device))
+    if loss_type == "dapo":
+        if num_items_in_batch is None:
+            raise ValueError("aggregate_loss(loss_type='dapo') needs `num_items_in_batch` (tokens of the whole batch).")
+        normalizer = torch.as_tensor(num_items_in_batch, dtype=losses.dtype, device=losses.device).clamp(min=1.0)
+        return summed.sum() / (normalizer / num_processes)
+    if loss_type == "bnpo":
+        return summed.sum() / valid.sum().clamp(min=1) / gradient_accumulation_steps
+    if loss_type == "grpo":
+        per_seq = summed.sum(1) / valid.sum(1).clamp(min=1)
+        return per_seq.mean() / gradient_accumulation_steps
+    if loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("aggregate_loss(loss_type='dr_grpo') needs `max_completion_length`.")
+        return summed.sum() / (losses.shape[0] * max_completion_length) / gradient_accumulation_steps
+    raise ValueError(f"Unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}.")
+
+
+def approx_kl(logratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Approximate KL(π_old‖π) from tokens sampled by π_old: the mean of ``(ρ − 1) − log ρ``, ``ρ = π/π_old``.
+
+    Schulman's k3 with ``r = π(x)/π_old(x)`` on samples ``x ~ π_old``: ``E[r − 1] = 0`` and ``E[−log r] =
+    KL(π_old‖π)``, so the mean is unbiased for KL(π_old‖π) and every term is ≥ 0 (CleanRL's ``approx_kl``).
+
+    Args:
+        logratio: ``(B, T)`` ``log π(x_t) − log π_old(x_t)``. mask: ``(B, T)``.
+
+    Returns:
+        scalar mean over valid tokens.
+    """
+    return masked_mean(torch.expm1(logratio) - logratio, mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 − Var(returns − values) / Var(returns)`` over valid tokens of ``(B, T)`` tensors (1 = perfect critic,
+    ≤ 0 = useless)."""
+    var_returns = masked_var(returns, mask)
+    return 1.0 - masked_var(returns - values, mask) / var_returns.clamp_min(1e-8)
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019 proportional controller: ``β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon)``.
+
+    ``current_kl`` is the mean per-sequence KL of the last rollout batch and ``n`` its number of sequences.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
+class FixedKLController:
+    """A constant β."""
+
+    def __init__(self, kl_coef: float):
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+
+class RunningMoments:
+    """Running mean and (population) std of scalars, merged batch by batch (Chan et al. parallel update)."""
+
+    def __init__(self):
+        self.mean, self.var, self.count = 0.0, 1.0, 0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()
+        n = x.numel()
+        if n == 0:
+            return
+        batch_mean, batch_var = x.mean().item(), x.var(unbiased=False).item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.mean += delta * n / total
+        self.var = m2 / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self.var, 1e-12))
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])
