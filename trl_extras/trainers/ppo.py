@@ -40,7 +40,14 @@ from ..core.kl import kl_from_logprobs
 from ..core.lm import completion_token_stats
 from ..core.masked import masked_mean, masked_var
 from ..core.quantization import keep_4bit_layers_differentiable
-from ..core.rollout import check_chat_template, ensure_pad_token, generate_rollouts, is_conversational_prompt
+from ..core.rollout import (
+    check_chat_template,
+    ensure_pad_token,
+    generate_rollouts,
+    is_conversational_prompt,
+    off_policy_sampling_settings,
+    sampling_generation_config,
+)
 from ..rewards.functions import RewardFunctions
 from .ppo_config import PPOConfig
 from .ppo_models import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
@@ -258,6 +265,8 @@ class PPOTrainer(_BaseTrainer):
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
+        self._check_sampling(args, tokenizer)
+
         # Data: fail at construction, not mid-training
         if train_dataset is None:
             raise ValueError("`train_dataset` with a `prompt` column is required.")
@@ -405,6 +414,42 @@ class PPOTrainer(_BaseTrainer):
         for i, p in enumerate(prompts):
             if p is None or (not is_conversational_prompt(p) and not str(p).strip()) or (isinstance(p, list) and not p):
                 raise ValueError(f"The {split} dataset has an empty prompt at row {i}.")
+
+    @staticmethod
+    def _sampling_kwargs(args) -> dict:
+        """``generate_rollouts`` settings from the config: temperature, explicit truncations, other overrides."""
+        overrides = {}
+        if args.min_p is not None:
+            overrides["min_p"] = args.min_p
+        if args.repetition_penalty != 1.0:
+            overrides["repetition_penalty"] = args.repetition_penalty
+        overrides.update(args.generation_kwargs or {})
+        return dict(
+            temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, generation_kwargs=overrides
+        )
+
+    def _check_sampling(self, args, tokenizer) -> None:
+        """Build the rollout ``GenerationConfig`` once (bad settings fail here) and warn when the user's own
+        truncation or penalty makes samples differ from softmax(logits / temperature), which the update assumes."""
+        if args.generation_kwargs is not None and not isinstance(args.generation_kwargs, dict):
+            raise ValueError(f"generation_kwargs must be a dict, got {type(args.generation_kwargs).__name__}.")
+        settings = self._sampling_kwargs(args)
+        overrides = settings.pop("generation_kwargs")
+        config = sampling_generation_config(
+            max_new_tokens=args.max_completion_length,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **settings,
+            **overrides,
+        )
+        changed = off_policy_sampling_settings(config)
+        if changed:
+            logger.warning(
+                "Sampling with %s: completions are not drawn from softmax(logits / temperature), which the PPO update "
+                "assumes (old log-probs, ratio, KL and entropy use the untruncated distribution), so every update is "
+                "off-policy. Leave these unset for on-policy PPO.",
+                ", ".join(f"{k}={v!r}" for k, v in changed.items()),
+            )
 
     def _build_value_model(self, value_model, args, policy, policy_path, tokenizer, value_peft_config, peft_config):
         from transformers import AutoModelForSequenceClassification
@@ -577,9 +622,7 @@ class PPOTrainer(_BaseTrainer):
             self._tokenizer,
             prompts,
             max_new_tokens=args.max_completion_length,
-            temperature=args.temperature,
-            top_k=args.top_k or None,
-            top_p=args.top_p,
+            **self._sampling_kwargs(args),
             num_generations=1,  # prompts are already repeated by the sampler
             batch_size=args.generation_batch_size or len(prompts),
             max_prompt_length=args.max_prompt_length,
