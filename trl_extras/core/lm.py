@@ -65,8 +65,8 @@ def _unwrap(model):
             return model
 
 
-def _is_peft(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+from ..modeling.peft import is_peft_model as _is_peft  # noqa: E402
+from ..modeling.reference import reference_context as _peft_reference  # noqa: E402  (the "ref" adapter, or disabled)
 
 
 def split_lm(model):
@@ -169,8 +169,8 @@ def completion_token_stats(
 
     Args:
         model: the policy (``PreTrainedModel``, ``PeftModel`` or a DDP/DeepSpeed wrapper of either).
-        ref_model: the reference model; ``None`` with a PEFT ``model`` means "the same model with the adapter
-            disabled" (no second copy); ``None`` with a plain model computes policy statistics only
+        ref_model: the reference model; ``None`` with a PEFT ``model`` means "the same model as its reference"
+            (its ``"ref"`` adapter, else the adapter disabled; no second copy); ``None`` with a plain model computes policy statistics only
             (``with_exact_kl`` must then be False).
         input_ids, attention_mask: ``(B, L)`` prompt + completion.
         logits_to_keep: ``T``, the number of completion tokens at the end of ``input_ids``.
@@ -179,8 +179,8 @@ def completion_token_stats(
         with_exact_kl: compute the exact per-token KL(π‖π_ref) = Σ_v π(v)(log π(v) − log π_ref(v)).
         with_entropy: compute the policy's per-token entropy.
         reference_context: optional zero-argument callable returning a context manager under which the PEFT
-            ``model`` acts as the reference when ``ref_model`` is None (default: ``model.disable_adapter``; e.g.
-            TRL's ``use_adapter(model, "ref")`` when an initial adapter copy is the reference).
+            ``model`` acts as the reference when ``ref_model`` is None (default:
+            ``trl_extras.modeling.reference_context(model)``: the ``"ref"`` adapter if any, else adapter disabled).
 
     Returns:
         dict of ``(B, T)`` float32 tensors: ``logprobs`` (always), ``ref_logprobs`` (when there is a reference),
@@ -204,7 +204,7 @@ def completion_token_stats(
     # the reference forward of a PEFT policy runs with its adapter disabled
     ref_ctx = contextlib.nullcontext
     if use_disabled_adapter:
-        ref_ctx = reference_context or policy.disable_adapter
+        ref_ctx = reference_context or (lambda: _peft_reference(policy))
     labels = input_ids[:, -T:]
 
     pol_split = split_lm(policy)
@@ -362,12 +362,12 @@ def exact_kl_to_reference(
     once, the reference still in chunks.
 
     Args:
-        model: the policy; ref_model: the reference (``None`` + PEFT ``model``: adapter disabled).
+        model: the policy; ref_model: the reference (``None`` + PEFT ``model``: ``reference_context(model)``).
         input_ids, attention_mask: ``(B, L)``; logits_to_keep: ``T``; temperature: sampling temperature.
         chunk_size: positions per chunk (``None``: all at once).
         reference_context: optional zero-argument callable returning a context manager under which ``model``
-            acts as the reference (default for PEFT: ``model.disable_adapter``; e.g. TRL's
-            ``use_adapter(model, "ref")`` when an initial adapter copy is the reference).
+            acts as the reference (default for PEFT: ``trl_extras.modeling.reference_context(model)``: the
+            ``"ref"`` adapter if any, else the adapter disabled).
 
     Returns:
         ``(B, T)`` float32 KL; gradients flow to the policy only. Mask padded positions downstream.
@@ -383,7 +383,7 @@ def exact_kl_to_reference(
         if reference_context is None:
             if not _is_peft(policy):
                 raise ValueError("exact_kl_to_reference: pass `ref_model`, or a PEFT model (adapter disabled).")
-            reference_context = policy.disable_adapter
+            reference_context = lambda: _peft_reference(policy)  # noqa: E731
         ref = policy
     else:
         ref = _unwrap(ref_model)
