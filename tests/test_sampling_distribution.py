@@ -160,22 +160,23 @@ def test_shared_path_samples_softmax_over_temperature(qwen_like_path):
 
 def test_checkpoint_repetition_penalty_not_applied(tmp_path):
     """A checkpoint's repetition_penalty would push down the tokens already in the prompt: it must not act."""
-    path = _save_model(tmp_path / "rep", dict(do_sample=True, top_k=0, repetition_penalty=3.0))
+    path = _save_model(tmp_path / "rep", dict(do_sample=True, top_k=0, repetition_penalty=5.0))
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
-    # the prompt repeats the 300 most likely next tokens of a short context: each is then "already seen"
-    probs0 = _first_token_probs(model, tok, PROMPT, 1.0)
-    seen = torch.topk(probs0, 300).indices
-    prompt = PROMPT + " " + " ".join(tok.convert_ids_to_tokens(seen.tolist()))
+    # the prompt holds 50 likely next tokens (the top 50 after such a prompt): each is then "already seen"
+    prompt = PROMPT
+    for _ in range(2):
+        seen = torch.topk(_first_token_probs(model, tok, prompt, 1.0), 50).indices
+        prompt = PROMPT + " " + " ".join(tok.convert_ids_to_tokens(seen.tolist()))
     probs = _first_token_probs(model, tok, prompt, 1.0)
     seen_ids = torch.tensor(sorted(set(tok(prompt)["input_ids"])))
     mass_seen = float(probs[seen_ids].sum())
     torch.manual_seed(1)
-    rollout = generate_rollouts(model, tok, [prompt], max_new_tokens=1, num_generations=2000, batch_size=1000)
+    rollout = generate_rollouts(model, tok, [prompt], max_new_tokens=1, num_generations=1000, batch_size=1000)
     rate_seen = float(torch.isin(rollout.completion_ids[:, 0], seen_ids).double().mean())
-    se = math.sqrt(mass_seen * (1 - mass_seen) / 2000)
+    se = math.sqrt(mass_seen * (1 - mass_seen) / 1000)
     print(f"[repetition] mass on prompt tokens={mass_seen:.3f} sampled rate={rate_seen:.3f}")
-    assert mass_seen > 0.1, "test set-up: the prompt's tokens must carry mass"
+    assert mass_seen > 0.08, "test set-up: the prompt's tokens must carry mass"
     assert abs(rate_seen - mass_seen) < 5 * se, (rate_seen, mass_seen)
 
 
@@ -205,7 +206,7 @@ def test_ppo_rollout_samples_softmax_over_temperature(qwen_like_path, tmp_path, 
 
 @pytest.mark.parametrize(
     "setting", [dict(top_k=20), dict(top_p=0.9), dict(min_p=0.05), dict(repetition_penalty=1.1),
-                dict(generation_kwargs={"no_repeat_ngram_size": 2})]
+                dict(generation_kwargs={"no_repeat_ngram_size": 2}), dict(generation_kwargs={"top_k": 7})]
 )
 def test_ppo_warns_on_explicit_truncation(tiny_paths, tmp_path, caplog, setting):
     import logging
@@ -217,8 +218,21 @@ def test_ppo_warns_on_explicit_truncation(tiny_paths, tmp_path, caplog, setting)
         PPOTrainer(tiny_paths["policy"], _reward, args=args, train_dataset=Dataset.from_dict({"prompt": ["1 >"] * 2}))
     messages = [r.message for r in caplog.records if "off-policy" in r.message]
     assert len(messages) == 1
-    key = next(iter(setting)) if "generation_kwargs" not in setting else "no_repeat_ngram_size"
+    key = next(iter(setting if "generation_kwargs" not in setting else setting["generation_kwargs"]))
     assert key in messages[0]
+
+
+def test_ppo_rejects_generation_kwargs_it_owns(tiny_paths, tmp_path):
+    from trl_extras import PPOConfig, PPOTrainer
+
+    args = cpu_config(PPOConfig, tmp_path, per_device_train_batch_size=2, max_completion_length=2, max_steps=1,
+                      generation_kwargs={"temperature": 0.5})
+    with pytest.raises(ValueError, match="temperature"):
+        PPOTrainer(tiny_paths["policy"], _reward, args=args, train_dataset=Dataset.from_dict({"prompt": ["1 >"] * 2}))
+    args = cpu_config(PPOConfig, tmp_path, per_device_train_batch_size=2, max_completion_length=2, max_steps=1,
+                      generation_kwargs={"not_a_field": 1})
+    with pytest.raises(ValueError, match="not_a_field"):
+        PPOTrainer(tiny_paths["policy"], _reward, args=args, train_dataset=Dataset.from_dict({"prompt": ["1 >"] * 2}))
 
 
 def test_every_sampler_goes_through_the_shared_path():

@@ -354,7 +354,7 @@ def generate_rollouts(
     conversational = is_conversational_prompt(prompts[0])
     prompt_token_ids = tokenize_prompts(tokenizer, prompts, max_prompt_length)
     rows = [(i, ids) for i, ids in enumerate(prompt_token_ids) for _ in range(num_generations)]
-    gen_config = sampling_generation_config(
+    settings = dict(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         do_sample=do_sample,
@@ -363,8 +363,8 @@ def generate_rollouts(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
-        **(generation_kwargs or {}),
     )
+    gen_config = sampling_generation_config(**{**settings, **(generation_kwargs or {})})  # the user's keys win
     if accelerator is not None:
         from trl.models import unwrap_model_for_generation
 

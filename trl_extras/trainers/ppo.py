@@ -435,14 +435,22 @@ class PPOTrainer(_BaseTrainer):
         truncation or penalty makes samples differ from softmax(logits / temperature), which the update assumes."""
         if args.generation_kwargs is not None and not isinstance(args.generation_kwargs, dict):
             raise ValueError(f"generation_kwargs must be a dict, got {type(args.generation_kwargs).__name__}.")
+        owned = {"temperature", "do_sample", "max_new_tokens", "num_return_sequences"} & set(args.generation_kwargs or {})
+        if owned:
+            raise ValueError(
+                f"generation_kwargs sets {sorted(owned)}: PPO owns these (log-probs divide by PPOConfig.temperature; "
+                "use temperature / max_completion_length / num_generations)."
+            )
         settings = self._sampling_kwargs(args)
         overrides = settings.pop("generation_kwargs")
         config = sampling_generation_config(
-            max_new_tokens=args.max_completion_length,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **settings,
-            **overrides,
+            **{
+                "max_new_tokens": args.max_completion_length,
+                "pad_token_id": tokenizer.pad_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+                **settings,
+                **overrides,
+            }
         )
         changed = off_policy_sampling_settings(config)
         if changed:
