@@ -255,3 +255,19 @@ def test_every_sampler_goes_through_the_shared_path():
     for module in ("trainers/ppo.py", "trainers/cem.py", "callbacks/reward_early_stopping.py",
                    "evaluation/side_by_side.py", "evaluation/synthetic_pairs.py", "pipeline/evaluate.py"):
         assert module in users
+
+
+def test_exact_kl_grpo_samples_softmax_over_temperature(tmp_path):
+    """TRL's GRPO sets temperature/top_k/top_p/min_p/repetition_penalty itself; a checkpoint's other fields
+    (here typical_p and no_repeat_ngram_size) must not act either."""
+    from trl_extras.trainers.exact_kl_grpo import ExactKLGRPOConfig, ExactKLGRPOTrainer
+
+    path = _save_model(tmp_path / "leaky", dict(QWEN_LIKE, typical_p=0.3, no_repeat_ngram_size=1))
+    args = cpu_config(ExactKLGRPOConfig, tmp_path / "out", per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=1, temperature=TEMPERATURE, max_steps=1, seed=0)
+    trainer = ExactKLGRPOTrainer(model=path, reward_funcs=_reward, args=args,
+                                 train_dataset=Dataset.from_dict({"prompt": [PROMPT] * 4}))
+    probs = _first_token_probs(trainer.model, AutoTokenizer.from_pretrained(path), PROMPT, TEMPERATURE)
+    torch.manual_seed(0)
+    completion_ids = trainer._generate([PROMPT] * 512)[1]  # GRPO's (private) generation: fails loudly if it changes
+    _check_samples_match(probs, torch.tensor([c[0] for c in completion_ids]), "ExactKLGRPOTrainer._generate")

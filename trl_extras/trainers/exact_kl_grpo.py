@@ -25,6 +25,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from ..core.lm import exact_kl_to_reference
 from ..core.quantization import keep_4bit_layers_differentiable
+from ..core.rollout import checkpoint_generation_config_hidden
 from ..modeling.reference import resolve_reference
 
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
@@ -129,6 +130,15 @@ class ExactKLGRPOTrainer(GRPOTrainer):
         if self.is_fsdp_enabled:
             return prepare_fsdp(ref, self.accelerator)
         return self.accelerator.prepare_model(ref, evaluation_mode=True)
+
+    # ---- sampling ---------------------------------------------------------------------------------------------
+    def _generate(self, *args, **kwargs):
+        """GRPO's generation with the checkpoint's ``generation_config`` hidden (as in ``core.rollout``): GRPO sets
+        temperature/top_k/top_p/min_p/repetition_penalty itself, but transformers fills every other field it leaves
+        unset (``typical_p``, ``no_repeat_ngram_size``, ``suppress_tokens``...) from the checkpoint, so the samples
+        would not follow the softmax(logits / T) the loss and the exact KL assume."""
+        with checkpoint_generation_config_hidden(self.accelerator.unwrap_model(self.model)):
+            return super()._generate(*args, **kwargs)
 
     # ---- loss -----------------------------------------------------------------------------------------------
     def _aggregate_like_grpo(self, per_token: torch.Tensor, mask: torch.Tensor, inputs, mode: str) -> torch.Tensor:
