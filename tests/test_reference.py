@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import cpu_config
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_extras.modeling import (
     REFERENCE_ADAPTER,
@@ -113,7 +113,6 @@ def test_plain_policy_reference_is_a_frozen_copy(tiny_paths):
 
 def _ppo(policy, tiny_paths, tmp_path, **kw):
     from datasets import Dataset
-    from transformers import AutoTokenizer
 
     from trl_extras import PPOConfig, PPOTrainer
 
@@ -183,3 +182,28 @@ def test_exact_kl_grpo_trained_adapter_first_kl_is_zero(tiny_paths, tmp_path):
     kl = [h["exact_kl"] for h in trainer.state.log_history if "exact_kl" in h]
     print(f"[ExactKLGRPO PeftModel with trained adapter] first logged exact KL = {kl[0]:.3g}")
     assert kl[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cem_trained_adapter_keeps_its_initial_policy_as_reference(tiny_paths, tmp_path):
+    """CEM's KL control uses the same resolver: the SFT rounds regularise towards the adapter as given."""
+    from trl_extras import CEMTrainer
+    from trl_extras.testbed import TestbedConfig, prompt_dataset
+    from trl_extras.trainers.cem_config import CEMConfig
+
+    policy = _lora(tiny_paths["policy"], trained=True)
+    ids = torch.tensor([[1, 5, 6, 7]])
+    initial = _logits(policy, ids)
+    args = cpu_config(CEMConfig, tmp_path / "cem", num_rounds=1, num_generations=4, max_completion_length=6,
+                      generation_batch_size=16, per_device_train_batch_size=8, num_train_epochs=1,
+                      learning_rate=1e-2, seed=0, kl_coef=0.1)
+    trainer = CEMTrainer(policy, lambda completions, **k: [-abs(len(c) - 6) / 6 for c in completions], args,
+                         train_dataset=prompt_dataset("train", TestbedConfig(num_train_prompts=4, num_holdout_prompts=2)),
+                         processing_class=AutoTokenizer.from_pretrained(tiny_paths["policy"]))
+    assert trainer.ref_model is None and REFERENCE_ADAPTER in policy.peft_config
+    history = trainer.train()
+    assert "kl_to_ref" in history[0]
+    assert not torch.allclose(_logits(trainer.model, ids), initial)  # the policy moved ...
+    with reference_context(trainer.model):
+        torch.testing.assert_close(_logits(trainer.model, ids), initial)  # ... its reference did not
+    saved = tmp_path / "cem" / "round_0" / "model"
+    assert (saved / "adapter_model.safetensors").exists() and not (saved / REFERENCE_ADAPTER).exists()
