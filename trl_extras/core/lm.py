@@ -28,6 +28,8 @@ import contextlib
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..modeling.peft import is_peft_model as _is_peft
+from ..modeling.reference import reference_context as _peft_reference  # the "ref" adapter, or the adapter disabled
 from .kl import entropy_from_logits, exact_kl_from_logprobs
 
 __all__ = [
@@ -63,10 +65,6 @@ def _unwrap(model):
             model = model.module
         else:
             return model
-
-
-from ..modeling.peft import is_peft_model as _is_peft  # noqa: E402
-from ..modeling.reference import reference_context as _peft_reference  # noqa: E402  (the "ref" adapter, or disabled)
 
 
 def split_lm(model):
@@ -169,9 +167,9 @@ def completion_token_stats(
 
     Args:
         model: the policy (``PreTrainedModel``, ``PeftModel`` or a DDP/DeepSpeed wrapper of either).
-        ref_model: the reference model; ``None`` with a PEFT ``model`` means "the same model as its reference"
-            (its ``"ref"`` adapter, else the adapter disabled; no second copy); ``None`` with a plain model computes policy statistics only
-            (``with_exact_kl`` must then be False).
+        ref_model: the reference model; ``None`` with a PEFT ``model`` means "the same model under
+            ``reference_context``" (its ``"ref"`` adapter, else the adapter disabled; no second copy); ``None`` with
+            a plain model computes policy statistics only (``with_exact_kl`` must then be False).
         input_ids, attention_mask: ``(B, L)`` prompt + completion.
         logits_to_keep: ``T``, the number of completion tokens at the end of ``input_ids``.
         temperature: sampling temperature (logits are divided by it).
@@ -201,7 +199,7 @@ def completion_token_stats(
             "(whose reference is the base with the adapter disabled)."
         )
     ref = _unwrap(ref_model) if ref_model is not None else policy
-    # the reference forward of a PEFT policy runs with its adapter disabled
+    # the reference forward of a PEFT policy runs under its reference context ("ref" adapter, or adapter disabled)
     ref_ctx = contextlib.nullcontext
     if use_disabled_adapter:
         ref_ctx = reference_context or (lambda: _peft_reference(policy))
