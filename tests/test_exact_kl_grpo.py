@@ -121,10 +121,16 @@ def test_lora_uses_adapter_disabled_reference(tiny_paths, tmp_path):
     trainer = _trainer(
         tiny_paths,
         tmp_path,
-        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
         exact_kl_coef=2.0,
+        loss_type="grpo",  # per-sequence means, as `per_seq` below (lengths differ once the adapter moved)
     )
     assert trainer._exact_kl_ref is None and trainer.ref_model is None  # no second copy in memory
+    assert "ref" not in trainer.model.peft_config  # a fresh (zero) LoRA: base == initial policy, no adapter copy
+    with torch.no_grad():  # as after some training: the adapter moves, the reference stays the base
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
     trainer.model.eval()
     inputs = _prepared_batch(trainer)
     loss_with = trainer.compute_loss(trainer.model, inputs).item()

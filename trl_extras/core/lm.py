@@ -28,6 +28,8 @@ import contextlib
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..modeling.peft import is_peft_model as _is_peft
+from ..modeling.reference import reference_context as _peft_reference  # the "ref" adapter, or the adapter disabled
 from .kl import token_stats_from_logits
 
 __all__ = [
@@ -63,10 +65,6 @@ def _unwrap(model):
             model = model.module
         else:
             return model
-
-
-def _is_peft(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
 
 def split_lm(model):
@@ -148,13 +146,14 @@ def _check_inputs(input_ids, attention_mask, logits_to_keep) -> int:
 
 def _resolve_reference(policy, ref_model, reference_context, required: bool, caller: str):
     """``(reference module or None, context factory)``: ``ref_model``; else the PEFT policy under
-    ``reference_context`` (default: its adapter disabled); else ``None`` (an error when ``required``)."""
+    ``reference_context`` (default: ``trl_extras.modeling.reference_context``: its ``"ref"`` adapter if any, else
+    the adapter disabled); else ``None`` (an error when ``required``)."""
     if ref_model is not None:
         return _unwrap(ref_model), reference_context or contextlib.nullcontext
     if reference_context is not None:
         return policy, reference_context
     if _is_peft(policy):
-        return policy, policy.disable_adapter
+        return policy, lambda: _peft_reference(policy)
     if required:
         raise ValueError(
             f"{caller}: the exact KL needs a reference: pass `ref_model`, or a PEFT model (whose reference is the "
@@ -284,8 +283,9 @@ def completion_token_stats(
         with_exact_kl: compute the exact per-token KL(π‖π_ref) = Σ_v π(v)(log π(v) − log π_ref(v)).
         with_entropy: compute the policy's per-token entropy.
         reference_context: optional zero-argument callable returning a context manager under which the
-            reference runs: the PEFT ``model`` itself when ``ref_model`` is None (default: ``model.disable_adapter``;
-            e.g. TRL's ``use_adapter(model, "ref")`` when an initial adapter copy is the reference).
+            reference runs: the PEFT ``model`` itself when ``ref_model`` is None (default:
+            ``trl_extras.modeling.reference_context(model)``: the ``"ref"`` adapter if any, else the adapter
+            disabled).
 
     Returns:
         dict of ``(B, T)`` float32 tensors: ``logprobs`` (always), ``ref_logprobs`` (when there is a reference),
@@ -361,12 +361,12 @@ def exact_kl_to_reference(
     checkpointing, so only ``(B, chunk, V)`` logits of each model exist at a time, in forward and in backward.
 
     Args:
-        model: the policy; ref_model: the reference (``None`` + PEFT ``model``: adapter disabled).
+        model: the policy; ref_model: the reference (``None`` + PEFT ``model``: ``reference_context(model)``).
         input_ids, attention_mask: ``(B, L)``; logits_to_keep: ``T``; temperature: sampling temperature.
         chunk_size: positions per chunk (``None``: all at once).
         reference_context: optional zero-argument callable returning a context manager under which ``model``
-            acts as the reference (default for PEFT: ``model.disable_adapter``; e.g. TRL's
-            ``use_adapter(model, "ref")`` when an initial adapter copy is the reference).
+            acts as the reference (default for PEFT: ``trl_extras.modeling.reference_context(model)``: the
+            ``"ref"`` adapter if any, else the adapter disabled).
 
     Returns:
         ``(B, T)`` float32 KL; gradients flow to the policy only. Mask padded positions downstream.

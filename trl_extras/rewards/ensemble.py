@@ -34,6 +34,7 @@ import torch
 from ..core.ensemble import PENALTY_MODES, ensemble_stats, penalize, standardize_members
 from ..core.quantization import keep_4bit_layers_differentiable
 from ..core.rollout import is_conversational_prompt
+from ..modeling.peft import is_peft_model
 from .pairs import check_pad_pooling
 from .scoring import reward_model_batches, score_with_reward_model
 
@@ -203,14 +204,6 @@ def lora_full_pass_scores(peft_model, adapter_names, input_ids, attention_mask) 
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _is_peft_model(obj) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, PeftModel)
-
-
 class RewardEnsemble:
     """K Bradley–Terry reward models scored together; a TRL GRPO/RLOO reward function as is.
 
@@ -251,7 +244,7 @@ class RewardEnsemble:
         self.penalty, self.coef, self.batch_size = penalty, float(coef), int(batch_size)
         self.metadata: dict = {}
 
-        if _is_peft_model(models):
+        if is_peft_model(models):
             self.layout = "lora"
             self.peft_model = models
             self.adapter_names = list(models.peft_config)

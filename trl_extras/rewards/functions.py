@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..modeling.peft import is_peft_model
 from .scoring import RewardModelScorer, check_rewards
 
 
@@ -49,7 +50,7 @@ class RewardFunctions:
             raise ValueError(f"{len(procs)} reward processing classes for {len(funcs)} reward functions.")
         self.funcs = []
         for fn, proc in zip(funcs, procs):
-            if isinstance(fn, (str, PreTrainedModel)) or _is_peft_model(fn):
+            if isinstance(fn, (str, PreTrainedModel)) or is_peft_model(fn):
                 fn = RewardModelScorer(fn, processing_class=proc, batch_size=batch_size)
             elif not callable(fn):
                 raise TypeError(f"Unsupported reward function of type {type(fn).__name__}.")
@@ -76,9 +77,3 @@ class RewardFunctions:
         return RewardOutput(total=per_function @ self.weights, per_function=per_function, names=list(self.names))
 
 
-def _is_peft_model(obj) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, PeftModel)

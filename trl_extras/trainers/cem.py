@@ -41,6 +41,8 @@ from ..core.diversity import completion_entropies, grouped_distinct_n, unique_fr
 from ..core.quantization import keep_4bit_layers_differentiable
 from ..core.rollout import ensure_pad_token, generate_rollouts, prompt_text
 from ..core.selection import quantile_schedule, select_elites
+from ..modeling.peft import is_peft_model
+from ..modeling.reference import reference_context, resolve_reference
 from ..rewards.functions import RewardFunctions
 from .cem_config import CEMConfig
 
@@ -73,8 +75,8 @@ def _regularized_sft_trainer_cls():
         Both terms are exact over the vocabulary (``trl_extras.core.kl``) and are normalised like SFT's own NLL
         (summed over label tokens, divided by ``num_items_in_batch`` or the batch's label-token count), so they
         scale with gradient accumulation exactly as the NLL does. Costs one extra forward with full logits (plus
-        a no-grad reference forward when ``kl_coef > 0``). ``ref_model=None`` with a PEFT model means "the base
-        with the adapter disabled".
+        a no-grad reference forward when ``kl_coef > 0``). ``ref_model=None`` with a PEFT model means "the same
+        model under ``trl_extras.modeling.reference_context``" (its ``"ref"`` adapter, else the adapter disabled).
         """
 
         def __init__(self, *args, ref_model=None, kl_coef: float = 0.0, entropy_coef: float = 0.0, **kwargs):
@@ -117,10 +119,8 @@ def _regularized_sft_trainer_cls():
         def _ref_logits(self, model, fwd):
             if self.ref_model is not None:
                 return self.ref_model(**fwd, use_cache=False).logits
-            from trl.trainer.utils import use_adapter
-
             unwrapped = self.accelerator.unwrap_model(model)
-            with use_adapter(unwrapped, None):
+            with reference_context(unwrapped):
                 return unwrapped(**fwd, use_cache=False).logits
 
     return RegularizedSFTTrainer
@@ -214,12 +214,13 @@ class CEMTrainer:
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
-        self._is_peft = peft_config is not None or _is_peft(model)
+        self._is_peft = is_peft_model(model)
         keep_4bit_layers_differentiable(model)  # rounds alternate no-grad sampling and training (see the function)
-        # Reference for the KL control: the initial model (the adapter-disabled base under PEFT).
+        # Reference for the KL control: the initial model (the shared resolver: a frozen copy; under PEFT the
+        # adapter disabled while it is the identity, else a frozen "ref" copy of the starting adapter)
         self.ref_model = None
-        if args.kl_coef > 0 and not self._is_peft:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if args.kl_coef > 0:
+            self.ref_model = resolve_reference(model, make_copy=lambda: copy.deepcopy(model))
         self.model = model
         self.reward_funcs = RewardFunctions(reward_funcs, reward_processing_classes)
         for module in self.reward_funcs.modules():
@@ -597,11 +598,3 @@ def plot_history(history: list[dict], path, initial_eval: dict | None = None) ->
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, PeftModel)

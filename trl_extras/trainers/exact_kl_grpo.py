@@ -30,6 +30,8 @@ from trl import GRPOConfig, GRPOTrainer
 
 from ..core.lm import exact_kl_to_reference
 from ..core.quantization import keep_4bit_layers_differentiable
+from ..core.rollout import checkpoint_generation_config_hidden
+from ..modeling.reference import resolve_reference
 
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
 
@@ -68,9 +70,10 @@ class ExactKLGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose KL penalty is the exact per-position KL to the reference (see module docstring).
 
     Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be an :class:`ExactKLGRPOConfig` with
-    ``beta=0.0``. The reference is a frozen copy loaded from the policy's path (as GRPO loads its own), or, with
-    ``peft_config`` / a PEFT model, the same model with the adapter disabled (or TRL's ``"ref"`` adapter when
-    re-training an existing adapter). Logs ``exact_kl`` (mean per-token KL over the global batch).
+    ``beta=0.0``. The reference is the initial policy, resolved like PPO's (``trl_extras.modeling.resolve_reference``):
+    a frozen copy loaded from the policy's path (as GRPO loads its own); with ``peft_config`` the same model with its
+    fresh adapter disabled; for a ``PeftModel`` with a trained adapter, a frozen copy of that adapter kept as a second
+    adapter ``"ref"`` (not trained, not saved). Logs ``exact_kl`` (mean per-token KL over the global batch).
     """
 
     _tag_names = ["trl", "grpo", "exact-kl", "trl-extras"]
@@ -97,14 +100,16 @@ class ExactKLGRPOTrainer(GRPOTrainer):
         keep_4bit_layers_differentiable(self.model)
         self.exact_kl_coef = args.exact_kl_coef
         self._exact_kl_ref = None
-        if self.exact_kl_coef > 0 and not self._policy_is_peft():
-            self._exact_kl_ref = self._load_reference(kwargs.get("quantization_config"))
+        if self.exact_kl_coef > 0:
+            # the shared resolver: a frozen copy, or inside the PEFT policy (adapter disabled while it is the
+            # identity, else a frozen "ref" copy of the starting adapter). GRPO itself adds no "ref" adapter here
+            # because its own beta is 0. Done before any optimizer exists, so the copy is never in one.
+            self._exact_kl_ref = resolve_reference(
+                self.accelerator.unwrap_model(self.model),
+                make_copy=lambda: self._load_reference(kwargs.get("quantization_config")),
+            )
 
     # ---- reference ------------------------------------------------------------------------------------------
-    def _policy_is_peft(self) -> bool:
-        from accelerate.utils import is_peft_model
-
-        return is_peft_model(self.accelerator.unwrap_model(self.model))
 
     def _load_reference(self, quantization_config):
         """A frozen copy of the initial policy, loaded from its path like GRPO loads its own reference."""
@@ -131,15 +136,14 @@ class ExactKLGRPOTrainer(GRPOTrainer):
             return prepare_fsdp(ref, self.accelerator)
         return self.accelerator.prepare_model(ref, evaluation_mode=True)
 
-    def _reference_context(self, model):
-        """For PEFT: TRL's "ref" adapter when re-training an existing adapter, else the adapter disabled."""
-        if self._exact_kl_ref is not None:
-            return None
-        from trl.trainer.utils import use_adapter
-
-        unwrapped = self.accelerator.unwrap_model(model)
-        name = "ref" if "ref" in getattr(unwrapped, "peft_config", {}) else None
-        return lambda: use_adapter(unwrapped, adapter_name=name)
+    # ---- sampling ---------------------------------------------------------------------------------------------
+    def _generate(self, *args, **kwargs):
+        """GRPO's generation with the checkpoint's ``generation_config`` hidden (as in ``core.rollout``): GRPO sets
+        temperature/top_k/top_p/min_p/repetition_penalty itself, but transformers fills every other field it leaves
+        unset (``typical_p``, ``no_repeat_ngram_size``, ``suppress_tokens``...) from the checkpoint, so the samples
+        would not follow the softmax(logits / T) the loss and the exact KL assume."""
+        with checkpoint_generation_config_hidden(self.accelerator.unwrap_model(self.model)):
+            return super()._generate(*args, **kwargs)
 
     # ---- loss -----------------------------------------------------------------------------------------------
     def _aggregate_like_grpo(self, per_token: torch.Tensor, mask: torch.Tensor, inputs, mode: str) -> torch.Tensor:
@@ -179,7 +183,6 @@ class ExactKLGRPOTrainer(GRPOTrainer):
             completion_ids.size(1),
             temperature=self.temperature,
             chunk_size=self.args.exact_kl_chunk_size,
-            reference_context=self._reference_context(model),
         )
         mode = "train" if self.model.training else "eval"
         kl_term = self._aggregate_like_grpo(per_token_kl, mask, inputs, mode)

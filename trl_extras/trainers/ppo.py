@@ -57,7 +57,16 @@ from ..core.ppo import (
     value_loss,
 )
 from ..core.quantization import keep_4bit_layers_differentiable
-from ..core.rollout import check_chat_template, ensure_pad_token, generate_rollouts, is_conversational_prompt
+from ..core.rollout import (
+    check_chat_template,
+    ensure_pad_token,
+    generate_rollouts,
+    is_conversational_prompt,
+    off_policy_sampling_settings,
+    sampling_generation_config,
+)
+from ..modeling.peft import is_peft_model, merged_copy
+from ..modeling.reference import resolve_reference
 from ..rewards.functions import RewardFunctions
 from .ppo_config import PPOConfig
 from .ppo_models import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
@@ -71,8 +80,6 @@ PPO_STATE_FILE = "ppo_state.json"
 # ----------------------------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------------------------
-def _is_peft_model(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
 
 def _model_path(model) -> str | None:
@@ -115,8 +122,10 @@ class PPOTrainer(_BaseTrainer):
             pad token gets ``pad_token = eos_token``.
         value_model: path or ``*ForSequenceClassification`` instance (``num_labels=1``). Default: see
             ``args.value_model_init``.
-        ref_model: the frozen reference. Default: a frozen copy of the policy, or with ``peft_config`` (or a PEFT
-            policy) the same model with its adapter disabled (no second copy).
+        ref_model: the frozen reference. Default: the initial policy (``trl_extras.modeling.resolve_reference``):
+            a frozen copy of a plain policy; with ``peft_config`` the same model with its fresh adapter disabled;
+            for a ``PeftModel`` whose adapter is already trained, a frozen copy of that adapter kept as a second
+            adapter ``"ref"`` (never trained, never saved), so the KL starts at 0 from the policy as given.
         reward_processing_classes: tokenizers for reward models given as instances.
         log_reward_funcs: reward functions that are only *tracked* (logged as ``rewards/<name>/mean``, never
             optimized), e.g. a gold reward while optimizing a proxy reward model.
@@ -200,6 +209,8 @@ class PPOTrainer(_BaseTrainer):
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
+        self._check_sampling(args, tokenizer)
+
         # Data: fail at construction, not mid-training
         if train_dataset is None:
             raise ValueError("`train_dataset` with a `prompt` column is required.")
@@ -210,10 +221,10 @@ class PPOTrainer(_BaseTrainer):
         if peft_config is not None:
             from peft import get_peft_model
 
-            if _is_peft_model(model):
+            if is_peft_model(model):
                 raise ValueError("Pass either a PeftModel or `peft_config`, not both.")
             model = get_peft_model(model, peft_config)
-        is_peft = _is_peft_model(model)
+        is_peft = is_peft_model(model)
         keep_4bit_layers_differentiable(model)  # rollouts run under no_grad, then we train through the same layers
         if not is_peft and (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
             raise ValueError("A quantized (4/8-bit) policy can only be trained with adapters: pass `peft_config`.")
@@ -229,17 +240,19 @@ class PPOTrainer(_BaseTrainer):
             value_model, args, model, policy_path, tokenizer, value_peft_config, peft_config
         )
 
-        # Reference model: frozen copy, or the PEFT base with its adapter disabled
-        if ref_model is None and not is_peft:
-            if policy_path is not None:
-                ref_model = AutoModelForCausalLM.from_pretrained(policy_path, **model_init_kwargs)
-            else:
-                ref_model = copy.deepcopy(model)
-        elif isinstance(ref_model, str):
+        # Reference model = the initial policy: a frozen copy; for PEFT the same model, with its adapter disabled
+        # when that adapter is still the identity, else with a frozen "ref" copy of the starting adapter
+        if isinstance(ref_model, str):
             ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **model_init_kwargs)
-        if ref_model is not None:
-            ref_model.requires_grad_(False)
-            ref_model.eval()
+        ref_model = resolve_reference(
+            model,
+            ref_model,
+            make_copy=lambda: (
+                AutoModelForCausalLM.from_pretrained(policy_path, **model_init_kwargs)
+                if policy_path is not None
+                else copy.deepcopy(model)
+            ),
+        )
 
         if args.disable_dropout:
             from trl.trainer.utils import disable_dropout_in_model
@@ -348,6 +361,50 @@ class PPOTrainer(_BaseTrainer):
             if p is None or (not is_conversational_prompt(p) and not str(p).strip()) or (isinstance(p, list) and not p):
                 raise ValueError(f"The {split} dataset has an empty prompt at row {i}.")
 
+    @staticmethod
+    def _sampling_kwargs(args) -> dict:
+        """``generate_rollouts`` settings from the config: temperature, explicit truncations, other overrides."""
+        overrides = {}
+        if args.min_p is not None:
+            overrides["min_p"] = args.min_p
+        if args.repetition_penalty != 1.0:
+            overrides["repetition_penalty"] = args.repetition_penalty
+        overrides.update(args.generation_kwargs or {})
+        return dict(
+            temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, generation_kwargs=overrides
+        )
+
+    def _check_sampling(self, args, tokenizer) -> None:
+        """Build the rollout ``GenerationConfig`` once (bad settings fail here) and warn when the user's own
+        truncation or penalty makes samples differ from softmax(logits / temperature), which the update assumes."""
+        if args.generation_kwargs is not None and not isinstance(args.generation_kwargs, dict):
+            raise ValueError(f"generation_kwargs must be a dict, got {type(args.generation_kwargs).__name__}.")
+        owned = {"temperature", "do_sample", "max_new_tokens", "num_return_sequences"} & set(args.generation_kwargs or {})
+        if owned:
+            raise ValueError(
+                f"generation_kwargs sets {sorted(owned)}: PPO owns these (log-probs divide by PPOConfig.temperature; "
+                "use temperature / max_completion_length / num_generations)."
+            )
+        settings = self._sampling_kwargs(args)
+        overrides = settings.pop("generation_kwargs")
+        config = sampling_generation_config(
+            **{
+                "max_new_tokens": args.max_completion_length,
+                "pad_token_id": tokenizer.pad_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+                **settings,
+                **overrides,
+            }
+        )
+        changed = off_policy_sampling_settings(config)
+        if changed:
+            logger.warning(
+                "Sampling with %s: completions are not drawn from softmax(logits / temperature), which the PPO update "
+                "assumes (old log-probs, ratio, KL and entropy use the untruncated distribution), so every update is "
+                "off-policy. Leave these unset for on-policy PPO.",
+                ", ".join(f"{k}={v!r}" for k, v in changed.items()),
+            )
+
     def _build_value_model(self, value_model, args, policy, policy_path, tokenizer, value_peft_config, peft_config):
         from transformers import AutoModelForSequenceClassification
 
@@ -375,7 +432,7 @@ class PPOTrainer(_BaseTrainer):
                 value_model = self._value_from_policy(policy, policy_path)
         if getattr(value_model.config, "num_labels", 1) != 1:
             raise ValueError(f"The value model must have num_labels == 1, got {value_model.config.num_labels}.")
-        if value_peft_config is None and peft_config is not None and not _is_peft_model(value_model):
+        if value_peft_config is None and peft_config is not None and not is_peft_model(value_model):
             value_peft_config = copy.deepcopy(peft_config)
             value_peft_config.task_type = "SEQ_CLS"
         if value_peft_config is not None:
@@ -396,28 +453,42 @@ class PPOTrainer(_BaseTrainer):
             from transformers import AutoModelForSequenceClassification
 
             return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **self._model_init_kwargs)
-        copied = copy.deepcopy(model)
-        if _is_peft_model(copied):
-            first = list(copied.peft_config)[0]
-            copied.set_adapter(first)
-            copied = copied.merge_and_unload(adapter_names=[first])
+        # a K-LoRA ensemble's PeftModel: its first member
+        copied = merged_copy(model, adapter_name=list(model.peft_config)[0] if is_peft_model(model) else None)
         copied.requires_grad_(True)
         copied.train()
         return copied
 
     def _value_from_policy(self, policy, policy_path):
-        """The policy's backbone with a fresh, zero-initialised scalar head (values start at 0)."""
+        """The policy's backbone, as given, with a fresh zero-initialised scalar head (values start at 0).
+
+        A ``PeftModel`` policy contributes its base weights with its active adapter merged into them
+        (:func:`~trl_extras.modeling.peft.merged_copy`), not the bare base: the critic should start from the features
+        of the policy it evaluates (an SFT'd LoRA's effect included), which is why it is initialised from the policy
+        at all; PEFT's ``...base_layer.weight`` names disappear with the merge. A quantized PEFT policy cannot be
+        merged exactly: its base is reloaded from its path (warned). A policy loaded from a path with a fresh
+        ``peft_config`` adapter equals its checkpoint, which is loaded directly.
+        """
         from transformers import AutoModelForSequenceClassification
 
+        base = policy.get_base_model() if is_peft_model(policy) else policy
+        quantized = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
+        if policy_path is None and quantized and _model_path(base):
+            if is_peft_model(policy):
+                logger.warning(
+                    "Value model initialised from the quantized policy's base checkpoint %s: the adapter's effect is "
+                    "not merged into it (merging into 4/8-bit weights is not exact).", _model_path(base),
+                )
+            policy_path = _model_path(base)
         if policy_path is not None:
             value = AutoModelForSequenceClassification.from_pretrained(policy_path, num_labels=1, **self._model_init_kwargs)
         else:
-            base = policy.get_base_model() if _is_peft_model(policy) else policy
+            base = merged_copy(policy) if is_peft_model(policy) else policy
             config = copy.deepcopy(base.config)
             config.num_labels = 1
             value = AutoModelForSequenceClassification.from_config(config, dtype=base.dtype)
-            state = {k: v for k, v in base.state_dict().items() if "lora_" not in k}
-            missing, _ = value.load_state_dict(state, strict=False)
+            missing, _ = value.load_state_dict(base.state_dict(), strict=False)
+            del base
             head_names = ("score", "classifier")
             if any(k.split(".")[0] not in head_names for k in missing):
                 raise ValueError(f"Could not initialise the value model from the policy: missing {missing[:5]}.")
@@ -519,9 +590,7 @@ class PPOTrainer(_BaseTrainer):
             self._tokenizer,
             prompts,
             max_new_tokens=args.max_completion_length,
-            temperature=args.temperature,
-            top_k=args.top_k or None,
-            top_p=args.top_p,
+            **self._sampling_kwargs(args),
             num_generations=1,  # prompts are already repeated by the sampler
             batch_size=args.generation_chunk_size or len(prompts),
             max_prompt_length=args.max_prompt_length,

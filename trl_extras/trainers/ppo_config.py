@@ -43,7 +43,7 @@ class PPOConfig(_BaseConfig):
     ``value_learning_rate`` (default ``10 x learning_rate``: the critic starts far from its targets).
     """
 
-    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
+    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs", "generation_kwargs"]
 
     # Overridden TrainingArguments / TRL defaults
     learning_rate: float = field(
@@ -104,8 +104,39 @@ class PPOConfig(_BaseConfig):
         default=1.0,
         metadata={"help": "Sampling temperature; log-probs, KL and entropy are computed from logits / temperature."},
     )
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1.0 = off)."})
-    top_k: int | None = field(default=None, metadata={"help": "Top-k sampling (None or 0 = off)."})
+    top_p: float = field(
+        default=1.0,
+        metadata={
+            "help": "Nucleus sampling threshold (1.0 = off). Anything below 1 makes the update off-policy (log-probs "
+            "use the untruncated softmax(logits / temperature)); warned at construction."
+        },
+    )
+    top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "Top-k sampling (None or 0 = off; the checkpoint's generation_config is never used). Setting it "
+            "makes the update off-policy; warned at construction."
+        },
+    )
+    min_p: float | None = field(
+        default=None,
+        metadata={"help": "Min-p sampling (None = off), as in TRL's GRPOConfig. Makes the update off-policy (warned)."},
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={
+            "help": "Repetition penalty at sampling (1.0 = off), as in TRL's GRPOConfig. Makes the update off-policy "
+            "(warned)."
+        },
+    )
+    generation_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Other `transformers.GenerationConfig` fields for sampling (e.g. `suppress_tokens`), overriding "
+            "the fields above; every field not given is off (see `trl_extras.core.rollout.sampling_generation_config`"
+            "), never read from the checkpoint's generation_config. Any that changes the distribution is warned."
+        },
+    )
     num_generations: int = field(
         default=1,
         metadata={"help": "Completions sampled per prompt (> 1 enables `advantage_normalization='group'`)."},

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.lm import policy_logprobs, trunk_hidden_states
+from ..modeling.peft import is_peft_model
 
 __all__ = ["PolicyAndValueModel", "TokenValueModel", "gathered_for_update", "policy_and_values"]
 
@@ -40,7 +41,7 @@ class TokenValueModel(nn.Module):
 
     def _base(self):
         m = self.model
-        return m.get_base_model() if hasattr(m, "get_base_model") else m
+        return m.get_base_model() if is_peft_model(m) else m
 
     @staticmethod
     def _head(base):

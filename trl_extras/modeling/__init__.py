@@ -1,0 +1,20 @@
+"""Code that runs or reshapes models (PEFT helpers, the reference policy). Pure tensor math lives in ``core``."""
+
+from .peft import is_peft_model, merged_copy
+from .reference import (
+    REFERENCE_ADAPTER,
+    adapter_is_identity,
+    add_reference_adapter,
+    reference_context,
+    resolve_reference,
+)
+
+__all__ = [
+    "REFERENCE_ADAPTER",
+    "adapter_is_identity",
+    "add_reference_adapter",
+    "is_peft_model",
+    "merged_copy",
+    "reference_context",
+    "resolve_reference",
+]
