@@ -192,7 +192,7 @@ def test_ppo_rollout_samples_softmax_over_temperature(qwen_like_path, tmp_path, 
     n = 1024
     args = cpu_config(
         PPOConfig, tmp_path, per_device_train_batch_size=n, max_completion_length=1, temperature=TEMPERATURE,
-        max_steps=1, generation_batch_size=512, value_model_init="policy", seed=0,
+        max_steps=1, generation_chunk_size=512, value_model_init="policy", seed=0,
     )
     with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo"):
         trainer = PPOTrainer(qwen_like_path, _reward, args=args, train_dataset=Dataset.from_dict({"prompt": [PROMPT] * 4}))
