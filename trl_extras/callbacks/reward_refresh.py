@@ -27,6 +27,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..refresh.labeling import read_jsonl, write_jsonl
+
 logger = logging.getLogger(__name__)
 SUBDIR = "reward_refresh"
 STATE_FILE = "refresh_state.json"
@@ -62,19 +64,6 @@ def find_trainer_reward(trainer):
         "instance, or a RewardEnsemble, is needed; plain Python reward functions cannot be re-trained). Pass "
         "`reward_model=` explicitly."
     )
-
-
-def _write_jsonl(path: Path, dataset) -> None:
-    from ..refresh.labeling import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in dataset.to_list()))
-
-
-def _read_jsonl(path: Path):
-    from datasets import Dataset
-
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return Dataset.from_list(rows)
 
 
 class RewardRefreshCallback(TrainerCallback):
@@ -215,7 +204,7 @@ class RewardRefreshCallback(TrainerCallback):
         folder = self._root(args) / f"step_{step:06d}"
         labelled_file = folder / "labelled.jsonl"
         if labelled_file.is_file():  # labelled before a crash: never ask (or pay) the labeller twice
-            labelled = _read_jsonl(labelled_file)
+            labelled = read_jsonl(labelled_file)
             logger.info("Reward refresh at step %d: reusing %d saved labelled comparisons.", step, len(labelled))
         else:
             comparisons = collect_comparisons(
@@ -224,7 +213,7 @@ class RewardRefreshCallback(TrainerCallback):
                 id_prefix=f"s{step}-",
             )
             labelled = label_comparisons(comparisons, self.labeler)
-            _write_jsonl(labelled_file, labelled)  # saved BEFORE the reward model changes
+            write_jsonl(labelled_file, labelled)  # saved BEFORE the reward model changes
         pairs = to_preference_pairs(labelled)
         reward, tokenizer = self._reward()
         replay_parts = [p.select_columns(["prompt", "chosen", "rejected"]) for p in self._pairs_by_step.values()]
@@ -309,7 +298,7 @@ class RewardRefreshCallback(TrainerCallback):
         if kind == "ensemble" and state.get("calibration"):
             target.set_calibration(state["calibration"]["mean"], state["calibration"]["std"])
         self._pairs_by_step = {
-            s: to_preference_pairs(_read_jsonl(self._root(args) / f"step_{s:06d}" / "labelled.jsonl"))
+            s: to_preference_pairs(read_jsonl(self._root(args) / f"step_{s:06d}" / "labelled.jsonl"))
             for s in state["refresh_steps"]
         }
         logger.info("Restored the reward model refreshed at steps %s from %s.", state["refresh_steps"], directory)

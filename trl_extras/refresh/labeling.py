@@ -352,3 +352,16 @@ def to_preference_pairs(labelled):
     ds = Dataset.from_dict(cols)
     ds.info.description = json.dumps(label_counts(labelled))
     return ds
+
+
+def write_jsonl(path: str | os.PathLike, dataset) -> None:
+    """Every row of ``dataset`` as one JSON line, written atomically (labels, origins and all)."""
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in dataset.to_list()))
+
+
+def read_jsonl(path: str | os.PathLike):
+    """A ``datasets.Dataset`` from a file written by :func:`write_jsonl`."""
+    from datasets import Dataset
+
+    text = Path(path).read_text(encoding="utf-8")
+    return Dataset.from_list([json.loads(line) for line in text.splitlines() if line.strip()])
