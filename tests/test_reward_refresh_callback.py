@@ -152,3 +152,23 @@ def test_callback_bad_inputs(tiny_paths, tmp_path):
     cb.set_trainer(ppo)
     with pytest.raises(ValueError, match="no reward model to refresh"):
         ppo.train()
+
+
+def test_callback_refreshes_the_reward_model_of_trls_grpo_family(tiny_paths, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trl_extras.trainers.exact_kl_grpo import ExactKLGRPOConfig, ExactKLGRPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_paths["tokenizer"])
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_paths["reward"], num_labels=1)
+    head = rm.score.weight.detach().clone()
+    cb = _callback(tmp_path, every_n_steps=1, baseline=tiny_paths["policy"])
+    args = cpu_config(ExactKLGRPOConfig, tmp_path / "grpo", per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=6, max_steps=2, learning_rate=1e-2, exact_kl_coef=0.1, seed=0)
+    trainer = ExactKLGRPOTrainer(model=tiny_paths["policy"], reward_funcs=[rm], reward_processing_classes=[tok],
+                                 args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS[:8]}), callbacks=[cb])
+    cb.set_trainer(trainer)
+    trainer.train()
+    assert [h["step"] for h in cb.history] == [1]
+    assert trainer.reward_funcs[0] is rm and not torch.equal(rm.score.weight, head)
+    assert any("refresh/accuracy_after" in e for e in trainer.state.log_history)
