@@ -79,3 +79,10 @@ def test_iterate_config_and_fingerprint_errors(tmp_path):
     assert a == b != c
     with pytest.raises(ValueError, match="no prompts left"):
         run_iterate(IterateConfig(output_dir=str(tmp_path / "big"), rounds=2, num_pairs=1500))
+
+
+def test_the_testbed_recipe_parses():
+    from trl_extras.cli_utils import parse_args
+
+    (config,) = parse_args([IterateConfig], ["--config", "recipes/iterate_testbed.yaml"], "iterate")
+    assert config.labeler == "judge" and config.rounds == 3 and config.judge_flip_rate == 0.1
