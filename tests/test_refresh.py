@@ -280,3 +280,22 @@ def test_refresh_bad_inputs(tiny_paths, tmp_path):
     with pytest.raises(ValueError, match="lacks column"):
         refresh_reward_model(rm, Dataset.from_dict({"prompt": ["1 >"], "chosen": [" 1"]}), args=_refresh_args(tmp_path),
                              processing_class=tok)
+
+
+def test_conversational_comparisons_round_trip_through_csv(tmp_path):
+    prompts = [[{"role": "user", "content": f"{i} 1 >"}] for i in range(3)]
+    policy = [[{"role": "assistant", "content": f" 1 {i}, with a comma"}] for i in range(3)]
+    baseline = [[{"role": "assistant", "content": f' "{i}"\nnew line'}] for i in range(3)]
+    ds = Dataset.from_dict(pair_up(prompts, policy, baseline, seed=1)[0])
+    path = tmp_path / "chat.csv"
+    export_for_labeling(ds, path)
+    rows = list(csv.DictReader(path.read_text().splitlines(keepends=True)))
+    assert json.loads(rows[0]["prompt"]) == prompts[0]  # conversations are written as JSON text
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([dict(r, label="B") for r in rows])
+    back = import_labels(path, comparisons=ds)
+    assert back["label"] == [1, 1, 1]
+    pairs = to_preference_pairs(back)
+    assert pairs["chosen"] == ds["answer_b"] and pairs["prompt"] == prompts
