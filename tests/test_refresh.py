@@ -299,3 +299,26 @@ def test_conversational_comparisons_round_trip_through_csv(tmp_path):
     assert back["label"] == [1, 1, 1]
     pairs = to_preference_pairs(back)
     assert pairs["chosen"] == ds["answer_b"] and pairs["prompt"] == prompts
+
+
+def test_refresh_lora_ensemble_trains_every_adapter_and_its_head(tiny_paths, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trl_extras.rewards.ensemble import RewardEnsemble
+
+    tok = AutoTokenizer.from_pretrained(tiny_paths["tokenizer"])
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_paths["reward"], num_labels=1)
+    torch.manual_seed(0)
+    cfg = LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(base, cfg, adapter_name="m0")
+    model.add_adapter("m1", cfg)
+    ens = RewardEnsemble(model.eval(), processing_class=tok)
+    heads = {n: model.base_model.model.score.modules_to_save[n].weight.detach().clone() for n in ("m0", "m1")}
+    loras = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    report = refresh_reward_model(ens, _gold_pairs(16, 3), args=_refresh_args(tmp_path, num_train_epochs=1))
+    for n in ("m0", "m1"):
+        assert not torch.equal(model.base_model.model.score.modules_to_save[n].weight, heads[n])
+    changed = {n.split(".")[-2] for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p, loras[n])}
+    assert changed == {"m0", "m1"}  # both adapters trained, in place
+    assert len(report.member_accuracy_after) == 2 and ens.calibration is not None

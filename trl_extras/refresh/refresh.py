@@ -4,8 +4,8 @@
 fresh optimizer and schedule, exactly how stage 2 of :class:`~trl_extras.rewards.two_stage.TwoStageRewardTrainer`
 continues a trained model (TRL's ``RewardTrainer`` given the model instance) — on the new pairs plus a replayed share
 of earlier pairs (so the model does not forget its original data). For a
-:class:`~trl_extras.rewards.ensemble.RewardEnsemble` every member is refreshed (each with its own seed), then the
-ensemble is re-calibrated on the completions it was just trained on. The model is changed in place, so a trainer
+:class:`~trl_extras.rewards.ensemble.RewardEnsemble` every member (a full model, or a LoRA adapter with its score head)
+is refreshed (each with its own seed), then the ensemble is re-calibrated on the completions it was just trained on. The model is changed in place, so a trainer
 that scores with it sees the refreshed model at its next rollout.
 
 Accuracy on the new pairs is measured before and after (Bradley–Terry margin > 0, ties half right:
@@ -221,8 +221,9 @@ def refresh_reward_model(
 
     Args:
         reward_model: a sequence-classification reward model (plain or PEFT; pass ``processing_class``), a
-            ``RewardModelScorer`` (what ``PPOTrainer`` scores with), or a ``RewardEnsemble`` (every member is
-            refreshed, seeds ``args.seed + k``, then the ensemble is re-calibrated).
+            ``RewardModelScorer`` (what ``PPOTrainer`` scores with), or a ``RewardEnsemble`` (every member — a full model, or
+            a LoRA adapter with its score head — is refreshed, seeds ``args.seed + k``, then the ensemble is
+            re-calibrated).
         new_pairs: preference pairs (``prompt``/``chosen``/``rejected``; extra columns ignored), e.g. from
             :func:`~trl_extras.refresh.labeling.to_preference_pairs`.
         replay_pairs: earlier pairs (the reward model's original data, earlier refreshes' pairs), or None.
@@ -262,16 +263,18 @@ def refresh_reward_model(
         if kind == "model":
             losses.append(_train_one(target, tokenizer, data, args))
         else:
-            if target.layout != "separate":
-                raise NotImplementedError(
-                    "Refreshing a LoRA-layout RewardEnsemble (K adapters on one base) is not supported yet; use the "
-                    "'separate' layout (K full reward models)."
-                )
             from dataclasses import replace
 
-            for k, member in enumerate(target.models):
+            members = target.models if target.layout == "separate" else target.adapter_names
+            for k, member in enumerate(members):
                 member_args = replace(args, seed=args.seed + k, data_seed=args.seed + k)
+                if target.layout == "lora":  # K adapters on one base: train each adapter (and its score head) in turn
+                    target.peft_model.set_adapter(member)
+                    member = target.peft_model
                 losses.append(_train_one(member, tokenizer, data.shuffle(seed=args.seed + k), member_args))
+            if target.layout == "lora":
+                target.peft_model.set_adapter(target.adapter_names[0])
+                target.peft_model.eval()
     calibration = None
     if kind == "ensemble" and args.calibration_size:
         ref = data.select(range(min(len(data), args.calibration_size)))
