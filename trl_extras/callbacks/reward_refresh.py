@@ -301,4 +301,6 @@ class RewardRefreshCallback(TrainerCallback):
             s: to_preference_pairs(read_jsonl(self._root(args) / f"step_{s:06d}" / "labelled.jsonl"))
             for s in state["refresh_steps"]
         }
+        self.history = [json.loads((self._root(args) / f"step_{s:06d}" / "report.json").read_text())
+                        for s in state["refresh_steps"]]
         logger.info("Restored the reward model refreshed at steps %s from %s.", state["refresh_steps"], directory)
