@@ -80,7 +80,7 @@ def test_callback_refreshes_the_scoring_model_in_place_and_saves_labels_first(ti
     assert not p2 & p4
 
 
-@pytest.mark.slow  # two PPO runs, three refreshes and checkpoints: ~30 s on an idle 2-core CPU
+@pytest.mark.slow  # two PPO runs, three refreshes, checkpoints: 128 s measured on the shared (loaded) 2-core CPU
 def test_crash_between_labelling_and_refresh_loses_nothing_and_resume_restores_the_rm(tiny_paths, tmp_path,
                                                                                       monkeypatch):
     from safetensors.torch import load_file
