@@ -295,6 +295,7 @@ def test_conversational_comparisons_round_trip_through_csv(tmp_path):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows([dict(r, label="B") for r in rows])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # saved by a spreadsheet program: a UTF-8 BOM first
     back = import_labels(path, comparisons=ds)
     assert back["label"] == [1, 1, 1]
     pairs = to_preference_pairs(back)

@@ -221,7 +221,7 @@ def parse_label(value, where: str):
 def _read_rows(path, fmt) -> list[tuple[int, dict]]:
     """(line number, row dict) of a labelling file."""
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheet programs prepend a BOM
         if fmt == "jsonl":
             for n, line in enumerate(f, start=1):
                 if not line.strip():
