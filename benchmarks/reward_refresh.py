@@ -62,6 +62,10 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: 1).")
     p.add_argument("--quick", action="store_true", help="Tiny smoke run.")
     p.add_argument("--out", default=str(RESULTS / "reward_refresh"))
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS, help="Runs to train (others: --reuse).")
+    p.add_argument("--reuse", default=None,
+                   help="A previous result JSON with the same settings: take the runs not trained here from it "
+                        "(e.g. a second refresh cadence against the same fixed and upfront runs).")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.dirty_pairs, a.labels, a.refreshes, a.steps = [0, 1], 128, 24, 2, 6
@@ -181,16 +185,20 @@ def run_seed(seed, a, sft, tok, workdir):
     out = {"seed": seed, "proxy_seconds": round(time.perf_counter() - t0, 1), "runs": {}}
     print(f"  seed {seed}: proxy trained in {out['proxy_seconds']} s", flush=True)
 
-    print("  run fixed", flush=True)
-    out["runs"]["fixed"] = run_ppo("fixed", sft, tok, copy.deepcopy(proxy), seed, a, workdir, train, holdout)
+    if "fixed" in a.runs:
+        print("  run fixed", flush=True)
+        out["runs"]["fixed"] = run_ppo("fixed", sft, tok, copy.deepcopy(proxy), seed, a, workdir, train, holdout)
 
-    print("  run upfront", flush=True)
-    upfront_rm = copy.deepcopy(proxy)
     clean = clean_pairs(a.labels, flip_rate=a.flip_rate, seed=2000 + seed)
-    rep = refresh_reward_model(upfront_rm, clean, replay_pairs=dirty, args=refresh_args(a, seed, workdir / "up"),
-                               processing_class=tok)
-    out["upfront_refresh"] = rep.to_dict()
-    out["runs"]["upfront"] = run_ppo("upfront", sft, tok, upfront_rm, seed, a, workdir, train, holdout)
+    if "upfront" in a.runs:
+        print("  run upfront", flush=True)
+        upfront_rm = copy.deepcopy(proxy)
+        rep = refresh_reward_model(upfront_rm, clean, replay_pairs=dirty, args=refresh_args(a, seed, workdir / "up"),
+                                   processing_class=tok)
+        out["upfront_refresh"] = rep.to_dict()
+        out["runs"]["upfront"] = run_ppo("upfront", sft, tok, upfront_rm, seed, a, workdir, train, holdout)
+    if "refresh" not in a.runs:
+        return out
 
     print("  run refresh", flush=True)
     judge = RewardJudge(gold_reward_fn, flip_rate=a.flip_rate, seed=3000 + seed)
@@ -286,6 +294,10 @@ def render(result):
         parts = [f"step {r['step']}: {r['accuracy_before']:.2f} → {r['accuracy_after']:.2f}, win "
                  f"{r['policy_win_rate']:.2f}" for r in sd["refreshes"]]
         lines.append(f"- seed {sd['seed']}: " + "; ".join(parts) + f" (labels spent {sd['labels_spent']})")
+    reused = sorted({r.get("reused_from") for sd in result["seeds"] for r in sd["runs"].values()} - {None})
+    if reused:
+        lines += ["", f"Runs not trained in this invocation ({', '.join(n for n in RUNS if n not in a['runs'])}) are "
+                  f"taken from {', '.join(reused)} (same seeds and settings)."]
     lines += ["", f"Total wall time: {result['total_seconds']:.0f} s with {a['threads']} torch thread(s).", ""]
     return "\n".join(lines)
 
@@ -323,10 +335,27 @@ def main(argv=None):
     tok = AutoTokenizer.from_pretrained(sft)
     t0 = time.perf_counter()
     seeds_out = []
+    reused = None
+    if a.reuse:
+        reused = json.loads(Path(a.reuse).read_text())
+        same = ("seeds", "dirty_pairs", "labels", "flip_rate", "steps", "batch_size", "lr", "num_ppo_epochs",
+                "max_new_tokens", "rm_lr", "refresh_epochs", "num_prompts", "every", "threads")
+        differ = [k for k in same if reused["config"][k] != getattr(a, k)]
+        if differ:
+            raise SystemExit(f"--reuse {a.reuse}: settings differ in {differ}.")
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in a.seeds:
+        for i, seed in enumerate(a.seeds):
             print(f"seed {seed}", flush=True)
             seeds_out.append(run_seed(seed, a, sft, tok, Path(tmp) / f"seed{seed}"))
+            if reused is not None:  # the runs not trained here come from the earlier result (same seed, settings)
+                old = reused["seeds"][i]
+                for name in RUNS:
+                    if name not in a.runs:
+                        seeds_out[-1]["runs"][name] = old["runs"][name]
+                        seeds_out[-1]["runs"][name]["reused_from"] = a.reuse
+                for key in ("upfront_refresh", "refreshes", "labels_spent"):
+                    if key in old and key not in seeds_out[-1]:
+                        seeds_out[-1][key] = old[key]
     result = {"config": vars(a), "seeds": seeds_out, "summary": summarize(seeds_out),
               "total_seconds": time.perf_counter() - t0}
     out = Path(a.out)
