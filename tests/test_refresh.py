@@ -323,3 +323,22 @@ def test_refresh_lora_ensemble_trains_every_adapter_and_its_head(tiny_paths, tmp
     changed = {n.split(".")[-2] for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p, loras[n])}
     assert changed == {"m0", "m1"}  # both adapters trained, in place
     assert len(report.member_accuracy_after) == 2 and ens.calibration is not None
+
+
+def test_refresh_accepts_an_empty_answer_but_not_none(tiny_paths, tmp_path):
+    """A policy may answer nothing (EOS at once): such a comparison is valid data (found by the benchmark, where it
+    used to stop the run at a refresh)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_paths["tokenizer"])
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_paths["reward"], num_labels=1)
+    pairs = Dataset.from_dict({"id": ["a", "b"], "prompt": ["3 1 >", "2 5 >"], "chosen": [" 1 3", " 2 5"],
+                               "rejected": ["", " 5"]})
+    report = refresh_reward_model(rm, pairs, args=_refresh_args(tmp_path, num_train_epochs=1), processing_class=tok)
+    assert report.num_new_pairs == 2
+    bad = Dataset.from_dict({"id": ["a"], "prompt": ["3 1 >"], "chosen": [" 1 3"], "rejected": [None]})
+    with pytest.raises(ValueError, match="row 0 \\(id 'a'\\) has a None rejected answer"):
+        refresh_reward_model(rm, bad, args=_refresh_args(tmp_path), processing_class=tok)
+    same = Dataset.from_dict({"prompt": ["3 1 >"], "chosen": [" 1 3"], "rejected": [" 1 3"]})
+    with pytest.raises(ValueError, match="identical chosen and rejected"):
+        refresh_reward_model(rm, same, args=_refresh_args(tmp_path), processing_class=tok)

@@ -132,28 +132,49 @@ def resolve_reward_model(reward_model, processing_class=None):
 
 
 def _pair_dataset(pairs, what: str):
-    """Only ``prompt/chosen/rejected`` (validated by the pairs validator), or None for None/empty input."""
-    from ..rewards.pairs import pair_columns
-
+    """Only ``prompt/chosen/rejected``, or None for None/empty input. An EMPTY answer is allowed: a policy can stop at
+    once, and "anything beats saying nothing" is exactly what a refresh may need to learn (RewardTrainer scores it as
+    prompt + EOS). ``None`` answers, identical chosen/rejected and missing columns are errors."""
     if pairs is None:
         return None
-    if hasattr(pairs, "column_names"):
-        if len(pairs) == 0:
-            return None
-        pair_columns(pairs)  # clear errors for missing columns, empty or identical answers
-        return pairs.select_columns([c for c in PAIR_COLUMNS if c in pairs.column_names])
-    raise TypeError(f"{what} must be a datasets.Dataset with prompt/chosen/rejected columns, got {type(pairs).__name__}.")
+    if not hasattr(pairs, "column_names"):
+        raise TypeError(f"{what} must be a datasets.Dataset with prompt/chosen/rejected columns, got {type(pairs).__name__}.")
+    missing = [c for c in ("chosen", "rejected") if c not in pairs.column_names]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; it has {pairs.column_names}.")
+    if len(pairs) == 0:
+        return None
+    ids = pairs["id"] if "id" in pairs.column_names else None
+    for i, (c, r) in enumerate(zip(pairs["chosen"], pairs["rejected"])):
+        name = f"{what} row {i}" + (f" (id {ids[i]!r})" if ids is not None else "")
+        if c is None or r is None:
+            raise ValueError(f"{name} has a None {'chosen' if c is None else 'rejected'} answer.")
+        if c == r:
+            raise ValueError(f"{name} has identical chosen and rejected answers: no preference to learn.")
+    return pairs.select_columns([c for c in PAIR_COLUMNS if c in pairs.column_names])
+
+
+def _columns(pairs) -> tuple[list, list, list]:
+    chosen, rejected = list(pairs["chosen"]), list(pairs["rejected"])
+    if "prompt" in pairs.column_names:
+        return list(pairs["prompt"]), chosen, rejected
+    empty = [] if isinstance(chosen[0], list) else ""  # implicit prompt, as RewardTrainer reads it
+    return [empty] * len(chosen), chosen, rejected
 
 
 def _margins(kind, target, tokenizer, pairs, batch_size) -> tuple:
     """Margins ``(N,)`` of the whole reward (ensemble: its calibrated mean) and ``(K, N)`` of ensemble members."""
     import torch
 
-    from ..rewards.pairs import pair_columns, pair_margins
+    from ..rewards.pairs import check_pad_pooling
+    from ..rewards.scoring import score_with_reward_model
 
+    prompts, chosen, rejected = _columns(pairs)
     if kind == "model":
-        return pair_margins(target, tokenizer, pairs, batch_size=batch_size), None
-    prompts, chosen, rejected = pair_columns(pairs)
+        check_pad_pooling(target, tokenizer)
+        margins = (score_with_reward_model(target, tokenizer, prompts, chosen, batch_size)
+                   - score_with_reward_model(target, tokenizer, prompts, rejected, batch_size))
+        return margins, None
     sc, sr = target.score(prompts, chosen), target.score(prompts, rejected)
     return (sc.mean - sr.mean), torch.as_tensor(sc.members - sr.members)
 
