@@ -53,6 +53,7 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=40, help="PPO optimizer steps.")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--kl-coef", type=float, default=0.0, help="β of PPO's exact KL penalty (0: none).")
     p.add_argument("--num-ppo-epochs", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--rm-lr", type=float, default=3e-4, help="Learning rate of the proxy and of every refresh.")
@@ -150,7 +151,7 @@ def run_ppo(name, sft, tok, reward_model, seed, a, workdir, train_prompts, holdo
     args = PPOConfig(
         output_dir=str(workdir / name), per_device_train_batch_size=a.batch_size, num_mini_batches=1,
         num_ppo_epochs=a.num_ppo_epochs, max_steps=a.steps, max_completion_length=a.max_new_tokens,
-        learning_rate=a.lr, lr_scheduler_type="constant", kl_coef=0.0, kl_estimator="exact",
+        learning_rate=a.lr, lr_scheduler_type="constant", kl_coef=a.kl_coef, kl_estimator="exact",
         advantage_normalization="batch", value_model_init="policy", seed=seed, **cpu(),
     )
     points = []
@@ -249,10 +250,10 @@ def summarize(seeds_out):
 def render(result):
     a, s = result["config"], result["summary"]
     lines = [
-        "# Refreshing the reward model on the policy's answers (testbed, PPO β=0)",
+        f"# Refreshing the reward model on the policy's answers (testbed, PPO β={a.get('kl_coef', 0.0)})",
         "",
         f"Proxy: SFT + new head on {a['dirty_pairs']} dirty pairs. PPO {a['steps']} steps, batch {a['batch_size']}, "
-        f"lr {a['lr']}, {a['num_ppo_epochs']} epochs per rollout, β=0, T=1. Labelling budget M={a['labels']} "
+        f"lr {a['lr']}, {a['num_ppo_epochs']} epochs per rollout, β={a.get('kl_coef', 0.0)} (exact KL), T=1. Labelling budget M={a['labels']} "
         f"(gold labels, {a['flip_rate']:.0%} flipped): *upfront* = M clean SFT-distribution pairs before RL, then a "
         f"fixed RM; *refresh* = {a['refreshes']} refreshes of {a['labels'] // a['refreshes']} policy-vs-SFT "
         f"comparisons during RL. Both continue the same proxy with `refresh_reward_model` (lr {a['rm_lr']}, "
@@ -338,9 +339,9 @@ def main(argv=None):
     reused = None
     if a.reuse:
         reused = json.loads(Path(a.reuse).read_text())
-        same = ("seeds", "dirty_pairs", "labels", "flip_rate", "steps", "batch_size", "lr", "num_ppo_epochs",
+        same = ("seeds", "dirty_pairs", "labels", "flip_rate", "steps", "batch_size", "lr", "kl_coef", "num_ppo_epochs",
                 "max_new_tokens", "rm_lr", "refresh_epochs", "num_prompts", "every", "threads")
-        differ = [k for k in same if reused["config"][k] != getattr(a, k)]
+        differ = [k for k in same if reused["config"].get(k, 0.0) != getattr(a, k)]
         if differ:
             raise SystemExit(f"--reuse {a.reuse}: settings differ in {differ}.")
     with tempfile.TemporaryDirectory() as tmp:
