@@ -18,7 +18,10 @@ Per seed:
 3. Gold of the policy on ``--num-prompts`` holdout prompts every ``--every`` steps (one T=1 sample each, seeded by
    the step, so runs share the sampling noise stream) and at the end both at T=1 and greedy.
 
-    nice -n 10 .venv/bin/python benchmarks/reward_refresh.py --seeds 0 1 2      # ~15-20 min on one busy core
+    nice -n 10 .venv/bin/python benchmarks/reward_refresh.py --seeds 0 1 2 --steps 32 --every 8
+        # 1619 s measured with 1 torch thread on a 2-core machine shared by 5 busy processes
+    .venv/bin/python benchmarks/reward_refresh.py --steps 32 --every 8 --refreshes 7 --runs refresh \
+        --reuse benchmarks/results/reward_refresh.json --out benchmarks/results/reward_refresh_every4   # cadence
     .venv/bin/python benchmarks/reward_refresh.py --quick                       # smoke run
 
 Writes ``benchmarks/results/reward_refresh.{json,md,png}``.
