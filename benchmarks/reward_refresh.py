@@ -364,9 +364,9 @@ def main(argv=None):
               "total_seconds": time.perf_counter() - t0}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(render(result))
-    plot(result, out.with_suffix(".png"))
+    out.parent.joinpath(out.name + ".json").write_text(json.dumps(result, indent=1))  # not with_suffix: "kl0.1"
+    out.parent.joinpath(out.name + ".md").write_text(render(result))
+    plot(result, out.parent / (out.name + ".png"))
     print(render(result))
     return 0
 
