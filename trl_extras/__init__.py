@@ -58,6 +58,19 @@ _LAZY = {
     "binomial_test": "trl_extras.core.stats",
     "win_rate_interval": "trl_extras.core.stats",
     "mean_ci": "trl_extras.core.stats",
+    # refreshing the reward model on the policy's answers (issue 14)
+    "collect_comparisons": "trl_extras.refresh.comparisons",
+    "RewardJudge": "trl_extras.refresh.labeling",
+    "label_comparisons": "trl_extras.refresh.labeling",
+    "export_for_labeling": "trl_extras.refresh.labeling",
+    "import_labels": "trl_extras.refresh.labeling",
+    "to_preference_pairs": "trl_extras.refresh.labeling",
+    "TIE": "trl_extras.refresh.labeling",
+    "RewardRefreshConfig": "trl_extras.refresh.refresh",
+    "RefreshReport": "trl_extras.refresh.refresh",
+    "refresh_reward_model": "trl_extras.refresh.refresh",
+    "RewardRefreshCallback": "trl_extras.callbacks.reward_refresh",
+    "IterateConfig": "trl_extras.refresh.iterate",
 }
 
 __all__ = sorted(_LAZY)

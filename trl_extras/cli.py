@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft-reward-es": ("trl_extras.callbacks.cli", "SFT with reward-based early stopping on holdout prompts."),
     "sbs": ("trl_extras.evaluation.cli_sbs", "Side-by-side evaluation of two models with a binomial test."),
     "synth-pairs": ("trl_extras.evaluation.cli_synth", "Synthesize DPO preference pairs with a reward model."),
+    "iterate": ("trl_extras.refresh.iterate", "Rounds of RL → compare with the baseline → label (judge or people) → refresh the RM."),
 }
 
 

@@ -1,0 +1,364 @@
+"""``trl-extras iterate``: rounds of RL → comparisons with the baseline → labels → reward-model refresh.
+
+The seed's drill, as an outer loop that survives people who answer days later. Each round ``k`` (directories under
+``output_dir``):
+
+1. ``round_<k>/ppo/``: PPO from the previous round's policy (round 0: the SFT model) against the current reward model;
+2. ``round_<k>/comparisons.jsonl``: the new policy's answers vs the baseline's (the SFT model, or the previous
+   round's policy) on fresh prompts, in random order, with their origins (the key: never shown to labellers);
+3. labels: with ``labeler: judge`` the judge labels at once (``round_<k>/labelled.jsonl``); with ``labeler: people``
+   the command writes ``round_<k>/to_label.jsonl`` (or ``.csv``), prints what to do and stops; run the same command
+   again once the ``label`` column is filled in (A / B / tie) and it continues from there;
+4. ``round_<k>/reward_model/``: the reward model refreshed on the labelled pairs (+ replay) and its report.
+
+Every finished step leaves a ``result.json`` and is skipped on the next run, so a crashed or stopped run resumes where
+it was. The settings are fingerprinted in ``output_dir/settings.json``: re-running the same directory with different
+settings is refused (naming the fields that changed) instead of silently mixing rounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .labeling import read_jsonl, write_jsonl
+
+# settings that do not change what a run computes (excluded from the fingerprint)
+_UNFINGERPRINTED = ("output_dir", "min_labeled_fraction", "use_cpu")
+
+
+@dataclass
+class IterateConfig:
+    """Settings of ``trl-extras iterate`` (see the module docstring for the round layout)."""
+
+    output_dir: str = field(default="outputs/iterate", metadata={"help": "Root directory of all rounds."})
+    rounds: int = field(default=3, metadata={"help": "Rounds of RL → compare → label → refresh."})
+    policy_model: str | None = field(
+        default=None, metadata={"help": "SFT policy path; None on the testbed builds the tiny kit policy."}
+    )
+    reward_model: str | None = field(
+        default=None,
+        metadata={"help": "Trained reward-model path to start from; None on the testbed trains a proxy on dirty pairs."},
+    )
+    prompt_dataset: str = field(
+        default="testbed", metadata={"help": "Prompts (`prompt` column): 'testbed' or a datasets spec / data file."}
+    )
+    replay_dataset: str | None = field(
+        default=None,
+        metadata={"help": "The reward model's earlier pairs to replay (a datasets spec); the testbed uses its dirty pairs."},
+    )
+    labeler: str = field(default="judge", metadata={"help": "'judge' (labels at once) or 'people' (files to fill in)."})
+    judge: str = field(
+        default="trl_extras.testbed:gold_reward_fn",
+        metadata={"help": "labeler=judge: a reward-model path, or an import path `module:name` of a pairwise judge "
+                  "(has `.judge`) or of a reward function (wrapped in RewardJudge)."},
+    )
+    judge_flip_rate: float = field(default=0.0, metadata={"help": "Flip this share of a reward judge's labels (noise)."})
+    export_format: str = field(default="jsonl", metadata={"help": "labeler=people: 'jsonl' or 'csv'."})
+    min_labeled_fraction: float = field(
+        default=1.0, metadata={"help": "labeler=people: continue once this share of the round's rows is labelled."}
+    )
+    baseline: str = field(default="sft", metadata={"help": "Compare with 'sft' or with the 'previous' round's policy."})
+    num_pairs: int = field(default=64, metadata={"help": "Comparisons per round (one fresh prompt each)."})
+    num_dirty_pairs: int = field(default=500, metadata={"help": "Testbed: dirty pairs of the initial proxy RM."})
+    ppo_max_steps: int = field(default=16, metadata={"help": "PPO optimizer steps per round."})
+    ppo_batch_size: int = field(default=32, metadata={"help": "PPO rollouts per step."})
+    ppo_learning_rate: float = field(default=3e-4, metadata={"help": "PPO policy learning rate."})
+    ppo_kl_coef: float = field(default=0.05, metadata={"help": "β of the exact per-token KL to the SFT model."})
+    max_completion_length: int = field(default=24, metadata={"help": "Generated tokens at most."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (RL and comparisons)."})
+    refresh_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of each refresh."})
+    refresh_epochs: float = field(default=2.0, metadata={"help": "Epochs of each refresh over new + replayed pairs."})
+    replay_ratio: float = field(default=1.0, metadata={"help": "Replayed earlier pairs per new pair."})
+    rm_batch_size: int = field(default=32, metadata={"help": "Reward-model batch size (pairs)."})
+    seed: int = field(default=0, metadata={"help": "Global seed."})
+    use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when CUDA is available."})
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}.")
+        if self.labeler not in ("judge", "people"):
+            raise ValueError(f"labeler must be 'judge' or 'people', got {self.labeler!r}.")
+        if self.baseline not in ("sft", "previous"):
+            raise ValueError(f"baseline must be 'sft' or 'previous', got {self.baseline!r}.")
+        if self.export_format not in ("jsonl", "csv"):
+            raise ValueError(f"export_format must be 'jsonl' or 'csv', got {self.export_format!r}.")
+        if not 0.0 < self.min_labeled_fraction <= 1.0:
+            raise ValueError(f"min_labeled_fraction must be in (0, 1], got {self.min_labeled_fraction}.")
+        if self.num_pairs < 1:
+            raise ValueError(f"num_pairs must be >= 1, got {self.num_pairs}.")
+
+
+def settings_fingerprint(config) -> tuple[str, dict]:
+    """``(sha256 hex, settings)`` of a dataclass's fields that change results (a small local helper)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in _UNFINGERPRINTED}
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest(), settings
+
+
+def check_settings(config, root: Path) -> None:
+    """Write ``settings.json`` on the first run; refuse a different fingerprint later (naming what changed)."""
+    from .labeling import atomic_write_text
+
+    digest, settings = settings_fingerprint(config)
+    path = root / "settings.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["fingerprint"] != digest:
+            changed = sorted(k for k in set(settings) | set(saved["settings"])
+                             if settings.get(k) != saved["settings"].get(k))
+            raise ValueError(
+                f"{root} was started with different settings (changed: {changed}). Use the original settings to "
+                "continue, or a new output_dir for a new run."
+            )
+        return
+    atomic_write_text(path, json.dumps({"fingerprint": digest, "settings": settings}, indent=2))
+
+
+def _done(path: Path) -> dict | None:
+    file = path / "result.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def _finish(path: Path, result: dict) -> dict:
+    from .labeling import atomic_write_text
+
+    atomic_write_text(path / "result.json", json.dumps(result, indent=2, default=str))
+    return result
+
+
+class Iteration:
+    """One ``trl-extras iterate`` run over its directory (each step skipped when its result exists)."""
+
+    def __init__(self, config: IterateConfig):
+        self.config = config
+        self.root = Path(config.output_dir)
+        self.testbed = config.prompt_dataset == "testbed"
+        if not self.testbed and (config.policy_model is None or config.reward_model is None):
+            raise ValueError("Outside the testbed, policy_model and reward_model are required.")
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def trainer_kwargs(self) -> dict:
+        import torch
+
+        cpu = self.config.use_cpu or not torch.cuda.is_available()
+        return dict(use_cpu=cpu, bf16=not cpu, report_to="none", save_strategy="no", gradient_checkpointing=False,
+                    disable_tqdm=True, logging_steps=10, seed=self.config.seed)
+
+    def sft_path(self) -> str:
+        if self.config.policy_model:
+            return self.config.policy_model
+        from ..testbed import build_sft_policy
+
+        return build_sft_policy(progress=False)
+
+    def prompts(self) -> tuple[list, list]:
+        """(RL prompts, comparison prompts): the last ``rounds × num_pairs`` prompts are kept for comparisons."""
+        if self.testbed:
+            from ..testbed import prompt_dataset
+
+            prompts = list(prompt_dataset("train")["prompt"])
+        else:
+            from ..cli_utils import load_dataset_from_spec
+            from ..evaluation._common import prompts_from
+
+            prompts = prompts_from(load_dataset_from_spec(self.config.prompt_dataset), what="prompt_dataset")
+        need = self.config.rounds * self.config.num_pairs
+        if len(prompts) < need + 1:
+            raise ValueError(
+                f"{self.config.rounds} rounds of {self.config.num_pairs} comparisons need {need} fresh prompts plus RL "
+                f"prompts; the prompt dataset has {len(prompts)}: no prompts left for every round."
+            )
+        return prompts[:-need], prompts[-need:]
+
+    def replay_pairs(self):
+        if self.config.replay_dataset:
+            from ..cli_utils import load_dataset_from_spec
+
+            return load_dataset_from_spec(self.config.replay_dataset)
+        if self.testbed:
+            from ..testbed import dirty_pairs
+
+            return dirty_pairs(self.config.num_dirty_pairs, seed=1000 + self.config.seed)
+        return None
+
+    def judge(self):
+        from ..pipeline.stages import import_object
+        from .labeling import RewardJudge
+
+        spec = self.config.judge
+        if os.path.isdir(spec):
+            return RewardJudge(spec, flip_rate=self.config.judge_flip_rate, seed=self.config.seed)
+        obj = import_object(spec)
+        if callable(getattr(obj, "judge", None)):
+            return obj
+        return RewardJudge(obj, flip_rate=self.config.judge_flip_rate, seed=self.config.seed)
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def initial_reward_model(self) -> str:
+        if self.config.reward_model:
+            return self.config.reward_model
+        out = self.root / "init_rm"
+        done = _done(out)
+        if done:
+            return done["model"]
+        from trl import RewardConfig, RewardTrainer
+
+        sft = self.sft_path()
+        pairs = self.replay_pairs().select_columns(["prompt", "chosen", "rejected"])
+        args = RewardConfig(output_dir=str(out / "run"), num_train_epochs=1, learning_rate=self.config.refresh_learning_rate,
+                            per_device_train_batch_size=self.config.rm_batch_size, max_length=128,
+                            **self.trainer_kwargs())
+        trainer = RewardTrainer(model=sft, args=args, train_dataset=pairs)
+        trainer.train()
+        trainer.save_model(str(out / "model"))
+        return _finish(out, {"model": str(out / "model"), "num_pairs": len(pairs)})["model"]
+
+    def ppo(self, k: int, policy: str, reward_model: str, rl_prompts: list) -> str:
+        out = self.root / f"round_{k}" / "ppo"
+        done = _done(out)
+        if done:
+            return done["model"]
+        from datasets import Dataset
+
+        from ..pipeline.stages import save_model
+        from ..trainers.ppo import PPOTrainer
+        from ..trainers.ppo_config import PPOConfig
+
+        c = self.config
+        args = PPOConfig(
+            output_dir=str(out / "run"), max_steps=c.ppo_max_steps, per_device_train_batch_size=c.ppo_batch_size,
+            learning_rate=c.ppo_learning_rate, max_completion_length=c.max_completion_length,
+            temperature=c.temperature, kl_estimator="exact", kl_coef=c.ppo_kl_coef, advantage_normalization="batch",
+            num_ppo_epochs=2, num_mini_batches=1, **self.trainer_kwargs(),
+        )
+        trainer = PPOTrainer(model=policy, reward_funcs=reward_model, ref_model=self.sft_path(), args=args,
+                             train_dataset=Dataset.from_dict({"prompt": rl_prompts}))
+        trainer.train()
+        path = save_model(trainer.policy, trainer.processing_class, out / "model")
+        logs = [{key: v for key, v in e.items() if isinstance(v, (int, float))} for e in trainer.state.log_history]
+        return _finish(out, {"model": path, "log_history": logs})["model"]
+
+    def comparisons(self, k: int, policy: str, baseline: str, prompts: list):
+        from .comparisons import collect_comparisons
+
+        path = self.root / f"round_{k}" / "comparisons.jsonl"
+        if path.is_file():
+            return read_jsonl(path)
+        c = self.config
+        ds = collect_comparisons(policy, baseline, prompts, max_new_tokens=c.max_completion_length,
+                                 temperature=c.temperature, seed=c.seed + 1000 * k, id_prefix=f"r{k}-")
+        write_jsonl(path, ds)
+        return ds
+
+    def labels(self, k: int, comparisons):
+        """Labelled comparisons, or None when people have not labelled enough yet (after writing the file)."""
+        from .labeling import export_for_labeling, import_labels, label_comparisons, label_counts
+
+        folder = self.root / f"round_{k}"
+        labelled_path = folder / "labelled.jsonl"
+        if labelled_path.is_file():
+            return read_jsonl(labelled_path)
+        if self.config.labeler == "judge":
+            labelled = label_comparisons(comparisons, self.judge())
+            write_jsonl(labelled_path, labelled)
+            return labelled
+        to_label = folder / f"to_label.{self.config.export_format}"
+        if not to_label.is_file():
+            export_for_labeling(comparisons, to_label)
+            self.waiting = (to_label, 0, len(comparisons))
+            return None
+        labelled = import_labels(to_label, comparisons=comparisons)
+        counts = label_counts(labelled)
+        if counts["labelled"] < self.config.min_labeled_fraction * len(labelled) or counts["labelled"] == 0:
+            self.waiting = (to_label, counts["labelled"], len(labelled))
+            return None
+        write_jsonl(labelled_path, labelled)
+        return labelled
+
+    def refresh(self, k: int, reward_model: str, labelled, replay) -> str:
+        out = self.root / f"round_{k}" / "reward_model"
+        done = _done(out)
+        if done:
+            return done["model"]
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from .labeling import label_counts, policy_win_rate, to_preference_pairs
+        from .refresh import RewardRefreshConfig, refresh_reward_model
+
+        c = self.config
+        tok = AutoTokenizer.from_pretrained(reward_model)
+        model = AutoModelForSequenceClassification.from_pretrained(reward_model, num_labels=1)
+        args = RewardRefreshConfig(output_dir=str(out / "run"), learning_rate=c.refresh_learning_rate,
+                                   num_train_epochs=c.refresh_epochs, per_device_train_batch_size=c.rm_batch_size,
+                                   max_length=128, replay_ratio=c.replay_ratio, **self.trainer_kwargs())
+        report = refresh_reward_model(model, to_preference_pairs(labelled), replay_pairs=replay, args=args,
+                                      processing_class=tok)
+        model.save_pretrained(out / "model")
+        tok.save_pretrained(out / "model")
+        return _finish(out, {"model": str(out / "model"), "report": report.to_dict(), "labels": label_counts(labelled),
+                             "policy_win_rate": policy_win_rate(labelled)})["model"]
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        from datasets import concatenate_datasets
+
+        from .labeling import to_preference_pairs
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        check_settings(self.config, self.root)
+        c = self.config
+        rl_prompts, fresh = self.prompts()
+        sft = self.sft_path()
+        reward_model = self.initial_reward_model()
+        base_replay = self.replay_pairs()
+        replay_parts = [] if base_replay is None else [base_replay.select_columns(["prompt", "chosen", "rejected"])]
+        policy = sft
+        rounds = []
+        for k in range(c.rounds):
+            previous = policy
+            policy = self.ppo(k, policy, reward_model, rl_prompts)
+            baseline = sft if c.baseline == "sft" else previous
+            comparisons = self.comparisons(k, policy, baseline, fresh[k * c.num_pairs : (k + 1) * c.num_pairs])
+            self.waiting = None
+            labelled = self.labels(k, comparisons)
+            if labelled is None:
+                path, have, total = self.waiting
+                print(
+                    f"\nRound {k}: {total} comparisons wait for labels in {path} ({have} labelled so far).\n"
+                    "Fill in the `label` column of each row: A (answer A is better), B, or tie; leave it empty if "
+                    "unsure (needed: "
+                    f"{c.min_labeled_fraction:.0%} of the rows). Keep the ids. Then run the same command again to "
+                    "continue.",
+                    flush=True,
+                )
+                return {"status": "waiting_for_labels", "round": k, "file": str(path), "labelled": have,
+                        "total": total}
+            replay = concatenate_datasets(replay_parts) if replay_parts else None
+            reward_model = self.refresh(k, reward_model, labelled, replay)
+            pairs = to_preference_pairs(labelled)
+            if len(pairs):
+                replay_parts.append(pairs.select_columns(["prompt", "chosen", "rejected"]))
+            rounds.append({"round": k, "policy": policy, "reward_model": reward_model,
+                           **(_done(self.root / f"round_{k}" / "reward_model") or {})})
+        summary = {"status": "done", "rounds": rounds, "policy": policy, "reward_model": reward_model}
+        _finish(self.root, summary)
+        print(f"\nDone: {c.rounds} rounds. Final policy {policy}; final reward model {reward_model}.", flush=True)
+        return summary
+
+
+def run_iterate(config: IterateConfig) -> dict:
+    """Run (or continue) the rounds; returns ``{"status": "done" | "waiting_for_labels", ...}``."""
+    return Iteration(config).run()
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from ..cli_utils import parse_args
+
+    (config,) = parse_args([IterateConfig], argv, "iterate")
+    run_iterate(config)
+    return 0
