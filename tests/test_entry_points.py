@@ -149,7 +149,7 @@ def test_pipeline_recipe_end_to_end_through_the_console_script(tmp_path, sft_pol
     """The README's command for the pipeline, every stage, tiny sizes (minutes on a 2-core CPU: slow)."""
     out_dir = tmp_path / "out"
     out = run_cli(["pipeline", "--config", "recipes/pipeline_testbed.yaml", "--output_dir", str(out_dir),
-                   *TINY_PIPELINE])  # fmt: skip
+                   *TINY_PIPELINE], timeout=2400)  # fmt: skip
     assert out.returncode == 0, out.stderr[-5000:]
     for stage in ("sft", "reward", "ensemble", "cem", "ppo", "dpo", "evaluate"):
         assert (out_dir / stage / "result.json").exists(), stage
