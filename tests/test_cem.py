@@ -70,7 +70,7 @@ def test_resume_reuses_saved_generations(tiny_paths, tmp_path, monkeypatch):
 
     calls = {"n": 0}
 
-    def crashing_reward(prompts, completions, **kw):
+    def reward(prompts, completions, **kw):  # crashes once; the rerun uses a fixed function of the same name
         calls["n"] += 1
         if calls["n"] == 2:  # round 1's scoring: the process "dies" after sampling
             raise RuntimeError("simulated crash")
@@ -78,7 +78,7 @@ def test_resume_reuses_saved_generations(tiny_paths, tmp_path, monkeypatch):
 
     args = _args(tmp_path)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        CEMTrainer(tiny_paths["policy"], crashing_reward, args, train_dataset=_prompts()).train()
+        CEMTrainer(tiny_paths["policy"], reward, args, train_dataset=_prompts()).train()
     out = tmp_path / "cem"
     assert (out / "round_0" / "metrics.json").exists() and (out / "round_1" / "generations").exists()
     assert not (out / "round_1" / "metrics.json").exists()
@@ -95,11 +95,11 @@ def test_resume_reuses_saved_generations(tiny_paths, tmp_path, monkeypatch):
     monkeypatch.setattr(cem, "generate_rollouts", no_generation)
     scored = {"n": 0}
 
-    def counting_reward(prompts, completions, **kw):
+    def reward(prompts, completions, **kw):  # noqa: F811 (the "fixed" reward: same name, so the same settings)
         scored["n"] += 1
         return length_reward(prompts, completions)
 
-    trainer = CEMTrainer(tiny_paths["policy"], counting_reward, _args(tmp_path), train_dataset=_prompts())
+    trainer = CEMTrainer(tiny_paths["policy"], reward, _args(tmp_path), train_dataset=_prompts())
     history = trainer.train()
     assert [h["round"] for h in history] == [0, 1]
     assert history[0] == first

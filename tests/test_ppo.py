@@ -434,7 +434,8 @@ def test_qlora_recipe_parses():
 def test_reward_ensemble_reward_logs_std_and_initialises_value(tiny_paths, tmp_path):
     from trl_extras.rewards.ensemble import RewardEnsemble
 
-    ensemble = RewardEnsemble([tiny_paths["reward"], tiny_paths["reward"]], penalty="std", coef=0.5)
+    ensemble = RewardEnsemble([tiny_paths["reward"], tiny_paths["reward"]], penalty="std", coef=0.5,
+                              allow_uncalibrated=True)  # fmt: skip
     trainer = _trainer(tiny_paths, tmp_path, reward_funcs=ensemble, max_steps=1)
     value = trainer.accelerator.unwrap_model(trainer.value_model).model
     member = ensemble.models[0].state_dict()

@@ -185,6 +185,9 @@ def test_callable_protocol_with_log_metric(tiny_tokenizer):
     members = [build_sequence_classifier(tiny_tokenizer, spec, seed=s) for s in (1, 2)]
     ensemble = RewardEnsemble(members, tiny_tokenizer, penalty="variance", coef=0.5)
     assert ensemble.config is members[0].config and ensemble.__name__ == "reward_ensemble_variance"
+    with pytest.raises(ValueError, match="not calibrated"):  # an error unless opted in
+        ensemble(prompts=PROMPTS, completions=COMPLETIONS)
+    ensemble.allow_uncalibrated = True
     with pytest.warns(UserWarning, match="not calibrated"):
         ensemble(prompts=PROMPTS, completions=COMPLETIONS)
     ensemble.calibrate(PROMPTS + hacked_completions(PROMPTS[:0]), COMPLETIONS)

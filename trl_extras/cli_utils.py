@@ -13,7 +13,10 @@ def parse_args(dataclass_types, argv: list[str] | None, prog: str):
     old = sys.argv
     try:
         sys.argv = [f"trl-extras {prog}", *(argv or [])]
-        return parser.parse_args_and_config()
+        *parsed, unknown = parser.parse_args_and_config(return_remaining_strings=True)
+        if unknown:  # argparse's own message and exit code 2, naming the flag (TrlParser raises a bare ValueError)
+            parser.error(f"unrecognized arguments (flags or recipe keys): {' '.join(map(str, unknown))}")
+        return tuple(parsed)
     finally:
         sys.argv = old
 
@@ -43,6 +46,32 @@ def load_dataset_from_spec(name: str, config: str | None = None, split: str | No
     if isinstance(data, DatasetDict):
         split = split or "train"
         if split not in data:
-            raise ValueError(f"Dataset {name!r} has splits {list(data)}, not {split!r}.")
+            raise MissingSplitError(f"Dataset {name!r} has splits {list(data)}, not {split!r}.")
         return data[split]
+    return data
+
+
+class MissingSplitError(ValueError):
+    """The dataset exists but has no such split."""
+
+
+def load_eval_split(name: str, config: str | None, split: str | None, flag: str = "--dataset_test_split"):
+    """The evaluation split, or None -- with a message -- when the dataset has no such split: a local single-split
+    file (``x.jsonl`` loads as one ``train`` split) then just works without evaluation."""
+    if not split:
+        return None
+    try:
+        return load_dataset_from_spec(name, config, split)
+    except MissingSplitError as err:
+        print(f"trl-extras: {err} Evaluation skipped (name a split with {flag} NAME, or {flag} '' to silence this).",
+              file=sys.stderr)  # fmt: skip
+        return None
+
+
+def load_preference_split(name: str, config: str | None, split: str | None, flag: str = "--dataset_name"):
+    """A preference split, checked by the package's one pair validator with the file/split named in errors."""
+    from .rewards.pairs import validate_preference_dataset
+
+    data = load_dataset_from_spec(name, config, split)
+    validate_preference_dataset(data, f"{flag} {name!r} (split {split or 'train'!r})")
     return data

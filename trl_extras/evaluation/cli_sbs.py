@@ -49,9 +49,17 @@ def resolve_judge(reward_model: str | None, judge: str | None):
 
 
 def resolve_prompts(prompts_file: str | None, num_prompts: int | None, split: str = "holdout") -> list:
+    if num_prompts is not None and (isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or num_prompts < 1):
+        raise ValueError(f"--num_prompts must be an integer >= 1 (omit it to use every prompt), got {num_prompts!r}.")
     if prompts_file:
+        import os
+
         from datasets import load_dataset
 
+        if not os.path.isfile(prompts_file):
+            raise ValueError(f"--prompts_file {prompts_file!r} does not exist.")
+        if os.path.getsize(prompts_file) == 0 or not open(prompts_file, encoding="utf-8").read(4096).strip():
+            raise ValueError(f"--prompts_file {prompts_file!r} is empty: expected JSON/JSONL rows with a 'prompt'.")
         data = load_dataset("json", data_files=prompts_file, split="train")
     else:
         from ..testbed import prompt_dataset

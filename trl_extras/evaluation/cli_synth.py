@@ -60,8 +60,10 @@ def main(argv=None) -> int:
     )
     out = Path(dpo_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset.to_json(out / "pairs.jsonl")
-    (out / "synthesis_stats.json").write_text(json.dumps(stats.to_dict(), indent=2))
+    from ..utils.atomic import atomic_write_json, atomic_writer
+
+    atomic_writer(out / "pairs.jsonl", dataset.to_json)  # complete or absent: a later DPO run trusts it
+    atomic_write_json(out / "synthesis_stats.json", stats.to_dict())
     print(json.dumps(stats.to_dict(), indent=2))
     print(f"wrote {len(dataset)} pairs to {out / 'pairs.jsonl'}")
     if args.two_stage_dpo:

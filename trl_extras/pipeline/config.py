@@ -42,13 +42,17 @@ class PipelineConfig:
     )
     gold_reward: str | None = field(
         default="trl_extras.testbed:gold_reward_fn",
-        metadata={"help": "Import path of a gold reward function (testbed only); None for real tasks."},
+        metadata={
+            "help": "Import path `module:function` of a gold reward function (testbed only); None for real tasks. "
+            "The module is imported and run: a recipe can run code, like any Python config -- use trusted recipes."
+        },
     )
     sft_reward: str | None = field(
         default="trl_extras.testbed:heuristic_reward_fn",
         metadata={
             "help": "Reward for SFT early stopping: an import path `module:function` or a reward-model path. The "
-            "testbed default is the cheap dirty heuristic (no RM exists before SFT); None selects by eval_loss."
+            "testbed default is the cheap dirty heuristic (no RM exists before SFT); None selects by eval_loss. "
+            "An import path runs that module's code (a recipe can run code: use trusted recipes)."
         },
     )
     num_eval_prompts: int = field(default=256, metadata={"help": "Holdout prompts used by evaluations."})
@@ -92,6 +96,21 @@ class PipelineConfig:
         unknown = [s for s in self.stages if s not in ALL_STAGES]
         if unknown:
             raise ValueError(f"Unknown stages {unknown}; choose from {ALL_STAGES}.")
+        from ..utils.validation import check_number
+
+        for name in ("num_eval_prompts", "num_train_prompts", "num_dirty_pairs", "num_clean_pairs", "num_sft_examples",
+                     "max_prompt_length", "max_completion_length", "sft_max_steps", "sft_eval_steps", "rm_batch_size",
+                     "cem_rounds", "cem_num_generations", "cem_prompts_per_round", "ppo_max_steps", "ppo_batch_size",
+                     "dpo_num_generations", "dpo_max_steps", "sft_patience"):  # fmt: skip
+            check_number(self, name, low=1, integer=True)
+        check_number(self, "ensemble_size", integer=True)
+        check_number(self, "temperature", low=0, low_open=True)
+        check_number(self, "drop_easiest", low=0, high=1, high_open=True)
+        check_number(self, "cem_sft_mix_ratio", low=0)
+        check_number(self, "ppo_kl_coef", low=0)
+        for name in ("sft_learning_rate", "rm_learning_rate", "ppo_learning_rate", "dpo_learning_rate", "rm_epochs",
+                     "rm_pretrain_epochs", "dpo_beta"):  # fmt: skip
+            check_number(self, name, low=0, low_open=True)
         if self.ensemble_size < 2:
             raise ValueError("ensemble_size must be >= 2 (an ensemble of one has no disagreement to penalize).")
 

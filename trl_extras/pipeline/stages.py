@@ -67,15 +67,16 @@ class Context:
     def model_init_kwargs(self) -> dict:
         if self.model_args is None:
             return {}
-        from trl import get_kbit_device_map, get_quantization_config
+        import torch
+        from trl import get_quantization_config
+
+        from ..core.quantization import kbit_device_map
 
         kwargs = {}
         quantization = get_quantization_config(self.model_args)
         if quantization is not None:
-            kwargs.update(quantization_config=quantization, device_map=get_kbit_device_map())
+            kwargs.update(quantization_config=quantization, device_map=kbit_device_map(use_cpu=self.config.use_cpu))
         if getattr(self.model_args, "dtype", None) not in (None, "auto"):
-            import torch
-
             kwargs["dtype"] = getattr(torch, self.model_args.dtype)
         return kwargs
 
@@ -497,8 +498,56 @@ STAGES = {
 }
 
 
+# The settings that shape each stage's outputs (besides the stages it reads, see STAGE_INPUTS); a finished stage
+# whose stored settings differ is refused (unless overwrite), never silently reused.
+_COMMON = ("seed", "max_prompt_length", "max_completion_length", "temperature", "bf16")
+STAGE_SETTINGS = {
+    "sft": (*_COMMON, "policy_model", "sft_dataset", "num_sft_examples", "eval_prompt_dataset", "sft_reward",
+            "sft_max_steps", "sft_eval_steps", "sft_learning_rate", "sft_patience"),
+    "reward": (*_COMMON, "reward_base_model", "dirty_pairs_dataset", "clean_pairs_dataset", "num_dirty_pairs",
+               "num_clean_pairs", "rm_learning_rate", "rm_batch_size", "rm_epochs", "rm_pretrain_epochs",
+               "drop_easiest"),
+    "ensemble": (*_COMMON, "reward_base_model", "dirty_pairs_dataset", "clean_pairs_dataset", "num_dirty_pairs",
+                 "num_clean_pairs", "rm_learning_rate", "rm_batch_size", "ensemble_size", "ensemble_penalty",
+                 "ensemble_coef", "gold_reward"),
+    "cem": (*_COMMON, "prompt_dataset", "num_train_prompts", "sft_dataset", "num_sft_examples", "eval_prompt_dataset",
+            "cem_rounds", "cem_num_generations", "cem_prompts_per_round", "cem_sft_mix_ratio", "sft_learning_rate",
+            "gold_reward"),
+    "ppo": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps", "ppo_batch_size",
+            "ppo_learning_rate", "ppo_kl_coef", "gold_reward"),
+    "dpo": (*_COMMON, "prompt_dataset", "num_train_prompts", "real_pairs_dataset", "num_clean_pairs",
+            "dpo_num_generations", "dpo_max_steps", "dpo_learning_rate", "dpo_beta"),
+    "evaluate": (*_COMMON, "eval_prompt_dataset", "num_eval_prompts", "gold_reward", "ensemble_penalty",
+                 "ensemble_coef"),
+}  # fmt: skip
+STAGE_INPUTS = {"sft": (), "reward": ("sft",), "ensemble": ("sft",), "cem": ("sft", "ensemble"),
+                "ppo": ("sft", "reward", "ensemble"), "dpo": ("sft", "ensemble"),
+                "evaluate": ("sft", "reward", "ensemble", "cem", "ppo", "dpo")}  # fmt: skip
+
+
+def stage_settings(ctx: Context, name: str) -> dict:
+    """The fingerprint of stage ``name``: its settings, the model arguments (LoRA/4-bit) and the fingerprints of the
+    finished stages it reads (so re-running an upstream stage makes its consumers stale)."""
+    from ..utils.fingerprint import fingerprint_hash, settings_fingerprint
+
+    values = {field_name: getattr(ctx.config, field_name) for field_name in STAGE_SETTINGS[name]}
+    if ctx.model_args is not None:
+        values["model_args"] = {k: v for k, v in sorted(vars(ctx.model_args).items()) if not k.startswith("_")}
+    for upstream in STAGE_INPUTS[name]:
+        if upstream in ctx.results and "settings" in ctx.results[upstream]:
+            values[f"{upstream}_stage"] = fingerprint_hash(ctx.results[upstream]["settings"])
+    return settings_fingerprint(**values)
+
+
 def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True) -> Context:
-    """Run ``config.stages`` in order, skipping those with a ``result.json`` (unless ``overwrite``)."""
+    """Run ``config.stages`` in order, skipping those with a ``result.json`` (unless ``overwrite``).
+
+    ``result.json`` is written atomically once a stage has finished (a stage killed midway has none and runs again)
+    and stores the stage's settings; a finished stage made under other settings is refused with the changed
+    fields named, unless ``overwrite`` re-runs it.
+    """
+    from ..utils.atomic import atomic_write_json, read_json
+    from ..utils.fingerprint import check_fingerprint
     from .data import pipeline_datasets
 
     config.check_models()
@@ -507,10 +556,16 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
     for name in STAGES:  # results of earlier runs feed later stages even when not re-run
         path = ctx.root / name / "result.json"
         if path.exists():
-            ctx.results[name] = json.loads(path.read_text())
+            ctx.results[name] = read_json(path, what=f"Pipeline stage {name!r} result")
     for name in config.stages:
         path = ctx.root / name / "result.json"
         if path.exists() and not config.overwrite:
+            check_fingerprint(
+                ctx.results[name].get("settings"), stage_settings(ctx, name),
+                f"Stage {name!r} in {path.parent}",
+                "Pass --overwrite true to re-run the stages (later stages that read it are then refused too until "
+                "re-run), or use another --output_dir.",
+            )
             logger.info("stage %s: outputs exist, skipped", name)
             if progress:
                 print(f"[{name}] outputs exist in {path.parent}: skipped")
@@ -524,9 +579,10 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
         start = time.perf_counter()
         result = STAGES[name](ctx)
         result["seconds"] = round(time.perf_counter() - start, 1)
+        result["settings"] = stage_settings(ctx, name)
         ctx.results[name] = result
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_jsonable(result), indent=2))
+        atomic_write_json(path, _jsonable(result))  # last: the stage is finished
         if progress:
             print(f"[{name}] done in {result['seconds']:.0f}s", flush=True)
     return ctx

@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .cli_two_stage import TESTBED, RewardScriptArguments, load_pairs, resolve_model, testbed_datasets
+from .cli_two_stage import TESTBED, RewardScriptArguments, resolve_model, testbed_datasets, train_and_eval_datasets
 
 
 @dataclass
@@ -67,9 +67,7 @@ def ensemble_datasets(script_args: EnsembleScriptArguments):
                 seed=script_args.testbed_seed
             )
         return train, data["eval"]
-    train = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
-    split = script_args.dataset_test_split
-    return train, (load_pairs(script_args.dataset_name, script_args.dataset_config, split) if split else None)
+    return train_and_eval_datasets(script_args)
 
 
 def evaluate_ensemble(ensemble, dataset) -> dict:

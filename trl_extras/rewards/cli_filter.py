@@ -60,7 +60,9 @@ def main(argv=None) -> int:
         os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, "filter_report.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
-        result.filtered_dataset.to_json(os.path.join(training_args.output_dir, "filtered_pairs.jsonl"))
+        from ..utils.atomic import atomic_writer
+
+        atomic_writer(os.path.join(training_args.output_dir, "filtered_pairs.jsonl"), result.filtered_dataset.to_json)
     summary = {k: v for k, v in report.items() if not k.startswith("dropped_")}
     extra = {"filter": summary}
     if evaluation is not None:

@@ -83,15 +83,22 @@ def train_and_eval_datasets(script_args: RewardScriptArguments):
     if (script_args.dataset_name or TESTBED) == TESTBED:
         data = testbed_datasets(script_args)
         return data["clean"], data["eval"]
-    train = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
-    test_split = script_args.dataset_test_split
-    evaluation = load_pairs(script_args.dataset_name, script_args.dataset_config, test_split) if test_split else None
+    from ..cli_utils import load_eval_split, load_preference_split
+    from .pairs import validate_preference_dataset
+
+    name, config = script_args.dataset_name, script_args.dataset_config
+    train = load_preference_split(name, config, script_args.dataset_train_split)
+    evaluation = load_eval_split(name, config, script_args.dataset_test_split)
+    validate_preference_dataset(evaluation, f"--dataset_name {name!r} (split {script_args.dataset_test_split!r})")
     return train, evaluation
 
 
 def resolve_model(model_args, training_args) -> str:
     """Model path (the testbed SFT policy for 'testbed'/unset) and TRL-style ``model_init_kwargs``."""
+    from ..utils.validation import check_model_path
+
     name = model_args.model_name_or_path
+    check_model_path(name, "--model_name_or_path")
     if name in (None, "", TESTBED):
         from ..testbed import build_sft_policy
 

@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import gc
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ from ..modeling.peft import is_peft_model
 from .pairs import check_pad_pooling
 from .scoring import reward_model_batches, score_with_reward_model
 
+logger = logging.getLogger(__name__)
 MANIFEST_NAME = "ensemble_manifest.json"
+MEMBER_MARKER = "member_complete.json"  # written after a member is saved (train_reward_ensemble reuses it)
 MANIFEST_FORMAT = "trl_extras.reward_ensemble"
 
 
@@ -219,6 +222,9 @@ class RewardEnsemble:
         batch_size: sequences per forward pass.
         calibration: ``{"mean": [K floats], "std": [K floats]}`` from an earlier :meth:`calibrate`.
         model_init_kwargs: extra ``from_pretrained`` kwargs for members given as paths (dtype, quantization).
+        allow_uncalibrated: use the ensemble as a reward (``__call__``) with the ``variance``/``std`` penalty before
+            it is calibrated. Off by default: uncalibrated Bradley–Terry members differ by arbitrary offsets, so the
+            penalty would measure those instead of disagreement (an error, not a warning).
 
     Scores are on CPU as float32. Members stay on the device they are on.
     """
@@ -232,6 +238,7 @@ class RewardEnsemble:
         batch_size: int = 64,
         calibration: dict | None = None,
         model_init_kwargs: dict | None = None,
+        allow_uncalibrated: bool = False,
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -242,6 +249,7 @@ class RewardEnsemble:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.penalty, self.coef, self.batch_size = penalty, float(coef), int(batch_size)
+        self.allow_uncalibrated = bool(allow_uncalibrated)
         self.metadata: dict = {}
 
         if is_peft_model(models):
@@ -435,6 +443,13 @@ class RewardEnsemble:
         """GRPO/RLOO reward-function protocol: the penalized reward per completion. Extra kwargs (dataset columns,
         ``completion_ids``, ``trainer_state``) are ignored; ``log_metric(name, value)`` when given receives the
         batch's mean ensemble reward and mean member std."""
+        if self.calibration is None and self.penalty in ("variance", "std") and not self.allow_uncalibrated:
+            raise ValueError(
+                f"RewardEnsemble (penalty={self.penalty!r}) is not calibrated: Bradley–Terry rewards are "
+                "shift-invariant, so the penalty would measure the members' offsets, not their disagreement. Call "
+                "`calibrate()` on reference completions (train_reward_ensemble does, unless its calibration was "
+                "interrupted or calibration_size=None), or pass allow_uncalibrated=True to use it anyway."
+            )
         if self.calibration is None and self.penalty in ("variance", "std") and not self._warned_uncalibrated:
             warnings.warn(
                 "RewardEnsemble is not calibrated: Bradley–Terry rewards are shift-invariant, so the variance "
@@ -508,7 +523,10 @@ class RewardEnsemble:
                 members.append(f"adapters/{name}")
             self.processing_class.save_pretrained(directory / "tokenizer")
         manifest = self._manifest(members, base)
-        (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        from ..utils.atomic import atomic_write_json, fsync_tree
+
+        fsync_tree(directory)
+        atomic_write_json(directory / MANIFEST_NAME, manifest)  # last: a directory with a manifest is complete
         return str(directory)
 
     @classmethod
@@ -520,15 +538,31 @@ class RewardEnsemble:
         batch_size: int = 64,
         model_init_kwargs: dict | None = None,
         device: str | torch.device | None = None,
+        allow_uncalibrated: bool = False,
     ) -> RewardEnsemble:
         """Load an ensemble written by :meth:`save_pretrained` or :func:`train_reward_ensemble`."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from ..utils.atomic import read_json
 
         directory = Path(directory)
         path = directory / MANIFEST_NAME
         if not path.exists():
-            raise FileNotFoundError(f"No {MANIFEST_NAME} in {directory}: not a saved RewardEnsemble.")
-        manifest = json.loads(path.read_text())
+            raise FileNotFoundError(
+                f"No {MANIFEST_NAME} in {directory}: not a saved RewardEnsemble (an ensemble whose training or "
+                "calibration was interrupted has none: rerun it, finished members are reused)."
+            )
+        manifest = read_json(path, what="Reward-ensemble manifest")
+        allow_uncalibrated = allow_uncalibrated or bool(manifest.get("allow_uncalibrated", False))
+        return cls._from_manifest(directory, manifest, penalty, coef, batch_size, model_init_kwargs, device,
+                                  allow_uncalibrated)  # fmt: skip
+
+    @classmethod
+    def _from_manifest(cls, directory, manifest, penalty, coef, batch_size, model_init_kwargs, device,
+                       allow_uncalibrated=False) -> RewardEnsemble:  # fmt: skip
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        directory = Path(directory)
+        path = directory / MANIFEST_NAME
         if manifest.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"{path} is not a RewardEnsemble manifest (format={manifest.get('format')!r}).")
         penalty = penalty or manifest.get("penalty", "variance")
@@ -547,6 +581,7 @@ class RewardEnsemble:
                 coef=coef,
                 batch_size=batch_size,
                 calibration=manifest.get("calibration"),
+                allow_uncalibrated=allow_uncalibrated,
             )
         elif manifest["layout"] == "lora":
             from peft import PeftModel
@@ -568,6 +603,7 @@ class RewardEnsemble:
                 coef=coef,
                 batch_size=batch_size,
                 calibration=manifest.get("calibration"),
+                allow_uncalibrated=allow_uncalibrated,
             )
         else:
             raise ValueError(f"Unknown ensemble layout {manifest['layout']!r} in {path}.")
@@ -673,6 +709,10 @@ def train_reward_ensemble(
         )
     if len(train_dataset) == 0:
         raise ValueError("train_dataset is empty.")
+    from .pairs import validate_preference_dataset
+
+    validate_preference_dataset(train_dataset, "train_dataset")
+    validate_preference_dataset(eval_dataset, "eval_dataset")
     output_dir.mkdir(parents=True, exist_ok=True)
 
     if not isinstance(model, (str, os.PathLike)):
@@ -693,8 +733,36 @@ def train_reward_ensemble(
         peft_config = copy.deepcopy(peft_config)
         peft_config.layers_to_transform = list(range(num_layers - lora_last_layers, num_layers))
 
+    from ..utils.atomic import atomic_write_json, fsync_tree, kill_point
+    from ..utils.fingerprint import settings_fingerprint
+
+    # The manifest is written last (after calibration): remove a stale one first, so an interrupted rerun never
+    # leaves a directory that loads as a finished ensemble.
+    (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    shared_settings = settings_fingerprint(
+        model=model_path, layout=layout, data=train_dataset, bootstrap=bootstrap, peft=peft_config,
+        learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, max_length=getattr(args, "max_length", None),
+    )
+    pad_token_id = None
     members, histories = [], []
     for i, seed in enumerate(tqdm(seeds, desc="reward ensemble members", disable=not progress)):
+        rel = f"member_{i}" if layout == "separate" else f"adapters/member_{i}"
+        marker = output_dir / rel / MEMBER_MARKER
+        settings = {**shared_settings, "seed": seed}
+        if marker.exists():  # a member finished by an earlier (interrupted) run with the same settings: reuse it
+            try:
+                done = json.loads(marker.read_text())
+            except (OSError, json.JSONDecodeError):
+                done = {}
+            if done.get("settings") == settings:
+                logger.info("Reward ensemble member %d: reusing the finished member in %s", i, output_dir / rel)
+                histories.append(done.get("metrics", {}))
+                members.append(rel)
+                pad_token_id = done.get("pad_token_id", pad_token_id)
+                continue
+            marker.unlink()
         member_args = dataclasses.replace(
             args, seed=seed, data_seed=seed, output_dir=str(output_dir / "runs" / f"member_{i}")
         )
@@ -715,14 +783,15 @@ def train_reward_ensemble(
         keep_4bit_layers_differentiable(trainer.model)  # evaluations run no-grad forwards between training steps
         trainer.train()
         if layout == "separate":
-            rel = f"member_{i}"
             trainer.save_model(str(output_dir / rel))
         else:
-            rel = f"adapters/member_{i}"
             trainer.model.save_pretrained(str(output_dir / rel))
             # The base's config must carry the pad id the member pooled with.
             pad_token_id = trainer.model.config.get_text_config().pad_token_id
         metrics = {key: v for key, v in trainer.state.log_history[-1].items() if isinstance(v, (int, float))}
+        fsync_tree(output_dir / rel)
+        atomic_write_json(marker, {"settings": settings, "metrics": metrics, "pad_token_id": pad_token_id})
+        kill_point(f"ensemble_member_saved:{i}")
         histories.append(metrics)
         members.append(rel)
         del trainer
@@ -747,16 +816,20 @@ def train_reward_ensemble(
         "bootstrap": bootstrap,
         "lora_last_layers": lora_last_layers,
         "train_metrics": histories,
+        # calibration_size=None is the user's explicit opt-out: later loads may use the ensemble uncalibrated
+        "allow_uncalibrated": not calibration_size,
     }
-    (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     load_kwargs = _load_kwargs(args)
     if quantization_config is not None:
         load_kwargs["quantization_config"] = quantization_config
-    ensemble = RewardEnsemble.from_pretrained(output_dir, model_init_kwargs=load_kwargs)
+    ensemble = RewardEnsemble._from_manifest(output_dir, manifest, None, None, 64, load_kwargs, None,
+                                             allow_uncalibrated=not calibration_size)  # fmt: skip
     if calibration_size:
         prompts, completions = _reference_completions(train_dataset, calibration_size)
+        kill_point("ensemble_calibration")
         manifest["calibration"] = ensemble.calibrate(prompts, completions)
-        (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    fsync_tree(output_dir)
+    atomic_write_json(output_dir / MANIFEST_NAME, manifest)  # last: the directory is now a complete ensemble
     return ensemble
 
 
@@ -765,3 +838,11 @@ def _load_kwargs(args) -> dict:
     kwargs = dict(getattr(args, "model_init_kwargs", None) or {})
     kwargs.pop("num_labels", None)
     return kwargs
+
+
+def interrupted_ensemble_dir(path: str | os.PathLike) -> bool:
+    """True for a directory with ensemble members but no manifest (training or calibration was interrupted)."""
+    path = Path(path)
+    if not path.is_dir() or (path / MANIFEST_NAME).exists():
+        return False
+    return any(path.glob(f"member_*/{MEMBER_MARKER}")) or any(path.glob(f"adapters/member_*/{MEMBER_MARKER}"))

@@ -204,6 +204,11 @@ def train_with_easy_pair_filtering(
     """
     from trl import RewardConfig, RewardTrainer
 
+    from .pairs import validate_preference_dataset
+
+    # before the first reward model trains: a bad row would otherwise surface only when its pairs are scored
+    validate_preference_dataset(train_dataset, "train_dataset")
+    validate_preference_dataset(eval_dataset, "eval_dataset")
     trainer_cls = trainer_cls or RewardTrainer
     if args is None:
         args = RewardConfig(output_dir="reward-filtered")

@@ -77,6 +77,26 @@ def pair_columns(dataset, id_column: str = "id", allow_identical: bool = False) 
     return prompts, chosen, rejected
 
 
+def validate_preference_dataset(dataset, name: str = "dataset", allow_identical: bool = False) -> None:
+    """The one check every preference-data entry point runs before any training: :func:`pair_columns`' rules
+    (``chosen``/``rejected`` columns, no empty or identical responses) with the dataset's ``name`` in the message.
+
+    ``None`` passes (optional datasets); pre-tokenized (``chosen_input_ids``...) and streamed (no ``len``)
+    datasets are left to the trainer.
+    """
+    if dataset is None:
+        return
+    columns = list(dataset.column_names) if hasattr(dataset, "column_names") else list(dataset)
+    if "chosen" not in columns and any(c.startswith(("chosen_input_ids", "chosen_ids")) for c in columns):
+        return
+    if not hasattr(dataset, "__len__"):
+        return
+    try:
+        pair_columns(dataset, allow_identical=allow_identical)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
 def check_pad_pooling(model, processing_class) -> None:
     """Raise unless the model pools at the token the scorer pads with (else rewards are read at a wrong position)."""
     pad_id = (

@@ -11,6 +11,7 @@ and EOS — a train/score mismatch. Everything in trl_extras that scores with a 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -87,7 +88,10 @@ class RewardModelScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if isinstance(model, str):
+            from ..utils.validation import check_model_path
+
             path = model
+            check_model_path(path, "reward model path")
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **(model_init_kwargs or {}))
             processing_class = processing_class or AutoTokenizer.from_pretrained(path)
         if processing_class is None:
@@ -112,11 +116,23 @@ def check_rewards(name: str, values, expected: int) -> list[float]:
     """Validate one reward function's output: a list of ``expected`` finite floats, else a clear error."""
     if values is None:
         raise ValueError(f"Reward function {name!r} returned None instead of a list of {expected} floats.")
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ValueError(
+            f"Reward function {name!r} returned {type(values).__name__} {values!r:.80}; expected a list of {expected} "
+            "floats (one per completion)."
+        )
     values = values.tolist() if isinstance(values, torch.Tensor) else list(values)
     if len(values) != expected:
         raise ValueError(f"Reward function {name!r} returned {len(values)} values for {expected} completions.")
     out = []
     for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if not isinstance(v, numbers.Real) and v is not None:
+            raise ValueError(
+                f"Reward function {name!r} returned {type(v).__name__} {v!r:.80} for completion {i}; rewards must "
+                "be numbers (int/float), not strings or other objects."
+            )
         if v is None or (isinstance(v, float) and math.isnan(v)) or not math.isfinite(float(v)):
             raise ValueError(f"Reward function {name!r} returned {v!r} for completion {i}; rewards must be finite.")
         out.append(float(v))

@@ -148,6 +148,11 @@ class TwoStageRewardTrainer(RewardTrainer):
     ):
         if pretrain_dataset is None:
             raise ValueError("TwoStageRewardTrainer needs `pretrain_dataset` (the stage-1 pairs).")
+        from .pairs import validate_preference_dataset
+
+        validate_preference_dataset(pretrain_dataset, "pretrain_dataset")
+        validate_preference_dataset(train_dataset, "train_dataset")
+        validate_preference_dataset(eval_dataset, "eval_dataset")
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers is not None and any(o is not None for o in optimizers):
             raise ValueError(

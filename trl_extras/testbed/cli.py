@@ -45,8 +45,10 @@ def summarize_testbed(args: TestbedArguments, policy_path: str | None = None) ->
     agree = np.array(dirty["agrees_with_gold"])
     easy = np.array(dirty["easy"])
     out = Path(args.output_dir)
-    dirty.to_json(out / "dirty_pairs.jsonl")
-    clean.to_json(out / "clean_pairs.jsonl")
+    from ..utils.atomic import atomic_writer
+
+    atomic_writer(out / "dirty_pairs.jsonl", dirty.to_json)  # complete or absent (later runs train on them)
+    atomic_writer(out / "clean_pairs.jsonl", clean.to_json)
     summary = {
         "sft_policy": policy_path,
         "sft_build_or_load_seconds": round(build_s, 1),

@@ -114,15 +114,16 @@ def build_sft_policy(
     start = time.perf_counter()
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     train_sft_policy(config, tmp, progress=progress)
-    (tmp / "build_info.json").write_text(
-        json.dumps({"config": asdict(config), "build_seconds": time.perf_counter() - start}, indent=2)
-    )
-    if path.exists():  # another process won the race; keep theirs
+    from ..utils.atomic import atomic_write_json, publish_dir
+
+    # build_info.json last: the cache entry is complete once it exists (checked above)
+    atomic_write_json(tmp / "build_info.json", {"config": asdict(config), "build_seconds": time.perf_counter() - start})
+    if info.exists() and (path / "config.json").exists():  # another process won the race; keep theirs
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    else:  # absent, or left incomplete by a killed build: replace it whole
+        publish_dir(tmp, path)
     logger.info("Built testbed SFT policy at %s in %.1fs", path, time.perf_counter() - start)
     return str(path)
 

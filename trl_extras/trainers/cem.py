@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import math
-import os
 import random
 import shutil
 from pathlib import Path
@@ -198,6 +196,8 @@ class CEMTrainer:
         self.sft_dataset = sft_dataset
         self.callbacks = callbacks
 
+        # What shapes every round's data: refused on resume when it changed (see `_check_settings`)
+        self._settings = cem_settings(args, model, reward_funcs, train_dataset, sft_dataset, peft_config)
         model_path = model if isinstance(model, str) else None
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
@@ -234,6 +234,21 @@ class CEMTrainer:
     def round_dir(self, r: int) -> Path:
         return self.output_dir / f"round_{r}"
 
+    def _check_settings(self) -> None:
+        """Store the settings fingerprint on a fresh run; on a resume refuse saved rounds made under other settings."""
+        from ..utils.atomic import atomic_write_json, read_json
+        from ..utils.fingerprint import check_fingerprint
+
+        path = self.output_dir / SETTINGS_FILE
+        has_state = any(self.round_dir(r).exists() for r in range(max(self.args.num_rounds, self._finished_rounds())))
+        if self.args.resume and path.exists() and has_state:
+            check_fingerprint(
+                read_json(path, what="CEM settings file"), self._settings, f"The CEM state in {self.output_dir}",
+                "Use the original settings to resume, or pass --resume false (resume=False) to start over "
+                "(deletes the saved rounds), or another output_dir.",
+            )
+        atomic_write_json(path, self._settings)
+
     def _finished_rounds(self) -> int:
         """Number of consecutive rounds (from 0) whose model and metrics were saved."""
         r = 0
@@ -261,13 +276,13 @@ class CEMTrainer:
     @staticmethod
     def _save_dataset(ds, path: Path) -> None:
         """Write atomically: a crash mid-write leaves the previous copy (and a dataset can't overwrite itself)."""
+        from ..utils.atomic import publish_dir
+
         tmp = path.with_name(path.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
         ds.save_to_disk(str(tmp))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        publish_dir(tmp, path)
 
     # ------------------------------------------------------------------ sampling and scoring
     def _round_prompt_rows(self, r: int) -> list[int]:
@@ -442,9 +457,9 @@ class CEMTrainer:
             shutil.rmtree(tmp)
         self.model.save_pretrained(str(tmp))
         self.processing_class.save_pretrained(str(tmp))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        from ..utils.atomic import publish_dir
+
+        publish_dir(tmp, path)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:
@@ -464,28 +479,35 @@ class CEMTrainer:
         from tqdm.auto import tqdm
         from transformers import set_seed
 
+        from ..utils.atomic import atomic_write_json, kill_point, read_json
+
         args = self.args
         self.output_dir.mkdir(parents=True, exist_ok=True)
         start = 0
         self.history = []
         if args.resume:
+            self._check_settings()
             start = self._finished_rounds()
             for r in range(start):
-                self.history.append(json.loads((self.round_dir(r) / "metrics.json").read_text()))
+                self.history.append(read_json(self.round_dir(r) / "metrics.json", what=f"CEM round {r} metrics"))
             if start > 0:
                 logger.info("Resuming CEM after %d finished round(s) from %s", start, self.output_dir)
                 self._load_round_model(start - 1)
             initial = self.output_dir / "initial_eval.json"
             if initial.exists():
-                self.initial_eval = json.loads(initial.read_text())
+                self.initial_eval = read_json(initial, what="CEM initial evaluation")
         else:
-            for r in range(args.num_rounds):
+            r = 0
+            while r < args.num_rounds or self.round_dir(r).exists():
                 if self.round_dir(r).exists():
                     shutil.rmtree(self.round_dir(r))
+                r += 1
+            (self.output_dir / "initial_eval.json").unlink(missing_ok=True)
+            self._check_settings()
         if self.initial_eval is None and self.eval_dataset is not None and start == 0:
             set_seed(args.seed)
             self.initial_eval = self.evaluate()
-            (self.output_dir / "initial_eval.json").write_text(json.dumps(self.initial_eval, indent=2))
+            atomic_write_json(self.output_dir / "initial_eval.json", self.initial_eval)
 
         stop_reason = None
         for r in tqdm(range(start, args.num_rounds), desc="CEM rounds", disable=args.disable_tqdm):
@@ -532,7 +554,7 @@ class CEMTrainer:
                 metrics["stopped"] = stop_reason
                 logger.warning("CEM stops before fine-tuning round %d: %s", r, stop_reason)
                 self.history.append(metrics)
-                (rdir / "stopped.json").write_text(json.dumps(metrics, indent=2))
+                atomic_write_json(rdir / "stopped.json", metrics)
                 break
 
             dataset, num_mix = self._fine_tune_dataset(columns, r)
@@ -546,9 +568,10 @@ class CEMTrainer:
             self._save_round_model(r)
             metrics.update(self.evaluate())
             self.history.append(metrics)
-            (rdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            atomic_write_json(rdir / "metrics.json", metrics)  # last: marks the round finished
             self._log_round(metrics)
             self._write_history()
+            kill_point(f"cem_round_done:{r}")
 
         self._write_history(stop_reason)
         return self.history
@@ -563,7 +586,9 @@ class CEMTrainer:
 
     def _write_history(self, stop_reason: str | None = None) -> None:
         payload = {"initial_eval": self.initial_eval, "rounds": self.history, "stopped": stop_reason}
-        (self.output_dir / "cem_history.json").write_text(json.dumps(payload, indent=2))
+        from ..utils.atomic import atomic_write_json
+
+        atomic_write_json(self.output_dir / "cem_history.json", payload)
         if self.args.plot and self.history:
             plot_history(self.history, self.output_dir / "cem_history.png", self.initial_eval)
 
@@ -598,3 +623,35 @@ def plot_history(history: list[dict], path, initial_eval: dict | None = None) ->
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+SETTINGS_FILE = "cem_settings.json"
+# CEMConfig / SFTConfig fields that do not change what a round samples, selects or trains on
+_NON_SHAPING = {"resume", "plot", "eval_num_generations", "entropy_batch_size"}
+_TRAINING_FIELDS = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "seed", "max_length",
+    "completion_only_loss", "model_init_kwargs",
+)  # fmt: skip
+
+
+def cem_settings(args, model, reward_funcs, train_dataset, sft_dataset, peft_config) -> dict:
+    """The fingerprint of everything that shapes a CEM round's samples, elites and fine-tuning."""
+    from dataclasses import fields
+
+    from trl import SFTConfig
+
+    from ..utils.fingerprint import settings_fingerprint
+    from .cem_config import CEMConfig
+
+    own = {f.name for f in fields(CEMConfig)} - {f.name for f in fields(SFTConfig)} - _NON_SHAPING
+    if args.temperature_end is None and args.elite_quantile_end is None:
+        # no schedule over the rounds: round r's data does not depend on how many rounds follow (extending a
+        # finished run by more rounds is a valid resume and gives what the longer run would have)
+        own.discard("num_rounds")
+    values = {name: getattr(args, name) for name in sorted(own)}
+    values.update({name: getattr(args, name, None) for name in _TRAINING_FIELDS})
+    return settings_fingerprint(
+        model=model, reward_funcs=reward_funcs, train_dataset=train_dataset, sft_dataset=sft_dataset,
+        peft_config=peft_config, **values,
+    )

@@ -55,8 +55,11 @@ def build_trainer(script_args: CEMScriptArguments, cem_args, model_args):
 
     from ..testbed import TestbedConfig, build_sft_policy, gold_reward_fn, heuristic_reward_fn, prompt_dataset
     from ..testbed import sft_dataset as testbed_sft
+    from ..utils.validation import check_model_path
     from .cem import CEMTrainer
 
+    check_model_path(model_args.model_name_or_path, "--model_name_or_path")
+    check_model_path(script_args.reward_model, "--reward_model")
     testbed = script_args.dataset_name is None
     model = model_args.model_name_or_path or build_sft_policy()
     train = _load(script_args.dataset_name, script_args.dataset_split) if not testbed else prompt_dataset("train")

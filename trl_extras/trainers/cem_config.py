@@ -111,6 +111,20 @@ class CEMConfig(SFTConfig):
     plot: bool = field(default=True, metadata={"help": "Write `cem_history.png` (matplotlib, Agg backend)."})
 
     def __post_init__(self):
+        from ..utils.validation import check_number
+
+        # types and ranges first, so a YAML list/string fails here and not inside a comparison or the Trainer
+        for name in ("temperature", "temperature_end", "elite_quantile", "elite_quantile_end", "reward_threshold",
+                     "sft_mix_ratio", "kl_coef", "entropy_coef", "min_entropy", "min_distinct_n", "top_p",
+                     "learning_rate"):  # fmt: skip
+            check_number(self, name, optional=True)
+        check_number(self, "max_completion_length", low=1, integer=True)
+        check_number(self, "per_device_train_batch_size", low=1, integer=True)
+        check_number(self, "num_generations", integer=True)  # the range checks below say why
+        check_number(self, "num_rounds", integer=True)
+        check_number(self, "elite_top_k", low=1, integer=True, optional=True)
+        check_number(self, "prompts_per_round", low=1, integer=True, optional=True)
+        check_number(self, "generation_batch_size", low=1, integer=True, optional=True)
         super().__post_init__()
         if self.num_generations < 2:
             raise ValueError(

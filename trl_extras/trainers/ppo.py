@@ -858,21 +858,41 @@ class PPOTrainer(_BaseTrainer):
     # DeepSpeed the engine's own checkpoint holds the value model; the PPO state file is written either way)
     # ------------------------------------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint plus the value model and PPO state, complete or absent: the extra files are
+        written atomically and ``ppo_state.json`` (with every file's size) is written last, as the completion marker;
+        old checkpoints are rotated out only after the new one is complete."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        from ..utils.atomic import atomic_write_json, atomic_writer, fsync_tree, kill_point
+
         model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name)
-        super()._save_checkpoint(model, trial)
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # the Trainer would rotate before our files exist
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
         if self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            run_dir = self._get_output_dir(trial=trial)
+            output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            kill_point(f"ppo_checkpoint_extras:{self.state.global_step}")
             if not self._joint_model:
                 from safetensors.torch import save_file
 
                 value = self.accelerator.unwrap_model(self.value_model)
                 state = {n: p.detach().cpu().contiguous() for n, p in value.named_parameters() if p.requires_grad}
-                save_file(state, os.path.join(output_dir, VALUE_STATE_FILE))
-            with open(os.path.join(output_dir, PPO_STATE_FILE), "w") as f:
-                json.dump({"kl_coef": self.kl_ctl.value, "reward_moments": self.reward_moments.state_dict()}, f)
+                atomic_writer(os.path.join(output_dir, VALUE_STATE_FILE), lambda tmp: save_file(state, tmp))
+            fsync_tree(output_dir)
+            files = {
+                os.path.relpath(os.path.join(root, name), output_dir): os.path.getsize(os.path.join(root, name))
+                for root, _, names in os.walk(output_dir)
+                for name in names
+                if name != PPO_STATE_FILE
+            }
+            ppo_state = {"kl_coef": self.kl_ctl.value, "reward_moments": self.reward_moments.state_dict(), "files": files}
+            atomic_write_json(os.path.join(output_dir, PPO_STATE_FILE), ppo_state, indent=None)
+            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The saved model is the policy (``from_pretrained``-able, or its adapter), also under DeepSpeed."""
@@ -889,6 +909,18 @@ class PPOTrainer(_BaseTrainer):
         finally:
             self.model = joint
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` resumes from the newest COMPLETE checkpoint (a run
+        killed while writing one leaves it incomplete: it is skipped with a warning), and a named checkpoint is
+        checked file by file first, so a damaged one is refused with the file named."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
+        elif resume_from_checkpoint:
+            problem = checkpoint_problem(str(resume_from_checkpoint))
+            if problem:
+                raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}")
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Not called under DeepSpeed: the Trainer restores the engine (policy and value) from its own checkpoint
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -898,7 +930,10 @@ class PPOTrainer(_BaseTrainer):
         from safetensors.torch import load_file
 
         value = self.accelerator.unwrap_model(self.value_model)
-        state = load_file(value_file)
+        try:
+            state = load_file(value_file)
+        except Exception as err:
+            raise ValueError(f"Checkpoint {resume_from_checkpoint}: {VALUE_STATE_FILE} is unreadable ({err}).") from err
         result = value.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise ValueError(f"Value checkpoint does not match the value model: {result.unexpected_keys[:5]}")
@@ -913,8 +948,9 @@ class PPOTrainer(_BaseTrainer):
         state_file = os.path.join(checkpoint, PPO_STATE_FILE)
         if not os.path.isfile(state_file):
             raise ValueError(f"{checkpoint} has no {PPO_STATE_FILE}: not a PPOTrainer checkpoint.")
-        with open(state_file) as f:
-            ppo_state = json.load(f)
+        from ..utils.atomic import read_json
+
+        ppo_state = read_json(state_file, what=f"Checkpoint {checkpoint}:")
         self.kl_ctl.value = float(ppo_state["kl_coef"])
         self.reward_moments.load_state_dict(ppo_state["reward_moments"])
         # resume at the right place of the rollout cycle; the batch itself is sampled afresh
@@ -927,3 +963,54 @@ class PPOTrainer(_BaseTrainer):
 
         state_file = os.path.join(path, "trainer_state.json")
         return TrainerState.load_from_json(state_file).global_step if os.path.isfile(state_file) else 0
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why ``path`` is not a complete PPOTrainer checkpoint (None when it is): the completion marker
+    ``ppo_state.json`` is missing or unreadable, or a file it lists is missing or has another size (truncated)."""
+    state_file = os.path.join(path, PPO_STATE_FILE)
+    if not os.path.isdir(path):
+        return "no such directory"
+    if not os.path.isfile(state_file):
+        return f"no {PPO_STATE_FILE} (written last: the checkpoint was not finished, or is not a PPOTrainer one)"
+    try:
+        with open(state_file) as f:
+            state = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        return f"{PPO_STATE_FILE} is not valid JSON ({err})"
+    for name, size in (state.get("files") or {}).items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{name} is missing"
+        if os.path.getsize(file) != size:
+            return f"{name} is truncated or changed ({os.path.getsize(file)} bytes, {size} when saved)"
+    trainer_state = os.path.join(path, "trainer_state.json")
+    if not os.path.isfile(trainer_state):
+        return "trainer_state.json is missing"
+    try:
+        with open(trainer_state) as f:
+            json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        return f"trainer_state.json is not valid JSON ({err})"
+    return None
+
+
+def latest_complete_checkpoint(output_dir: str) -> str:
+    """The newest complete ``checkpoint-N`` in ``output_dir``; newer incomplete ones are skipped with a warning."""
+    import re
+    import warnings
+
+    pattern = re.compile(r"^checkpoint-(\d+)$")
+    found = sorted(
+        ((int(m.group(1)), name) for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+         if (m := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))),
+        reverse=True,
+    )  # fmt: skip
+    for _, name in found:
+        path = os.path.join(output_dir, name)
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        warnings.warn(f"Skipping incomplete checkpoint {path}: {problem}. Resuming from an older one.", stacklevel=3)
+        logger.warning("Skipping incomplete checkpoint %s: %s", path, problem)
+    raise ValueError(f"No complete checkpoint in output directory {output_dir} to resume from.")

@@ -57,10 +57,16 @@ def _python_reward(name: str):
 
 def _reward_model(path: str, model_init_kwargs: dict):
     """A reward-model path, or a RewardEnsemble when the directory is one."""
-    from ..rewards.ensemble import MANIFEST_NAME, RewardEnsemble
+    from ..rewards.ensemble import MANIFEST_NAME, RewardEnsemble, interrupted_ensemble_dir
 
     if os.path.isfile(os.path.join(path, MANIFEST_NAME)):
         return RewardEnsemble.from_pretrained(path)
+    if interrupted_ensemble_dir(path):
+        raise ValueError(
+            f"--reward_model_path {path} holds reward-ensemble members but no {MANIFEST_NAME}: its training or "
+            "calibration was interrupted. Rerun `trl-extras reward-ensemble` with the same settings (finished "
+            "members are reused)."
+        )
     from ..rewards.scoring import RewardModelScorer
 
     return RewardModelScorer(path, model_init_kwargs=model_init_kwargs)
@@ -79,11 +85,11 @@ def datasets_for(script_args: PPOScriptArguments):
         train = prompt_dataset("train", cfg, conversational=conv)
         evaluation = prompt_dataset("holdout", cfg, conversational=conv) if script_args.testbed_num_eval_prompts else None
         return train, evaluation
+    from ..cli_utils import load_eval_split
     from ..rewards.cli_two_stage import load_pairs  # generic loader: Hub name, save_to_disk directory or data file
 
     train = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
-    test_split = script_args.dataset_test_split
-    evaluation = load_pairs(script_args.dataset_name, script_args.dataset_config, test_split) if test_split else None
+    evaluation = load_eval_split(script_args.dataset_name, script_args.dataset_config, script_args.dataset_test_split)
     return train, evaluation
 
 
@@ -96,6 +102,11 @@ def main(argv=None) -> int:
     from .ppo_config import PPOConfig
 
     script_args, training_args, model_args = parse_args([PPOScriptArguments, PPOConfig, ModelConfig], argv, "ppo")
+    from ..utils.validation import check_model_path
+
+    for path in script_args.reward_model_path or []:  # before any model loads
+        check_model_path(path, "--reward_model_path")
+    check_model_path(script_args.value_model_path, "--value_model_path")
     model = resolve_model(model_args, training_args)  # 'testbed' -> the SFT policy; fills model_init_kwargs
     quantization_config = get_quantization_config(model_args)
     load_kwargs = dict(training_args.model_init_kwargs or {})

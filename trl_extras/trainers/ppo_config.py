@@ -278,6 +278,29 @@ class PPOConfig(_BaseConfig):
     )
 
     def __post_init__(self):
+        # Types and ranges first, before anything compares them (a YAML list or string would otherwise fail deep
+        # inside the Trainer or silently train nonsense).
+        from ..utils.validation import check_number
+
+        for name in ("learning_rate", "value_learning_rate", "kl_coef", "target_kl", "vf_coef", "missing_eos_penalty",
+                     "reward_clip", "kl_early_stop_target", "kl_budget", "top_p"):  # fmt: skip
+            check_number(self, name, optional=True)
+        check_number(self, "kl_coef", low=0)
+        check_number(self, "temperature", low=0, low_open=True)
+        check_number(self, "gamma", low=0, high=1)
+        check_number(self, "lam", low=0, high=1)
+        check_number(self, "cliprange", low=0, low_open=True, optional=True)  # None: no clipping (A2C)
+        check_number(self, "cliprange_value", low=0, low_open=True, optional=True)
+        check_number(self, "vf_coef", low=0)
+        check_number(self, "max_completion_length", low=1, integer=True)
+        check_number(self, "max_prompt_length", low=1, integer=True, optional=True)
+        check_number(self, "per_device_train_batch_size", low=1, integer=True)
+        check_number(self, "gradient_accumulation_steps", low=1, integer=True)
+        check_number(self, "num_generations", low=1, integer=True)
+        check_number(self, "num_ppo_epochs", low=1, integer=True)
+        check_number(self, "num_mini_batches", low=1, integer=True)
+        check_number(self, "learning_rate", low=0)
+
         if self.bf16 is None:
             import torch
 

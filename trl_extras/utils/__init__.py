@@ -1,0 +1,1 @@
+"""Small infrastructure helpers shared by the trainers and the pipeline (atomic writes, settings fingerprints)."""
