@@ -232,7 +232,7 @@ class RewardRefreshCallback(TrainerCallback):
         counts = label_counts(labelled)
         win = policy_win_rate(labelled)
         entry = {"step": step, "report": report.to_dict(), "labels": counts, "policy_win_rate": win}
-        from ..refresh.labeling import atomic_write_text
+        from ..utils.atomic import atomic_write_text
 
         atomic_write_text(folder / "report.json", json.dumps(entry, indent=2))
         self.history.append(entry)
@@ -255,8 +255,8 @@ class RewardRefreshCallback(TrainerCallback):
     def _save_reward(self, directory: Path, step: int) -> None:
         from safetensors.torch import save_model
 
-        from ..refresh.labeling import atomic_write_text
         from ..refresh.refresh import resolve_reward_model
+        from ..utils.atomic import atomic_write_text
 
         reward, tokenizer = self._reward()
         kind, target, _ = resolve_reward_model(reward, tokenizer)

@@ -18,7 +18,6 @@ settings is refused (naming the fields that changed) instead of silently mixing 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -93,29 +92,31 @@ class IterateConfig:
 
 
 def settings_fingerprint(config) -> tuple[str, dict]:
-    """``(sha256 hex, settings)`` of a dataclass's fields that change results (a small local helper)."""
-    settings = {k: v for k, v in asdict(config).items() if k not in _UNFINGERPRINTED}
-    blob = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest(), settings
+    """``(hash, settings)`` of a dataclass's fields that change results (``trl_extras.utils.fingerprint``)."""
+    from ..utils.fingerprint import fingerprint_hash
+    from ..utils.fingerprint import settings_fingerprint as describe_settings
+
+    settings = describe_settings(**{k: v for k, v in asdict(config).items() if k not in _UNFINGERPRINTED})
+    return fingerprint_hash(settings), settings
 
 
 def check_settings(config, root: Path) -> None:
     """Write ``settings.json`` on the first run; refuse a different fingerprint later (naming what changed)."""
-    from .labeling import atomic_write_text
+    from ..utils.atomic import atomic_write_json, read_json
+    from ..utils.fingerprint import changed_fields
 
     digest, settings = settings_fingerprint(config)
     path = root / "settings.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_json(path, "The iterate settings file")
         if saved["fingerprint"] != digest:
-            changed = sorted(k for k in set(settings) | set(saved["settings"])
-                             if settings.get(k) != saved["settings"].get(k))
+            changed = sorted(changed_fields(saved["settings"], settings))
             raise ValueError(
                 f"{root} was started with different settings (changed: {changed}). Use the original settings to "
                 "continue, or a new output_dir for a new run."
             )
         return
-    atomic_write_text(path, json.dumps({"fingerprint": digest, "settings": settings}, indent=2))
+    atomic_write_json(path, {"fingerprint": digest, "settings": settings})
 
 
 def _done(path: Path) -> dict | None:
@@ -124,7 +125,7 @@ def _done(path: Path) -> dict | None:
 
 
 def _finish(path: Path, result: dict) -> dict:
-    from .labeling import atomic_write_text
+    from ..utils.atomic import atomic_write_text
 
     atomic_write_text(path / "result.json", json.dumps(result, indent=2, default=str))
     return result

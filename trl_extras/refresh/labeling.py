@@ -23,6 +23,7 @@ import os
 import random
 from pathlib import Path
 
+from ..utils.atomic import atomic_write_text
 from .comparisons import COMPARISON_COLUMNS
 
 TIE = -1
@@ -151,18 +152,6 @@ def _cell(value) -> str:
 
 def _label_cell(label) -> str:
     return "" if label is None else {0: "A", 1: "B", TIE: "tie"}[int(label)]
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and rename it over ``path`` (no half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _file_format(path, format: str | None) -> str:
