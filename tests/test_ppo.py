@@ -543,6 +543,7 @@ def _one_update(policy_path, tmp_path, loss_type, per_device, ga):
     return torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)]), lengths
 
 
+@pytest.mark.slow  # ~40 s: three trainings of the SFT policy (aggregate_loss itself is tested in test_core_ppo)
 def test_dapo_loss_makes_gradient_accumulation_exact(sft_policy_path, tmp_path):
     """GA=2 over micro-batches of unequal token counts gives the GA=1 update with loss_type='dapo' (not 'bnpo')."""
     whole, lengths = _one_update(sft_policy_path, tmp_path, "dapo", 8, 1)
