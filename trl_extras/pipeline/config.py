@@ -93,6 +93,7 @@ class PipelineConfig:
     ppo_max_steps: int = field(default=40, metadata={"help": "PPO steps (rollout batches)."})
     ppo_batch_size: int = field(default=64, metadata={"help": "PPO rollouts per step."})
     ppo_learning_rate: float = field(default=3e-4, metadata={"help": "PPO policy learning rate."})
+    ppo_num_epochs: int = field(default=4, metadata={"help": "PPO passes over each rollout batch (num_ppo_epochs)."})
     ppo_kl_coef: float = field(default=0.2, metadata={"help": "β of the exact per-token KL penalty."})
     ppo_reward: str = field(
         default="ensemble",

@@ -387,6 +387,7 @@ def stage_ppo(ctx: Context) -> dict:
         temperature=cfg.temperature,
         kl_estimator="exact",
         kl_coef=cfg.ppo_kl_coef,
+        num_ppo_epochs=cfg.ppo_num_epochs,
         advantage_normalization="batch",
         save_strategy="no",
         model_init_kwargs=ctx.model_init_kwargs() or None,
