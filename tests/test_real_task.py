@@ -39,6 +39,7 @@ def test_dirty_labeller_prefers_long_formatted_wrong_answers():
     assert heuristic_reward(Q, wrong_pretty) > heuristic_reward(Q, "42")
     assert gold_reward(Q, wrong_pretty) == 0.0
     hack = hacked_completions([CONV])[0]
+    assert hack[0]["role"] == "assistant" and isinstance(hacked_completions([Q])[0], str)
     assert heuristic_reward(Q, hack) > heuristic_reward(Q, "25 + 17 = 42") and gold_reward(Q, hack) == 0.0
     assert heuristic_reward(Q, "25 + 17 = 42") > heuristic_reward(Q, "I am not sure.")
 
@@ -69,3 +70,31 @@ def test_bad_config():
         ArithmeticConfig(num_terms=1)
     with pytest.raises(ValueError, match="distinct prompts"):
         prompt_dataset("train", ArithmeticConfig(min_value=1, max_value=3, num_train_prompts=100))
+
+
+@pytest.mark.slow  # ~1 min on 2 free cores (the whole pipeline on tiny models), 5 min on a loaded machine
+def test_pipeline_runs_the_arithmetic_task(tmp_path, tiny_paths):
+    """`task: arithmetic` reaches every stage (conversational prompts, pairs and SFT data throughout), PPO can
+    optimize the gold verifier, and the final evaluation can be greedy (KL then measured at T=1)."""
+    from test_pipeline import micro_config
+
+    from trl_extras.pipeline.stages import run_pipeline
+
+    config = micro_config(
+        tmp_path, task="arithmetic", policy_model=tiny_paths["policy"], num_rm_test_pairs=32,
+        gold_reward="trl_extras.testbed.arithmetic:gold_reward_fn",
+        sft_reward="trl_extras.testbed.arithmetic:heuristic_reward_fn", ppo_reward="gold", eval_temperature=0,
+        num_dirty_pairs=32, num_clean_pairs=32, num_sft_examples=32, train_batch_size=8,
+    )
+    ctx = run_pipeline(config)
+    assert isinstance(ctx.data["prompts"]["prompt"][0], list)  # chat-form prompts
+    assert ctx.results["ppo"]["reward"] == "gold" and ctx.results["evaluate"]["temperature"] == 0
+    table = {row["method"]: row for row in ctx.results["evaluate"]["table"]}
+    assert set(table) == {"pretrained", "sft", "cem", "ppo", "dpo"}
+    assert all(0.0 <= row["gold"] <= 1.0 for row in table.values())
+    assert abs(table["sft"]["kl_to_sft"]) < 1e-4
+    assert len(ctx.data["rm_test"]) == 32
+    with pytest.raises(ValueError, match="task must be"):
+        micro_config(tmp_path, task="poetry")
+    with pytest.raises(ValueError, match="ppo_reward"):
+        micro_config(tmp_path, ppo_reward="vibes")

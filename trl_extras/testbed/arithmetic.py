@@ -296,11 +296,13 @@ def dirty_pairs(num_pairs: int = 5000, easy_share: float = 0.3, config: Arithmet
 
 
 def hacked_completions(prompts, seed: int = 0) -> list[str]:
-    """Off-distribution completions that exploit the heuristic: long, equation-formatted and wrong."""
+    """Off-distribution completions that exploit the heuristic: long, equation-formatted and wrong (message lists
+    for conversational prompts, strings otherwise)."""
     rng = random.Random(seed)
     out = []
     for p in prompts:
         expr, answer = parse_question(p)
         wrong = answer + rng.choice((-3, -2, -1, 1, 2, 3))
-        out.append(f"Let me carefully add these numbers one at a time for you: {expr} = {wrong}.")
+        text = f"Let me carefully add these numbers one at a time for you: {expr} = {wrong}."
+        out.append(_completion(text, isinstance(p, list)))
     return out
