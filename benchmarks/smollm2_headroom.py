@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 RESULTS = Path(__file__).parent / "results"
 DIFFICULTIES = {
+    "small+": dict(min_value=1, max_value=30, num_terms=2, operators="+"),
     "1d+2d": dict(min_value=1, max_value=99, num_terms=2, operators="+"),
     "2d+2d": dict(min_value=10, max_value=99, num_terms=2, operators="+"),
     "2d+-2d": dict(min_value=10, max_value=99, num_terms=2, operators="+-"),
@@ -40,6 +41,7 @@ def measure(model, tokenizer, name: str, prompts_n: int, n: int, temperature: fl
     start = time.perf_counter()
     greedy = generate_rollouts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0, batch_size=64)
     greedy_gold = [gold_reward(p, c) for p, c in zip(prompts, greedy.completions)]
+    print(f"{name}: greedy {sum(greedy_gold) / len(prompts):.3f} ({time.perf_counter() - start:.0f}s)", flush=True)
     torch.manual_seed(0)
     sampled = generate_rollouts(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, num_generations=n,
