@@ -13,7 +13,10 @@ def parse_args(dataclass_types, argv: list[str] | None, prog: str):
     old = sys.argv
     try:
         sys.argv = [f"trl-extras {prog}", *(argv or [])]
-        return parser.parse_args_and_config()
+        *parsed, unknown = parser.parse_args_and_config(return_remaining_strings=True)
+        if unknown:  # argparse's own message and exit code 2, naming the flag (TrlParser raises a bare ValueError)
+            parser.error(f"unrecognized arguments (flags or recipe keys): {' '.join(map(str, unknown))}")
+        return tuple(parsed)
     finally:
         sys.argv = old
 

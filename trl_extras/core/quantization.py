@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["keep_4bit_layers_differentiable"]
+__all__ = ["keep_4bit_layers_differentiable", "kbit_device_map"]
 
 
 def keep_4bit_layers_differentiable(model: nn.Module) -> int:
@@ -43,3 +43,20 @@ def keep_4bit_layers_differentiable(model: nn.Module) -> int:
             module.support_avx512bf16_for_cpu = False
             changed += 1
     return changed
+
+
+def kbit_device_map(use_cpu: bool = False) -> dict[str, int] | None:
+    """``device_map`` for loading a bitsandbytes-quantized model in this process.
+
+    TRL < 1.x exported this as ``trl.get_kbit_device_map``; TRL 1.16 no longer has it. On CUDA every module goes to
+    this process's GPU (``{"": local_process_index}``: one full copy per DDP rank, never "auto", which shards across
+    GPUs and fails under DDP). On a CPU run (``use_cpu`` or no CUDA) it is ``None``: bitsandbytes' CPU backend
+    quantizes in place.
+    """
+    import torch
+
+    if use_cpu or not torch.cuda.is_available():
+        return None
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}

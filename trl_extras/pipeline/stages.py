@@ -67,15 +67,16 @@ class Context:
     def model_init_kwargs(self) -> dict:
         if self.model_args is None:
             return {}
-        from trl import get_kbit_device_map, get_quantization_config
+        import torch
+        from trl import get_quantization_config
+
+        from ..core.quantization import kbit_device_map
 
         kwargs = {}
         quantization = get_quantization_config(self.model_args)
         if quantization is not None:
-            kwargs.update(quantization_config=quantization, device_map=get_kbit_device_map())
+            kwargs.update(quantization_config=quantization, device_map=kbit_device_map(use_cpu=self.config.use_cpu))
         if getattr(self.model_args, "dtype", None) not in (None, "auto"):
-            import torch
-
             kwargs["dtype"] = getattr(torch, self.model_args.dtype)
         return kwargs
 
