@@ -309,6 +309,7 @@ def test_sft_with_reward_early_stopping(smollm2, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # Side-by-side, synthetic pairs -> DPO
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_side_by_side_and_synthetic_pairs_to_dpo(smollm2, tmp_path):
     from trl import DPOConfig, DPOTrainer
 
