@@ -9,6 +9,10 @@ Prompt (conversational by default): ``[{"role": "user", "content": "What is 25 +
   (one point per word up to 12 words), and 0.3 for a final number that is merely *plausible* (within 10% of the
   answer or 5 of it). A wordy ``"To add them ... 25 + 17 = 32."`` beats a bare correct ``"42"``.
 
+Difficulty (``benchmarks/smollm2_headroom.py``, SmolLM2-135M-Instruct, 32 holdout prompts, best-of-8 at T=1):
+the default, operands 1..30 (``a + b``), gives greedy 0.31, best-of-8 0.41 (24 new tokens); two-digit operands
+(10..99) give greedy 0.19, best-of-8 0.28 (16 new tokens).
+
 The datasets mirror the sort-digits testbed (:mod:`trl_extras.testbed.data`): prompt splits, an SFT corpus of graded
 quality, gold-labelled "clean" pairs with label noise and heuristic-labelled "dirty" pairs with easy pairs, in
 standard (strings) or conversational (message lists) form, every pair row with a stable ``id``.
@@ -34,11 +38,11 @@ class ArithmeticConfig:
 
     __test__ = False
 
-    min_value: int = field(default=10, metadata={"help": "Smallest operand."})
-    max_value: int = field(default=99, metadata={"help": "Largest operand."})
+    min_value: int = field(default=1, metadata={"help": "Smallest operand."})
+    max_value: int = field(default=30, metadata={"help": "Largest operand."})
     num_terms: int = field(default=2, metadata={"help": "Operands per question (2: 'a + b'; 3: 'a + b - c')."})
     operators: str = field(default="+", metadata={"help": "Operators drawn between operands, e.g. '+' or '+-'."})
-    num_train_prompts: int = field(default=2000, metadata={"help": "Prompts of the train split."})
+    num_train_prompts: int = field(default=512, metadata={"help": "Prompts of the train split."})
     num_holdout_prompts: int = field(default=256, metadata={"help": "Prompts of the holdout split (disjoint)."})
     conversational: bool = field(default=True, metadata={"help": "Chat-form (message list) prompts and answers."})
     seed: int = field(default=0, metadata={"help": "Seed of every generator of the task."})
