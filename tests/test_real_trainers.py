@@ -67,10 +67,10 @@ def _lora(task_type: str):
     return LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type=task_type)
 
 
-def _quantization():
+def _quantization(dtype=torch.float32):
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
 
 
 def _prompts(n: int = 4):
@@ -207,7 +207,9 @@ def test_two_stage_reward_lora_carries_head_over(smollm2, tmp_path):
 def test_two_stage_reward_4bit_lora(smollm2, tmp_path):
     from trl_extras.rewards.two_stage import TwoStageRewardTrainer
 
-    args = _rm_args(tmp_path, model_init_kwargs={"quantization_config": _quantization(), "device_map": "cpu"})
+    # TRL's RewardTrainer casts a 4-bit model's adapters to bf16 (its QLoRA recipe): bf16 autocast is needed
+    args = _rm_args(tmp_path, bf16=True,
+                    model_init_kwargs={"quantization_config": _quantization(torch.bfloat16), "device_map": "cpu"})
     trainer = TwoStageRewardTrainer(
         model=smollm2, args=args, pretrain_dataset=dirty_pairs(4, config=TASK, seed=1),
         train_dataset=clean_pairs(4, config=TASK, seed=2), peft_config=_lora("SEQ_CLS"),
