@@ -11,7 +11,7 @@ Prompt (conversational by default): ``[{"role": "user", "content": "What is 25 +
 
 Difficulty (``benchmarks/smollm2_headroom.py``, SmolLM2-135M-Instruct, 32 holdout prompts, best-of-8 at T=1):
 the default, operands 1..30 (``a + b``), gives greedy 0.31, best-of-8 0.41 (24 new tokens); two-digit operands
-(10..99) give greedy 0.19, best-of-8 0.28 (16 new tokens).
+(10..99) give greedy 0.22, best-of-8 0.44 (24 new tokens; 0.19 and 0.28 with 16). 32 prompts: +-0.15 noise.
 
 The datasets mirror the sort-digits testbed (:mod:`trl_extras.testbed.data`): prompt splits, an SFT corpus of graded
 quality, gold-labelled "clean" pairs with label noise and heuristic-labelled "dirty" pairs with easy pairs, in
