@@ -26,12 +26,19 @@ class PipelineConfig:
     # ----- models
     policy_model: str | None = field(
         default=None,
-        metadata={"help": "Starting (pretrained) policy path or hub id; None on the testbed builds the tiny kit policy."},
+        metadata={
+            "help": "Starting (pretrained) policy path or hub id; None on the testbed builds the tiny kit policy; "
+            "'smollm2' is SmolLM2-135M-Instruct offline (trl_extras.testbed.smollm2_path)."
+        },
     )
     reward_base_model: str | None = field(
         default=None, metadata={"help": "Reward-model initialisation; None uses the SFT model (RM = SFT + new head)."}
     )
     # ----- data
+    task: str = field(
+        default="sort_digits",
+        metadata={"help": "Task of the 'testbed' datasets: sort_digits (tiny models) or arithmetic (real chat models)."},
+    )
     prompt_dataset: str = field(default="testbed", metadata={"help": "Train prompts (`prompt` column)."})
     eval_prompt_dataset: str = field(default="testbed", metadata={"help": "Holdout prompts for evaluation."})
     sft_dataset: str = field(default="testbed", metadata={"help": "SFT prompt/completion data."})
@@ -60,10 +67,16 @@ class PipelineConfig:
     num_dirty_pairs: int = field(default=1000, metadata={"help": "Testbed: dirty pairs to generate."})
     num_clean_pairs: int = field(default=1000, metadata={"help": "Testbed: clean pairs to generate."})
     num_sft_examples: int = field(default=2000, metadata={"help": "Testbed: SFT examples (high-quality subset)."})
+    num_rm_test_pairs: int = field(default=1000, metadata={"help": "Testbed: held-out gold-labelled pairs (RM accuracy)."})
     # ----- generation
     max_prompt_length: int = field(default=64, metadata={"help": "Prompt tokens kept (from the left)."})
     max_completion_length: int = field(default=24, metadata={"help": "Generated tokens at most."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature everywhere."})
+    eval_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Temperature of the final evaluation's samples (None: `temperature`; 0: greedy). KL is at T=1 when 0."},
+    )
+    train_batch_size: int = field(default=32, metadata={"help": "Per-device batch of SFT, CEM fine-tuning and DPO."})
     # ----- per-stage budgets
     sft_max_steps: int = field(default=40, metadata={"help": "SFT optimizer steps."})
     sft_eval_steps: int = field(default=10, metadata={"help": "Evaluate (and score with the reward) every N steps."})
@@ -84,7 +97,13 @@ class PipelineConfig:
     ppo_max_steps: int = field(default=40, metadata={"help": "PPO steps (rollout batches)."})
     ppo_batch_size: int = field(default=64, metadata={"help": "PPO rollouts per step."})
     ppo_learning_rate: float = field(default=3e-4, metadata={"help": "PPO policy learning rate."})
+    ppo_num_epochs: int = field(default=4, metadata={"help": "PPO passes over each rollout batch (num_ppo_epochs)."})
     ppo_kl_coef: float = field(default=0.2, metadata={"help": "β of the exact per-token KL penalty."})
+    ppo_reward: str = field(
+        default="ensemble",
+        metadata={"help": "What PPO optimizes: 'ensemble' (the penalized reward ensemble) or 'gold' (the gold reward: the "
+                  "upper bound of what RL can gain on the task)."},
+    )
     dpo_num_generations: int = field(default=4, metadata={"help": "Samples per prompt for synthetic DPO pairs."})
     dpo_max_steps: int = field(default=20, metadata={"help": "DPO steps per stage."})
     dpo_learning_rate: float = field(default=2e-4, metadata={"help": "DPO learning rate."})
@@ -101,16 +120,23 @@ class PipelineConfig:
         for name in ("num_eval_prompts", "num_train_prompts", "num_dirty_pairs", "num_clean_pairs", "num_sft_examples",
                      "max_prompt_length", "max_completion_length", "sft_max_steps", "sft_eval_steps", "rm_batch_size",
                      "cem_rounds", "cem_num_generations", "cem_prompts_per_round", "ppo_max_steps", "ppo_batch_size",
-                     "dpo_num_generations", "dpo_max_steps", "sft_patience"):  # fmt: skip
+                     "dpo_num_generations", "dpo_max_steps", "sft_patience", "num_rm_test_pairs", "train_batch_size",
+                     "ppo_num_epochs"):  # fmt: skip
             check_number(self, name, low=1, integer=True)
         check_number(self, "ensemble_size", integer=True)
         check_number(self, "temperature", low=0, low_open=True)
+        if self.eval_temperature is not None:
+            check_number(self, "eval_temperature", low=0)
         check_number(self, "drop_easiest", low=0, high=1, high_open=True)
         check_number(self, "cem_sft_mix_ratio", low=0)
         check_number(self, "ppo_kl_coef", low=0)
         for name in ("sft_learning_rate", "rm_learning_rate", "ppo_learning_rate", "dpo_learning_rate", "rm_epochs",
                      "rm_pretrain_epochs", "dpo_beta"):  # fmt: skip
             check_number(self, name, low=0, low_open=True)
+        if self.task not in ("sort_digits", "arithmetic"):
+            raise ValueError(f"task must be 'sort_digits' or 'arithmetic', got {self.task!r}.")
+        if self.ppo_reward not in ("ensemble", "gold"):
+            raise ValueError(f"ppo_reward must be 'ensemble' or 'gold', got {self.ppo_reward!r}.")
         if self.ensemble_size < 2:
             raise ValueError("ensemble_size must be >= 2 (an ensemble of one has no disagreement to penalize).")
 
@@ -118,3 +144,9 @@ class PipelineConfig:
         """Called when the run starts (after `--model_name_or_path` has been merged into `policy_model`)."""
         if self.policy_model is None and self.prompt_dataset != "testbed":
             raise ValueError("policy_model (or --model_name_or_path) is required outside the testbed.")
+        if self.policy_model == "smollm2":  # the offline real model: converted once, cached
+            from ..testbed.smollm2 import smollm2_path
+
+            self.policy_model = smollm2_path(progress=True)
+        if self.ppo_reward == "gold" and self.gold_reward is None:
+            raise ValueError("ppo_reward='gold' needs gold_reward (an import path of the gold reward function).")

@@ -15,9 +15,11 @@ def load_spec(spec: str):
 
 def pipeline_datasets(config: PipelineConfig) -> dict:
     """Every dataset the pipeline needs, keyed by role; testbed specs are generated (seeded)."""
-    from ..testbed import TestbedConfig, clean_pairs, dirty_pairs, prompt_dataset, sft_dataset
+    from ..testbed import task_module
 
-    task = TestbedConfig(seed=config.seed)
+    tb = task_module(config.task)
+    task = tb.TaskConfig(seed=config.seed)
+    prompt_dataset, sft_dataset, clean_pairs, dirty_pairs = tb.prompt_dataset, tb.sft_dataset, tb.clean_pairs, tb.dirty_pairs
     out = {}
 
     def testbed(role):
@@ -37,7 +39,7 @@ def pipeline_datasets(config: PipelineConfig) -> dict:
         if role == "real_pairs":
             return clean_pairs(config.num_clean_pairs, flip_rate=0.1, config=task, seed=config.seed + 104)
         if role == "rm_test":  # held-out pairs labelled by gold without noise: RM accuracy against truth
-            return clean_pairs(1000, flip_rate=0.0, config=task, seed=config.seed + 105)
+            return clean_pairs(config.num_rm_test_pairs, flip_rate=0.0, config=task, seed=config.seed + 105)
         raise KeyError(role)
 
     specs = {

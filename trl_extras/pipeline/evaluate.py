@@ -72,14 +72,14 @@ def evaluate_policy(
     seed: int = 0,
     extra_rewards: dict | None = None,
 ) -> PolicyEvaluation:
-    """Sample one completion per prompt at ``temperature`` and measure it (see :class:`PolicyEvaluation`)."""
+    """Sample one completion per prompt at ``temperature`` (0: greedy) and measure it (see :class:`PolicyEvaluation`)."""
     torch.manual_seed(seed)
     rollout = generate_rollouts(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size
     )
     proxy = proxy_reward(rollout.prompts, rollout.completions).total.tolist()
     gold = gold_reward(rollout.prompts, rollout.completions).total.tolist() if gold_reward is not None else None
-    kl = sequence_kl(model, sft_model, rollout, temperature=temperature)
+    kl = sequence_kl(model, sft_model, rollout, temperature=temperature or 1.0)  # greedy samples: KL of the T=1 policies
     extra = {
         key: float(fn(rollout.prompts, rollout.completions).total.mean()) for key, fn in (extra_rewards or {}).items()
     }

@@ -132,7 +132,7 @@ def stage_sft(ctx: Context) -> dict:
         output_dir=str(out / "checkpoints"),
         max_steps=cfg.sft_max_steps,
         learning_rate=cfg.sft_learning_rate,
-        per_device_train_batch_size=32,
+        per_device_train_batch_size=cfg.train_batch_size,
         per_device_eval_batch_size=64,
         eval_strategy="steps",
         eval_steps=cfg.sft_eval_steps,
@@ -280,8 +280,9 @@ def stage_ensemble(ctx: Context) -> dict:
     # disagreement on-distribution (SFT samples) vs off-distribution (hacks) — the reason the penalty helps
     result = {"model": str(out / "model"), "k": cfg.ensemble_size, "penalty": cfg.ensemble_penalty, "coef": cfg.ensemble_coef}
     if cfg.gold_reward is not None:
-        from ..testbed import hacked_completions
+        from ..testbed import task_module
 
+        hacked_completions = task_module(cfg.task).hacked_completions
         prompts = ctx.data["rm_test"]["prompt"][:256]
         on = ensemble.score(prompts, ctx.data["rm_test"]["chosen"][:256])
         off = ensemble.score(prompts, hacked_completions(prompts, seed=cfg.seed))
@@ -317,7 +318,7 @@ def stage_cem(ctx: Context) -> dict:
         elite_top_k=1,
         sft_mix_ratio=cfg.cem_sft_mix_ratio,
         learning_rate=cfg.sft_learning_rate,
-        per_device_train_batch_size=32,
+        per_device_train_batch_size=cfg.train_batch_size,
         num_train_epochs=1,
         save_strategy="no",
         model_init_kwargs=ctx.model_init_kwargs() or None,
@@ -387,21 +388,23 @@ def stage_ppo(ctx: Context) -> dict:
         temperature=cfg.temperature,
         kl_estimator="exact",
         kl_coef=cfg.ppo_kl_coef,
+        num_ppo_epochs=cfg.ppo_num_epochs,
         advantage_normalization="batch",
         save_strategy="no",
         model_init_kwargs=ctx.model_init_kwargs() or None,
         **ctx.trainer_kwargs(),
     )
     trajectory = _trajectory_callback(ctx, every=max(1, cfg.ppo_max_steps // 8))
+    reward = ctx.gold.funcs[0] if cfg.ppo_reward == "gold" else load_ensemble(ctx)
     trainer = PPOTrainer(
-        model=ctx.results["sft"]["model"], reward_funcs=load_ensemble(ctx), args=args,
+        model=ctx.results["sft"]["model"], reward_funcs=reward, args=args,
         train_dataset=ctx.data["prompts"], value_model=ctx.results["reward"]["model"],
         peft_config=ctx.peft_config("CAUSAL_LM"), callbacks=[trajectory],
     )
     trainer.train()
     model_path = save_model(trainer.policy, trainer.processing_class, out / "model")
     logs = [e for e in trainer.state.log_history if "loss" in e or any(k.startswith("reward") for k in e)]
-    return {"model": model_path, "trajectory": trajectory.points, "log_history": _jsonable(logs)}
+    return {"model": model_path, "reward": cfg.ppo_reward, "trajectory": trajectory.points, "log_history": _jsonable(logs)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -425,7 +428,7 @@ def stage_dpo(ctx: Context) -> dict:
         max_steps=cfg.dpo_max_steps,
         learning_rate=cfg.dpo_learning_rate,
         beta=cfg.dpo_beta,
-        per_device_train_batch_size=32,
+        per_device_train_batch_size=cfg.train_batch_size,
         save_strategy="no",
         model_init_kwargs=ctx.model_init_kwargs() or None,
         **ctx.trainer_kwargs(),
@@ -471,8 +474,8 @@ def stage_evaluate(ctx: Context) -> dict:
         model = sft_model if name == "sft" else AutoModelForCausalLM.from_pretrained(path, **ctx.model_init_kwargs()).to(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
         evaluations[name] = evaluate_policy(
-            name, model, tokenizer, sft_model, prompts, proxy, gold,
-            max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed,
+            name, model, tokenizer, sft_model, prompts, proxy, gold, max_new_tokens=cfg.max_completion_length,
+            temperature=cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature, seed=cfg.seed,
             extra_rewards={"dirty_rm": dirty_proxy} if dirty_proxy is not None else None,
         )
     rows = []
@@ -484,7 +487,9 @@ def stage_evaluate(ctx: Context) -> dict:
             row.update(win_rate=sbs.win_rate, win_rate_ci=list(sbs.win_rate_ci), p_value=sbs.p_value,
                        wins=sbs.wins, losses=sbs.losses, ties=sbs.ties)
         rows.append(row)
-    return {"table": rows, "judge": "gold" if gold is not None else "reward ensemble", "num_prompts": len(prompts)}
+    temperature = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
+    return {"table": rows, "judge": "gold" if gold is not None else "reward ensemble", "num_prompts": len(prompts),
+            "temperature": temperature, "ppo_reward": cfg.ppo_reward}
 
 
 STAGES = {
