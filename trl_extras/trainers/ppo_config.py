@@ -298,7 +298,10 @@ class PPOConfig(_BaseConfig):
         check_number(self, "gradient_accumulation_steps", low=1, integer=True)
         check_number(self, "num_generations", low=1, integer=True)
         check_number(self, "num_ppo_epochs", low=1, integer=True)
-        check_number(self, "num_mini_batches", low=1, integer=True)
+        for name in ("num_mini_batches", "steps_per_generation", "generation_batch_size", "generation_chunk_size"):
+            check_number(self, name, low=1, integer=True, optional=True)  # None: derived from the others
+        check_number(self, "min_p", low=0, high=1, optional=True)
+        check_number(self, "repetition_penalty", low=0, low_open=True, optional=True)
         check_number(self, "learning_rate", low=0)
 
         if self.bf16 is None:
