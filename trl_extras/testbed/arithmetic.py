@@ -25,6 +25,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from .data import append_pair
 from .task import _text, batched
 
 QUESTION = "What is {expr}? Answer with the number only."
@@ -241,19 +242,13 @@ def clean_pairs(num_pairs: int = 1000, flip_rate: float = 0.1, config: Arithmeti
     wrong_mix = {k: v for k, v in DEFAULT_MIX.items() if k not in _CORRECT_KINDS}
     correct_mix = {k: DEFAULT_MIX[k] for k in _CORRECT_KINDS}
     rows = {k: [] for k in ("id", "prompt", "chosen", "rejected", "gold_chosen", "gold_rejected", "flipped")}
-    for n in range(num_pairs):
+    for _ in range(num_pairs):
         prompt = rng.choice(train)
         good = make_completion(prompt, _sample_kind(rng, correct_mix), rng)
         bad = make_completion(prompt, _sample_kind(rng, wrong_mix), rng)
         flipped = rng.random() < flip_rate
         a, b = (bad, good) if flipped else (good, bad)
-        rows["id"].append(f"clean-{n}")
-        rows["prompt"].append(prompt)
-        rows["chosen"].append(a)
-        rows["rejected"].append(b)
-        rows["gold_chosen"].append(gold_reward(prompt, a))
-        rows["gold_rejected"].append(gold_reward(prompt, b))
-        rows["flipped"].append(flipped)
+        append_pair(rows, "clean", prompt, a, b, gold_reward(prompt, a), gold_reward(prompt, b), flipped=flipped)
     return _pairs_dataset(rows, conv)
 
 
@@ -288,14 +283,7 @@ def dirty_pairs(num_pairs: int = 5000, easy_share: float = 0.3, config: Arithmet
         if ha < hb:
             a, b = b, a
         ga, gb = gold_reward(prompt, a), gold_reward(prompt, b)
-        rows["id"].append(f"dirty-{len(rows['id'])}")
-        rows["prompt"].append(prompt)
-        rows["chosen"].append(a)
-        rows["rejected"].append(b)
-        rows["gold_chosen"].append(ga)
-        rows["gold_rejected"].append(gb)
-        rows["easy"].append(easy)
-        rows["agrees_with_gold"].append(ga > gb)
+        append_pair(rows, "dirty", prompt, a, b, ga, gb, easy=easy, agrees_with_gold=ga > gb)
     return _pairs_dataset(rows, conv)
 
 

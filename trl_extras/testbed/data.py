@@ -118,6 +118,19 @@ def _sample_pair(rng, prompt, mix, max_tries=20):
     return None
 
 
+def append_pair(rows: dict, id_prefix: str, prompt, chosen, rejected, gold_chosen: float, gold_rejected: float, **extra):
+    """Append one preference pair to the column lists ``rows``, with a stable id ``f"{id_prefix}-{row index}"`` and
+    both answers' gold; ``extra`` fills the task's own columns (``flipped``, ``easy``, ...). Shared by every task."""
+    rows["id"].append(f"{id_prefix}-{len(rows['id'])}")
+    rows["prompt"].append(prompt)
+    rows["chosen"].append(chosen)
+    rows["rejected"].append(rejected)
+    rows["gold_chosen"].append(gold_chosen)
+    rows["gold_rejected"].append(gold_rejected)
+    for key, value in extra.items():
+        rows[key].append(value)
+
+
 def _pairs_to_dataset(rows, conversational):
     from datasets import Dataset
 
@@ -166,13 +179,7 @@ def clean_pairs(
             flipped = rng.random() >= 1.0 / (1.0 + math.exp(-(ga - gb) / bt_temperature))
         if flipped:
             a, b, ga, gb = b, a, gb, ga
-        rows["id"].append(f"clean-{len(rows['id'])}")
-        rows["prompt"].append(prompt)
-        rows["chosen"].append(a)
-        rows["rejected"].append(b)
-        rows["gold_chosen"].append(ga)
-        rows["gold_rejected"].append(gb)
-        rows["flipped"].append(flipped)
+        append_pair(rows, "clean", prompt, a, b, ga, gb, flipped=flipped)
     return _pairs_to_dataset(rows, conversational)
 
 
@@ -225,14 +232,7 @@ def dirty_pairs(
         if ha < hb:
             a, b = b, a
         ga, gb = gold_reward(prompt, a), gold_reward(prompt, b)
-        rows["id"].append(f"dirty-{len(rows['id'])}")
-        rows["prompt"].append(prompt)
-        rows["chosen"].append(a)
-        rows["rejected"].append(b)
-        rows["gold_chosen"].append(ga)
-        rows["gold_rejected"].append(gb)
-        rows["easy"].append(easy)
-        rows["agrees_with_gold"].append(ga > gb)
+        append_pair(rows, "dirty", prompt, a, b, ga, gb, easy=easy, agrees_with_gold=ga > gb)
     return _pairs_to_dataset(rows, conversational)
 
 
