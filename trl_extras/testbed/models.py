@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,17 +38,21 @@ CHAT_TEMPLATE = (
 CHARACTERS = string.digits + string.ascii_lowercase + string.ascii_uppercase + " >.,:;!?'\"-+*/=()[]\n"
 
 
-def build_tokenizer(chat_template: str = CHAT_TEMPLATE):
+def build_tokenizer(
+    chat_template: str = CHAT_TEMPLATE, extra_characters: Sequence[str] = (), model_max_length: int = 512
+):
     """A character-level ``PreTrainedTokenizerFast`` with pad/bos/eos/unk, role tokens and a chat template.
 
     Plain-text encodes get a BOS from the post-processor (``add_special_tokens=True``), as most causal-LM
-    tokenizers do; chat-templated text carries its BOS in the template.
+    tokenizers do; chat-templated text carries its BOS in the template. ``extra_characters`` get one token each
+    after the testbed's own (ids of the testbed's tokens do not change: ``testbed.shapes`` widens the vocabulary
+    to a real model's size this way).
     """
     from transformers import PreTrainedTokenizerFast
 
     specials = [PAD, BOS, EOS, UNK, *ROLE_TOKENS]
     vocab = {tok: i for i, tok in enumerate(specials)}
-    for ch in CHARACTERS:
+    for ch in (*CHARACTERS, *extra_characters):
         vocab.setdefault(ch, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     # Every character is its own token; special tokens are matched before pre-tokenization.
@@ -65,7 +70,7 @@ def build_tokenizer(chat_template: str = CHAT_TEMPLATE):
         pad_token=PAD,
         additional_special_tokens=list(ROLE_TOKENS),
         padding_side="right",
-        model_max_length=512,
+        model_max_length=model_max_length,
     )
     fast.chat_template = chat_template
     return fast

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .models import BOS, CHARACTERS, EOS, PAD, ROLE_TOKENS, UNK
+from .models import BOS, CHARACTERS, EOS, PAD, ROLE_TOKENS, UNK, build_tokenizer
 
 __all__ = ["QWEN25_05B", "SMOLLM2_135M", "ModelShape", "build_shaped_model", "build_wide_tokenizer",
            "make_shaped_checkpoints"]
@@ -109,32 +109,13 @@ def build_wide_tokenizer(vocab_size: int):
     """The testbed's character tokenizer (same special tokens, chat template and ids for its characters) widened
     to exactly ``vocab_size`` single-character tokens, so that a model with a real vocabulary size can sample any
     id and reward models re-tokenize completions to the same length."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    from .models import CHAT_TEMPLATE
-
-    specials = [PAD, BOS, EOS, UNK, *ROLE_TOKENS]
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for ch in CHARACTERS:
-        vocab.setdefault(ch, len(vocab))
-    if vocab_size < len(vocab):
-        raise ValueError(f"vocab_size must be >= {len(vocab)} (the testbed's tokens), got {vocab_size}.")
-    for ch in _filler_characters(vocab_size - len(vocab), set(vocab)):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])]
-    )
-    tok.add_special_tokens(specials)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
-        additional_special_tokens=list(ROLE_TOKENS), padding_side="right", model_max_length=8192,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    base = len([PAD, BOS, EOS, UNK, *ROLE_TOKENS]) + len(set(CHARACTERS))
+    if vocab_size < base:
+        raise ValueError(f"vocab_size must be >= {base} (the testbed's tokens), got {vocab_size}.")
+    taken = {PAD, BOS, EOS, UNK, *ROLE_TOKENS, *CHARACTERS}
+    tokenizer = build_tokenizer(extra_characters=_filler_characters(vocab_size - base, taken), model_max_length=8192)
+    assert len(tokenizer) == vocab_size, (len(tokenizer), vocab_size)
+    return tokenizer
 
 
 def build_shaped_model(shape: ModelShape, tokenizer, kind: str = "causal", seed: int = 0, device=None, dtype=None):
