@@ -217,3 +217,17 @@ def test_pipeline_refuses_a_finished_stage_made_under_other_settings(tmp_path):
     assert run_pipeline(config, progress=False).results["sft"]["model"] == "m"  # same settings: skipped
     with pytest.raises(ValueError, match=r"Stage 'sft'.*sft_max_steps: 4 -> 8.*--overwrite"):
         run_pipeline(micro_config(tmp_path, stages=["sft"], sft_max_steps=8), progress=False)
+
+
+def test_every_pipeline_setting_is_fingerprinted_or_declared_non_shaping():
+    """A PipelineConfig field missing from every stage's fingerprint would let a rerun with a changed value silently
+    reuse stages made under the old one (the task/ppo_reward/... fields once were)."""
+    from dataclasses import fields
+
+    from trl_extras.pipeline.config import PipelineConfig
+    from trl_extras.pipeline.stages import NON_SHAPING_SETTINGS, STAGE_SETTINGS
+
+    fingerprinted = {name for names in STAGE_SETTINGS.values() for name in names}
+    unaccounted = [f.name for f in fields(PipelineConfig) if f.name not in fingerprinted | set(NON_SHAPING_SETTINGS)]
+    assert not unaccounted, f"add these to STAGE_SETTINGS (or NON_SHAPING_SETTINGS): {unaccounted}"
+    assert not fingerprinted & set(NON_SHAPING_SETTINGS)

@@ -505,25 +505,28 @@ STAGES = {
 
 # The settings that shape each stage's outputs (besides the stages it reads, see STAGE_INPUTS); a finished stage
 # whose stored settings differ is refused (unless overwrite), never silently reused.
-_COMMON = ("seed", "max_prompt_length", "max_completion_length", "temperature", "bf16")
+_COMMON = ("task", "seed", "max_prompt_length", "max_completion_length", "temperature", "bf16")
+#: Fields that do not shape any stage's outputs (where and which stages run, hardware); every other PipelineConfig
+#: field must be in some stage's STAGE_SETTINGS (a test checks it), or changing it would silently reuse stale stages.
+NON_SHAPING_SETTINGS = ("output_dir", "stages", "overwrite", "use_cpu")
 STAGE_SETTINGS = {
     "sft": (*_COMMON, "policy_model", "sft_dataset", "num_sft_examples", "eval_prompt_dataset", "sft_reward",
-            "sft_max_steps", "sft_eval_steps", "sft_learning_rate", "sft_patience"),
+            "sft_max_steps", "sft_eval_steps", "sft_learning_rate", "sft_patience", "train_batch_size"),
     "reward": (*_COMMON, "reward_base_model", "dirty_pairs_dataset", "clean_pairs_dataset", "num_dirty_pairs",
                "num_clean_pairs", "rm_learning_rate", "rm_batch_size", "rm_epochs", "rm_pretrain_epochs",
-               "drop_easiest"),
+               "drop_easiest", "num_rm_test_pairs"),
     "ensemble": (*_COMMON, "reward_base_model", "dirty_pairs_dataset", "clean_pairs_dataset", "num_dirty_pairs",
                  "num_clean_pairs", "rm_learning_rate", "rm_batch_size", "ensemble_size", "ensemble_penalty",
                  "ensemble_coef", "gold_reward"),
     "cem": (*_COMMON, "prompt_dataset", "num_train_prompts", "sft_dataset", "num_sft_examples", "eval_prompt_dataset",
             "cem_rounds", "cem_num_generations", "cem_prompts_per_round", "cem_sft_mix_ratio", "sft_learning_rate",
-            "gold_reward"),
+            "gold_reward", "train_batch_size"),
     "ppo": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps", "ppo_batch_size",
-            "ppo_learning_rate", "ppo_kl_coef", "gold_reward"),
+            "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs", "ppo_reward"),
     "dpo": (*_COMMON, "prompt_dataset", "num_train_prompts", "real_pairs_dataset", "num_clean_pairs",
-            "dpo_num_generations", "dpo_max_steps", "dpo_learning_rate", "dpo_beta"),
+            "dpo_num_generations", "dpo_max_steps", "dpo_learning_rate", "dpo_beta", "train_batch_size"),
     "evaluate": (*_COMMON, "eval_prompt_dataset", "num_eval_prompts", "gold_reward", "ensemble_penalty",
-                 "ensemble_coef"),
+                 "ensemble_coef", "eval_temperature"),
 }  # fmt: skip
 STAGE_INPUTS = {"sft": (), "reward": ("sft",), "ensemble": ("sft",), "cem": ("sft", "ensemble"),
                 "ppo": ("sft", "reward", "ensemble"), "dpo": ("sft", "ensemble"),
