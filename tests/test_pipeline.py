@@ -24,6 +24,8 @@ def micro_config(tmp_path, **overrides):
         cem_prompts_per_round=8,
         ppo_max_steps=2,
         ppo_batch_size=8,
+        refresh_every=1,
+        refresh_num_pairs=8,
         dpo_num_generations=2,
         dpo_max_steps=2,
         use_cpu=True,
@@ -50,7 +52,11 @@ def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     for stage in config.stages:
         assert (tmp_path / "pipe" / stage / "result.json").exists(), stage
     table = {row["method"]: row for row in ctx.results["evaluate"]["table"]}
-    assert set(table) == {"pretrained", "sft", "cem", "ppo", "dpo"}
+    assert set(table) == {"pretrained", "sft", "cem", "ppo", "ppo_refresh", "dpo"}
+    # the seed's "second way": the reward ensemble was re-trained once on judge-labelled policy-vs-SFT answers
+    (refresh,) = ctx.results["ppo_refresh"]["refreshes"]
+    assert refresh["step"] == 1 and refresh["labels"]["labelled"] > 0
+    assert (tmp_path / "pipe" / "ppo_refresh" / "run" / "reward_refresh").is_dir()
     for name, row in table.items():
         assert 0.0 <= row["gold"] <= 1.0 and row["kl_to_sft"] >= -1e-4
         if name != "sft":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo", "dpo", "evaluate")
+ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo", "ppo_refresh", "dpo", "evaluate")
 
 
 @dataclass
@@ -99,6 +99,15 @@ class PipelineConfig:
     ppo_learning_rate: float = field(default=3e-4, metadata={"help": "PPO policy learning rate."})
     ppo_num_epochs: int = field(default=4, metadata={"help": "PPO passes over each rollout batch (num_ppo_epochs)."})
     ppo_kl_coef: float = field(default=0.2, metadata={"help": "β of the exact per-token KL penalty."})
+    refresh_every: int = field(
+        default=10, metadata={"help": "ppo_refresh stage: PPO steps between reward-model refreshes on the policy's answers."}
+    )
+    refresh_num_pairs: int = field(
+        default=64, metadata={"help": "ppo_refresh stage: policy-vs-SFT comparisons labelled by the gold judge per refresh."}
+    )
+    refresh_flip_rate: float = field(
+        default=0.1, metadata={"help": "ppo_refresh stage: share of the judge's labels flipped (label noise of AI trainers)."}
+    )
     ppo_reward: str = field(
         default="ensemble",
         metadata={"help": "What PPO optimizes: 'ensemble' (the penalized reward ensemble) or 'gold' (the gold reward: the "
@@ -121,7 +130,7 @@ class PipelineConfig:
                      "max_prompt_length", "max_completion_length", "sft_max_steps", "sft_eval_steps", "rm_batch_size",
                      "cem_rounds", "cem_num_generations", "cem_prompts_per_round", "ppo_max_steps", "ppo_batch_size",
                      "dpo_num_generations", "dpo_max_steps", "sft_patience", "num_rm_test_pairs", "train_batch_size",
-                     "ppo_num_epochs"):  # fmt: skip
+                     "ppo_num_epochs", "refresh_every", "refresh_num_pairs"):  # fmt: skip
             check_number(self, name, low=1, integer=True)
         check_number(self, "ensemble_size", integer=True)
         check_number(self, "temperature", low=0, low_open=True)
@@ -130,6 +139,7 @@ class PipelineConfig:
         check_number(self, "drop_easiest", low=0, high=1, high_open=True)
         check_number(self, "cem_sft_mix_ratio", low=0)
         check_number(self, "ppo_kl_coef", low=0)
+        check_number(self, "refresh_flip_rate", low=0, high=0.5)
         for name in ("sft_learning_rate", "rm_learning_rate", "ppo_learning_rate", "dpo_learning_rate", "rm_epochs",
                      "rm_pretrain_epochs", "dpo_beta"):  # fmt: skip
             check_number(self, name, low=0, low_open=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .evaluate import fmt
 
-METHOD_LABELS = {"pretrained": "pretrained", "sft": "SFT (reward ES)", "cem": "CEM", "ppo": "PPO", "dpo": "DPO"}
+METHOD_LABELS = {"pretrained": "pretrained", "sft": "SFT (reward ES)", "cem": "CEM", "ppo": "PPO", "ppo_refresh": "PPO (refreshed RM)", "dpo": "DPO"}
 
 
 def table_lines(rows: list[dict]) -> list[str]:

@@ -373,11 +373,12 @@ def _trajectory_callback(ctx: Context, every: int, num_prompts: int = 64):
     return Trajectory()
 
 
-def stage_ppo(ctx: Context) -> dict:
+def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
+    """PPO from the SFT model on ``reward`` (the value model starts from the reward stage's RM); stage ``name``."""
     from ..trainers.ppo import PPOTrainer
     from ..trainers.ppo_config import PPOConfig
 
-    cfg, out = ctx.config, ctx.stage_dir("ppo")
+    cfg, out = ctx.config, ctx.stage_dir(name)
     args = PPOConfig(
         output_dir=str(out / "run"),
         max_steps=cfg.ppo_max_steps,
@@ -395,16 +396,55 @@ def stage_ppo(ctx: Context) -> dict:
         **ctx.trainer_kwargs(),
     )
     trajectory = _trajectory_callback(ctx, every=max(1, cfg.ppo_max_steps // 8))
-    reward = ctx.gold.funcs[0] if cfg.ppo_reward == "gold" else load_ensemble(ctx)
     trainer = PPOTrainer(
         model=ctx.results["sft"]["model"], reward_funcs=reward, args=args,
         train_dataset=ctx.data["prompts"], value_model=ctx.results["reward"]["model"],
-        peft_config=ctx.peft_config("CAUSAL_LM"), callbacks=[trajectory],
+        peft_config=ctx.peft_config("CAUSAL_LM"), callbacks=[trajectory, *extra_callbacks],
     )
+    for callback in extra_callbacks:
+        if hasattr(callback, "set_trainer"):
+            callback.set_trainer(trainer)
     trainer.train()
     model_path = save_model(trainer.policy, trainer.processing_class, out / "model")
     logs = [e for e in trainer.state.log_history if "loss" in e or any(k.startswith("reward") for k in e)]
     return {"model": model_path, "reward": cfg.ppo_reward, "trajectory": trajectory.points, "log_history": _jsonable(logs)}
+
+
+def stage_ppo(ctx: Context) -> dict:
+    reward = ctx.gold.funcs[0] if ctx.config.ppo_reward == "gold" else load_ensemble(ctx)
+    return _run_ppo(ctx, "ppo", reward)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5b. PPO with the seed's "second way": the reward ensemble re-trained on the policy's own answers during RL
+# ----------------------------------------------------------------------------------------------------------------
+def stage_ppo_refresh(ctx: Context) -> dict:
+    """PPO against the same reward ensemble as the PPO stage, but every ``refresh_every`` steps the policy and the
+    SFT model answer ``refresh_num_pairs`` fresh train prompts, the gold judge labels the pairs (with
+    ``refresh_flip_rate`` label noise, like AI trainers) and every member is re-trained on them (with replay of the
+    clean pairs) and re-calibrated: :class:`~trl_extras.callbacks.reward_refresh.RewardRefreshCallback`."""
+    from ..callbacks.reward_refresh import RewardRefreshCallback
+    from ..refresh.labeling import RewardJudge
+    from ..refresh.refresh import default_refresh_config
+
+    cfg = ctx.config
+    if ctx.gold is None:
+        raise ValueError("The ppo_refresh stage needs `gold_reward`: the judge that labels the policy's answers.")
+    judge = RewardJudge(ctx.gold.funcs[0], flip_rate=cfg.refresh_flip_rate, seed=cfg.seed)
+    callback = RewardRefreshCallback(
+        judge, every_n_steps=cfg.refresh_every, num_pairs=cfg.refresh_num_pairs, prompts=ctx.data["prompts"],
+        baseline=ctx.results["sft"]["model"], replay_pairs=_pair_columns(ctx.data["clean"]),
+        refresh_args=default_refresh_config(str(ctx.stage_dir("ppo_refresh") / "refresh"), learning_rate=cfg.rm_learning_rate,
+                                            per_device_train_batch_size=cfg.rm_batch_size, seed=cfg.seed),
+        max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed,
+    )
+    result = _run_ppo(ctx, "ppo_refresh", load_ensemble(ctx), [callback])
+    result["refreshes"] = _jsonable([
+        {"step": h["step"], "labels": h["labels"], "policy_win_rate": h["policy_win_rate"],
+         "accuracy_before": h["report"]["accuracy_before"], "accuracy_after": h["report"]["accuracy_after"]}
+        for h in callback.history
+    ])
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -466,7 +506,7 @@ def stage_evaluate(ctx: Context) -> dict:
     device = "cuda" if torch.cuda.is_available() and not cfg.use_cpu else "cpu"
     sft_model = AutoModelForCausalLM.from_pretrained(sft_path, **ctx.model_init_kwargs()).to(device)
     candidates = {"pretrained": ctx.results["sft"]["base_model"], "sft": sft_path}
-    for stage in ("cem", "ppo", "dpo"):
+    for stage in ("cem", "ppo", "ppo_refresh", "dpo"):
         if stage in ctx.results:
             candidates[stage] = ctx.results[stage]["model"]
     evaluations = {}
@@ -498,6 +538,7 @@ STAGES = {
     "ensemble": stage_ensemble,
     "cem": stage_cem,
     "ppo": stage_ppo,
+    "ppo_refresh": stage_ppo_refresh,
     "dpo": stage_dpo,
     "evaluate": stage_evaluate,
 }
@@ -523,14 +564,18 @@ STAGE_SETTINGS = {
             "gold_reward", "train_batch_size"),
     "ppo": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps", "ppo_batch_size",
             "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs", "ppo_reward"),
+    "ppo_refresh": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps",
+                    "ppo_batch_size", "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs",
+                    "ensemble_penalty", "ensemble_coef", "refresh_every", "refresh_num_pairs", "refresh_flip_rate",
+                    "rm_learning_rate", "rm_batch_size", "num_clean_pairs"),
     "dpo": (*_COMMON, "prompt_dataset", "num_train_prompts", "real_pairs_dataset", "num_clean_pairs",
             "dpo_num_generations", "dpo_max_steps", "dpo_learning_rate", "dpo_beta", "train_batch_size"),
     "evaluate": (*_COMMON, "eval_prompt_dataset", "num_eval_prompts", "gold_reward", "ensemble_penalty",
                  "ensemble_coef", "eval_temperature"),
 }  # fmt: skip
 STAGE_INPUTS = {"sft": (), "reward": ("sft",), "ensemble": ("sft",), "cem": ("sft", "ensemble"),
-                "ppo": ("sft", "reward", "ensemble"), "dpo": ("sft", "ensemble"),
-                "evaluate": ("sft", "reward", "ensemble", "cem", "ppo", "dpo")}  # fmt: skip
+                "ppo": ("sft", "reward", "ensemble"), "ppo_refresh": ("sft", "reward", "ensemble"),
+                "dpo": ("sft", "ensemble"), "evaluate": ("sft", "reward", "ensemble", "cem", "ppo", "ppo_refresh", "dpo")}  # fmt: skip
 
 
 def stage_settings(ctx: Context, name: str) -> dict:
