@@ -12,7 +12,8 @@ METHOD_LABELS = {"pretrained": "pretrained", "sft": "SFT (reward ES)", "cem": "C
 
 def table_lines(rows: list[dict]) -> list[str]:
     """A fixed-width table: gold (95% CI), proxy, KL to SFT, length, win rate vs SFT with its p-value."""
-    header = f"{'method':<16} {'gold':>6} {'gold 95% CI':>15} {'proxy':>7} {'dirty RM':>8} {'KL(π‖SFT)':>9} {'len':>5} {'win vs SFT':>10} {'p-value':>9}"
+    width = max([16, *(len(METHOD_LABELS.get(r["method"], r["method"])) for r in rows)])
+    header = f"{'method':<{width}} {'gold':>6} {'gold 95% CI':>15} {'proxy':>7} {'dirty RM':>8} {'KL(π‖SFT)':>9} {'len':>5} {'win vs SFT':>10} {'p-value':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
         ci = r.get("gold_ci")
@@ -20,7 +21,7 @@ def table_lines(rows: list[dict]) -> list[str]:
         win = fmt(r.get("win_rate")) if r.get("win_rate") is not None else "(base)" if r["method"] == "sft" else "–"
         p = r.get("p_value")
         lines.append(
-            f"{METHOD_LABELS.get(r['method'], r['method']):<16} {fmt(r.get('gold')):>6} {ci_s:>15} "
+            f"{METHOD_LABELS.get(r['method'], r['method']):<{width}} {fmt(r.get('gold')):>6} {ci_s:>15} "
             f"{fmt(r.get('proxy')):>7} {fmt(r.get('dirty_rm')):>8} {fmt(r.get('kl_to_sft')):>9} "
             f"{r.get('length', 0):>5.1f} {win:>10} {f'{p:.1e}' if p is not None else '–':>9}"
         )
