@@ -1,16 +1,10 @@
 """Test set-up: offline Hugging Face, tiny local models, the cached testbed SFT policy."""
 
-import os
 
 # Before any Hugging Face import: no hub, no telemetry thread.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TRL_EXTRAS_SILENCE", "1")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_DISABLED", "true")
+from trl_extras.utils.offline import use_offline_env  # noqa: E402  (imports nothing from HF)
+
+use_offline_env()
 
 import pytest  # noqa: E402
 

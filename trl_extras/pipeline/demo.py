@@ -7,17 +7,11 @@ side-by-side evaluation of every model against the SFT model with binomial tests
 
 from __future__ import annotations
 
-import os
-
 
 def main(argv=None) -> int:
-    for key, value in {
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TRL_EXPERIMENTAL_SILENCE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        os.environ.setdefault(key, value)
+    from ..utils.offline import use_offline_env
+
+    use_offline_env()  # before any Hugging Face import
     import logging
     import time
     import warnings
