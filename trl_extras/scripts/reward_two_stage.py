@@ -13,8 +13,6 @@ new score head — the seed's recipe. Parsed with ``trl.TrlParser``: flags, or a
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 
 from trl import ScriptArguments
@@ -122,15 +120,9 @@ def resume_arg(value):
 
 def finish(trainer, script_args, training_args, extra: dict) -> dict:
     """Save the model and tokenizer, write and print the final metrics."""
-    trainer.save_model(training_args.output_dir)
-    metrics = dict(extra)
-    if trainer.eval_dataset is not None:
-        metrics["final_eval"] = trainer.evaluate()
-    if trainer.args.should_save:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, script_args.metrics_file), "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2, default=str)
-    trainer.accelerator.print(json.dumps(metrics, indent=2, default=str))
+    from .utils import save_evaluate_report
+
+    metrics = save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file, extra)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     return metrics
 
