@@ -32,8 +32,17 @@ class CEMConfig(SFTConfig):
         metadata={"help": "Prompts drawn (without replacement, seeded per round) from the train set each round; "
                   "None uses all of them."},
     )
-    generation_batch_size: int = field(
-        default=64, metadata={"help": "Sequences per generate() call (prompts x generations, left-padded)."}
+    generation_chunk_size: int = field(
+        default=64,
+        metadata={"help": "Sequences per `generate()` call (a memory knob; whole prompts: max(1, chunk // "
+                  "num_generations) prompts x num_generations). Each chunk is sampled from its own random stream, "
+                  "so the samples do not depend on the number of processes (they do depend on this value)."},
+    )
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Not used by CEM: completions per round are prompts_per_round x num_generations (what TRL's "
+                  "GRPOConfig calls generation_batch_size). It used to be the generate() chunk "
+                  "size; set `generation_chunk_size` instead (setting this one is an error)."},
     )
     max_completion_length: int = field(default=64, metadata={"help": "Maximum new tokens per sampled answer."})
     max_prompt_length: int | None = field(
@@ -124,7 +133,14 @@ class CEMConfig(SFTConfig):
         check_number(self, "num_rounds", integer=True)
         check_number(self, "elite_top_k", low=1, integer=True, optional=True)
         check_number(self, "prompts_per_round", low=1, integer=True, optional=True)
-        check_number(self, "generation_batch_size", low=1, integer=True, optional=True)
+        check_number(self, "generation_chunk_size", low=1, integer=True)
+        if self.generation_batch_size is not None:
+            raise ValueError(
+                f"CEMConfig(generation_batch_size={self.generation_batch_size}): the generate() chunk size is now "
+                "called `generation_chunk_size` (as in PPOConfig). In TRL, generation_batch_size means completions per "
+                "generation step; a CEM round samples prompts_per_round x num_generations completions, so set "
+                "`prompts_per_round` for that."
+            )
         super().__post_init__()
         if self.num_generations < 2:
             raise ValueError(
