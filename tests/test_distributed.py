@@ -203,44 +203,76 @@ def _assert_same_rounds(one: Path, two: Path, num_rounds: int) -> None:
         assert b["token_entropy"] == pytest.approx(a["token_entropy"], rel=tolerance, abs=tolerance), r
 
 
-@pytest.mark.distributed
-@pytest.mark.slow
-def test_cem_two_processes_equal_one_process(tmp_path, sft_policy_path):
-    """Two rounds of CEM (heuristic reward, gold tracked, exact-KL fine-tuning) in one process with batch 4 and
-    under DDP on 2 processes with batch 2 each: the saved round datasets (samples, rewards, elites) are the same,
-    the round files are written once; then a resume after deleting round 1's model continues to the same end."""
-    import shutil
+@pytest.fixture(scope="module")
+def cem_one_process(tmp_path_factory, sft_policy_path):
+    """The reference: the CEM script in one process, batch 4 (= 2 processes x batch 2)."""
+    import time
+
+    path = tmp_path_factory.mktemp("cem_one")
+    t0 = time.perf_counter()
+    result = _run_cem_one_process(sft_policy_path, path, batch_size=4)
+    result["launch_s"] = time.perf_counter() - t0
+    return path / "one", result
+
+
+def _launch_cem(backend: str, tmp_path: Path, policy: str, *flags: str) -> dict:
     import time
 
     t0 = time.perf_counter()
-    single = _run_cem_one_process(sft_policy_path, tmp_path, batch_size=4)
-    t1 = time.perf_counter()
-    double = _launch("cem_distributed.py", "ddp", tmp_path, sft_policy_path, str(tmp_path / "two"), "2")
-    t2 = time.perf_counter()
-    print(f"CEM 2 rounds: 1 process {t1 - t0:.1f} s ({single['wall_s']:.1f} s in train), "
-          f"2 processes {t2 - t1:.1f} s ({double['wall_s']:.1f} s in train)")
-    assert single["num_processes"] == 1 and double["num_processes"] == 2
-    assert "MULTI_CPU" in double["distributed_type"]
+    result = _launch("cem_distributed.py", backend, tmp_path, policy, str(tmp_path / "two"), "2", *flags)
+    result["launch_s"] = time.perf_counter() - t0
+    return result
+
+
+def _check_cem_matches(single: dict, double: dict, one: Path, two: Path) -> None:
+    print(f"CEM 2 rounds: 1 process {single['launch_s']:.1f} s ({single['wall_s']:.1f} s in train), "
+          f"2 processes {double['launch_s']:.1f} s ({double['wall_s']:.1f} s in train)")
     for h in single["history"]:
         print({k: h[k] for k in ("round", "num_samples", "reward_mean", "elite_count", "elite_reward_mean",
                                  "gold_mean", "elite_gold_mean", "train_steps")})
+    assert single["num_processes"] == 1 and double["num_processes"] == 2
     # 12 prompts x 4 answers; chunks of 4 prompts: process 0 sampled chunks 0 and 2, process 1 chunk 1
-    rows = _round_columns(tmp_path / "one", 0)
+    rows = _round_columns(one, 0)
     assert len(rows["completion"]) == 48 and sum(rows["elite"]) == 12
-    _assert_same_rounds(tmp_path / "one", tmp_path / "two", 2)
+    _assert_same_rounds(one, two, 2)
     for key in ("num_samples", "reward_mean", "elite_reward_mean", "gold_mean", "train_steps", "fine_tune_rows"):
         assert [h[key] for h in double["history"]] == [h[key] for h in single["history"]], key
     assert double["history"][1]["reward_mean"] != double["history"][0]["reward_mean"]  # round 1 sampled a new model
     # written once, completely: no temporary directories left by a second writer
-    assert not list((tmp_path / "two").rglob("*.tmp"))
-    assert (tmp_path / "two" / "final" / "model.safetensors").exists()
+    assert not list(two.rglob("*.tmp"))
+    assert (two / "final" / "model.safetensors").exists() and (two / "README.md").exists()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_cem_two_processes_equal_one_process(tmp_path, sft_policy_path, cem_one_process):
+    """Two rounds of CEM (heuristic reward, gold tracked, exact-KL fine-tuning) in one process with batch 4 and
+    under DDP on 2 processes with batch 2 each: the saved round datasets (samples, rewards, elites) are the same,
+    the round files are written once; then a resume after deleting round 1's model continues to the same end."""
+    import shutil
+
+    one, single = cem_one_process
+    double = _launch_cem("ddp", tmp_path, sft_policy_path)
+    assert "MULTI_CPU" in double["distributed_type"]
+    _check_cem_matches(single, double, one, tmp_path / "two")
 
     # resume under DDP: round 1 unfinished (model and metrics gone, its scored generations kept)
     shutil.rmtree(tmp_path / "two" / "round_1" / "model")
     (tmp_path / "two" / "round_1" / "metrics.json").unlink()
-    resumed = _launch("cem_distributed.py", "ddp", tmp_path / "resume", sft_policy_path, str(tmp_path / "two"), "2",
-                      "--resume")
+    resumed = _launch_cem("ddp", tmp_path, sft_policy_path, "--resume")
     assert [h["round"] for h in resumed["history"]] == [0, 1]
     for key in ("reward_mean", "elite_reward_mean", "train_steps"):
         assert resumed["history"][1][key] == double["history"][1][key], key
-    _assert_same_rounds(tmp_path / "one", tmp_path / "two", 2)
+    _assert_same_rounds(one, tmp_path / "two", 2)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["zero2", "zero3"])
+def test_cem_under_deepspeed_equals_one_process(backend, tmp_path, sft_policy_path, cem_one_process):
+    """Each round's SFTTrainer runs under DeepSpeed (a second Accelerator reuses the first one's plugin); under
+    ZeRO-3 the round model is saved gathered and sampling reloads it whole. Same round datasets as one process."""
+    one, single = cem_one_process
+    double = _launch_cem(backend, tmp_path, sft_policy_path)
+    assert "DEEPSPEED" in double["distributed_type"]
+    _check_cem_matches(single, double, one, tmp_path / "two")

@@ -32,6 +32,7 @@ import math
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -205,8 +206,17 @@ class CEMTrainer:
         # What shapes every round's data: refused on resume when it changed (see `_check_settings`)
         self._settings = cem_settings(args, model, reward_funcs, train_dataset, sft_dataset, peft_config)
         model_path = model if isinstance(model, str) else None
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        # Under ZeRO-3 each round's SFTTrainer shards the model; sampling uses a whole copy loaded from the saved
+        # round (see `_save_round_model`), so the model is never loaded partitioned (zero.Init) here.
+        self._zero3 = is_deepspeed_zero3_enabled()
+        if self._zero3 and peft_config is not None:
+            raise NotImplementedError("CEMTrainer with a peft_config under DeepSpeed ZeRO-3 is not supported; use "
+                                      "ZeRO-2 or DDP for LoRA (the adapter is small: ZeRO-3 saves little there).")
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+            with self._zero3_hidden():
+                model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
         if processing_class is None:
             name = model_path or getattr(model.config, "_name_or_path", None)
             if not name:
@@ -263,6 +273,25 @@ class CEMTrainer:
             r += 1
         return r
 
+    @contextmanager
+    def _zero3_hidden(self):
+        """Context in which transformers does not see the global ZeRO-3 config, for work on the whole (unsharded)
+        model: ``from_pretrained`` would build it inside ``deepspeed.zero.Init`` (sharded; accelerate's
+        ``zero3_init_context_manager(enable=False)`` keeps the stage-3 config, so it does not help), and
+        ``generate`` would default to ``synced_gpus=True`` (every process steps until all are done: a deadlock when
+        processes sample different numbers of chunks)."""
+        if not self._zero3:
+            yield
+            return
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+        hf_deepspeed._hf_deepspeed_config_weak_ref = None
+        try:
+            yield
+        finally:
+            hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
     def _load_round_model(self, r: int):
         from transformers import AutoModelForCausalLM
 
@@ -278,7 +307,8 @@ class CEMTrainer:
                 raise FileNotFoundError(f"No adapter weights at {weights}")
             set_peft_model_state_dict(self.model, load_file(str(weights)))
         else:
-            self.model = AutoModelForCausalLM.from_pretrained(str(path)).to(device)
+            with self._zero3_hidden():
+                self.model = AutoModelForCausalLM.from_pretrained(str(path)).to(device)
 
     @staticmethod
     def _save_dataset(ds, path: Path) -> None:
@@ -318,7 +348,8 @@ class CEMTrainer:
         parts = []
         for start, end in tqdm(chunks, desc=desc, leave=False, disable=self.args.disable_tqdm or not self._is_main):
             torch.manual_seed(stream_seed(self.args.seed, *stream, start))  # the chunk's own stream (all devices)
-            parts.append((start, self._sample_chunk(dataset, rows[start:end], start, num_generations, temperature)))
+            with self._zero3_hidden():  # the sampling model is whole on every process (see `_save_round_model`)
+                parts.append((start, self._sample_chunk(dataset, rows[start:end], start, num_generations, temperature)))
         return self._gather_parts(parts)
 
     def _sample_chunk(self, dataset, rows: list[int], offset: int, num_generations: int, temperature: float) -> dict:
@@ -500,6 +531,11 @@ class CEMTrainer:
         round_args.run_name = f"{self.args.run_name or 'cem'}-round{r}"
         round_args.model_init_kwargs = None  # the model was loaded with them already (SFTTrainer would warn)
         round_args.push_to_hub = False  # the CEM run pushes its final model once (`push_to_hub`), not every round
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState._shared_state and getattr(AcceleratorState(), "deepspeed_plugins", None) is not None:
+            # rounds after the first: accelerate refuses a second DeepSpeed plugin and reuses the first one's
+            round_args.deepspeed_plugin = None
         trainer = trainer_cls(
             model=self.model, args=round_args, train_dataset=dataset, processing_class=self.processing_class,
             callbacks=self.callbacks, ref_model=self.ref_model, kl_coef=self.args.kl_coef,
@@ -535,6 +571,8 @@ class CEMTrainer:
             self.processing_class.save_pretrained(str(tmp))
             publish_dir(tmp, path)
         barrier()
+        if self._zero3 and trainer is not None:  # the trained model is sharded: sample from a whole copy of it
+            self._load_round_model(r)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, round_index: int = -1) -> dict:
@@ -662,6 +700,8 @@ class CEMTrainer:
             kill_point(f"cem_round_done:{r}")
 
         self._write_history(stop_reason)
+        self._stop_reason = stop_reason
+        self.create_model_card()
         return self.history
 
     def _log_round(self, metrics: dict) -> None:
@@ -692,6 +732,55 @@ class CEMTrainer:
         path = output_dir or self.args.output_dir
         self.model.save_pretrained(path)
         self.processing_class.save_pretrained(path)
+
+    # ------------------------------------------------------------------ model card and the Hub
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """Write ``README.md`` in ``output_dir`` (main process), like TRL trainers' ``create_model_card``: TRL's
+        template with the tags ``trl``, ``trl-extras``, ``cem`` (plus ``tags``), the CEM citation, ``dataset_name``
+        and a per-round summary of the rounds run so far (mean reward, elite reward, entropy, ...)."""
+        from .cem_card import cem_model_card
+
+        if not self._is_main:
+            return
+        if dataset_name is not None:
+            self.dataset_name = dataset_name  # kept for the card `push_to_hub` rewrites
+        config_name = getattr(self.model.config, "_name_or_path", None) or None
+        base_model = config_name if config_name and not Path(config_name).is_dir() else None
+        hub_model_id = self.args.hub_model_id or self.output_dir.absolute().name
+        settings = {k: getattr(self.args, k) for k in ("num_rounds", "num_generations", "prompts_per_round",
+                                                         "elite_top_k", "elite_quantile", "sft_mix_ratio", "kl_coef")}
+        card = cem_model_card(
+            base_model=base_model, model_name=model_name or hub_model_id.split("/")[-1], hub_model_id=hub_model_id,
+            dataset_name=getattr(self, "dataset_name", None), tags=[tags] if isinstance(tags, str) else list(tags or []),
+            history=self.history, initial_eval=self.initial_eval, stopped=getattr(self, "_stop_reason", None),
+            config_summary={k: v for k, v in settings.items() if v is not None},
+        )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        card.save(str(self.output_dir / "README.md"))
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, **card_kwargs):
+        """Upload ``output_dir`` to the Hub repository ``args.hub_model_id`` (default: the folder's name), like
+        ``transformers.Trainer.push_to_hub``: saves the final model and the model card (``card_kwargs``:
+        ``model_name``, ``dataset_name``, ``tags``) first. The per-round fine-tuning folders (``round_*/sft``) and
+        temporary files are not uploaded. Returns the commit info (main process; ``None`` on the others)."""
+        import huggingface_hub
+
+        self.save_model(self.args.output_dir)
+        self.create_model_card(**card_kwargs)
+        if not self._is_main:
+            return None
+        token = token if token is not None else self.args.hub_token
+        repo_id = huggingface_hub.create_repo(
+            self.args.hub_model_id or self.output_dir.absolute().name, token=token,
+            private=self.args.hub_private_repo, exist_ok=True,
+        ).repo_id
+        return huggingface_hub.upload_folder(
+            repo_id=repo_id, folder_path=str(self.output_dir), commit_message=commit_message, token=token,
+            revision=revision or self.args.hub_revision, run_as_future=not blocking,
+            ignore_patterns=["round_*/sft/**", "*.tmp", "*.tmp/**", "_*"],
+        )
 
 
 def plot_history(history: list[dict], path, initial_eval: dict | None = None) -> None:
