@@ -11,7 +11,7 @@ def length_reward(prompts, completions, **kwargs):
 
 
 def _args(tmp_path, **overrides):
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig
 
     defaults = dict(num_rounds=2, num_generations=4, max_completion_length=6, generation_chunk_size=16,
                     per_device_train_batch_size=8, num_train_epochs=1, learning_rate=1e-3, seed=0, plot=False)
@@ -120,7 +120,7 @@ def test_round_trainers_never_push(tiny_paths, tmp_path, monkeypatch):
 
 
 def test_generation_batch_size_renamed(tmp_path):
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig
 
     with pytest.raises(ValueError, match="generation_chunk_size") as err:
         cpu_config(CEMConfig, tmp_path, generation_batch_size=64)

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 def main(policy_path: str, out: str, output_dir: str, batch_size: int, resume: bool) -> None:
     from trl_extras import CEMTrainer
     from trl_extras.testbed import TestbedConfig, gold_reward_fn, heuristic_reward_fn, prompt_dataset
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig
 
     config = TestbedConfig(num_train_prompts=12, num_holdout_prompts=4)
     args = CEMConfig(
