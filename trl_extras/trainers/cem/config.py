@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from ...utils.completions import LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
+
 
 @dataclass
 class CEMConfig(SFTConfig):
@@ -118,6 +120,15 @@ class CEMConfig(SFTConfig):
         default=1, metadata={"help": "Answers sampled per eval prompt after each round (when `eval_dataset` is set)."}
     )
     plot: bool = field(default=True, metadata={"help": "Write `cem_history.png` (matplotlib, Agg backend)."})
+    log_completions: bool = field(
+        default=False,
+        metadata={"help": "Whether to log each round's (prompt, completion, reward, elite) rows once the elites are "
+                  "selected. If `rich` is installed, it prints them. If `wandb` and/or `trackio` logging is enabled, it "
+                  "logs them to `wandb` and/or `trackio` (TRL GRPOConfig's option; every row is also saved in "
+                  "`round_{r}/generations`)."},
+    )
+    num_completions_to_print: int | None = field(default=None, metadata={"help": NUM_COMPLETIONS_TO_PRINT_HELP})
+    log_unique_prompts: bool = field(default=False, metadata={"help": LOG_UNIQUE_PROMPTS_HELP})
 
     def __post_init__(self):
         from ...utils.validation import check_number

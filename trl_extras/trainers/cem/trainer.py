@@ -591,6 +591,8 @@ class CEMTrainer:
             metrics = {"round": r, "temperature": temperature, "elite_quantile": quantile}
             metrics.update(self._measure(columns))
             metrics.update({f"reward_log/{k}": v for k, v in self._reward_logs.items()})
+            if args.log_completions and main:
+                self._log_completions(columns, r)
             if metrics["num_empty"]:
                 logger.warning("Round %d: %d of %d answers are empty (never selected).", r, metrics["num_empty"],
                                metrics["num_samples"])
@@ -635,6 +637,18 @@ class CEMTrainer:
         self._stop_reason = stop_reason
         self.create_model_card()
         return self.history
+
+    def _log_completions(self, columns: dict, r: int) -> None:
+        """The round's rows through the shared completion log (rich table, wandb/trackio tables), step = round."""
+        from ...utils.completions import CompletionLog
+
+        rewards = {"reward": columns["reward"]}
+        rewards.update({k: v for k, v in columns.items() if k.startswith("reward_")})
+        if "gold" in columns:
+            rewards["gold"] = columns["gold"]
+        log = CompletionLog.from_args(self.args)
+        log.add(columns["prompt"], columns["completion"], rewards, extra={"elite": columns["elite"]})
+        self.last_completions_table = log.flush(r)
 
     def _log_round(self, metrics: dict) -> None:
         trainer = getattr(self, "_last_trainer", None)
