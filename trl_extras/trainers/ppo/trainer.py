@@ -279,8 +279,10 @@ class PPOTrainer(_BaseTrainer):
         if self.is_fsdp_enabled:
             raise NotImplementedError(
                 "PPOTrainer does not support FSDP: its rollout statistics call the policy and value model outside "
-                "the root module's forward, which FSDP's sharded parameters do not allow. Use DeepSpeed ZeRO-2/3 "
-                "(recipes/accelerate/zero2.yaml) or DDP (recipes/accelerate/ddp.yaml)."
+                "the root module's forward, which FSDP's sharded parameters do not allow, and it is untested "
+                "(accelerate 1.16 runs FSDP only on GPUs; see README, Limits). Use DeepSpeed ZeRO-2/3 "
+                "(recipes/accelerate/zero2.yaml, zero3.yaml: shards parameters like FSDP) or DDP "
+                "(recipes/accelerate/ddp.yaml)."
             )
         if self._joint_model != self.is_deepspeed_enabled:
             raise RuntimeError("PPOTrainer: DeepSpeed was enabled differently from what `args.deepspeed_plugin` said.")
