@@ -1,4 +1,4 @@
-"""CEMTrainer's model card, push_to_hub (upload monkeypatched: never the network) and the renamed chunk knob."""
+"""CEMTrainer's model card, push_to_hub (upload monkeypatched: never the network), the renamed chunk knob, FSDP refusal."""
 
 import pytest
 from helpers import cpu_config
@@ -128,3 +128,13 @@ def test_generation_batch_size_renamed(tmp_path):
     assert cpu_config(CEMConfig, tmp_path, generation_chunk_size=32).generation_chunk_size == 32
     with pytest.raises(ValueError, match="generation_chunk_size"):
         cpu_config(CEMConfig, tmp_path, generation_chunk_size=0)
+
+
+def test_cem_refuses_fsdp(tiny_paths, tmp_path, monkeypatch):
+    """FSDP is not supported (sampling uses the whole model between rounds): a clear error, not a hang."""
+    from trl_extras import CEMTrainer
+
+    args = _args(tmp_path)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` exports for an FSDP config
+    with pytest.raises(NotImplementedError, match="FSDP.*DeepSpeed ZeRO-2/3"):
+        CEMTrainer(tiny_paths["policy"], length_reward, args, train_dataset=_data()[0])
