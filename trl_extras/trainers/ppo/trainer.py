@@ -138,7 +138,7 @@ class PPOTrainer(_BaseTrainer):
     gradient clipping is then joint over policy and value, and ``save_model`` still writes the policy alone.
     """
 
-    _tag_names = ["trl", "ppo", "trl_extras"]
+    _tag_names = ["trl", "ppo", "trl-extras"]
     _name = "PPO"
     _paper = {
         "title": "Proximal Policy Optimization Algorithms",
