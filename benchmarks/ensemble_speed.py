@@ -111,7 +111,7 @@ def _base(a):
     if a.model == "smollm2":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from trl_extras.core.rollout import ensure_pad_token
+        from trl_extras.modeling.generation import ensure_pad_token
         from trl_extras.testbed.smollm2 import smollm2_path
 
         path = smollm2_path()
