@@ -97,7 +97,11 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=24, help="max_completion_length")
     parser.add_argument("--rollouts", type=int, default=8, help="rollout batches per run (after one warm-up)")
     parser.add_argument("--model", choices=("testbed", "smollm2"), default="testbed")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
     args = parser.parse_args(argv)
+    if args.render_only:
+        name = "ppo_vs_grpo_throughput" + ("_smollm2" if args.model == "smollm2" else "")
+        return write_markdown(json.loads((RESULTS / f"{name}.json").read_text()), name)
 
     import torch
 
@@ -143,21 +147,27 @@ def measure(args, runs: dict, warmups: list, name: str, what: str):
               "threads": torch.get_num_threads(), "runs": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    write_markdown(result, name)
+
+
+def write_markdown(result: dict, name: str) -> None:
+    """``<name>.md`` from the measured ``result`` (also ``--render-only``: rewrite it from ``<name>.json``)."""
+    rows = result["runs"]
     base = rows[0]["samples_per_s"]
+    what = result.get("model", "testbed SFT policy")
     lines = [
-        f"# PPO vs GRPO throughput ({what}, batch {args.batch}, max {args.length} new tokens, "
-        f"{args.rollouts} rollouts, CPU, {torch.get_num_threads()} threads, shared machine)",
+        f"# PPO vs GRPO throughput ({what}, batch {result['batch']}, max {result['max_completion_length']} new tokens, "
+        f"{result['rollouts']} rollouts, CPU, {result['threads']} threads, shared machine)",
         "",
         f"| run | samples/s | vs {rows[0]['run'].split(' (')[0]} | mean completion length |",
         "|---|---|---|---|",
     ]
     for r in rows:
         length = r["mean_completion_length"]
-        lines.append(f"| {r['run']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / base:.2f}x | "
+        lines.append(f"| {r['run']} | {r['samples_per_s']:.3g} | {r['samples_per_s'] / base:.2f}x | "
                      f"{'' if length is None else f'{length:.1f}'} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()
