@@ -17,6 +17,11 @@ C++ allocations are invisible to ``tracemalloc``, so RSS is the honest CPU measu
 ``torch.cuda.max_memory_allocated`` minus the allocation before scoring.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ensemble_speed.py               # ~1-2 minutes on CPU
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ensemble_speed.py --model smollm2 --batch-size 16 --length 48
+
+``--model smollm2`` scores with the real 30-layer SmolLM2-135M-Instruct (``trl_extras.testbed.smollm2_path``, its
+own tokenizer, ``AutoModelForSequenceClassification(num_labels=1)``) instead of the random tiny model; results go to
+``ensemble_speed_smollm2.*``.
     .venv/bin/python benchmarks/ensemble_speed.py --layers 12 --tail 1 --quick
 
 Writes ``benchmarks/results/ensemble_speed.json`` and ``ensemble_speed.md``.
@@ -66,11 +71,9 @@ def time_interleaved(a) -> dict:
 
     from trl_extras.rewards.ensemble import RewardEnsemble
     from trl_extras.rewards.scoring import score_with_reward_model
-    from trl_extras.testbed import build_sequence_classifier, build_tokenizer
 
-    tok = build_tokenizer()
+    tok, model = _base(a)
     prompts, completions = _texts(a.batch_size, a.length, seed=0)
-    model = build_sequence_classifier(tok, _spec(a), seed=0)
     for i in range(a.k):
         cfg = _lora(a)
         model = get_peft_model(model, cfg, adapter_name="member_0") if i == 0 else model
@@ -101,6 +104,25 @@ def time_interleaved(a) -> dict:
             times[name].append(time.perf_counter() - start)
     ratios = {name: sorted(t / o for t, o in zip(times[name], times["one_member"]))[a.repeats // 2] for name in fns}
     return {"times_s": times, "median_ratio_per_round": ratios}
+
+
+def _base(a):
+    """Tokenizer and base sequence classifier: the random tiny model, or SmolLM2 with ``--model smollm2``."""
+    if a.model == "smollm2":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from trl_extras.modeling.generation import ensure_pad_token
+        from trl_extras.testbed.smollm2 import smollm2_path
+
+        path = smollm2_path()
+        tok = ensure_pad_token(AutoTokenizer.from_pretrained(path))
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        model.config.pad_token_id = tok.pad_token_id
+        return tok, model
+    from trl_extras.testbed import build_sequence_classifier, build_tokenizer
+
+    tok = build_tokenizer()
+    return tok, build_sequence_classifier(tok, _spec(a), seed=0)
 
 
 def _spec(a):
@@ -135,12 +157,10 @@ def run_variant(variant: str, a) -> dict:
     from peft import get_peft_model
 
     from trl_extras.rewards.ensemble import RewardEnsemble
-    from trl_extras.testbed import build_sequence_classifier, build_tokenizer
 
     device = torch.device(a.device)
-    tok = build_tokenizer()
+    tok, model = _base(a)
     prompts, completions = _texts(a.batch_size, a.length, seed=0)
-    model = build_sequence_classifier(tok, _spec(a), seed=0)
     k = 1 if variant == "one_member" else a.k
     torch.manual_seed(1)
     for i in range(k):
@@ -225,7 +245,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: small batch, 3 repeats")
     parser.add_argument("--variant", choices=(*VARIANTS, "interleaved"), help=argparse.SUPPRESS)  # child process mode
     parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny",
+                        help="tiny: random model of --layers/--hidden; smollm2: the real 30-layer SmolLM2-135M")
     a = parser.parse_args()
+    if a.model == "smollm2":
+        a.layers, a.hidden = 30, 576
+        a.tag = a.tag or "smollm2"
     if a.quick:
         a.batch_size, a.repeats, a.length = 16, 3, 64
     if a.variant == "interleaved":
@@ -277,7 +302,8 @@ def main() -> int:
     lines = [
         f"# K={a.k} LoRA reward ensemble vs one member ({a.device})",
         "",
-        f"Random Llama, {a.layers} layers, hidden {a.hidden}; LoRA r=16 on the last {a.tail} layers; batch "
+        ("SmolLM2-135M-Instruct (real weights and tokenizer)" if a.model == "smollm2" else "Random Llama")
+        + f", {a.layers} layers, hidden {a.hidden}; LoRA r=16 on the last {a.tail} layers; batch "
         f"{a.batch_size} (~{one['tokens_per_batch']} tokens); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}.",
         "Time: variants timed round-robin in one process, ratio = median over rounds of time / one-member time in the "
         "same round. Memory: each variant alone in a fresh process, exact weight bytes + peak RSS rise while scoring.",

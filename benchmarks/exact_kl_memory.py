@@ -1,6 +1,11 @@
 """Peak extra memory and time of the exact-KL statistics and PPO update vs the k1 path, at V=32000, T=512, B=8 (CPU).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/exact_kl_memory.py [--repeats 3] [--with-naive] [--variants ...]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/exact_kl_memory.py --model smollm2   # SmolLM2-135M's real head
+
+``--model smollm2`` gives the 1-layer model SmolLM2-135M-Instruct's output head and layer shapes (V=49152, hidden
+576, MLP 1536, 9 heads / 3 KV heads): the head is where exact and k1 differ; the 29 other layers add the same cost
+to both paths. Results go to ``exact_kl_memory_smollm2.*``.
 
 Both paths go through ``trl_extras.modeling.lm.completion_token_stats`` on the same policy/reference pair (a 1-layer,
 64-wide Llama with a 32k vocabulary; the reference is a perturbed copy), same inputs, same chunking:
@@ -43,7 +48,12 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _child(variant: str, hidden: int = 64, timing_runs: int = 3) -> dict:
+#: ``--model`` presets: the output head and layer shapes of a real model.
+MODELS = {"smollm2": {"vocab": 49152, "hidden": 576, "intermediate": 1536, "heads": 9, "kv_heads": 3}}
+
+
+def _child(variant: str, hidden: int = 64, timing_runs: int = 3, vocab: int = V, intermediate: int | None = None,
+           heads: int = 4, kv_heads: int = 2) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -53,12 +63,12 @@ def _child(variant: str, hidden: int = 64, timing_runs: int = 3) -> dict:
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=V,
+        vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate or 2 * hidden,
         num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=P + T + 8,
         tie_word_embeddings=False,
     )
@@ -69,7 +79,7 @@ def _child(variant: str, hidden: int = 64, timing_runs: int = 3) -> dict:
         ref.lm_head.weight.add_(0.003 * torch.randn_like(ref.lm_head.weight))
         policy.lm_head.weight.mul_(20.0)  # peaked-ish distributions, like a trained LM
         ref.lm_head.weight.mul_(20.0)
-    ids = torch.randint(0, V, (B, P + T))
+    ids = torch.randint(0, vocab, (B, P + T))
     mask = torch.ones_like(ids)
     with_entropy = variant.endswith("+entropy")
     kind = variant.split("+")[0]
@@ -136,13 +146,28 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["k1", "exact", "update-k1", "update-exact"],
                         help="among k1, exact, k1+entropy, exact+entropy, update-k1, update-exact")
     parser.add_argument("--hidden", type=int, default=64, help="hidden size of the 1-layer model (head cost)")
+    parser.add_argument("--vocab", type=int, default=V, help="vocabulary size (output head)")
+    parser.add_argument("--intermediate", type=int, default=None, help="MLP size (default 2 x hidden)")
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--model", choices=sorted(MODELS), default=None,
+                        help="preset of a real model's head and layer shapes (overrides the four options above)")
     parser.add_argument("--timing-runs", type=int, default=3, help="timed runs per process; the fastest counts")
     parser.add_argument("--output-name", default="exact_kl_memory")
     parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model:
+        preset = MODELS[args.model]
+        args.vocab, args.hidden, args.intermediate = preset["vocab"], preset["hidden"], preset["intermediate"]
+        args.heads, args.kv_heads = preset["heads"], preset["kv_heads"]
+        if args.output_name == "exact_kl_memory":
+            args.output_name = f"exact_kl_memory_{args.model}"
+    shape = ["--hidden", str(args.hidden), "--vocab", str(args.vocab), "--heads", str(args.heads),
+             "--kv-heads", str(args.kv_heads)] + (["--intermediate", str(args.intermediate)] if args.intermediate else [])
     if args.child:
-        print(json.dumps(_child(args.child, args.hidden, args.timing_runs)))
+        print(json.dumps(_child(args.child, args.hidden, args.timing_runs, args.vocab, args.intermediate, args.heads,
+                                args.kv_heads)))
         return
 
     if args.render_only:  # rewrite the Markdown from an existing JSON (no measurement)
@@ -154,7 +179,7 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     for rep in range(args.repeats):
         for v in variants:  # interleaved, so drifts in machine load hit every variant alike
-            cmd = [sys.executable, __file__, "--child", v, "--hidden", str(args.hidden)]
+            cmd = [sys.executable, __file__, "--child", v, *shape]
             cmd += ["--timing-runs", str(args.timing_runs)]
             res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if res.returncode != 0:
@@ -162,7 +187,9 @@ def main() -> None:
             runs[v].append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(f"repeat {rep} {v}: {runs[v][-1]}", flush=True)
     setup = {
-        "V": V,
+        "V": args.vocab,
+        "model": args.model,
+        "intermediate": args.intermediate or 2 * args.hidden,
         "T": T,
         "B": B,
         "hidden": args.hidden,
@@ -173,7 +200,7 @@ def main() -> None:
         "device": "cpu",
         "torch_threads": os.environ.get("OMP_NUM_THREADS"),
         "repeats": args.repeats,
-        "full_logits_one_model_mib": B * T * V * 4 / 2**20,
+        "full_logits_one_model_mib": B * T * args.vocab * 4 / 2**20,
     }
     _write(args, runs, setup)
 
@@ -203,7 +230,8 @@ def _write(args, runs: dict, setup: dict) -> None:
         json.dumps({"setup": setup, "summary": summary, "ratios": ratios, "runs": runs}, indent=2)
     )
     lines = [
-        f"# Exact KL vs k1: peak extra memory and time (V={V}, T={T}, B={B}, hidden={setup.get('hidden', 64)}, "
+        f"# Exact KL vs k1: peak extra memory and time (V={setup.get('V', V)}, T={T}, B={B}, "
+        f"hidden={setup.get('hidden', 64)}, " + (f"{setup['model']}'s head and layer shapes, " if setup.get("model") else "") +
         f"chunk={CHUNK}, "
         "CPU float32)",
         "",

@@ -10,6 +10,12 @@ PPO runs a value model (one more forward at rollout and one forward+backward per
 the reference's logits; GRPO needs ``num_generations >= 2`` (4 here; PPO uses 4 too, for identical batches).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ppo_vs_grpo_throughput.py        # ~5 min on one CPU core
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ppo_vs_grpo_throughput.py --model smollm2 --batch 8 --length 16 --rollouts 3
+
+``--model smollm2``: SmolLM2-135M-Instruct (``trl_extras.testbed.smollm2_path``, bf16 weights) with LoRA (r=16 on
+q/k/v/o) on the arithmetic task (gold verifier as reward); runs GRPO beta=0.05 (k3, reference = the adapter-disabled
+base) against PPO 1 epoch with exact KL (value model = policy backbone + fresh head, LoRA too). Results go to
+``ppo_vs_grpo_throughput_smollm2.*``.
 
 Writes ``benchmarks/results/ppo_vs_grpo_throughput.json`` and ``.md``.
 """
@@ -32,28 +38,57 @@ COMMON = dict(use_cpu=True, bf16=False, report_to="none", save_strategy="no", gr
               lr_scheduler_type="constant", logging_steps=1, seed=0, disable_tqdm=True)
 
 
-def grpo(sft_path, data, batch, length, rollouts, beta, out):
+def grpo(sft_path, data, batch, length, rollouts, beta, out, reward=None, peft_config=None, init_kwargs=None):
     from trl import GRPOConfig, GRPOTrainer
 
     from trl_extras.testbed import gold_reward_fn
 
     args = GRPOConfig(output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                       num_generations=4, max_completion_length=length, max_steps=rollouts, learning_rate=5e-5,
-                      beta=beta, **COMMON)
-    trainer = GRPOTrainer(sft_path, reward_funcs=gold_reward_fn, args=args, train_dataset=data)
+                      beta=beta, model_init_kwargs=init_kwargs, **COMMON)
+    trainer = GRPOTrainer(sft_path, reward_funcs=reward or gold_reward_fn, args=args, train_dataset=data,
+                          peft_config=peft_config)
     return trainer, rollouts * batch
 
 
-def ppo(sft_path, data, batch, length, rollouts, epochs, estimator, out):
+def ppo(sft_path, data, batch, length, rollouts, epochs, estimator, out, reward=None, peft_config=None,
+        init_kwargs=None):
     from trl_extras.testbed import gold_reward_fn
     from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     args = PPOConfig(output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                      num_mini_batches=1, num_ppo_epochs=epochs, num_generations=4, max_completion_length=length,
                      max_steps=rollouts * epochs, learning_rate=5e-5, kl_estimator=estimator,
-                     value_model_init="policy", **COMMON)
-    trainer = PPOTrainer(sft_path, reward_funcs=gold_reward_fn, args=args, train_dataset=data)
+                     value_model_init="policy", model_init_kwargs=init_kwargs, **COMMON)
+    trainer = PPOTrainer(sft_path, reward_funcs=reward or gold_reward_fn, args=args, train_dataset=data,
+                         peft_config=peft_config)
     return trainer, rollouts * batch
+
+
+def smollm2_runs(args):
+    """SmolLM2 + LoRA on arithmetic: GRPO beta=0.05 vs PPO 1 epoch exact KL (and the warm-up)."""
+    from peft import LoraConfig
+
+    from trl_extras.testbed import arithmetic
+    from trl_extras.testbed.smollm2 import smollm2_path
+
+    path = smollm2_path()
+    data = arithmetic.prompt_dataset("train")
+    kw = dict(reward=arithmetic.gold_reward_fn, init_kwargs={"dtype": "bfloat16"})
+
+    def lora():
+        return LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                          task_type="CAUSAL_LM")
+
+    runs = {
+        "GRPO beta=0.05 k3, LoRA (TRL 1.16)": lambda out: grpo(path, data, args.batch, args.length, args.rollouts,
+                                                               0.05, out, peft_config=lora(), **kw),
+        "PPO 1 epoch, exact KL, LoRA": lambda out: ppo(path, data, args.batch, args.length, args.rollouts, 1, "exact",
+                                                       out, peft_config=lora(), **kw),
+    }
+    warmups = [lambda out: grpo(path, data, args.batch, args.length, 1, 0.05, out, peft_config=lora(), **kw),
+               lambda out: ppo(path, data, args.batch, args.length, 1, 1, "exact", out, peft_config=lora(), **kw)]
+    return runs, warmups
 
 
 def main(argv=None):
@@ -61,13 +96,21 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=32, help="sequences per rollout = per update batch")
     parser.add_argument("--length", type=int, default=24, help="max_completion_length")
     parser.add_argument("--rollouts", type=int, default=8, help="rollout batches per run (after one warm-up)")
+    parser.add_argument("--model", choices=("testbed", "smollm2"), default="testbed")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
     args = parser.parse_args(argv)
+    if args.render_only:
+        name = "ppo_vs_grpo_throughput" + ("_smollm2" if args.model == "smollm2" else "")
+        return write_markdown(json.loads((RESULTS / f"{name}.json").read_text()), name)
 
     import torch
 
     from trl_extras.testbed import TestbedConfig, build_sft_policy, prompt_dataset
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    if args.model == "smollm2":
+        runs, warmups = smollm2_runs(args)
+        return measure(args, runs, warmups, "ppo_vs_grpo_throughput_smollm2", "SmolLM2-135M-Instruct + LoRA, bf16, arithmetic")
     sft_path = build_sft_policy(progress=False)
     data = prompt_dataset("train", TestbedConfig())
     runs = {
@@ -77,40 +120,54 @@ def main(argv=None):
         "PPO 1 epoch, k3 KL": lambda out: ppo(sft_path, data, args.batch, args.length, args.rollouts, 1, "k3", out),
         "PPO 4 epochs, exact KL": lambda out: ppo(sft_path, data, args.batch, args.length, args.rollouts, 4, "exact", out),
     }
+    warmups = [lambda out: grpo(sft_path, data, args.batch, args.length, 1, 0.0, out),
+               lambda out: ppo(sft_path, data, args.batch, args.length, 1, 1, "exact", out)]
+    return measure(args, runs, warmups, "ppo_vs_grpo_throughput", "testbed SFT policy")
+
+
+def measure(args, runs: dict, warmups: list, name: str, what: str):
+    import torch
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up (lazy imports, allocator, first-call overheads) so that the first measured run is not penalised
-        grpo(sft_path, data, args.batch, args.length, 1, 0.0, os.path.join(tmp, "warmup"))[0].train()
-        ppo(sft_path, data, args.batch, args.length, 1, 1, "exact", os.path.join(tmp, "warmup2"))[0].train()
-        for i, (name, build) in enumerate(runs.items()):
+        for j, warmup in enumerate(warmups):
+            warmup(os.path.join(tmp, f"warmup{j}"))[0].train()
+        for i, (run_name, build) in enumerate(runs.items()):
             trainer, samples = build(os.path.join(tmp, str(i)))
             t0 = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - t0
             lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-            rows.append({"run": name, "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds,
+            rows.append({"run": run_name, "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds,
                          "mean_completion_length": sum(lengths) / len(lengths) if lengths else None})
             print(rows[-1], flush=True)
             del trainer
-    result = {"batch": args.batch, "max_completion_length": args.length, "rollouts": args.rollouts,
+    result = {"model": what, "batch": args.batch, "max_completion_length": args.length, "rollouts": args.rollouts,
               "threads": torch.get_num_threads(), "runs": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ppo_vs_grpo_throughput.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    write_markdown(result, name)
+
+
+def write_markdown(result: dict, name: str) -> None:
+    """``<name>.md`` from the measured ``result`` (also ``--render-only``: rewrite it from ``<name>.json``)."""
+    rows = result["runs"]
     base = rows[0]["samples_per_s"]
+    what = result.get("model", "testbed SFT policy")
     lines = [
-        f"# PPO vs GRPO throughput (testbed SFT policy, batch {args.batch}, max {args.length} new tokens, "
-        f"{args.rollouts} rollouts, CPU, {torch.get_num_threads()} threads, shared machine)",
+        f"# PPO vs GRPO throughput ({what}, batch {result['batch']}, max {result['max_completion_length']} new tokens, "
+        f"{result['rollouts']} rollouts, CPU, {result['threads']} threads, shared machine)",
         "",
-        "| run | samples/s | vs GRPO beta=0 | mean completion length |",
+        f"| run | samples/s | vs {rows[0]['run'].split(' (')[0]} | mean completion length |",
         "|---|---|---|---|",
     ]
     for r in rows:
         length = r["mean_completion_length"]
-        lines.append(f"| {r['run']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / base:.2f}x | "
+        lines.append(f"| {r['run']} | {r['samples_per_s']:.3g} | {r['samples_per_s'] / base:.2f}x | "
                      f"{'' if length is None else f'{length:.1f}'} |")
-    (RESULTS / "ppo_vs_grpo_throughput.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()

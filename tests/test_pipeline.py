@@ -39,6 +39,8 @@ def test_config_validation(tmp_path):
         micro_config(tmp_path, stages=["sft", "magic"])
     with pytest.raises(ValueError, match="ensemble_size"):
         micro_config(tmp_path, ensemble_size=1)
+    with pytest.raises(ValueError, match="ppo_trajectory_points"):
+        micro_config(tmp_path, ppo_trajectory_points=-1)
     with pytest.raises(ValueError, match="policy_model"):
         micro_config(tmp_path, prompt_dataset="some/dataset").check_models()
 
@@ -47,7 +49,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     from trl_extras.pipeline.report import write_report
     from trl_extras.pipeline.stages import run_pipeline
 
-    config = micro_config(tmp_path)
+    # the SmolLM2 recipe's knobs: greedy columns, no clean-only RM baseline, a short PPO trajectory
+    config = micro_config(tmp_path, eval_greedy=True, rm_clean_only_baseline=False, ppo_trajectory_points=1)
     ctx = run_pipeline(config)
     for stage in config.stages:
         assert (tmp_path / "pipe" / stage / "result.json").exists(), stage
@@ -62,9 +65,16 @@ def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
         if name != "sft":
             assert 0.0 <= row["p_value"] <= 1.0 and row["wins"] + row["losses"] + row["ties"] == 16
     assert abs(table["sft"]["kl_to_sft"]) < 1e-4  # the SFT model against itself
+    assert "clean only" not in ctx.results["reward"]["accuracies"] and "dirty only" in ctx.results["reward"]["accuracies"]
+    assert [p["step"] for p in ctx.results["ppo"]["trajectory"]] == [0, 2]  # before training and every 2 // 1 steps
+    for name, row in table.items():  # greedy answers scored by gold and tested against SFT's greedy answers
+        assert 0.0 <= row["gold_greedy"] <= 1.0
+        if name != "sft":
+            assert 0.0 <= row["p_value_greedy"] <= 1.0 and row["wins_greedy"] + row["losses_greedy"] <= 16
     report = write_report(ctx.results, tmp_path / "pipe" / "report")
     text = report.read_text()
-    assert "Final table" in text and "reward_vs_kl.png" in text
+    assert "Final table" in text and "reward_vs_kl.png" in text and "greedy gold" in text
+    assert "greedy gold" in (tmp_path / "pipe" / "report" / "table.md").read_text()
     assert (tmp_path / "pipe" / "report" / "reward_vs_kl.png").stat().st_size > 1000
     # a second run skips every finished stage and reuses their results
     capsys.readouterr()

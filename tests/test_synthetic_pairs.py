@@ -99,3 +99,28 @@ def test_cli_synth_pairs(tiny_paths, tmp_path):
     stats = json.loads((tmp_path / "synthesis_stats.json").read_text())
     lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
     assert stats["num_prompts"] == 6 and stats["num_pairs"] == len(lines)
+
+
+def test_two_stage_dpo_with_lora_saves_a_standalone_model(tiny_paths, tmp_path):
+    """With LoRA, stage 2 trains a fresh adapter on the merged stage-1 model and the result merges and saves (the
+    pipeline's save_model). It used to start from stage 1's directory, where from_pretrained also found the stage-1
+    adapter files and applied that adapter again on the merged weights; saving then failed (peft < 0.22)."""
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig
+
+    from trl_extras.pipeline.stages import save_model
+    from trl_extras.testbed import clean_pairs
+
+    prompts = prompt_dataset("train")["prompt"][:8]
+    synthetic = synthesize_preference_pairs(tiny_paths["policy"], _length_reward, prompts, n=3, max_new_tokens=8)
+    args = DPOConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, use_cpu=True, bf16=False,
+        report_to="none", save_strategy="no", gradient_checkpointing=False, logging_steps=1,
+    )
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    _, stage2 = run_two_stage_dpo(tiny_paths["policy"], synthetic, clean_pairs(4), args, peft_config=lora)
+    assert isinstance(stage2.model, PeftModel)
+    assert list(stage2.model.peft_config) == ["default"]  # one fresh adapter, not stage 1's re-applied
+    path = save_model(stage2.model, stage2.processing_class, tmp_path / "final")
+    AutoModelForCausalLM.from_pretrained(path)  # a standalone checkpoint

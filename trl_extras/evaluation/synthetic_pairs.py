@@ -179,7 +179,9 @@ def run_two_stage_dpo(
     Stage 1 trains ``model`` on ``synthetic_dataset`` with ``args`` (output in ``<args.output_dir>/stage1_synthetic``)
     and saves the result there. Stage 2 starts from that saved model — so its DPO reference is the stage-1 policy
     (TRL reloads the reference from the model's path) — and trains on ``real_dataset`` with ``stage2_args``
-    (default: a copy of ``args``), output in ``<args.output_dir>/stage2_real``.
+    (default: a copy of ``args``), output in ``<args.output_dir>/stage2_real``. With ``peft_config`` the stage-1
+    adapter is merged into a full checkpoint in ``<args.output_dir>/stage1_synthetic_merged``, where stage 2 starts
+    with a fresh adapter (its reference: the adapter-disabled model = the stage-1 policy).
 
     Returns ``(stage1_trainer, stage2_trainer)``; the final model is ``stage2_trainer.model``.
     """
@@ -212,13 +214,16 @@ def run_two_stage_dpo(
     trainer1.save_model(stage1_dir)
     tokenizer = trainer1.processing_class
     tokenizer.save_pretrained(stage1_dir)
-    model1 = trainer1.model
+    model1, stage2_init = trainer1.model, stage1_dir
     if peft_config is not None:
-        # merge the stage-1 adapter so stage 2 trains a fresh adapter on top of (and anchored to) the stage-1 policy
-        model1 = model1.merge_and_unload()
-        model1.save_pretrained(stage1_dir)
+        # merge the stage-1 adapter so stage 2 trains a fresh adapter on top of (and anchored to) the stage-1 policy;
+        # the merged model goes to its own directory: next to stage 1's adapter files, from_pretrained would load
+        # the adapter again on top of the merged weights (and the result cannot be saved with peft < 0.22)
+        stage2_init = os.path.join(root, "stage1_synthetic_merged")
+        model1.merge_and_unload().save_pretrained(stage2_init)
+        tokenizer.save_pretrained(stage2_init)
     trainer2 = DPOTrainer(
-        model=stage1_dir,
+        model=stage2_init,
         args=args2,
         train_dataset=real_dataset,
         processing_class=tokenizer,

@@ -87,6 +87,11 @@ class PipelineConfig:
     rm_epochs: float = field(default=2.0, metadata={"help": "Epochs over the clean pairs (stage 2)."})
     rm_pretrain_epochs: float = field(default=1.0, metadata={"help": "Epochs over the dirty pairs (stage 1)."})
     drop_easiest: float = field(default=0.2, metadata={"help": "Easy-pair filtering: drop this share of dirty pairs."})
+    rm_clean_only_baseline: bool = field(
+        default=True,
+        metadata={"help": "Reward stage: also train the clean-only RM, a comparison row of the report that no later "
+                  "stage uses (False saves one RM training on slow hardware)."},
+    )
     ensemble_size: int = field(default=3, metadata={"help": "Reward-ensemble members (>= 2)."})
     ensemble_penalty: str = field(default="variance", metadata={"help": "variance | std | min."})
     ensemble_coef: float = field(default=1.0, metadata={"help": "λ of the uncertainty penalty (on standardized rewards)."})
@@ -99,6 +104,11 @@ class PipelineConfig:
     ppo_learning_rate: float = field(default=3e-4, metadata={"help": "PPO policy learning rate."})
     ppo_num_epochs: int = field(default=4, metadata={"help": "PPO passes over each rollout batch (num_ppo_epochs)."})
     ppo_kl_coef: float = field(default=0.2, metadata={"help": "β of the exact per-token KL penalty."})
+    ppo_trajectory_points: int = field(
+        default=8,
+        metadata={"help": "Measurements of gold, proxy and KL to SFT on holdout prompts during PPO (the reward-vs-KL "
+                  "plot), evenly spaced, plus one before training; 0: none."},
+    )
     refresh_every: int = field(
         default=10, metadata={"help": "ppo_refresh stage: PPO steps between reward-model refreshes on the policy's answers."}
     )
@@ -112,6 +122,11 @@ class PipelineConfig:
         default="ensemble",
         metadata={"help": "What PPO optimizes: 'ensemble' (the penalized reward ensemble) or 'gold' (the gold reward: the "
                   "upper bound of what RL can gain on the task)."},
+    )
+    eval_greedy: bool = field(
+        default=False,
+        metadata={"help": "Evaluate: also score greedy answers with gold and test them side by side against SFT's "
+                  "greedy answers (adds columns; only when eval_temperature is not 0, which is greedy already)."},
     )
     dpo_num_generations: int = field(default=4, metadata={"help": "Samples per prompt for synthetic DPO pairs."})
     dpo_max_steps: int = field(default=20, metadata={"help": "DPO steps per stage."})
@@ -133,6 +148,7 @@ class PipelineConfig:
                      "ppo_num_epochs", "refresh_every", "refresh_num_pairs"):  # fmt: skip
             check_number(self, name, low=1, integer=True)
         check_number(self, "ensemble_size", integer=True)
+        check_number(self, "ppo_trajectory_points", low=0, integer=True)
         check_number(self, "temperature", low=0, low_open=True)
         if self.eval_temperature is not None:
             check_number(self, "eval_temperature", low=0)

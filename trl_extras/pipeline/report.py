@@ -13,18 +13,26 @@ METHOD_LABELS = {"pretrained": "pretrained", "sft": "SFT (reward ES)", "cem": "C
 def table_lines(rows: list[dict]) -> list[str]:
     """A fixed-width table: gold (95% CI), proxy, KL to SFT, length, win rate vs SFT with its p-value."""
     width = max([16, *(len(METHOD_LABELS.get(r["method"], r["method"])) for r in rows)])
+    greedy = any("gold_greedy" in r for r in rows)  # the pipeline's eval_greedy columns
     header = f"{'method':<{width}} {'gold':>6} {'gold 95% CI':>15} {'proxy':>7} {'dirty RM':>8} {'KL(π‖SFT)':>9} {'len':>5} {'win vs SFT':>10} {'p-value':>9}"
+    if greedy:
+        header += f" {'greedy gold':>11} {'W/L':>7} {'greedy p':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
         ci = r.get("gold_ci")
         ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
         win = fmt(r.get("win_rate")) if r.get("win_rate") is not None else "(base)" if r["method"] == "sft" else "–"
         p = r.get("p_value")
-        lines.append(
+        line = (
             f"{METHOD_LABELS.get(r['method'], r['method']):<{width}} {fmt(r.get('gold')):>6} {ci_s:>15} "
             f"{fmt(r.get('proxy')):>7} {fmt(r.get('dirty_rm')):>8} {fmt(r.get('kl_to_sft')):>9} "
             f"{r.get('length', 0):>5.1f} {win:>10} {f'{p:.1e}' if p is not None else '–':>9}"
         )
+        if greedy:
+            pg = r.get("p_value_greedy")
+            wl = f"{r['wins_greedy']}/{r['losses_greedy']}" if "wins_greedy" in r else "(base)" if r["method"] == "sft" else "–"
+            line += f" {fmt(r.get('gold_greedy')):>11} {wl:>7} {f'{pg:.1e}' if pg is not None else '–':>9}"
+        lines.append(line)
     return lines
 
 
@@ -117,8 +125,10 @@ def write_report(results: dict, out: Path, title: str = "trl-extras pipeline rep
     if table:
         ev = results["evaluate"]
         md += [
-            f"## Final table ({ev['num_prompts']} holdout prompts, one sample each at the training temperature; "
-            f"side-by-side judge: {ev['judge']}; p-value: two-sided binomial test, ties excluded)",
+            f"## Final table ({ev['num_prompts']} holdout prompts, one answer each at temperature {ev.get('temperature')} "
+            f"(0: greedy); side-by-side judge: {ev['judge']}; p-value: two-sided binomial test, ties excluded"
+            + ("; greedy columns: gold of greedy answers, wins/losses and p of the same test on them" if any(
+                "gold_greedy" in r for r in table) else "") + ")",
             "",
             "```",
             *table_lines(table),
@@ -169,4 +179,6 @@ def write_report(results: dict, out: Path, title: str = "trl-extras pipeline rep
         md += ["## Stage timings (s)", "", " | ".join(f"{k}: {v}" for k, v in timings.items()), ""]
     path = out / "report.md"
     path.write_text("\n".join(md))
+    if table:  # the final table alone, for README quotes
+        (out / "table.md").write_text("\n".join(["```", *table_lines(table), "```", ""]))
     return path

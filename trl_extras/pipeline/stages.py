@@ -221,9 +221,11 @@ def stage_reward(ctx: Context) -> dict:
     tokenizer = dirty_trainer.processing_class
     accuracies["dirty only"] = evaluate_reward_model(dirty_trainer.model, tokenizer, test)
     dirty_path = save_model(dirty_trainer.model, tokenizer, out / "dirty_only" / "model")
-    # (b) clean-only baseline
-    clean_trainer = train_one("clean_only", clean, cfg.rm_epochs)
-    accuracies["clean only"] = evaluate_reward_model(clean_trainer.model, tokenizer, test)
+    # (b) clean-only baseline (a row of the report only)
+    if cfg.rm_clean_only_baseline:
+        clean_trainer = train_one("clean_only", clean, cfg.rm_epochs)
+        accuracies["clean only"] = evaluate_reward_model(clean_trainer.model, tokenizer, test)
+        del clean_trainer
     # (c) drop the easiest dirty pairs (the dirty-only RM is most sure of them), then dirty → clean
     filtered, report = filter_easy_pairs(dirty_trainer.model, dirty, tokenizer, drop_easiest=cfg.drop_easiest)
     args = _reward_args(ctx, out / "two_stage", cfg.rm_epochs, pretrain_num_train_epochs=cfg.rm_pretrain_epochs)
@@ -393,11 +395,12 @@ def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
         model_init_kwargs=ctx.model_init_kwargs() or None,
         **ctx.trainer_kwargs(),
     )
-    trajectory = _trajectory_callback(ctx, every=max(1, cfg.ppo_max_steps // 8))
+    points = cfg.ppo_trajectory_points
+    trajectory = _trajectory_callback(ctx, every=max(1, cfg.ppo_max_steps // points)) if points else None
     trainer = PPOTrainer(
         model=ctx.results["sft"]["model"], reward_funcs=reward, args=args,
         train_dataset=ctx.data["prompts"], value_model=ctx.results["reward"]["model"],
-        peft_config=ctx.peft_config("CAUSAL_LM"), callbacks=[trajectory, *extra_callbacks],
+        peft_config=ctx.peft_config("CAUSAL_LM"), callbacks=[c for c in (trajectory, *extra_callbacks) if c is not None],
     )
     for callback in extra_callbacks:
         if hasattr(callback, "set_trainer"):
@@ -405,7 +408,7 @@ def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
     trainer.train()
     model_path = save_model(trainer.policy, trainer.processing_class, out / "model")
     logs = [e for e in trainer.state.log_history if "loss" in e or any(k.startswith("reward") for k in e)]
-    return {"model": model_path, "reward": cfg.ppo_reward, "trajectory": trajectory.points, "log_history": _jsonable(logs)}
+    return {"model": model_path, "reward": cfg.ppo_reward, "trajectory": trajectory.points if trajectory else [], "log_history": _jsonable(logs)}
 
 
 def stage_ppo(ctx: Context) -> dict:
@@ -493,7 +496,7 @@ def stage_evaluate(ctx: Context) -> dict:
 
     from ..evaluation.side_by_side import side_by_side
     from ..rewards.functions import RewardFunctions
-    from .evaluate import evaluate_policy
+    from .evaluate import evaluate_policy, greedy_gold
 
     cfg = ctx.config
     prompts = ctx.data["eval_prompts"]["prompt"]
@@ -507,15 +510,21 @@ def stage_evaluate(ctx: Context) -> dict:
     for stage in ("cem", "ppo", "ppo_refresh", "dpo"):
         if stage in ctx.results:
             candidates[stage] = ctx.results[stage]["model"]
-    evaluations = {}
+    temperature = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
+    with_greedy = cfg.eval_greedy and temperature != 0 and gold is not None
+    evaluations, greedy = {}, {}
     for name, path in candidates.items():
         model = sft_model if name == "sft" else AutoModelForCausalLM.from_pretrained(path, **ctx.model_init_kwargs()).to(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
         evaluations[name] = evaluate_policy(
             name, model, tokenizer, sft_model, prompts, proxy, gold, max_new_tokens=cfg.max_completion_length,
-            temperature=cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature, seed=cfg.seed,
+            temperature=temperature, seed=cfg.seed,
             extra_rewards={"dirty_rm": dirty_proxy} if dirty_proxy is not None else None,
         )
+        if with_greedy:
+            greedy[name] = greedy_gold(model, tokenizer, prompts, gold, max_new_tokens=cfg.max_completion_length)
+        if model is not sft_model:
+            del model
     rows = []
     judge = gold.funcs[0] if gold is not None else proxy.funcs[0]
     for name, ev in evaluations.items():
@@ -524,8 +533,13 @@ def stage_evaluate(ctx: Context) -> dict:
             sbs = side_by_side(ev.completions, evaluations["sft"].completions, prompts, judge, seed=cfg.seed)
             row.update(win_rate=sbs.win_rate, win_rate_ci=list(sbs.win_rate_ci), p_value=sbs.p_value,
                        wins=sbs.wins, losses=sbs.losses, ties=sbs.ties)
+        if with_greedy:
+            completions, scores = greedy[name]
+            row["gold_greedy"] = sum(scores) / len(scores)
+            if name != "sft":
+                sbs = side_by_side(completions, greedy["sft"][0], prompts, judge, seed=cfg.seed)
+                row.update(p_value_greedy=sbs.p_value, wins_greedy=sbs.wins, losses_greedy=sbs.losses)
         rows.append(row)
-    temperature = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
     return {"table": rows, "judge": "gold" if gold is not None else "reward ensemble", "num_prompts": len(prompts),
             "temperature": temperature, "ppo_reward": cfg.ppo_reward}
 
@@ -553,7 +567,7 @@ STAGE_SETTINGS = {
             "sft_max_steps", "sft_eval_steps", "sft_learning_rate", "sft_patience", "train_batch_size"),
     "reward": (*_COMMON, "reward_base_model", "dirty_pairs_dataset", "clean_pairs_dataset", "num_dirty_pairs",
                "num_clean_pairs", "rm_learning_rate", "rm_batch_size", "rm_epochs", "rm_pretrain_epochs",
-               "drop_easiest", "num_rm_test_pairs"),
+               "drop_easiest", "num_rm_test_pairs", "rm_clean_only_baseline"),
     "ensemble": (*_COMMON, "reward_base_model", "dirty_pairs_dataset", "clean_pairs_dataset", "num_dirty_pairs",
                  "num_clean_pairs", "rm_learning_rate", "rm_batch_size", "ensemble_size", "ensemble_penalty",
                  "ensemble_coef", "gold_reward"),
@@ -561,15 +575,15 @@ STAGE_SETTINGS = {
             "cem_rounds", "cem_num_generations", "cem_prompts_per_round", "cem_sft_mix_ratio", "sft_learning_rate",
             "gold_reward", "train_batch_size"),
     "ppo": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps", "ppo_batch_size",
-            "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs", "ppo_reward"),
+            "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs", "ppo_reward", "ppo_trajectory_points"),
     "ppo_refresh": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps",
                     "ppo_batch_size", "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs",
                     "ensemble_penalty", "ensemble_coef", "refresh_every", "refresh_num_pairs", "refresh_flip_rate",
-                    "rm_learning_rate", "rm_batch_size", "num_clean_pairs"),
+                    "rm_learning_rate", "rm_batch_size", "num_clean_pairs", "ppo_trajectory_points"),
     "dpo": (*_COMMON, "prompt_dataset", "num_train_prompts", "real_pairs_dataset", "num_clean_pairs",
             "dpo_num_generations", "dpo_max_steps", "dpo_learning_rate", "dpo_beta", "train_batch_size"),
     "evaluate": (*_COMMON, "eval_prompt_dataset", "num_eval_prompts", "gold_reward", "ensemble_penalty",
-                 "ensemble_coef", "eval_temperature"),
+                 "ensemble_coef", "eval_temperature", "eval_greedy"),
 }  # fmt: skip
 STAGE_INPUTS = {"sft": (), "reward": ("sft",), "ensemble": ("sft",), "cem": ("sft", "ensemble"),
                 "ppo": ("sft", "reward", "ensemble"), "ppo_refresh": ("sft", "reward", "ensemble"),
