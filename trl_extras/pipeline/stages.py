@@ -339,38 +339,19 @@ def stage_cem(ctx: Context) -> dict:
 # 5. PPO (advantage-normalized, exact KL, ensemble uncertainty penalty)
 # ----------------------------------------------------------------------------------------------------------------
 def _trajectory_callback(ctx: Context, every: int, num_prompts: int = 64):
-    """A callback that measures gold, proxy and KL to SFT every ``every`` steps: the data of the Goodhart plot."""
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    """Measures gold, proxy and KL to SFT every ``every`` steps: the data of the Goodhart plot."""
+    from transformers import AutoModelForCausalLM
 
+    from ..callbacks.reward_measure import RewardMeasureCallback
     from ..rewards.functions import RewardFunctions
-    from .evaluate import evaluate_policy
 
-    sft_model = AutoModelForCausalLM.from_pretrained(ctx.results["sft"]["model"], **ctx.model_init_kwargs())
-    prompts = ctx.data["eval_prompts"]["prompt"][:num_prompts]
-    proxy = RewardFunctions(load_ensemble(ctx))
-    gold = ctx.gold
     cfg = ctx.config
-
-    class Trajectory(TrainerCallback):
-        def __init__(self):
-            self.points = []
-
-        def _measure(self, state, model, processing_class):
-            sft_model.to(next(model.parameters()).device)
-            ev = evaluate_policy(
-                "trajectory", model, processing_class, sft_model, prompts, proxy, gold,
-                max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed + state.global_step,
-            )
-            self.points.append({"step": state.global_step, "gold": ev.gold_mean, "proxy": ev.proxy_mean, "kl": ev.kl_to_sft})
-
-        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-            self._measure(state, model, processing_class)
-
-        def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-            if state.global_step % every == 0:
-                self._measure(state, model, processing_class)
-
-    return Trajectory()
+    sft_model = AutoModelForCausalLM.from_pretrained(ctx.results["sft"]["model"], **ctx.model_init_kwargs())
+    rewards = {"proxy": RewardFunctions(load_ensemble(ctx)), **({"gold": ctx.gold} if ctx.gold is not None else {})}
+    return RewardMeasureCallback(
+        rewards, ctx.data["eval_prompts"]["prompt"][:num_prompts], every_n_steps=every, ref_model=sft_model,
+        max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed, prefix="trajectory",
+    )
 
 
 def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
@@ -401,7 +382,7 @@ def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
         train_dataset=ctx.data["prompts"], value_model=ctx.results["reward"]["model"],
         peft_config=ctx.peft_config("CAUSAL_LM"), callbacks=[trajectory, *extra_callbacks],
     )
-    for callback in extra_callbacks:
+    for callback in (trajectory, *extra_callbacks):
         if hasattr(callback, "set_trainer"):
             callback.set_trainer(trainer)
     trainer.train()
