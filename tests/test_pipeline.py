@@ -43,12 +43,25 @@ def test_config_validation(tmp_path):
         micro_config(tmp_path, prompt_dataset="some/dataset").check_models()
 
 
+def _assert_log_lines(captured, stages):
+    """A log file's view of a run: no carriage-return progress frames, exactly one ``[pipeline] stage X`` line per
+    stage (its end), and a bounded number of lines overall."""
+    out, err = captured
+    assert "\r" not in out and "\r" not in err, "progress-bar frames in a non-terminal run"
+    lines = out.splitlines()
+    for stage in stages:
+        assert sum(line.startswith(f"[pipeline] stage {stage}:") for line in lines) == 1, (stage, lines)
+    assert len(lines) < 40 * len(stages), lines
+
+
 def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     from trl_extras.pipeline.report import write_report
     from trl_extras.pipeline.stages import run_pipeline
 
     config = micro_config(tmp_path)
     ctx = run_pipeline(config)
+    # not a terminal (pytest captures the streams): no tqdm frames, one line per stage
+    _assert_log_lines(capsys.readouterr(), config.stages)
     for stage in config.stages:
         assert (tmp_path / "pipe" / stage / "result.json").exists(), stage
     table = {row["method"]: row for row in ctx.results["evaluate"]["table"]}

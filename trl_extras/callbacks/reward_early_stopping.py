@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 
 from ..core.rollout import check_chat_template
 from ..evaluation._common import prompts_from
+from ..utils.progress import log_line
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ class RewardEarlyStoppingCallback(TrainerCallback):
         improved = False if repeated else self._update(value, state.global_step)
         new_log = {**new, f"{self.metric_name}_best": self.best}
         self._log(args, state, new_log)
+        log_line("reward-eval", f"step {state.global_step}: " + ", ".join(f"{k} {v:.3f}" for k, v in new_log.items()))
         self.history.append({"step": state.global_step, **new})
         if self.patience and self.wait >= self.patience and state.global_step > 0:
             logger.info(

@@ -43,6 +43,8 @@ class Context:
         """Common ``TrainingArguments`` for every stage."""
         import torch
 
+        from ..utils.progress import disable_tqdm_default
+
         cpu = self.config.use_cpu or not torch.cuda.is_available()
         return dict(
             use_cpu=cpu,
@@ -51,7 +53,7 @@ class Context:
             seed=self.config.seed,
             gradient_checkpointing=False,
             logging_steps=5,
-            disable_tqdm=False,
+            disable_tqdm=disable_tqdm_default(),  # bars on a terminal; PrinterCallback lines in a log file
             dataloader_num_workers=0,
         )
 
@@ -573,6 +575,26 @@ def stage_settings(ctx: Context, name: str) -> dict:
     return settings_fingerprint(**values)
 
 
+def stage_summary(name: str, result: dict) -> str:
+    """A few numbers of a finished stage for its one progress line (``""`` when the stage has none)."""
+    parts = []
+    if name == "sft" and result.get("evaluations"):
+        parts.append(f"stopped at step {result.get('stopped_at_step')}, best step by reward "
+                     f"{result.get('best_step_by_reward')}, by loss {result.get('best_step_by_loss')}")
+    if result.get("trajectory"):
+        last = result["trajectory"][-1]
+        parts.append(f"step {last['step']}: " + ", ".join(
+            f"{key} {last[key]:.3f}" for key in ("gold", "proxy", "kl") if isinstance(last.get(key), (int, float))
+        ))
+    if result.get("refreshes"):
+        parts.append(f"{len(result['refreshes'])} reward-model refreshes")
+    if name == "cem" and result.get("history"):
+        parts.append(f"{len(result['history'])} rounds")
+    if name == "evaluate" and result.get("table"):
+        parts.append(f"{len(result['table'])} models on {result.get('num_prompts')} prompts")
+    return (": " + "; ".join(parts)) if parts else ""
+
+
 def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True) -> Context:
     """Run ``config.stages`` in order, skipping those with a ``result.json`` (unless ``overwrite``).
 
@@ -582,8 +604,10 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
     """
     from ..utils.atomic import atomic_write_json, read_json
     from ..utils.fingerprint import check_fingerprint
+    from ..utils.progress import log_line, quiet_library_bars, show_bars
     from .data import pipeline_datasets
 
+    quiet_library_bars()
     config.check_models()
     ctx = Context(config=config, data=pipeline_datasets(config), model_args=model_args)
     ctx.root.mkdir(parents=True, exist_ok=True)
@@ -602,14 +626,14 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
             )
             logger.info("stage %s: outputs exist, skipped", name)
             if progress:
-                print(f"[{name}] outputs exist in {path.parent}: skipped")
+                log_line("pipeline", f"stage {name}: outputs exist in {path.parent}, skipped")
             continue
         if config.overwrite and path.parent.exists():  # re-run from scratch: never resume stale work (CEM rounds)
             import shutil
 
             shutil.rmtree(path.parent)
-        if progress:
-            print(f"[{name}] running ...", flush=True)
+        if progress and show_bars():  # on a terminal, say what the bars belong to; a log file gets the one line below
+            log_line("pipeline", f"stage {name}: running ...")
         start = time.perf_counter()
         result = STAGES[name](ctx)
         result["seconds"] = round(time.perf_counter() - start, 1)
@@ -618,5 +642,5 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, _jsonable(result))  # last: the stage is finished
         if progress:
-            print(f"[{name}] done in {result['seconds']:.0f}s", flush=True)
+            log_line("pipeline", f"stage {name}: done in {result['seconds']:.0f} s{stage_summary(name, result)}")
     return ctx

@@ -14,8 +14,9 @@ import math
 import numbers
 
 import torch
+from trl.trainer.utils import pad
 
-from ..core.rollout import is_conversational_prompt, pad_sequences
+from ..core.rollout import is_conversational_prompt
 
 
 def reward_model_input_ids(tokenizer, prompt, completion) -> list[int]:
@@ -44,7 +45,8 @@ def reward_model_batches(tokenizer, prompts, completions, batch_size: int, pad_i
         ]
         if max_length is not None:
             ids = [x[-max_length:] for x in ids]
-        yield pad_sequences(ids, pad_id, side="right"), pad_sequences([[1] * len(x) for x in ids], 0, side="right")
+        ids = [torch.tensor(x, dtype=torch.long) for x in ids]
+        yield pad(ids, pad_id, padding_side="right"), pad([torch.ones_like(x) for x in ids], 0, padding_side="right")
 
 
 @torch.no_grad()

@@ -97,3 +97,16 @@ def log_line(tag: str, message: str) -> None:
         sys.stdout.flush()
     else:
         print(line, flush=True)
+
+
+def quiet_library_bars() -> None:
+    """Without a terminal, switch off the bars of the libraries underneath through their own switches: ``datasets``
+    (``map`` / ``filter``) and ``transformers`` ("Loading weights"; it switches ``huggingface_hub``'s too). On a
+    terminal: no-op."""
+    if show_bars():
+        return
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
