@@ -22,10 +22,10 @@ RESULTS = Path(__file__).parent / "results"
 def main(argv: list[str]) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    from trl_extras.cli_utils import parse_args
     from trl_extras.pipeline.config import PipelineConfig
     from trl_extras.pipeline.report import table_lines, write_report
     from trl_extras.pipeline.stages import run_pipeline
+    from trl_extras.scripts.utils import parse_args
 
     (config,) = parse_args([PipelineConfig], ["--output_dir", "outputs/method_ranking", *argv], "method_ranking")
     start = time.perf_counter()

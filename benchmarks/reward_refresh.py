@@ -130,8 +130,7 @@ def trajectory(tok, prompts, a):
 
 def run_ppo(name, sft, tok, reward_model, seed, a, workdir, train_prompts, holdout, extra_callbacks=()):
     from trl_extras.rewards.scoring import RewardModelScorer
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     args = PPOConfig(
         output_dir=str(workdir / name), per_device_train_batch_size=a.batch_size, num_mini_batches=1,

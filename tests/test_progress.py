@@ -57,3 +57,17 @@ def test_log_line_one_line_main_process_only(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")
     progress.log_line("pipeline", "stage ppo: done in 3 s")
     assert capsys.readouterr().out == ""
+
+
+def test_cli_parsing_defaults_disable_tqdm_without_a_terminal(monkeypatch):
+    from trl import SFTConfig
+
+    from trl_extras.scripts.utils import parse_args
+
+    monkeypatch.delenv("TRL_EXTRAS_PROGRESS", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    base = ["--output_dir", "unused", "--use_cpu", "true", "--bf16", "false"]
+    assert parse_args([SFTConfig], base, "x")[0].disable_tqdm is True  # HF's PrinterCallback lines, no bar frames
+    assert parse_args([SFTConfig], [*base, "--disable_tqdm", "false"], "x")[0].disable_tqdm is False  # a flag wins
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert parse_args([SFTConfig], base, "x")[0].disable_tqdm is False  # bars on a terminal

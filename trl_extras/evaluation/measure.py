@@ -4,7 +4,7 @@ exact KL of each answer to a reference model.
 The one measuring path of the package: :class:`~trl_extras.callbacks.reward_measure.RewardMeasureCallback` (rewards
 during training, the Goodhart curves), :class:`~trl_extras.callbacks.reward_early_stopping.RewardEarlyStoppingCallback`
 and the pipeline's :func:`~trl_extras.pipeline.evaluate.evaluate_policy` call :func:`measure_policy`. Sampling goes
-through the shared :func:`~trl_extras.core.rollout.generate_rollouts`, scoring through
+through the shared :func:`~trl_extras.modeling.generation.generate_rollouts`, scoring through
 :class:`~trl_extras.rewards.functions.RewardFunctions`. Under several processes each samples and scores its share of
 the prompts (``accelerate.PartialState.split_between_processes``) and the per-answer values are gathered, so every
 process returns the same :class:`PolicyMeasurement`.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.lm import completion_token_stats
-from ..core.rollout import Rollout, generate_rollouts
+from ..modeling.generation import Rollout, generate_rollouts
+from ..modeling.lm import completion_token_stats
 
 
 @dataclass

@@ -72,7 +72,7 @@ class Context:
         import torch
         from trl import get_quantization_config
 
-        from ..core.quantization import kbit_device_map
+        from ..modeling.quantization import kbit_device_map
 
         kwargs = {}
         quantization = get_quantization_config(self.model_args)
@@ -305,8 +305,7 @@ def load_ensemble(ctx: Context):
 # 4. CEM
 # ----------------------------------------------------------------------------------------------------------------
 def stage_cem(ctx: Context) -> dict:
-    from ..trainers.cem import CEMTrainer
-    from ..trainers.cem_config import CEMConfig
+    from ..trainers.cem import CEMConfig, CEMTrainer
 
     cfg, out = ctx.config, ctx.stage_dir("cem")
     sft = ctx.data["sft"].select_columns(["prompt", "completion"])
@@ -358,8 +357,7 @@ def _trajectory_callback(ctx: Context, every: int, num_prompts: int = 64):
 
 def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
     """PPO from the SFT model on ``reward`` (the value model starts from the reward stage's RM); stage ``name``."""
-    from ..trainers.ppo import PPOTrainer
-    from ..trainers.ppo_config import PPOConfig
+    from ..trainers.ppo import PPOConfig, PPOTrainer
 
     cfg, out = ctx.config, ctx.stage_dir(name)
     args = PPOConfig(

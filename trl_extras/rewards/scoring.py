@@ -14,9 +14,8 @@ import math
 import numbers
 
 import torch
-from trl.trainer.utils import pad
 
-from ..core.rollout import is_conversational_prompt
+from ..modeling.generation import is_conversational_prompt
 
 
 def reward_model_input_ids(tokenizer, prompt, completion) -> list[int]:
@@ -38,6 +37,8 @@ def reward_model_batches(tokenizer, prompts, completions, batch_size: int, pad_i
 
     ``max_length`` keeps the *last* tokens of longer inputs.
     """
+    from trl.trainer.utils import pad  # lazily: importing this module must not import transformers
+
     for start in range(0, len(prompts), batch_size):
         ids = [
             reward_model_input_ids(tokenizer, p, c)

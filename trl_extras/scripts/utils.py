@@ -1,15 +1,27 @@
-"""Helpers shared by the subcommands: TrlParser parsing with ``--config`` and offline-friendly defaults."""
+"""Helpers shared by the subcommands: TrlParser parsing with ``--config``, evaluation / preference splits."""
 
 from __future__ import annotations
 
 import sys
 
+from ..utils.data import MissingSplitError, load_dataset_from_spec
+
+__all__ = ["MissingSplitError", "load_dataset_from_spec", "load_eval_split", "load_preference_split", "parse_args"]
+
 
 def parse_args(dataclass_types, argv: list[str] | None, prog: str):
-    """Parse ``argv`` into ``dataclass_types`` with ``trl.TrlParser`` (supports ``--config recipe.yaml``)."""
+    """Parse ``argv`` into ``dataclass_types`` with ``trl.TrlParser`` (supports ``--config recipe.yaml``).
+
+    Without a terminal (a log file) ``disable_tqdm`` defaults to True — the Trainer then prints one line per log
+    (``PrinterCallback``) instead of bar frames — and the libraries' own bars are off; a recipe or flag still wins."""
     from trl import TrlParser
 
+    from ..utils.progress import disable_tqdm_default, quiet_library_bars
+
     parser = TrlParser(dataclass_types, prog=f"trl-extras {prog}")
+    quiet_library_bars()
+    if disable_tqdm_default() and any(a.dest == "disable_tqdm" for a in parser._actions):
+        parser.set_defaults(disable_tqdm=True)  # below the recipe's values and the flags (TrlParser's order)
     old = sys.argv
     try:
         sys.argv = [f"trl-extras {prog}", *(argv or [])]
@@ -19,40 +31,6 @@ def parse_args(dataclass_types, argv: list[str] | None, prog: str):
         return tuple(parsed)
     finally:
         sys.argv = old
-
-
-def load_dataset_from_spec(name: str, config: str | None = None, split: str | None = "train"):
-    """A dataset split from a Hub name, a ``save_to_disk`` directory or a data file (.json/.jsonl/.parquet/.csv).
-
-    The one loader behind every subcommand and the pipeline (``"name_or_path"`` plus ``split``).
-    """
-    import os
-
-    from datasets import DatasetDict, load_dataset, load_from_disk
-
-    if os.path.isdir(name) and (
-        os.path.isfile(os.path.join(name, "dataset_info.json"))
-        or os.path.isfile(os.path.join(name, "dataset_dict.json"))
-    ):
-        data = load_from_disk(name)
-    elif os.path.isfile(name):
-        ext = name.rsplit(".", 1)[-1].lower()
-        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(ext)
-        if builder is None:
-            raise ValueError(f"Unsupported data file {name!r}: use .json/.jsonl/.parquet/.csv or a dataset directory.")
-        data = load_dataset(builder, data_files=name)
-    else:
-        data = load_dataset(name, name=config)
-    if isinstance(data, DatasetDict):
-        split = split or "train"
-        if split not in data:
-            raise MissingSplitError(f"Dataset {name!r} has splits {list(data)}, not {split!r}.")
-        return data[split]
-    return data
-
-
-class MissingSplitError(ValueError):
-    """The dataset exists but has no such split."""
 
 
 def load_eval_split(name: str, config: str | None, split: str | None, flag: str = "--dataset_test_split"):
@@ -70,7 +48,7 @@ def load_eval_split(name: str, config: str | None, split: str | None, flag: str 
 
 def load_preference_split(name: str, config: str | None, split: str | None, flag: str = "--dataset_name"):
     """A preference split, checked by the package's one pair validator with the file/split named in errors."""
-    from .rewards.pairs import validate_preference_dataset
+    from ..rewards.pairs import validate_preference_dataset
 
     data = load_dataset_from_spec(name, config, split)
     validate_preference_dataset(data, f"{flag} {name!r} (split {split or 'train'!r})")

@@ -21,7 +21,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
-from trl.trainer.utils import pad
 
 from .quantization import keep_4bit_layers_differentiable
 
@@ -360,6 +359,8 @@ def generate_rollouts(
         unwrap_ctx = nullcontext(model)
     device = next(model.parameters()).device
     prompt_chunks, completion_chunks = [], []
+    from trl.trainer.utils import pad
+
     from ..utils.progress import progress_bar
 
     iterator = progress_bar(range(0, len(rows), batch_size), desc=desc, enabled=progress)  # a bar on a terminal only

@@ -17,9 +17,9 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from ..cli_utils import parse_args
-    from .config import PipelineConfig
-    from .run import run_and_report
+    from ..pipeline.config import PipelineConfig
+    from .pipeline import run_and_report
+    from .utils import parse_args
 
     # outputs/demo unless the user names another directory (a later --output_dir wins in argparse)
     (config,) = parse_args([PipelineConfig], ["--output_dir", "outputs/demo", *(argv or [])], "demo")
