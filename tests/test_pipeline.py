@@ -86,6 +86,33 @@ def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     assert json.dumps(ctx2.results["evaluate"], sort_keys=True) == json.dumps(ctx.results["evaluate"], sort_keys=True)
 
 
+@pytest.mark.slow
+def test_pipeline_log_file_is_readable(tmp_path, sft_policy_path):
+    """`trl-extras pipeline > log 2>&1`: the micro pipeline in a subprocess whose stdout and stderr go to a file."""
+    import os
+    import subprocess
+    import sys
+
+    values = {k: v for k, v in vars(micro_config(tmp_path)).items() if k in MICRO_FLAGS}
+    argv = [sys.executable, "-m", "trl_extras.cli", "pipeline"]
+    for key, value in values.items():
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    log = tmp_path / "pipeline.log"
+    env = {k: v for k, v in os.environ.items() if k != "TRL_EXTRAS_PROGRESS"}
+    with open(log, "w") as f:
+        subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, check=True, env=env, timeout=1800)
+    text = log.read_text()
+    stages = micro_config(tmp_path).stages
+    _assert_log_lines((text, ""), stages)
+    assert "[cem] round 1/1, reward" in text and "[reward-eval] step 2:" in text and "[trajectory] step 2:" in text
+
+
+MICRO_FLAGS = ("output_dir", "num_eval_prompts", "num_train_prompts", "num_dirty_pairs", "num_clean_pairs",
+               "num_sft_examples", "max_completion_length", "sft_max_steps", "sft_eval_steps", "ensemble_size",
+               "cem_rounds", "cem_num_generations", "cem_prompts_per_round", "ppo_max_steps", "ppo_batch_size",
+               "refresh_every", "refresh_num_pairs", "dpo_num_generations", "dpo_max_steps", "use_cpu")
+
+
 def test_pipeline_datasets_from_local_files(tmp_path):
     """Outside the testbed, datasets come from specs; the last 10% of the clean pairs are held out for RM tests."""
     from trl_extras.pipeline.data import pipeline_datasets
