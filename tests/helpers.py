@@ -84,3 +84,18 @@ def launch_two_processes(script, backend: str, workdir, *args: str, timeout: int
     proc = subprocess.run(cmd + list(args), env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return proc
+
+
+def reward_trainer_margins(trainer, dataset):
+    """``(N,)`` margins r(chosen) − r(rejected) exactly as ``RewardTrainer.compute_loss`` sees them: its own dataset
+    preparation, collator and chosen/rejected chunking (the reference the package's scoring is pinned to)."""
+    import torch
+
+    prepared = trainer._prepare_dataset(dataset, trainer.processing_class, trainer.args, "check")
+    rows = [{k: prepared[i][k] for k in ("chosen_ids", "rejected_ids")} for i in range(len(prepared))]
+    batch = trainer.data_collator(rows)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    chosen, rejected = torch.chunk(logits.squeeze(-1), 2)
+    return chosen - rejected

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import cpu_config
+from helpers import cpu_config, reward_trainer_margins
 
 from trl_extras.rewards.ensemble import (
     MANIFEST_NAME,
@@ -22,18 +22,6 @@ def _args(tmp_path, **kw):
 
     defaults = {"per_device_train_batch_size": 4, "max_steps": 1, "learning_rate": 1e-3}
     return cpu_config(RewardConfig, tmp_path, **{**defaults, **kw})
-
-
-def _trainer_margins(trainer, dataset):
-    """Margins as RewardTrainer.compute_loss sees them: its own preparation, collator and chunking."""
-    prepared = trainer._prepare_dataset(dataset, trainer.processing_class, trainer.args, "check")
-    rows = [{k: prepared[i][k] for k in ("chosen_ids", "rejected_ids")} for i in range(len(prepared))]
-    batch = trainer.data_collator(rows)
-    model = trainer.model.eval()
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    chosen, rejected = torch.chunk(logits.squeeze(-1), 2)
-    return chosen - rejected
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +69,7 @@ def test_member_margins_match_reward_trainer_forward(tiny_paths, tmp_path, conve
     ds = clean_pairs(12, conversational=conversational, seed=7)
     trainer = RewardTrainer(model=tiny_paths["reward"], args=_args(tmp_path), train_dataset=ds)
     trainer.train()  # a trained model, not only its random init
-    expected = _trainer_margins(trainer, ds)
+    expected = reward_trainer_margins(trainer, ds)
     ensemble = RewardEnsemble([trainer.model, tiny_paths["reward"]], processing_class=trainer.processing_class)
     chosen = ensemble.score(ds["prompt"], ds["chosen"])
     rejected = ensemble.score(ds["prompt"], ds["rejected"])

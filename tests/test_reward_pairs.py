@@ -3,7 +3,7 @@
 import pytest
 import torch
 from datasets import Dataset
-from helpers import cpu_config
+from helpers import cpu_config, reward_trainer_margins
 
 from trl_extras.rewards.pairs import pair_margins
 from trl_extras.testbed import clean_pairs
@@ -13,19 +13,6 @@ def _args(tmp_path, **kw):
     from trl import RewardConfig
 
     return cpu_config(RewardConfig, tmp_path, **{"per_device_train_batch_size": 4, "max_steps": 1, **kw})
-
-
-def _trainer_margins(trainer, dataset):
-    """Margins exactly as RewardTrainer.compute_loss sees them: its own preparation, collator and chunking."""
-    prepared = trainer._prepare_dataset(dataset, trainer.processing_class, trainer.args, "check")
-    keep = ["chosen_ids", "rejected_ids"]
-    rows = [{k: prepared[i][k] for k in keep} for i in range(len(prepared))]
-    batch = trainer.data_collator(rows)
-    model = trainer.model.eval()
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    chosen, rejected = torch.chunk(logits.squeeze(-1), 2)
-    return chosen - rejected
 
 
 def _to_implicit(ds):
@@ -45,7 +32,7 @@ def test_margins_match_reward_trainer_forward(tiny_paths, tmp_path, form):
         ds = _to_implicit(ds)  # text or message lists: both concatenate
     trainer = RewardTrainer(model=tiny_paths["reward"], args=_args(tmp_path), train_dataset=ds)
     trainer.train()  # margins of a trained (not only random) model
-    expected = _trainer_margins(trainer, ds)
+    expected = reward_trainer_margins(trainer, ds)
     got = pair_margins(trainer.model, trainer.processing_class, ds, batch_size=5)
     assert got.shape == (12,)
     torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=1e-4)
@@ -63,7 +50,7 @@ def test_lora_reward_model_margins(tiny_paths, tmp_path):
     )
     trainer.train()
     got = pair_margins(trainer.model, trainer.processing_class, ds)
-    torch.testing.assert_close(got, _trainer_margins(trainer, ds).float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got, reward_trainer_margins(trainer, ds).float(), atol=1e-5, rtol=1e-4)
 
 
 def test_bad_inputs_raise(tiny_paths):

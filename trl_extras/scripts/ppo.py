@@ -13,7 +13,6 @@ file with a ``prompt`` column. ``model_name_or_path`` ``testbed`` (or unset) is 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -97,9 +96,8 @@ def main(argv=None) -> int:
     from trl import ModelConfig, get_peft_config, get_quantization_config
 
     from ..trainers.ppo import PPOConfig, PPOTrainer
-    from .model_card import write_model_card
     from .reward_two_stage import resolve_model, resume_arg
-    from .utils import parse_args
+    from .utils import parse_args, save_evaluate_report
 
     script_args, training_args, model_args = parse_args([PPOScriptArguments, PPOConfig, ModelConfig], argv, "ppo")
     from ..utils.validation import check_model_path
@@ -131,14 +129,6 @@ def main(argv=None) -> int:
         peft_config=peft_config,
     )
     trainer.train(resume_from_checkpoint=resume_arg(training_args.resume_from_checkpoint))
-    trainer.save_model(training_args.output_dir)
-    write_model_card(trainer, training_args, script_args.dataset_name)
-    metrics = {"global_step": trainer.state.global_step}
-    if trainer.eval_dataset is not None:
-        metrics["final_eval"] = trainer.evaluate()
-    if trainer.args.should_save:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, script_args.metrics_file), "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2, default=str)
-    trainer.accelerator.print(json.dumps(metrics, indent=2, default=str))
+    save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file,
+                         {"global_step": trainer.state.global_step}, dataset_name=script_args.dataset_name)
     return 0

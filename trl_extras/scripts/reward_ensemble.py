@@ -16,8 +16,6 @@ and loads with ``RewardEnsemble.from_pretrained(output_dir)``; it is a GRPO/RLOO
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 
 from .reward_two_stage import TESTBED, RewardScriptArguments, resolve_model, testbed_datasets, train_and_eval_datasets
@@ -98,7 +96,7 @@ def main(argv=None) -> int:
     from trl import ModelConfig, RewardConfig, get_peft_config, get_quantization_config
 
     from ..rewards.ensemble import train_reward_ensemble
-    from .utils import parse_args
+    from .utils import parse_args, report_metrics
 
     script_args, training_args, model_args = parse_args(
         [EnsembleScriptArguments, RewardConfig, ModelConfig], argv, "reward-ensemble"
@@ -121,8 +119,6 @@ def main(argv=None) -> int:
         quantization_config=get_quantization_config(model_args),
     )
     metrics = {"ensemble": repr(ensemble), "eval": evaluate_ensemble(ensemble, evaluation)}
-    with open(os.path.join(training_args.output_dir, script_args.metrics_file), "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
-    print(json.dumps(metrics, indent=2))
+    report_metrics(metrics, training_args.output_dir, script_args.metrics_file)
     print(f"Ensemble saved to {training_args.output_dir} (load with RewardEnsemble.from_pretrained).")
     return 0

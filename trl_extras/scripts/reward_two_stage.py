@@ -13,8 +13,6 @@ new score head — the seed's recipe. Parsed with ``trl.TrlParser``: flags, or a
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 
 from trl import ScriptArguments
@@ -123,18 +121,10 @@ def resume_arg(value):
 def finish(trainer, script_args, training_args, extra: dict) -> dict:
     """Save the model and tokenizer (and its model card, naming ``--dataset_name``), write and print the final
     metrics."""
-    from .model_card import write_model_card
+    from .utils import save_evaluate_report
 
-    trainer.save_model(training_args.output_dir)
-    write_model_card(trainer, training_args, getattr(script_args, "dataset_name", None))
-    metrics = dict(extra)
-    if trainer.eval_dataset is not None:
-        metrics["final_eval"] = trainer.evaluate()
-    if trainer.args.should_save:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, script_args.metrics_file), "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2, default=str)
-    trainer.accelerator.print(json.dumps(metrics, indent=2, default=str))
+    metrics = save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file, extra,
+                                   dataset_name=getattr(script_args, "dataset_name", None))
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     return metrics
 

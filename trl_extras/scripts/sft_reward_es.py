@@ -12,7 +12,6 @@ labeller by default, a stand-in for a reward model) with the gold reward logged 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
     from trl import SFTConfig
 
     from .model_card import write_model_card
-    from .utils import parse_args
+    from .utils import parse_args, report_metrics
 
     script_args, training_args = parse_args([RewardEarlyStoppingArguments, SFTConfig], argv, "sft-reward-es")
     trainer, callback = build_trainer(script_args, training_args)
@@ -132,7 +131,6 @@ def main(argv=None) -> int:
         "best_model_checkpoint": trainer.state.best_model_checkpoint,
         "evaluations": callback.history,
     }
-    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(training_args.output_dir) / "reward_early_stopping.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "evaluations"}, indent=2))
+    report_metrics(summary, training_args.output_dir, "reward_early_stopping.json", trainer.args.should_save,
+                   printed={k: v for k, v in summary.items() if k != "evaluations"})  # fmt: skip
     return 0

@@ -53,3 +53,35 @@ def load_preference_split(name: str, config: str | None, split: str | None, flag
     data = load_dataset_from_spec(name, config, split)
     validate_preference_dataset(data, f"{flag} {name!r} (split {split or 'train'!r})")
     return data
+
+
+def report_metrics(metrics: dict, output_dir: str, filename: str, should_save: bool = True, printer=print,
+                   printed: dict | None = None) -> dict:  # fmt: skip
+    """The subcommands' one ending: write ``metrics`` as JSON to ``output_dir/filename`` (atomically, when
+    ``should_save``: the main process) and print ``printed`` (default: ``metrics``) as JSON."""
+    import json
+    import os
+
+    if should_save:
+        from ..utils.atomic import atomic_write_json
+
+        os.makedirs(output_dir, exist_ok=True)
+        atomic_write_json(os.path.join(output_dir, filename), metrics, default=str)
+    printer(json.dumps(metrics if printed is None else printed, indent=2, default=str))
+    return metrics
+
+
+def save_evaluate_report(trainer, output_dir: str, filename: str, extra: dict | None = None,
+                         dataset_name: str | None = None) -> dict:
+    """Save the model (and tokenizer) and its model card naming ``dataset_name`` (or push both with
+    ``push_to_hub``, see :func:`~trl_extras.scripts.model_card.write_model_card`), evaluate on the trainer's eval set
+    when it has one (``final_eval``), then :func:`report_metrics` ``extra`` + the evaluation: the ending shared by
+    the trainer subcommands."""
+    from .model_card import write_model_card
+
+    trainer.save_model(output_dir)
+    write_model_card(trainer, trainer.args, dataset_name)
+    metrics = dict(extra or {})
+    if trainer.eval_dataset is not None:
+        metrics["final_eval"] = trainer.evaluate()
+    return report_metrics(metrics, output_dir, filename, trainer.args.should_save, trainer.accelerator.print)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 MANIFEST_NAME = "ensemble_manifest.json"
 MEMBER_MARKER = "member_complete.json"  # written after a member is saved (train_reward_ensemble reuses it)
 MANIFEST_FORMAT = "trl_extras.reward_ensemble"
@@ -68,31 +66,18 @@ def save_ensemble(ensemble, directory: str | os.PathLike, base_model_path: str |
     return str(directory)
 
 
-def load_ensemble(
-    cls,
-    directory: str | os.PathLike,
-    penalty: str | None = None,
-    coef: float | None = None,
-    batch_size: int = 64,
-    model_init_kwargs: dict | None = None,
-    device: str | torch.device | None = None,
-    allow_uncalibrated: bool = False,
-):
-    """Load an ensemble (class ``cls``) written by :meth:`save_pretrained` or :func:`train_reward_ensemble`."""
-
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """The ``ensemble_manifest.json`` of ``directory``; a clear error when there is none (not an ensemble, or one
+    whose training or calibration was interrupted) or it is not valid JSON."""
     from ...utils.atomic import read_json
 
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
+    path = Path(directory) / MANIFEST_NAME
     if not path.exists():
         raise FileNotFoundError(
             f"No {MANIFEST_NAME} in {directory}: not a saved RewardEnsemble (an ensemble whose training or "
             "calibration was interrupted has none: rerun it, finished members are reused)."
         )
-    manifest = read_json(path, what="Reward-ensemble manifest")
-    allow_uncalibrated = allow_uncalibrated or bool(manifest.get("allow_uncalibrated", False))
-    return ensemble_from_manifest(cls, directory, manifest, penalty, coef, batch_size, model_init_kwargs, device,
-                                  allow_uncalibrated)  # fmt: skip
+    return read_json(path, what="Reward-ensemble manifest")
 
 
 def ensemble_from_manifest(cls, directory, manifest, penalty, coef, batch_size, model_init_kwargs, device,
@@ -112,16 +97,8 @@ def ensemble_from_manifest(cls, directory, manifest, penalty, coef, batch_size, 
         for rel in manifest["members"]:
             m = AutoModelForSequenceClassification.from_pretrained(directory / rel, num_labels=1, **kwargs)
             models.append(m.to(device) if device is not None else m)
-        procs = [AutoTokenizer.from_pretrained(directory / rel) for rel in manifest["members"]]
-        ensemble = cls(
-            models,
-            procs,
-            penalty=penalty,
-            coef=coef,
-            batch_size=batch_size,
-            calibration=manifest.get("calibration"),
-            allow_uncalibrated=allow_uncalibrated,
-        )
+        members = models
+        processing_class = [AutoTokenizer.from_pretrained(directory / rel) for rel in manifest["members"]]
     elif manifest["layout"] == "lora":
         from peft import PeftModel
 
@@ -134,18 +111,18 @@ def ensemble_from_manifest(cls, directory, manifest, penalty, coef, batch_size, 
             peft_model.load_adapter(directory / rel, adapter_name=name)
         if device is not None:
             peft_model.to(device)
-        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
-        ensemble = cls(
-            peft_model,
-            tokenizer,
-            penalty=penalty,
-            coef=coef,
-            batch_size=batch_size,
-            calibration=manifest.get("calibration"),
-            allow_uncalibrated=allow_uncalibrated,
-        )
+        members, processing_class = peft_model, AutoTokenizer.from_pretrained(directory / "tokenizer")
     else:
         raise ValueError(f"Unknown ensemble layout {manifest['layout']!r} in {path}.")
+    ensemble = cls(
+        members,
+        processing_class,
+        penalty=penalty,
+        coef=coef,
+        batch_size=batch_size,
+        calibration=manifest.get("calibration"),
+        allow_uncalibrated=allow_uncalibrated,
+    )
     ensemble.metadata = {
         k: v
         for k, v in manifest.items()

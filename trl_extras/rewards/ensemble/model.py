@@ -29,7 +29,7 @@ from ...core.ensemble import PENALTY_MODES, standardize_members
 from ...modeling.peft import is_peft_model
 from ..pairs import check_pad_pooling
 from ..scoring import reward_model_batches, score_with_reward_model
-from .io import ensemble_from_manifest, load_ensemble, save_ensemble
+from .io import ensemble_from_manifest, read_manifest, save_ensemble
 from .lora_tail import lora_full_pass_scores, lora_tail_scores, lora_tail_start
 from .scores import EnsembleScores
 
@@ -343,7 +343,10 @@ class RewardEnsemble:
         allow_uncalibrated: bool = False,
     ) -> RewardEnsemble:
         """Load an ensemble written by :meth:`save_pretrained` or :func:`train_reward_ensemble`."""
-        return load_ensemble(cls, directory, penalty, coef, batch_size, model_init_kwargs, device, allow_uncalibrated)
+        manifest = read_manifest(directory)
+        allow_uncalibrated = allow_uncalibrated or bool(manifest.get("allow_uncalibrated", False))
+        return cls._from_manifest(directory, manifest, penalty, coef, batch_size, model_init_kwargs, device,
+                                  allow_uncalibrated)  # fmt: skip
 
     @classmethod
     def _from_manifest(cls, directory, manifest, penalty, coef, batch_size, model_init_kwargs, device,
