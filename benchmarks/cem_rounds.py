@@ -77,7 +77,7 @@ def run_cem(name: str, overrides: dict, policy_path: str, a, workdir: Path) -> d
 
     args = CEMConfig(
         output_dir=str(workdir / name), num_rounds=a.rounds, num_generations=a.n, prompts_per_round=a.prompts,
-        max_completion_length=24, generation_batch_size=256, temperature=1.0, elite_top_k=1, dedupe=True,
+        max_completion_length=24, generation_chunk_size=256, temperature=1.0, elite_top_k=1, dedupe=True,
         learning_rate=a.lr, num_train_epochs=a.epochs, per_device_train_batch_size=16, lr_scheduler_type="constant",
         eval_num_generations=a.eval_n, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
         gradient_checkpointing=False, logging_steps=10, disable_tqdm=True, seed=0, resume=False, **overrides,

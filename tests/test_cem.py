@@ -19,7 +19,7 @@ def _args(tmp_path, **overrides):
     from trl_extras.trainers.cem import CEMConfig
 
     defaults = dict(
-        num_rounds=2, num_generations=4, max_completion_length=8, generation_batch_size=16,
+        num_rounds=2, num_generations=4, max_completion_length=8, generation_chunk_size=16,
         per_device_train_batch_size=8, num_train_epochs=1, learning_rate=1e-3, seed=0,
     )
     return cpu_config(CEMConfig, tmp_path / "cem", **{**defaults, **overrides})

@@ -25,11 +25,28 @@ def _requirement_name(req: str) -> str:
     return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].strip().lower()
 
 
+def _guarded_imports(tree) -> set[int]:
+    """ids of import nodes inside ``try: ... except ImportError`` (optional integrations such as wandb / trackio,
+    used only when the user installed them and named them in ``report_to``)."""
+    guarded = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+            isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in node.handlers
+        ):
+            guarded.update(id(n) for stmt in node.body for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom)))
+    return guarded
+
+
 def _imported_top_level_modules(folder: Path) -> set[str]:
-    """Top-level names of every absolute ``import x`` / ``from x import y`` (module level or lazy) under ``folder``."""
+    """Top-level names of every absolute ``import x`` / ``from x import y`` (module level or lazy) under ``folder``,
+    except optional ones guarded by ``except ImportError``."""
     names = set()
     for path in folder.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        guarded = _guarded_imports(tree)
+        for node in ast.walk(tree):
+            if id(node) in guarded:
+                continue
             if isinstance(node, ast.Import):
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -164,3 +164,115 @@ def test_exact_kl_grpo_under_deepspeed_matches_ddp(backend, tmp_path, tiny_paths
     for got, expected in zip(result["logs"], reference["logs"]):
         for key in ("reward", "exact_kl", "loss", "entropy"):
             assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CEMTrainer under accelerate launch: each process samples and scores its share, the rows equal one process's
+# ---------------------------------------------------------------------------------------------------------------
+CEM_SCRIPT = SCRIPT.parent / "cem_distributed.py"
+# columns that must be bit-identical; token_entropy is a float from a forward of a model fine-tuned with DDP's
+# all-reduced gradients (equal to one process's up to rounding) and is compared with a tolerance
+CEM_EXACT_COLUMNS = ("prompt", "completion", "group", "is_eos", "num_tokens", "empty", "reward", "gold", "elite")
+
+
+def _run_cem_one_process(policy: str, workdir: Path, batch_size: int) -> dict:
+    import os
+    import subprocess
+
+    out = workdir / "one.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(CEM_SCRIPT), policy, str(out), str(workdir / "one"), str(batch_size)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+def _round_columns(run_dir: Path, r: int) -> dict:
+    from datasets import load_from_disk
+
+    return load_from_disk(str(run_dir / f"round_{r}" / "generations")).to_dict()
+
+
+def _assert_same_rounds(one: Path, two: Path, num_rounds: int) -> None:
+    for r in range(num_rounds):
+        a, b = _round_columns(one, r), _round_columns(two, r)
+        assert set(a) == set(b)
+        for key in CEM_EXACT_COLUMNS:
+            assert a[key] == b[key], f"round {r}: column {key} differs"
+        tolerance = 0 if r == 0 else 1e-4  # round 0 samples the same initial model: bit-identical
+        assert b["token_entropy"] == pytest.approx(a["token_entropy"], rel=tolerance, abs=tolerance), r
+
+
+@pytest.fixture(scope="module")
+def cem_one_process(tmp_path_factory, sft_policy_path):
+    """The reference: the CEM script in one process, batch 4 (= 2 processes x batch 2)."""
+    import time
+
+    path = tmp_path_factory.mktemp("cem_one")
+    t0 = time.perf_counter()
+    result = _run_cem_one_process(sft_policy_path, path, batch_size=4)
+    result["launch_s"] = time.perf_counter() - t0
+    return path / "one", result
+
+
+def _launch_cem(backend: str, tmp_path: Path, policy: str, *flags: str) -> dict:
+    import time
+
+    t0 = time.perf_counter()
+    result = _launch("cem_distributed.py", backend, tmp_path, policy, str(tmp_path / "two"), "2", *flags)
+    result["launch_s"] = time.perf_counter() - t0
+    return result
+
+
+def _check_cem_matches(single: dict, double: dict, one: Path, two: Path) -> None:
+    print(f"CEM 2 rounds: 1 process {single['launch_s']:.1f} s ({single['wall_s']:.1f} s in train), "
+          f"2 processes {double['launch_s']:.1f} s ({double['wall_s']:.1f} s in train)")
+    for h in single["history"]:
+        print({k: h[k] for k in ("round", "num_samples", "reward_mean", "elite_count", "elite_reward_mean",
+                                 "gold_mean", "elite_gold_mean", "train_steps")})
+    assert single["num_processes"] == 1 and double["num_processes"] == 2
+    # 12 prompts x 4 answers; chunks of 4 prompts: process 0 sampled chunks 0 and 2, process 1 chunk 1
+    rows = _round_columns(one, 0)
+    assert len(rows["completion"]) == 48 and sum(rows["elite"]) == 12
+    _assert_same_rounds(one, two, 2)
+    for key in ("num_samples", "reward_mean", "elite_reward_mean", "gold_mean", "train_steps", "fine_tune_rows"):
+        assert [h[key] for h in double["history"]] == [h[key] for h in single["history"]], key
+    assert double["history"][1]["reward_mean"] != double["history"][0]["reward_mean"]  # round 1 sampled a new model
+    # written once, completely: no temporary directories left by a second writer
+    assert not list(two.rglob("*.tmp"))
+    assert (two / "final" / "model.safetensors").exists() and (two / "README.md").exists()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_cem_two_processes_equal_one_process(tmp_path, sft_policy_path, cem_one_process):
+    """Two rounds of CEM (heuristic reward, gold tracked, exact-KL fine-tuning) in one process with batch 4 and
+    under DDP on 2 processes with batch 2 each: the saved round datasets (samples, rewards, elites) are the same,
+    the round files are written once; then a resume after deleting round 1's model continues to the same end."""
+    import shutil
+
+    one, single = cem_one_process
+    double = _launch_cem("ddp", tmp_path, sft_policy_path)
+    assert "MULTI_CPU" in double["distributed_type"]
+    _check_cem_matches(single, double, one, tmp_path / "two")
+
+    # resume under DDP: round 1 unfinished (model and metrics gone, its scored generations kept)
+    shutil.rmtree(tmp_path / "two" / "round_1" / "model")
+    (tmp_path / "two" / "round_1" / "metrics.json").unlink()
+    resumed = _launch_cem("ddp", tmp_path, sft_policy_path, "--resume")
+    assert [h["round"] for h in resumed["history"]] == [0, 1]
+    for key in ("reward_mean", "elite_reward_mean", "train_steps"):
+        assert resumed["history"][1][key] == double["history"][1][key], key
+    _assert_same_rounds(one, tmp_path / "two", 2)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["zero2", "zero3"])
+def test_cem_under_deepspeed_equals_one_process(backend, tmp_path, sft_policy_path, cem_one_process):
+    """Each round's SFTTrainer runs under DeepSpeed (a second Accelerator reuses the first one's plugin); under
+    ZeRO-3 the round model is saved gathered and sampling reloads it whole. Same round datasets as one process."""
+    one, single = cem_one_process
+    double = _launch_cem(backend, tmp_path, sft_policy_path)
+    assert "DEEPSPEED" in double["distributed_type"]
+    _check_cem_matches(single, double, one, tmp_path / "two")

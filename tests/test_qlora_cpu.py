@@ -134,7 +134,7 @@ def test_qlora_cem_rounds(paths_128, tmp_path):
         return [float(len(c)) for c in completions]
 
     args = cpu_config(
-        CEMConfig, tmp_path / "cem", num_rounds=2, num_generations=4, max_completion_length=8, generation_batch_size=16,
+        CEMConfig, tmp_path / "cem", num_rounds=2, num_generations=4, max_completion_length=8, generation_chunk_size=16,
         per_device_train_batch_size=8, num_train_epochs=1, learning_rate=1e-3, seed=0,
         model_init_kwargs={"quantization_config": _quantization()},
     )

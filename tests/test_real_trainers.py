@@ -274,7 +274,7 @@ def test_cem_one_round(smollm2, tmp_path, quantized):
 
     init = {"quantization_config": _quantization()} if quantized else None
     args = cpu_config(CEMConfig, tmp_path / "cem", num_rounds=1, num_generations=4, max_completion_length=8,
-                      generation_batch_size=8, per_device_train_batch_size=4, num_train_epochs=1, learning_rate=1e-4,
+                      generation_chunk_size=8, per_device_train_batch_size=4, num_train_epochs=1, learning_rate=1e-4,
                       seed=0, model_init_kwargs=init)
     trainer = CEMTrainer(smollm2, heuristic_reward_fn, args, train_dataset=_prompts(2), peft_config=_lora("CAUSAL_LM"),
                          eval_reward_funcs=gold_reward_fn)

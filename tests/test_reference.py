@@ -194,7 +194,7 @@ def test_cem_trained_adapter_keeps_its_initial_policy_as_reference(tiny_paths, t
     ids = torch.tensor([[1, 5, 6, 7]])
     initial = _logits(policy, ids)
     args = cpu_config(CEMConfig, tmp_path / "cem", num_rounds=1, num_generations=4, max_completion_length=6,
-                      generation_batch_size=16, per_device_train_batch_size=8, num_train_epochs=1,
+                      generation_chunk_size=16, per_device_train_batch_size=8, num_train_epochs=1,
                       learning_rate=1e-2, seed=0, kl_coef=0.1)
     trainer = CEMTrainer(policy, lambda completions, **k: [-abs(len(c) - 6) / 6 for c in completions], args,
                          train_dataset=prompt_dataset("train", TestbedConfig(num_train_prompts=4, num_holdout_prompts=2)),

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     trainer = build_trainer(script_args, cem_args, model_args)
     history = trainer.train()
     trainer.save_model(cem_args.output_dir)
+    trainer.create_model_card(dataset_name=script_args.dataset_name)  # like TRL's scripts: the dataset on the card
+    if cem_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
     keys = ("round", "reward_mean", "elite_reward_mean", "gold_mean", "entropy", "distinct_2", "eval_reward_mean",
             "eval_gold_mean", "stopped")
     for h in history:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from ...utils.completions import LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
+
 
 @dataclass
 class CEMConfig(SFTConfig):
@@ -32,8 +34,17 @@ class CEMConfig(SFTConfig):
         metadata={"help": "Prompts drawn (without replacement, seeded per round) from the train set each round; "
                   "None uses all of them."},
     )
-    generation_batch_size: int = field(
-        default=64, metadata={"help": "Sequences per generate() call (prompts x generations, left-padded)."}
+    generation_chunk_size: int = field(
+        default=64,
+        metadata={"help": "Sequences per `generate()` call (a memory knob; whole prompts: max(1, chunk // "
+                  "num_generations) prompts x num_generations). Each chunk is sampled from its own random stream, "
+                  "so the samples do not depend on the number of processes (they do depend on this value)."},
+    )
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Not used by CEM: completions per round are prompts_per_round x num_generations (what TRL's "
+                  "GRPOConfig calls generation_batch_size). It used to be the generate() chunk "
+                  "size; set `generation_chunk_size` instead (setting this one is an error)."},
     )
     max_completion_length: int = field(default=64, metadata={"help": "Maximum new tokens per sampled answer."})
     max_prompt_length: int | None = field(
@@ -109,6 +120,15 @@ class CEMConfig(SFTConfig):
         default=1, metadata={"help": "Answers sampled per eval prompt after each round (when `eval_dataset` is set)."}
     )
     plot: bool = field(default=True, metadata={"help": "Write `cem_history.png` (matplotlib, Agg backend)."})
+    log_completions: bool = field(
+        default=False,
+        metadata={"help": "Whether to log each round's (prompt, completion, reward, elite) rows once the elites are "
+                  "selected. If `rich` is installed, it prints them. If `wandb` and/or `trackio` logging is enabled, it "
+                  "logs them to `wandb` and/or `trackio` (TRL GRPOConfig's option; every row is also saved in "
+                  "`round_{r}/generations`)."},
+    )
+    num_completions_to_print: int | None = field(default=None, metadata={"help": NUM_COMPLETIONS_TO_PRINT_HELP})
+    log_unique_prompts: bool = field(default=False, metadata={"help": LOG_UNIQUE_PROMPTS_HELP})
 
     def __post_init__(self):
         from ...utils.validation import check_number
@@ -124,7 +144,14 @@ class CEMConfig(SFTConfig):
         check_number(self, "num_rounds", integer=True)
         check_number(self, "elite_top_k", low=1, integer=True, optional=True)
         check_number(self, "prompts_per_round", low=1, integer=True, optional=True)
-        check_number(self, "generation_batch_size", low=1, integer=True, optional=True)
+        check_number(self, "generation_chunk_size", low=1, integer=True)
+        if self.generation_batch_size is not None:
+            raise ValueError(
+                f"CEMConfig(generation_batch_size={self.generation_batch_size}): the generate() chunk size is now "
+                "called `generation_chunk_size` (as in PPOConfig). In TRL, generation_batch_size means completions per "
+                "generation step; a CEM round samples prompts_per_round x num_generations completions, so set "
+                "`prompts_per_round` for that."
+            )
         super().__post_init__()
         if self.num_generations < 2:
             raise ValueError(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 SETTINGS_FILE = "cem_settings.json"
 # CEMConfig / SFTConfig fields that do not change what a round samples, selects or trains on
-_NON_SHAPING = {"resume", "plot", "eval_num_generations", "entropy_batch_size"}
+_NON_SHAPING = {"resume", "plot", "eval_num_generations", "entropy_batch_size", "log_completions",
+                "num_completions_to_print", "log_unique_prompts"}
 _TRAINING_FIELDS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "seed", "max_length",

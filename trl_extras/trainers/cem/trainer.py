@@ -28,8 +28,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -114,11 +116,16 @@ class CEMTrainer:
             raise TypeError(f"args must be a CEMConfig, got {type(args).__name__}")
         if args.num_generations < 2:  # re-checked: attributes can be changed after construction
             raise ValueError(f"num_generations={args.num_generations}: CEM needs N >= 2 answers per prompt to select.")
-        if args.world_size > 1:
-            raise ValueError(
-                "CEMTrainer runs its rounds in one process (sampling, scoring and files are not sharded); launch it "
-                f"without DDP (world_size={args.world_size})."
+        if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+            raise NotImplementedError(
+                "CEMTrainer does not support FSDP: it samples with the full model between fine-tuning rounds. Use "
+                "DDP or DeepSpeed ZeRO-2/3 (recipes/accelerate/)."
             )
+        # Under `accelerate launch` every process samples and scores its share of a round's prompts (fixed chunks,
+        # one random stream each: the rows do not depend on the number of processes), all get the gathered rows,
+        # fine-tuning is TRL's SFTTrainer (DDP / DeepSpeed), and the main process writes the round files.
+        self._process_index, self._num_processes = args.process_index, args.world_size
+        self._is_main = args.process_index == 0
         self.args = args
         if train_dataset is None or "prompt" not in getattr(train_dataset, "column_names", []):
             columns = getattr(train_dataset, "column_names", None)
@@ -141,15 +148,24 @@ class CEMTrainer:
         # What shapes every round's data: refused on resume when it changed (see `_check_settings`)
         self._settings = cem_settings(args, model, reward_funcs, train_dataset, sft_dataset, peft_config)
         model_path = model if isinstance(model, str) else None
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        # Under ZeRO-3 each round's SFTTrainer shards the model; sampling uses a whole copy loaded from the saved
+        # round (see `_save_round_model`), so the model is never loaded partitioned (zero.Init) here.
+        self._zero3 = is_deepspeed_zero3_enabled()
+        if self._zero3 and peft_config is not None:
+            raise NotImplementedError("CEMTrainer with a peft_config under DeepSpeed ZeRO-3 is not supported; use "
+                                      "ZeRO-2 or DDP for LoRA (the adapter is small: ZeRO-3 saves little there).")
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+            with self._zero3_hidden():
+                model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
         if processing_class is None:
             name = model_path or getattr(model.config, "_name_or_path", None)
             if not name:
                 raise ValueError("Pass `processing_class` for a model instance that was not loaded from a path.")
             processing_class = AutoTokenizer.from_pretrained(name)
         self.processing_class = ensure_pad_token(processing_class)
-        device = torch.device("cpu") if args.use_cpu or not torch.cuda.is_available() else torch.device("cuda")
+        device = args.device  # this process's device (cpu with use_cpu, else its GPU under accelerate launch)
         model = model.to(device)
         self.peft_config = peft_config
         if peft_config is not None:
@@ -189,7 +205,8 @@ class CEMTrainer:
                 "Use the original settings to resume, or pass --resume false (resume=False) to start over "
                 "(deletes the saved rounds), or another output_dir.",
             )
-        atomic_write_json(path, self._settings)
+        if self._is_main:
+            atomic_write_json(path, self._settings)
 
     def _finished_rounds(self) -> int:
         """Number of consecutive rounds (from 0) whose model and metrics were saved."""
@@ -197,6 +214,25 @@ class CEMTrainer:
         while (self.round_dir(r) / "metrics.json").exists() and (self.round_dir(r) / "model").exists():
             r += 1
         return r
+
+    @contextmanager
+    def _zero3_hidden(self):
+        """Context in which transformers does not see the global ZeRO-3 config, for work on the whole (unsharded)
+        model: ``from_pretrained`` would build it inside ``deepspeed.zero.Init`` (sharded; accelerate's
+        ``zero3_init_context_manager(enable=False)`` keeps the stage-3 config, so it does not help), and
+        ``generate`` would default to ``synced_gpus=True`` (every process steps until all are done: a deadlock when
+        processes sample different numbers of chunks)."""
+        if not self._zero3:
+            yield
+            return
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+        hf_deepspeed._hf_deepspeed_config_weak_ref = None
+        try:
+            yield
+        finally:
+            hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
     def _load_round_model(self, r: int):
         from transformers import AutoModelForCausalLM
@@ -213,7 +249,8 @@ class CEMTrainer:
                 raise FileNotFoundError(f"No adapter weights at {weights}")
             set_peft_model_state_dict(self.model, load_file(str(weights)))
         else:
-            self.model = AutoModelForCausalLM.from_pretrained(str(path)).to(device)
+            with self._zero3_hidden():
+                self.model = AutoModelForCausalLM.from_pretrained(str(path)).to(device)
 
     @staticmethod
     def _save_dataset(ds, path: Path) -> None:
@@ -234,15 +271,36 @@ class CEMTrainer:
             return list(range(n))
         return sorted(random.Random(self.args.seed * 1000 + r).sample(range(n), k))
 
-    def _sample(self, dataset, rows: list[int], num_generations: int, temperature: float, desc: str) -> dict:
-        """Sample, measure entropy; returns columns (one row per sample) ready for a ``datasets.Dataset``."""
+    def _sample(self, dataset, rows: list[int], num_generations: int, temperature: float, desc: str,
+                stream: tuple) -> dict:
+        """Sample ``num_generations`` answers for each prompt ``dataset[rows]`` and measure their token entropy.
+
+        The prompts are cut into chunks of ``generation_chunk_size // num_generations`` prompts (at least one); each
+        chunk is one :func:`generate_rollouts` call seeded from ``(seed, *stream, position of its first prompt)``.
+        Under ``accelerate launch`` the chunks are dealt round-robin to the processes and gathered back in order,
+        so every process returns the same columns as one process would: one row per sample, ``group`` = the
+        prompt's position in ``rows``.
+        """
+        from ...utils.distributed import chunk_bounds, my_chunks, stream_seed
+
+        per_chunk = max(1, self.args.generation_chunk_size // num_generations)
+        chunks = my_chunks(chunk_bounds(len(rows), per_chunk), self._process_index, self._num_processes)
+        parts = []
+        for start, end in progress_bar(chunks, desc=desc, enabled=not self.args.disable_tqdm and self._is_main):
+            torch.manual_seed(stream_seed(self.args.seed, *stream, start))  # the chunk's own stream (all devices)
+            with self._zero3_hidden():  # the sampling model is whole on every process (see `_save_round_model`)
+                parts.append((start, self._sample_chunk(dataset, rows[start:end], start, num_generations, temperature)))
+        return self._gather_parts(parts)
+
+    def _sample_chunk(self, dataset, rows: list[int], offset: int, num_generations: int, temperature: float) -> dict:
+        """Columns of one chunk's samples (``group`` counts from ``offset``)."""
         sub = dataset.select(rows)
         prompts = list(sub["prompt"])
         rollout = generate_rollouts(
             self.model, self.processing_class, prompts,
             max_new_tokens=self.args.max_completion_length, temperature=temperature, top_k=self.args.top_k,
-            top_p=self.args.top_p, num_generations=num_generations, batch_size=self.args.generation_batch_size,
-            max_prompt_length=self.args.max_prompt_length, progress=not self.args.disable_tqdm, desc=desc,
+            top_p=self.args.top_p, num_generations=num_generations, batch_size=self.args.generation_chunk_size,
+            max_prompt_length=self.args.max_prompt_length,
         )
         T = rollout.completion_ids.size(1)
         if T > 0:
@@ -258,7 +316,7 @@ class CEMTrainer:
         columns = {
             "prompt": rollout.prompts,
             "completion": rollout.completions,
-            "group": group.tolist(),
+            "group": (group + offset).tolist(),
             "is_eos": rollout.is_eos.tolist(),
             "num_tokens": ntok.long().tolist(),
             "token_entropy": per_sample.tolist(),
@@ -271,7 +329,43 @@ class CEMTrainer:
                 columns[name] = [values[g] for g in group.tolist()]
         return columns
 
+    @staticmethod
+    def _gather_parts(parts: list[tuple[int, dict]]) -> dict:
+        """Every process's ``(chunk start, columns)`` parts, concatenated in chunk order (the same on every process)."""
+        from ...utils.distributed import gather_objects
+
+        ordered = sorted((p for process_parts in gather_objects(parts) for p in process_parts), key=lambda p: p[0])
+        if not ordered:
+            return {}
+        return {key: [v for _, part in ordered for v in part[key]] for key in ordered[0][1]}
+
     def _score(self, columns: dict, r: int | str, saved_at: Path | None) -> dict:
+        """``columns`` plus ``reward`` (and per-function ``reward_{j}_{name}``, ``gold``) columns.
+
+        Scored in the chunks they were sampled in (each process scores its own, then all are gathered), so reward
+        models see the same batches whatever the number of processes."""
+        from bisect import bisect_left
+
+        from ...utils.distributed import chunk_bounds, my_chunks
+
+        group = columns["group"]
+        num_prompts = group[-1] + 1 if group else 0
+        per_chunk = max(1, self.args.generation_chunk_size // max(len(group) // max(num_prompts, 1), 1))
+        parts = []
+        for start, end in my_chunks(chunk_bounds(num_prompts, per_chunk), self._process_index, self._num_processes):
+            lo, hi = bisect_left(group, start), bisect_left(group, end)
+            parts.append((start, self._score_rows({k: v[lo:hi] for k, v in columns.items()}, r, saved_at)))
+        scored = self._gather_parts(parts)
+        logged = scored.pop("_logged", [])
+        merged: dict[str, list[float]] = {}
+        for chunk_log in logged:
+            for name, values in chunk_log.items():
+                merged.setdefault(name, []).extend(values)
+        self._reward_logs = {k: sum(v) / len(v) for k, v in merged.items()}
+        return {**columns, **scored}
+
+    def _score_rows(self, columns: dict, r: int | str, saved_at: Path | None) -> dict:
+        """Score columns of one chunk; returns the new columns and ``_logged`` (one dict of logged values)."""
         prompts, completions = columns["prompt"], columns["completion"]
         extra = {k: v for k, v in columns.items() if k not in _RESERVED and not k.startswith("reward_")}
         logged: dict[str, list[float]] = {}
@@ -283,18 +377,17 @@ class CEMTrainer:
             out = self.reward_funcs(prompts, completions, log_metric=log_metric, **extra)
             gold = self.eval_reward_funcs(prompts, completions, **extra) if self.eval_reward_funcs else None
         except ValueError as err:
-            where = f" The round's {len(prompts)} generations are saved in {saved_at}; fix the reward and rerun " \
+            where = f" The round's generations are saved in {saved_at}; fix the reward and rerun " \
                     "(resume=True reuses them)." if saved_at is not None else ""
             raise ValueError(f"CEM round {r}: scoring failed: {err}{where}") from err
-        columns = dict(columns)
-        columns["reward"] = out.total.tolist()
+        scored = {"reward": out.total.tolist()}
         if len(out.names) > 1:
             for j, name in enumerate(out.names):
-                columns[f"reward_{j}_{name}"] = out.per_function[:, j].tolist()
+                scored[f"reward_{j}_{name}"] = out.per_function[:, j].tolist()
         if gold is not None:
-            columns["gold"] = gold.total.tolist()
-        self._reward_logs = {k: sum(v) / len(v) for k, v in logged.items()}
-        return columns
+            scored["gold"] = gold.total.tolist()
+        scored["_logged"] = [logged]  # one entry per chunk (a list, so that concatenating the chunks keeps them)
+        return scored
 
     def _quantile(self, r: int) -> float | None:
         """The elite quantile of round ``r`` (scheduled from ``elite_quantile`` to ``elite_quantile_end``)."""
@@ -378,6 +471,12 @@ class CEMTrainer:
         round_args.output_dir = str(self.round_dir(r) / "sft")
         round_args.run_name = f"{self.args.run_name or 'cem'}-round{r}"
         round_args.model_init_kwargs = None  # the model was loaded with them already (SFTTrainer would warn)
+        round_args.push_to_hub = False  # the CEM run pushes its final model once (`push_to_hub`), not every round
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState._shared_state and getattr(AcceleratorState(), "deepspeed_plugins", None) is not None:
+            # rounds after the first: accelerate refuses a second DeepSpeed plugin and reuses the first one's
+            round_args.deepspeed_plugin = None
         trainer = trainer_cls(
             model=self.model, args=round_args, train_dataset=dataset, processing_class=self.processing_class,
             callbacks=self.callbacks, ref_model=self.ref_model, kl_coef=self.args.kl_coef,
@@ -386,6 +485,7 @@ class CEMTrainer:
         result = trainer.train()
         self.model = trainer.model
         self._last_trainer = trainer
+        self._round_trainer = trainer  # saves this round's model (all processes take part under DeepSpeed)
         metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step)}
         for key in ("kl_to_ref", "entropy_bonus"):
             values = [h[key] for h in trainer.state.log_history if key in h]
@@ -394,24 +494,38 @@ class CEMTrainer:
         return metrics
 
     def _save_round_model(self, r: int) -> None:
+        """Write ``round_{r}/model`` (main process; every process calls this, and returns once it is written)."""
+        from ...utils.atomic import publish_dir
+        from ...utils.distributed import barrier
+
         path = self.round_dir(r) / "model"
         tmp = path.with_name("model.tmp")
-        if tmp.exists():
+        if self._is_main and tmp.exists():
             shutil.rmtree(tmp)
-        self.model.save_pretrained(str(tmp))
-        self.processing_class.save_pretrained(str(tmp))
-        from ...utils.atomic import publish_dir
-
-        publish_dir(tmp, path)
+        barrier()
+        trainer, self._round_trainer = getattr(self, "_round_trainer", None), None
+        if trainer is not None:  # the round's SFT trainer saves what it trained (gathers ZeRO-3 shards)
+            trainer.save_model(str(tmp))
+        elif self._is_main:
+            self.model.save_pretrained(str(tmp))
+        if self._is_main:
+            self.processing_class.save_pretrained(str(tmp))
+            publish_dir(tmp, path)
+        barrier()
+        if self._zero3 and trainer is not None:  # the trained model is sharded: sample from a whole copy of it
+            self._load_round_model(r)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self) -> dict:
-        """Sample ``eval_num_generations`` answers per eval prompt at the base temperature and measure them."""
+    def evaluate(self, round_index: int = -1) -> dict:
+        """Sample ``eval_num_generations`` answers per eval prompt at the base temperature and measure them.
+
+        ``round_index`` picks the random stream (-1: before the first round), so a resumed run evaluates a round
+        exactly as an uninterrupted one did."""
         if self.eval_dataset is None:
             return {}
         n = max(self.args.eval_num_generations, 1)
         columns = self._sample(self.eval_dataset, list(range(len(self.eval_dataset))), n, self.args.temperature,
-                               desc="Evaluating")
+                               desc="Evaluating", stream=("eval", round_index))
         columns = self._score(columns, "eval", None)
         return self._measure(columns, prefix="eval_")
 
@@ -422,8 +536,10 @@ class CEMTrainer:
         from transformers import set_seed
 
         from ...utils.atomic import atomic_write_json, kill_point, read_json
+        from ...utils.distributed import barrier
 
         args = self.args
+        main = self._is_main
         self.output_dir.mkdir(parents=True, exist_ok=True)
         start = 0
         self.history = []
@@ -440,21 +556,25 @@ class CEMTrainer:
                 self.initial_eval = read_json(initial, what="CEM initial evaluation")
         else:
             r = 0
-            while r < args.num_rounds or self.round_dir(r).exists():
+            while main and (r < args.num_rounds or self.round_dir(r).exists()):
                 if self.round_dir(r).exists():
                     shutil.rmtree(self.round_dir(r))
                 r += 1
-            (self.output_dir / "initial_eval.json").unlink(missing_ok=True)
+            if main:
+                (self.output_dir / "initial_eval.json").unlink(missing_ok=True)
             self._check_settings()
+        barrier()  # every process has read the state before the main process writes the next files
         if self.initial_eval is None and self.eval_dataset is not None and start == 0:
             set_seed(args.seed)
             self.initial_eval = self.evaluate()
-            atomic_write_json(self.output_dir / "initial_eval.json", self.initial_eval)
+            if main:
+                atomic_write_json(self.output_dir / "initial_eval.json", self.initial_eval)
 
         stop_reason = None
-        for r in progress_bar(range(start, args.num_rounds), desc="CEM rounds", enabled=not args.disable_tqdm):
+        for r in progress_bar(range(start, args.num_rounds), desc="CEM rounds", enabled=not args.disable_tqdm and main):
             rdir = self.round_dir(r)
             rdir.mkdir(parents=True, exist_ok=True)
+            barrier()  # nobody looks for this round's files while the main process may be writing them
             gen_path = rdir / "generations"
             temperature = _linear(args.temperature, args.temperature_end, r, args.num_rounds)
             columns = None
@@ -465,18 +585,22 @@ class CEMTrainer:
             if columns is None:
                 rows = self._round_prompt_rows(r)
                 columns = self._sample(self.train_dataset, rows, args.num_generations, temperature,
-                                       desc=f"Round {r}: sampling")
-                self._save_dataset(Dataset.from_dict(columns), gen_path)
+                                       desc=f"Round {r}: sampling", stream=("round", r))
+                if main:
+                    self._save_dataset(Dataset.from_dict(columns), gen_path)
             self._reward_logs = {}
             if "reward" not in columns:
                 columns = self._score(columns, r, gen_path)
             quantile = self._quantile(r)
             if "elite" not in columns:
-                columns["elite"], _ = self._select(columns, r)
-                self._save_dataset(Dataset.from_dict(columns), gen_path)
+                columns["elite"], _ = self._select(columns, r)  # the same on every process (same rows)
+                if main:
+                    self._save_dataset(Dataset.from_dict(columns), gen_path)
             metrics = {"round": r, "temperature": temperature, "elite_quantile": quantile}
             metrics.update(self._measure(columns))
             metrics.update({f"reward_log/{k}": v for k, v in self._reward_logs.items()})
+            if args.log_completions and main:
+                self._log_completions(columns, r)
             if metrics["num_empty"]:
                 logger.warning("Round %d: %d of %d answers are empty (never selected).", r, metrics["num_empty"],
                                metrics["num_samples"])
@@ -496,7 +620,8 @@ class CEMTrainer:
                 metrics["stopped"] = stop_reason
                 logger.warning("CEM stops before fine-tuning round %d: %s", r, stop_reason)
                 self.history.append(metrics)
-                atomic_write_json(rdir / "stopped.json", metrics)
+                if main:
+                    atomic_write_json(rdir / "stopped.json", metrics)
                 break
 
             dataset, num_mix = self._fine_tune_dataset(columns, r)
@@ -508,16 +633,31 @@ class CEMTrainer:
             else:
                 metrics.update(self._fine_tune(dataset, r))
             self._save_round_model(r)
-            metrics.update(self.evaluate())
+            metrics.update(self.evaluate(r))
             self.history.append(metrics)
-            atomic_write_json(rdir / "metrics.json", metrics)  # last: marks the round finished
+            if main:
+                atomic_write_json(rdir / "metrics.json", metrics)  # last: marks the round finished
             self._log_round(metrics)
             log_line("cem", _round_line(metrics, args.num_rounds))
             self._write_history()
             kill_point(f"cem_round_done:{r}")
 
         self._write_history(stop_reason)
+        self._stop_reason = stop_reason
+        self.create_model_card()
         return self.history
+
+    def _log_completions(self, columns: dict, r: int) -> None:
+        """The round's rows through the shared completion log (rich table, wandb/trackio tables), step = round."""
+        from ...utils.completions import CompletionLog
+
+        rewards = {"reward": columns["reward"]}
+        rewards.update({k: v for k, v in columns.items() if k.startswith("reward_")})
+        if "gold" in columns:
+            rewards["gold"] = columns["gold"]
+        log = CompletionLog.from_args(self.args)
+        log.add(columns["prompt"], columns["completion"], rewards, extra={"elite": columns["elite"]})
+        self.last_completions_table = log.flush(r)
 
     def _log_round(self, metrics: dict) -> None:
         trainer = getattr(self, "_last_trainer", None)
@@ -528,6 +668,8 @@ class CEMTrainer:
         trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs)
 
     def _write_history(self, stop_reason: str | None = None) -> None:
+        if not self._is_main:
+            return
         payload = {"initial_eval": self.initial_eval, "rounds": self.history, "stopped": stop_reason}
         from ...utils.atomic import atomic_write_json
 
@@ -536,6 +678,62 @@ class CEMTrainer:
             plot_history(self.history, self.output_dir / "cem_history.png", self.initial_eval)
 
     def save_model(self, output_dir: str | None = None) -> None:
+        """Save the current model and tokenizer (main process) to ``output_dir`` (default ``args.output_dir``)."""
+        from ...utils.distributed import barrier
+
+        barrier()
+        if not self._is_main:
+            return
         path = output_dir or self.args.output_dir
         self.model.save_pretrained(path)
         self.processing_class.save_pretrained(path)
+
+    # ------------------------------------------------------------------ model card and the Hub
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """Write ``README.md`` in ``output_dir`` (main process), like TRL trainers' ``create_model_card``: TRL's
+        template with the tags ``trl``, ``trl-extras``, ``cem`` (plus ``tags``), the CEM citation, ``dataset_name``
+        and a per-round summary of the rounds run so far (mean reward, elite reward, entropy, ...)."""
+        from .card import cem_model_card
+
+        if not self._is_main:
+            return
+        if dataset_name is not None:
+            self.dataset_name = dataset_name  # kept for the card `push_to_hub` rewrites
+        config_name = getattr(self.model.config, "_name_or_path", None) or None
+        base_model = config_name if config_name and not Path(config_name).is_dir() else None
+        hub_model_id = self.args.hub_model_id or self.output_dir.absolute().name
+        settings = {k: getattr(self.args, k) for k in ("num_rounds", "num_generations", "prompts_per_round",
+                                                         "elite_top_k", "elite_quantile", "sft_mix_ratio", "kl_coef")}
+        card = cem_model_card(
+            base_model=base_model, model_name=model_name or hub_model_id.split("/")[-1], hub_model_id=hub_model_id,
+            dataset_name=getattr(self, "dataset_name", None), tags=[tags] if isinstance(tags, str) else list(tags or []),
+            history=self.history, initial_eval=self.initial_eval, stopped=getattr(self, "_stop_reason", None),
+            config_summary={k: v for k, v in settings.items() if v is not None},
+        )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        card.save(str(self.output_dir / "README.md"))
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, **card_kwargs):
+        """Upload ``output_dir`` to the Hub repository ``args.hub_model_id`` (default: the folder's name), like
+        ``transformers.Trainer.push_to_hub``: saves the final model and the model card (``card_kwargs``:
+        ``model_name``, ``dataset_name``, ``tags``) first. The per-round fine-tuning folders (``round_*/sft``) and
+        temporary files are not uploaded. Returns the commit info (main process; ``None`` on the others)."""
+        import huggingface_hub
+
+        self.save_model(self.args.output_dir)
+        self.create_model_card(**card_kwargs)
+        if not self._is_main:
+            return None
+        token = token if token is not None else self.args.hub_token
+        repo_id = huggingface_hub.create_repo(
+            self.args.hub_model_id or self.output_dir.absolute().name, token=token,
+            private=self.args.hub_private_repo, exist_ok=True,
+        ).repo_id
+        return huggingface_hub.upload_folder(
+            repo_id=repo_id, folder_path=str(self.output_dir), commit_message=commit_message, token=token,
+            revision=revision or self.args.hub_revision, run_as_future=not blocking,
+            ignore_patterns=["round_*/sft/**", "*.tmp", "*.tmp/**", "_*"],
+        )
+

@@ -26,6 +26,7 @@ from trl.trainer.base_config import _BaseConfig
 from ...core.advantages import ADVANTAGE_NORMALIZATIONS
 from ...core.kl import KL_ESTIMATORS
 from ...core.ppo import LOSS_TYPES
+from ...utils.completions import LOG_COMPLETIONS_HELP, LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -273,9 +274,9 @@ class PPOConfig(_BaseConfig):
     )
 
     # Logging
-    log_completions: bool = field(
-        default=False, metadata={"help": "Print a few (prompt, completion, reward) samples at each log."}
-    )
+    log_completions: bool = field(default=False, metadata={"help": LOG_COMPLETIONS_HELP})
+    num_completions_to_print: int | None = field(default=None, metadata={"help": NUM_COMPLETIONS_TO_PRINT_HELP})
+    log_unique_prompts: bool = field(default=False, metadata={"help": LOG_UNIQUE_PROMPTS_HELP})
 
     def __post_init__(self):
         # Types and ranges first, before anything compares them (a YAML list or string would otherwise fail deep

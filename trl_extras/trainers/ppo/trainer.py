@@ -69,6 +69,7 @@ from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
 from ...modeling.value import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
 from ...rewards.functions import RewardFunctions
+from ...utils.completions import CompletionLog
 from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
 from .config import PPOConfig
 
@@ -137,7 +138,7 @@ class PPOTrainer(_BaseTrainer):
     gradient clipping is then joint over policy and value, and ``save_model`` still writes the policy alone.
     """
 
-    _tag_names = ["trl", "ppo", "trl_extras"]
+    _tag_names = ["trl", "ppo", "trl-extras"]
     _name = "PPO"
     _paper = {
         "title": "Proximal Policy Optimization Algorithms",
@@ -278,8 +279,10 @@ class PPOTrainer(_BaseTrainer):
         if self.is_fsdp_enabled:
             raise NotImplementedError(
                 "PPOTrainer does not support FSDP: its rollout statistics call the policy and value model outside "
-                "the root module's forward, which FSDP's sharded parameters do not allow. Use DeepSpeed ZeRO-2/3 "
-                "(recipes/accelerate/zero2.yaml) or DDP (recipes/accelerate/ddp.yaml)."
+                "the root module's forward, which FSDP's sharded parameters do not allow, and it is untested "
+                "(accelerate 1.16 runs FSDP only on GPUs; see README, Limits). Use DeepSpeed ZeRO-2/3 "
+                "(recipes/accelerate/zero2.yaml, zero3.yaml: shards parameters like FSDP) or DDP "
+                "(recipes/accelerate/ddp.yaml)."
             )
         if self._joint_model != self.is_deepspeed_enabled:
             raise RuntimeError("PPOTrainer: DeepSpeed was enabled differently from what `args.deepspeed_plugin` said.")
@@ -304,7 +307,10 @@ class PPOTrainer(_BaseTrainer):
         )
         self.reward_moments = RunningMoments()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-        self._samples = []  # a few (prompt, completion, reward) rows for `log_completions`
+        # `log_completions`: the rollouts' (prompt, completion, rewards) rows since the last log, as GRPO logs them
+        self._completion_log = CompletionLog.from_args(
+            args, maxlen=args.generation_batch_size, parquet_dir=Path(args.output_dir) / "completions"
+        )
         self._step = 0  # micro-steps (training_step calls), as in GRPO
         self._buffer = None  # the current rollout batch
         self._buffer_epoch_perms = None
@@ -622,8 +628,8 @@ class PPOTrainer(_BaseTrainer):
         lengths = mask.sum(1).float()
         metrics["completions/mean_length"].append(self._gather_mean(lengths))
         metrics["completions/eos_rate"].append(self._gather_mean(is_eos.float()))
-        if args.log_completions and self.accelerator.is_main_process:
-            self._samples = list(zip(rollout.prompts, rollout.completions, raw_scores.tolist()))[:4]
+        if args.log_completions and mode == "train":
+            self._record_completions(rollout, reward_out, tracked if self.log_reward_functions is not None else None)
         batch = {
             "prompt_ids": prompt_ids,
             "prompt_mask": rollout.prompt_mask.to(device),
@@ -845,10 +851,24 @@ class PPOTrainer(_BaseTrainer):
         logs.update(metrics)
         super().log(logs, start_time)
         self._metrics[mode].clear()
-        if self._samples and self.args.log_completions and self.accelerator.is_main_process:
-            for prompt, completion, reward in self._samples:
-                print(f"[step {self.state.global_step}] reward={reward:.3f} | {prompt!r} -> {completion!r}")
-            self._samples = []
+        if self.args.log_completions and self.accelerator.is_main_process and mode == "train":
+            self._completion_log.flush(self.state.global_step)
+
+    def _record_completions(self, rollout, reward_out, tracked) -> None:
+        """Gather every process's rows (prompts, completions, each reward function's score, tracked rewards) into
+        the main process's completion log."""
+        from accelerate.utils import gather_object
+
+        device = self.accelerator.device
+        prompts, completions = gather_object(list(rollout.prompts)), gather_object(list(rollout.completions))
+        rewards = {}
+        for out in (reward_out, tracked):
+            if out is not None:
+                scores = self.accelerator.gather(out.per_function.to(device).float()).cpu()
+                for j, name in enumerate(out.names):
+                    rewards[self._metric_name(name)] = scores[:, j].tolist()
+        if self.accelerator.is_main_process:
+            self._completion_log.add(prompts, completions, rewards)
 
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoints: the value model's trainable weights and the PPO state travel with each checkpoint (under
