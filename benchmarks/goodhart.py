@@ -11,8 +11,8 @@ single proxy vs a variance-penalized ensemble of proxies (Gao et al. 2022; Coste
 3. Every ``--every`` optimizer steps, on ``--num-prompts`` holdout prompts (one T=1 sample each, seeded by the
    step so both runs see the same sampling noise stream at the same step), measure the mean gold reward, the
    mean *single-proxy* score (standardized member 0, unpenalized — the same yardstick for both runs) and
-   KL(π‖π_SFT) summed over each answer (exact, from the logits), via
-   :func:`trl_extras.pipeline.evaluate.evaluate_policy`.
+   KL(π‖π_SFT) summed over each answer (exact, from the logits), via the shared
+   :class:`trl_extras.callbacks.reward_measure.RewardMeasureCallback` (the pipeline's PPO stages use it too).
 
     .venv/bin/python benchmarks/goodhart.py             # ~8 min on 2 idle CPU cores (RMs cached after the first run)
     .venv/bin/python benchmarks/goodhart.py --quick     # smoke run
@@ -137,57 +137,23 @@ def rm_accuracy(ensemble, n: int = 500) -> dict:
     }
 
 
+def exact_sort_rate(prompts, completions, **kwargs):
+    """1 where the answer is exactly the sorted digits (gold reward 1), else 0: its mean is the exact-sort rate."""
+    from trl_extras.testbed import gold_reward_fn
+
+    return [float(g >= 1.0) for g in gold_reward_fn(prompts, completions)]
+
+
 def trajectory_callback(sft_model, prompts, proxy, gold, extra, every: int, max_new_tokens: int):
-    from transformers import TrainerCallback
+    """The shared :class:`~trl_extras.callbacks.reward_measure.RewardMeasureCallback`: gold, proxy, the extras and
+    KL to SFT every ``every`` steps on fixed holdout prompts (one T=1 sample each, seeded by 1000 + step)."""
+    from trl_extras.callbacks.reward_measure import RewardMeasureCallback
 
-    from trl_extras.pipeline.evaluate import evaluate_policy
-
-    class Trajectory(TrainerCallback):
-        def __init__(self):
-            self.points = []
-
-        def _measure(self, state, model, processing_class):
-            t0 = time.perf_counter()
-            ev = evaluate_policy(
-                "trajectory",
-                model,
-                processing_class,
-                sft_model,
-                prompts,
-                proxy,
-                gold,
-                max_new_tokens=max_new_tokens,
-                temperature=1.0,
-                seed=1000 + state.global_step,
-                extra_rewards=extra,
-            )
-            point = {
-                "step": state.global_step,
-                "gold": ev.gold_mean,
-                "gold_ci": list(ev.gold_ci),
-                "proxy": ev.proxy_mean,
-                "kl": ev.kl_to_sft,
-                "length": ev.mean_length,
-                "exact_sort_rate": sum(g >= 1.0 for g in ev.gold) / len(ev.gold),
-                **ev.extra,
-                "sample": ev.completions[:3],
-                "eval_seconds": round(time.perf_counter() - t0, 2),
-            }
-            self.points.append(point)
-            print(
-                f"  step {point['step']:3d}  gold {point['gold']:.3f}  proxy {point['proxy']:+.3f}  "
-                f"KL {point['kl']:.2f}  std {point.get('ensemble_std', float('nan')):.3f}  {ev.completions[0]!r}",
-                flush=True,
-            )
-
-        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-            self._measure(state, model, processing_class)
-
-        def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-            if state.global_step % every == 0:
-                self._measure(state, model, processing_class)
-
-    return Trajectory()
+    rewards = {"gold": gold, "proxy": proxy, "exact_sort_rate": exact_sort_rate, **extra}
+    return RewardMeasureCallback(
+        rewards, prompts, every_n_steps=every, ref_model=sft_model, max_new_tokens=max_new_tokens, temperature=1.0,
+        seed=1000, prefix="goodhart",
+    )
 
 
 def run_ppo(name, reward, sft_path, train_prompts, callback, out_dir: Path, a) -> dict:
@@ -216,6 +182,7 @@ def run_ppo(name, reward, sft_path, train_prompts, callback, out_dir: Path, a) -
         disable_tqdm=True,
     )
     trainer = PPOTrainer(sft_path, reward_funcs=reward, args=args, train_dataset=train_prompts, callbacks=[callback])
+    callback.set_trainer(trainer)
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0

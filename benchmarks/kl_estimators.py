@@ -37,13 +37,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_extras.core.kl import kl_from_logprobs
     from trl_extras.modeling.generation import generate_rollouts
     from trl_extras.modeling.lm import completion_token_stats
     from trl_extras.testbed import TestbedConfig, build_sft_policy, prompt_dataset
+    from trl_extras.utils.progress import progress_bar
 
     torch.manual_seed(args.seed)
     path = build_sft_policy()
@@ -78,7 +78,7 @@ def main() -> None:
                 p.add_(noise * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=g))
         per_seq = {k: [] for k in ("exact", "k1", "k2", "k3")}
         ratio_sum, ratio_count = 0.0, 0.0  # E_π[π_ref/π] over sampled tokens must be 1 (checks the sampling)
-        for start in tqdm(range(0, n, 128), desc=f"scoring noise={noise}"):
+        for start in progress_bar(range(0, n, 128), desc=f"scoring noise={noise}"):
             sl = slice(start, start + 128)
             st = completion_token_stats(
                 policy, ref, rollout.input_ids[sl], rollout.attention_mask[sl], T, chunk_size=64, with_entropy=False

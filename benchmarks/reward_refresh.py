@@ -111,39 +111,21 @@ def refresh_args(a, seed, out):
 
 
 def gold_of(policy, tok, prompts, a, temperature, seed):
-    import torch
-
-    from trl_extras.modeling.generation import generate_rollouts
+    from trl_extras.evaluation.measure import measure_policy
     from trl_extras.testbed import gold_reward_fn
 
-    torch.manual_seed(seed)
-    state = torch.random.get_rng_state()
-    try:
-        r = generate_rollouts(policy, tok, prompts, max_new_tokens=a.max_new_tokens, temperature=temperature,
-                              batch_size=128)
-    finally:
-        torch.random.set_rng_state(state)
-    gold = gold_reward_fn(r.prompts, r.completions)
-    return gold, float(r.completion_lengths.float().mean()), r.completions[:2]
+    m = measure_policy(policy, tok, prompts, {"gold": gold_reward_fn}, max_new_tokens=a.max_new_tokens,
+                       temperature=temperature, batch_size=128, seed=seed)
+    return m.rewards["gold"], m.summary()["length"], m.completions[:2]
 
 
-def trajectory(tok, prompts, a, points):
-    from transformers import TrainerCallback
+def trajectory(tok, prompts, a):
+    """Gold on the holdout prompts every ``a.every`` steps (T=1, seeded by 5000 + step): the shared callback."""
+    from trl_extras.callbacks.reward_measure import RewardMeasureCallback
+    from trl_extras.testbed import gold_reward_fn
 
-    class Trajectory(TrainerCallback):
-        def _measure(self, step, model):
-            gold, length, sample = gold_of(model, tok, prompts, a, 1.0, 5000 + step)
-            points.append({"step": step, "gold": sum(gold) / len(gold), "length": length, "sample": sample})
-            print(f"    step {step:3d} gold {points[-1]['gold']:.3f} len {length:.1f} {sample[0]!r}", flush=True)
-
-        def on_train_begin(self, args, state, control, model=None, **kw):
-            self._measure(0, model)
-
-        def on_step_end(self, args, state, control, model=None, **kw):
-            if state.global_step % a.every == 0:
-                self._measure(state.global_step, model)
-
-    return Trajectory()
+    return RewardMeasureCallback({"gold": gold_reward_fn}, prompts, every_n_steps=a.every, processing_class=tok,
+                                 max_new_tokens=a.max_new_tokens, temperature=1.0, seed=5000, num_samples=2)
 
 
 def run_ppo(name, sft, tok, reward_model, seed, a, workdir, train_prompts, holdout, extra_callbacks=()):
@@ -156,11 +138,11 @@ def run_ppo(name, sft, tok, reward_model, seed, a, workdir, train_prompts, holdo
         learning_rate=a.lr, lr_scheduler_type="constant", kl_coef=a.kl_coef, kl_estimator="exact",
         advantage_normalization="batch", value_model_init="policy", seed=seed, **cpu(),
     )
-    points = []
     scorer = RewardModelScorer(reward_model, tok)
-    callbacks = [trajectory(tok, holdout, a, points), *extra_callbacks]
+    measure = trajectory(tok, holdout, a)
+    callbacks = [measure, *extra_callbacks]
     trainer = PPOTrainer(sft, reward_funcs=scorer, args=args, train_dataset=train_prompts, callbacks=callbacks)
-    for cb in extra_callbacks:
+    for cb in callbacks:
         cb.set_trainer(trainer)
     t0 = time.perf_counter()
     trainer.train()
@@ -169,7 +151,7 @@ def run_ppo(name, sft, tok, reward_model, seed, a, workdir, train_prompts, holdo
     for label, temp in (("t1", 1.0), ("greedy", 0.0)):
         gold, length, sample = gold_of(policy, tok, holdout, a, temp, 9000 + seed)
         final[label] = {"gold": sum(gold) / len(gold), "gold_values": gold, "length": length, "sample": sample}
-    return {"name": name, "seed": seed, "points": points, "final": final,
+    return {"name": name, "seed": seed, "points": measure.points, "final": final,
             "train_seconds": round(time.perf_counter() - t0, 1)}
 
 

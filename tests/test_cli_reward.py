@@ -21,6 +21,7 @@ def test_two_stage_cli_recipe_with_lora(tiny_paths, tmp_path):
     assert set(metrics["stage_metrics"]) == {"stage1", "stage2"}
     assert 0.0 <= metrics["final_eval"]["eval_accuracy"] <= 1.0
     assert (out / "adapter_config.json").exists() and (out / "stage1" / "two_stage.json").exists()
+    assert "trl" in (out / "README.md").read_text()  # the model card, as TRL's scripts write it
 
 
 def test_filter_cli_recipe_with_data_files(tiny_paths, tmp_path):
@@ -40,3 +41,4 @@ def test_filter_cli_recipe_with_data_files(tiny_paths, tmp_path):
     kept = [json.loads(line)["id"] for line in (out / "filtered_pairs.jsonl").read_text().splitlines()]
     assert len(kept) == 13 and not set(kept) & set(report["dropped_easy_ids"])
     assert (out / "scoring").is_dir() and (out / "model.safetensors").exists()
+    assert "huggingface.co/datasets" not in (out / "README.md").read_text()  # a local file is no Hub dataset

@@ -45,6 +45,17 @@ def test_config_validation(tmp_path):
         micro_config(tmp_path, prompt_dataset="some/dataset").check_models()
 
 
+def _assert_log_lines(captured, stages):
+    """A log file's view of a run: no carriage-return progress frames, exactly one ``[pipeline] stage X`` line per
+    stage (its end), and a bounded number of lines overall."""
+    out, err = captured
+    assert "\r" not in out and "\r" not in err, "progress-bar frames in a non-terminal run"
+    lines = out.splitlines()
+    for stage in stages:
+        assert sum(line.startswith(f"[pipeline] stage {stage}:") for line in lines) == 1, (stage, lines)
+    assert len(lines) < 40 * len(stages), lines
+
+
 def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     from trl_extras.pipeline.report import write_report
     from trl_extras.pipeline.stages import run_pipeline
@@ -52,6 +63,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     # the SmolLM2 recipe's knobs: greedy columns, no clean-only RM baseline, a short PPO trajectory
     config = micro_config(tmp_path, eval_greedy=True, rm_clean_only_baseline=False, ppo_trajectory_points=1)
     ctx = run_pipeline(config)
+    # not a terminal (pytest captures the streams): no tqdm frames, one line per stage
+    _assert_log_lines(capsys.readouterr(), config.stages)
     for stage in config.stages:
         assert (tmp_path / "pipe" / stage / "result.json").exists(), stage
     table = {row["method"]: row for row in ctx.results["evaluate"]["table"]}
@@ -81,6 +94,33 @@ def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     ctx2 = run_pipeline(config)
     assert capsys.readouterr().out.count("skipped") == len(config.stages)
     assert json.dumps(ctx2.results["evaluate"], sort_keys=True) == json.dumps(ctx.results["evaluate"], sort_keys=True)
+
+
+@pytest.mark.slow
+def test_pipeline_log_file_is_readable(tmp_path, sft_policy_path):
+    """`trl-extras pipeline > log 2>&1`: the micro pipeline in a subprocess whose stdout and stderr go to a file."""
+    import os
+    import subprocess
+    import sys
+
+    values = {k: v for k, v in vars(micro_config(tmp_path)).items() if k in MICRO_FLAGS}
+    argv = [sys.executable, "-m", "trl_extras.cli", "pipeline"]
+    for key, value in values.items():
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    log = tmp_path / "pipeline.log"
+    env = {k: v for k, v in os.environ.items() if k != "TRL_EXTRAS_PROGRESS"}
+    with open(log, "w") as f:
+        subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, check=True, env=env, timeout=1800)
+    text = log.read_text()
+    stages = micro_config(tmp_path).stages
+    _assert_log_lines((text, ""), stages)
+    assert "[cem] round 1/1, reward" in text and "[reward-eval] step 2:" in text and "[trajectory] step 2:" in text
+
+
+MICRO_FLAGS = ("output_dir", "num_eval_prompts", "num_train_prompts", "num_dirty_pairs", "num_clean_pairs",
+               "num_sft_examples", "max_completion_length", "sft_max_steps", "sft_eval_steps", "ensemble_size",
+               "cem_rounds", "cem_num_generations", "cem_prompts_per_round", "ppo_max_steps", "ppo_batch_size",
+               "refresh_every", "refresh_num_pairs", "dpo_num_generations", "dpo_max_steps", "use_cpu")
 
 
 def test_pipeline_datasets_from_local_files(tmp_path):

@@ -9,7 +9,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl_extras.modeling.generation import (
     completion_mask_after_eos,
     generate_rollouts,
-    pad_sequences,
     tokenize_prompts,
 )
 
@@ -26,9 +25,14 @@ def test_completion_mask_after_eos():
     assert is_eos.tolist() == [True, False, True]
 
 
-def test_pad_sequences_sides():
-    assert pad_sequences([[1, 2], [3]], 0, "left").tolist() == [[1, 2], [0, 3]]
-    assert pad_sequences([[1, 2], [3]], 0, "right").tolist() == [[1, 2], [3, 0]]
+def test_trl_pad_sides():
+    # the rollout and scoring paths pad with TRL's helper: prompts on the left, completions / RM inputs on the right
+    from trl.trainer.utils import pad
+
+    rows = [torch.tensor([1, 2]), torch.tensor([3])]
+    assert pad(rows, 0, padding_side="left").tolist() == [[1, 2], [0, 3]]
+    assert pad(rows, 0, padding_side="right").tolist() == [[1, 2], [3, 0]]
+    assert pad(rows, 0, padding_side="left").dtype == torch.long
 
 
 def test_generate_rollouts_shapes_and_masks(policy):

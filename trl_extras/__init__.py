@@ -51,6 +51,8 @@ _LAZY = {
     "CEMTrainer": "trl_extras.trainers.cem.trainer",
     # callbacks and evaluation
     "RewardEarlyStoppingCallback": "trl_extras.callbacks.reward_early_stopping",
+    "RewardMeasureCallback": "trl_extras.callbacks.reward_measure",
+    "measure_policy": "trl_extras.evaluation.measure",
     "side_by_side": "trl_extras.evaluation.side_by_side",
     "SideBySideResult": "trl_extras.evaluation.side_by_side",
     "synthesize_preference_pairs": "trl_extras.evaluation.synthetic_pairs",

@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import math
 
-import torch
 from transformers import TrainerCallback
 
 from ..evaluation._common import prompts_from
 from ..modeling.generation import check_chat_template
+from ..utils.progress import log_line
 
 logger = logging.getLogger(__name__)
 
@@ -123,49 +123,15 @@ class RewardEarlyStoppingCallback(TrainerCallback):
     def _evaluate(self, model, tokenizer) -> dict:
         """Mean rewards over all processes' answers: ``{metric_name: mean, metric_name + "_<extra>": mean, ...}``."""
         from accelerate import PartialState
-        from accelerate.utils import gather_object
 
-        from ..modeling.generation import generate_rollouts
+        from ..evaluation.measure import measure_policy
 
-        state = PartialState()
-        padding_side = tokenizer.padding_side
-        rng_state = torch.random.get_rng_state()
-        cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        torch.manual_seed(self.seed + state.process_index)
-        try:
-            with state.split_between_processes(self.eval_prompts) as local_prompts:
-                local_prompts = list(local_prompts)
-                if local_prompts:
-                    rollout = generate_rollouts(
-                        model, tokenizer, local_prompts, accelerator=self._accelerator(),
-                        desc="Reward evaluation", progress=state.is_main_process, **self.generation_kwargs,
-                    )
-                    prompts, completions = rollout.prompts, rollout.completions
-                else:  # more processes than prompts
-                    prompts, completions = [], []
-        finally:
-            tokenizer.padding_side = padding_side
-            torch.random.set_rng_state(rng_state)
-            if cuda_states is not None:
-                torch.cuda.set_rng_state_all(cuda_states)
-        device = next(model.parameters()).device
         scored = {self.metric_name: self.rewards, **{f"{self.metric_name}_{k}": v for k, v in self.extra_rewards.items()}}
-        local = {}
-        for key, fns in scored.items():
-            for module in fns.modules():
-                module.to(device)
-            local[key] = fns(prompts, completions).total.tolist() if prompts else []
-        empty = sum(not (c[-1]["content"] if isinstance(c, list) else c).strip() for c in completions)
-        local["_empty"] = [empty]
-        gathered = gather_object([local]) if state.num_processes > 1 else [local]
-        metrics = {}
-        for key in scored:
-            values = [v for part in gathered for v in part[key]]
-            metrics[key] = sum(values) / len(values)
-        metrics[f"{self.metric_name}_empty_share"] = sum(p["_empty"][0] for p in gathered) / (
-            len(self.eval_prompts) * self.generation_kwargs["num_generations"]
+        m = measure_policy(
+            model, tokenizer, self.eval_prompts, scored, seed=self.seed, accelerator=self._accelerator(),
+            desc="Reward evaluation", progress=PartialState().is_main_process, **self.generation_kwargs,
         )
-        return metrics
+        return {**{key: m.mean(key) for key in scored}, f"{self.metric_name}_empty_share": m.empty_share}
 
     def _log(self, args, state, metrics: dict) -> None:
         if self.trainer is not None:
@@ -212,6 +178,7 @@ class RewardEarlyStoppingCallback(TrainerCallback):
         improved = False if repeated else self._update(value, state.global_step)
         new_log = {**new, f"{self.metric_name}_best": self.best}
         self._log(args, state, new_log)
+        log_line("reward-eval", f"step {state.global_step}: " + ", ".join(f"{k} {v:.3f}" for k, v in new_log.items()))
         self.history.append({"step": state.global_step, **new})
         if self.patience and self.wait >= self.patience and state.global_step > 0:
             logger.info(

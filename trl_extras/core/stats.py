@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-_METHODS = ("wilson", "clopper-pearson")
+# our name -> scipy.stats.binomtest(...).proportion_ci method
+_METHODS = {"wilson": "wilson", "clopper-pearson": "exact"}
 
 
 def _check_confidence(confidence: float) -> None:
@@ -45,32 +46,21 @@ def win_rate_interval(wins: int, n: int, method: str = "wilson", confidence: flo
 
     ``method="wilson"``: Wilson score interval (Wilson 1927; good coverage at small ``n``, never leaves [0, 1]).
     ``method="clopper-pearson"``: the exact interval from Beta quantiles (Clopper & Pearson 1934; conservative).
+    Both are ``scipy.stats.binomtest(wins, n).proportion_ci(confidence, method="wilson" / "exact")``.
     ``n == 0`` gives the uninformative ``(0.0, 1.0)``.
     """
     wins, n = _check_count("wins", wins), _check_count("n", n)
     if wins > n:
         raise ValueError(f"wins ({wins}) cannot exceed n ({n})")
     if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {tuple(_METHODS)}, got {method!r}")
     _check_confidence(confidence)
     if n == 0:
         return 0.0, 1.0
-    from scipy.stats import beta, norm
+    from scipy.stats import binomtest
 
-    alpha = 1.0 - confidence
-    if method == "clopper-pearson":
-        low = 0.0 if wins == 0 else float(beta.ppf(alpha / 2, wins, n - wins + 1))
-        high = 1.0 if wins == n else float(beta.ppf(1 - alpha / 2, wins + 1, n - wins))
-        return low, high
-    z = float(norm.ppf(1 - alpha / 2))
-    p = wins / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # at wins == 0 or wins == n the bound is exactly 0 or 1 in exact arithmetic; pin it against rounding
-    low = 0.0 if wins == 0 else max(0.0, center - half)
-    high = 1.0 if wins == n else min(1.0, center + half)
-    return low, high
+    ci = binomtest(wins, n).proportion_ci(confidence_level=confidence, method=_METHODS[method])
+    return float(ci.low), float(ci.high)
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:

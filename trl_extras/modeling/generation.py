@@ -80,20 +80,6 @@ def tokenize_prompts(tokenizer, prompts, max_prompt_length: int | None = None) -
     return out
 
 
-def pad_sequences(seqs: list[list[int]] | list[torch.Tensor], pad_value: int, side: str = "right") -> torch.Tensor:
-    """Stack variable-length 1-D sequences into ``(N, L_max)``, padding on ``side``."""
-    seqs = [torch.as_tensor(s, dtype=torch.long) for s in seqs]
-    length = max((len(s) for s in seqs), default=0)
-    out = torch.full((len(seqs), length), pad_value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            if side == "right":
-                out[i, : len(s)] = s
-            else:
-                out[i, length - len(s) :] = s
-    return out
-
-
 @dataclass
 class Rollout:
     """Sampled completions for a batch of prompts. ``B`` = prompts × generations per prompt.
@@ -373,11 +359,11 @@ def generate_rollouts(
         unwrap_ctx = nullcontext(model)
     device = next(model.parameters()).device
     prompt_chunks, completion_chunks = [], []
-    iterator = range(0, len(rows), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
+    from trl.trainer.utils import pad
 
-        iterator = tqdm(iterator, desc=desc, leave=False)
+    from ..utils.progress import progress_bar
+
+    iterator = progress_bar(range(0, len(rows), batch_size), desc=desc, enabled=progress)  # a bar on a terminal only
     with unwrap_ctx as gen_model, checkpoint_generation_config_hidden(gen_model):
         # the unwrapped model's mode: a DeepSpeed engine's own `training` flag stays True after `engine.eval()`
         was_training = gen_model.training
@@ -386,16 +372,17 @@ def generate_rollouts(
         gen_model.eval()
         for start in iterator:
             batch = rows[start : start + batch_size]
-            ids = pad_sequences([r[1] for r in batch], tokenizer.pad_token_id, side="left").to(device)
-            mask = pad_sequences([[1] * len(r[1]) for r in batch], 0, side="left").to(device)
+            rows_ids = [torch.tensor(r[1], dtype=torch.long) for r in batch]
+            ids = pad(rows_ids, tokenizer.pad_token_id, padding_side="left").to(device)
+            mask = pad([torch.ones_like(x) for x in rows_ids], 0, padding_side="left").to(device)
             out = gen_model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
             prompt_chunks.append((ids.cpu(), mask.cpu()))
             completion_chunks.append(out[:, ids.size(1) :].cpu())
         if was_training:
             gen_model.train()
-    prompt_ids = pad_sequences([r for ids, _ in prompt_chunks for r in ids], tokenizer.pad_token_id, side="left")
-    prompt_mask = pad_sequences([r for _, m in prompt_chunks for r in m], 0, side="left")
-    completion_ids = pad_sequences([r for c in completion_chunks for r in c], tokenizer.pad_token_id, side="right")
+    prompt_ids = pad([r for ids, _ in prompt_chunks for r in ids], tokenizer.pad_token_id, padding_side="left")
+    prompt_mask = pad([r for _, m in prompt_chunks for r in m], 0, padding_side="left")
+    completion_ids = pad([r for c in completion_chunks for r in c], tokenizer.pad_token_id, padding_side="right")
     completion_mask, is_eos = completion_mask_after_eos(completion_ids, tokenizer.eos_token_id)
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     return Rollout(

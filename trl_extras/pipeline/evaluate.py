@@ -9,11 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from ..core.stats import mean_ci
-from ..modeling.generation import Rollout, generate_rollouts
-from ..modeling.lm import completion_token_stats
+from ..evaluation.measure import measure_policy
 
 
 @dataclass
@@ -43,21 +40,6 @@ class PolicyEvaluation:
         }
 
 
-@torch.no_grad()
-def sequence_kl(model, ref_model, rollout: Rollout, temperature: float = 1.0, batch_size: int = 64) -> torch.Tensor:
-    """``(B,)`` Σ_t exact KL(π‖π_ref) over each sampled completion's valid tokens (logits ÷ temperature)."""
-    out = []
-    for start in range(0, len(rollout), batch_size):
-        sl = slice(start, start + batch_size)
-        ids, mask = rollout.input_ids[sl], rollout.attention_mask[sl]
-        T = rollout.completion_ids.size(1)
-        stats = completion_token_stats(
-            model, ref_model, ids, mask, logits_to_keep=T, temperature=temperature, with_entropy=False
-        )
-        out.append((stats["exact_kl"] * rollout.completion_mask[sl]).sum(1))
-    return torch.cat(out)
-
-
 def evaluate_policy(
     name: str,
     model,
@@ -72,17 +54,16 @@ def evaluate_policy(
     seed: int = 0,
     extra_rewards: dict | None = None,
 ) -> PolicyEvaluation:
-    """Sample one completion per prompt at ``temperature`` (0: greedy) and measure it (see :class:`PolicyEvaluation`)."""
-    torch.manual_seed(seed)
-    rollout = generate_rollouts(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size
+    """Sample one completion per prompt at ``temperature`` (0: greedy) and measure it (see :class:`PolicyEvaluation`).
+
+    Through :func:`~trl_extras.evaluation.measure.measure_policy` (the shared measuring path)."""
+    funcs = {"proxy": proxy_reward, **({"gold": gold_reward} if gold_reward is not None else {}), **(extra_rewards or {})}
+    m = measure_policy(
+        model, tokenizer, prompts, funcs, sft_model, max_new_tokens=max_new_tokens, temperature=temperature,
+        batch_size=batch_size, seed=seed,
     )
-    proxy = proxy_reward(rollout.prompts, rollout.completions).total.tolist()
-    gold = gold_reward(rollout.prompts, rollout.completions).total.tolist() if gold_reward is not None else None
-    kl = sequence_kl(model, sft_model, rollout, temperature=temperature or 1.0)  # greedy samples: KL of the T=1 policies
-    extra = {
-        key: float(fn(rollout.prompts, rollout.completions).total.mean()) for key, fn in (extra_rewards or {}).items()
-    }
+    proxy, gold = m.rewards["proxy"], m.rewards.get("gold")
+    extra = {key: m.mean(key) for key in (extra_rewards or {})}
     gold_mean, gold_ci = (None, None)
     if gold is not None:
         gold_mean, low, high = mean_ci(gold)
@@ -92,9 +73,9 @@ def evaluate_policy(
         gold_mean=gold_mean,
         gold_ci=gold_ci,
         proxy_mean=float(sum(proxy) / len(proxy)),
-        kl_to_sft=float(kl.mean()),
-        mean_length=float(rollout.completion_lengths.float().mean()),
-        completions=rollout.completions,
+        kl_to_sft=float(sum(m.kl) / len(m.kl)),
+        mean_length=float(sum(m.lengths) / len(m.lengths)),
+        completions=m.completions,
         gold=gold,
         proxy=proxy,
         extra=extra,

@@ -43,6 +43,8 @@ class Context:
         """Common ``TrainingArguments`` for every stage."""
         import torch
 
+        from ..utils.progress import disable_tqdm_default
+
         cpu = self.config.use_cpu or not torch.cuda.is_available()
         return dict(
             use_cpu=cpu,
@@ -51,7 +53,7 @@ class Context:
             seed=self.config.seed,
             gradient_checkpointing=False,
             logging_steps=5,
-            disable_tqdm=False,
+            disable_tqdm=disable_tqdm_default(),  # bars on a terminal; PrinterCallback lines in a log file
             dataloader_num_workers=0,
         )
 
@@ -340,38 +342,19 @@ def stage_cem(ctx: Context) -> dict:
 # 5. PPO (advantage-normalized, exact KL, ensemble uncertainty penalty)
 # ----------------------------------------------------------------------------------------------------------------
 def _trajectory_callback(ctx: Context, every: int, num_prompts: int = 64):
-    """A callback that measures gold, proxy and KL to SFT every ``every`` steps: the data of the Goodhart plot."""
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    """Measures gold, proxy and KL to SFT every ``every`` steps: the data of the Goodhart plot."""
+    from transformers import AutoModelForCausalLM
 
+    from ..callbacks.reward_measure import RewardMeasureCallback
     from ..rewards.functions import RewardFunctions
-    from .evaluate import evaluate_policy
 
-    sft_model = AutoModelForCausalLM.from_pretrained(ctx.results["sft"]["model"], **ctx.model_init_kwargs())
-    prompts = ctx.data["eval_prompts"]["prompt"][:num_prompts]
-    proxy = RewardFunctions(load_ensemble(ctx))
-    gold = ctx.gold
     cfg = ctx.config
-
-    class Trajectory(TrainerCallback):
-        def __init__(self):
-            self.points = []
-
-        def _measure(self, state, model, processing_class):
-            sft_model.to(next(model.parameters()).device)
-            ev = evaluate_policy(
-                "trajectory", model, processing_class, sft_model, prompts, proxy, gold,
-                max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed + state.global_step,
-            )
-            self.points.append({"step": state.global_step, "gold": ev.gold_mean, "proxy": ev.proxy_mean, "kl": ev.kl_to_sft})
-
-        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-            self._measure(state, model, processing_class)
-
-        def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-            if state.global_step % every == 0:
-                self._measure(state, model, processing_class)
-
-    return Trajectory()
+    sft_model = AutoModelForCausalLM.from_pretrained(ctx.results["sft"]["model"], **ctx.model_init_kwargs())
+    rewards = {"proxy": RewardFunctions(load_ensemble(ctx)), **({"gold": ctx.gold} if ctx.gold is not None else {})}
+    return RewardMeasureCallback(
+        rewards, ctx.data["eval_prompts"]["prompt"][:num_prompts], every_n_steps=every, ref_model=sft_model,
+        max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed, prefix="trajectory",
+    )
 
 
 def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
@@ -402,7 +385,7 @@ def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
         train_dataset=ctx.data["prompts"], value_model=ctx.results["reward"]["model"],
         peft_config=ctx.peft_config("CAUSAL_LM"), callbacks=[c for c in (trajectory, *extra_callbacks) if c is not None],
     )
-    for callback in extra_callbacks:
+    for callback in (trajectory, *extra_callbacks):
         if hasattr(callback, "set_trainer"):
             callback.set_trainer(trainer)
     trainer.train()
@@ -604,6 +587,26 @@ def stage_settings(ctx: Context, name: str) -> dict:
     return settings_fingerprint(**values)
 
 
+def stage_summary(name: str, result: dict) -> str:
+    """A few numbers of a finished stage for its one progress line (``""`` when the stage has none)."""
+    parts = []
+    if name == "sft" and result.get("evaluations"):
+        parts.append(f"stopped at step {result.get('stopped_at_step')}, best step by reward "
+                     f"{result.get('best_step_by_reward')}, by loss {result.get('best_step_by_loss')}")
+    if result.get("trajectory"):
+        last = result["trajectory"][-1]
+        parts.append(f"step {last['step']}: " + ", ".join(
+            f"{key} {last[key]:.3f}" for key in ("gold", "proxy", "kl") if isinstance(last.get(key), (int, float))
+        ))
+    if result.get("refreshes"):
+        parts.append(f"{len(result['refreshes'])} reward-model refreshes")
+    if name == "cem" and result.get("history"):
+        parts.append(f"{len(result['history'])} rounds")
+    if name == "evaluate" and result.get("table"):
+        parts.append(f"{len(result['table'])} models on {result.get('num_prompts')} prompts")
+    return (": " + "; ".join(parts)) if parts else ""
+
+
 def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True) -> Context:
     """Run ``config.stages`` in order, skipping those with a ``result.json`` (unless ``overwrite``).
 
@@ -613,8 +616,10 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
     """
     from ..utils.atomic import atomic_write_json, read_json
     from ..utils.fingerprint import check_fingerprint
+    from ..utils.progress import log_line, quiet_library_bars, show_bars
     from .data import pipeline_datasets
 
+    quiet_library_bars()
     config.check_models()
     ctx = Context(config=config, data=pipeline_datasets(config), model_args=model_args)
     ctx.root.mkdir(parents=True, exist_ok=True)
@@ -633,14 +638,14 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
             )
             logger.info("stage %s: outputs exist, skipped", name)
             if progress:
-                print(f"[{name}] outputs exist in {path.parent}: skipped")
+                log_line("pipeline", f"stage {name}: outputs exist in {path.parent}, skipped")
             continue
         if config.overwrite and path.parent.exists():  # re-run from scratch: never resume stale work (CEM rounds)
             import shutil
 
             shutil.rmtree(path.parent)
-        if progress:
-            print(f"[{name}] running ...", flush=True)
+        if progress and show_bars():  # on a terminal, say what the bars belong to; a log file gets the one line below
+            log_line("pipeline", f"stage {name}: running ...")
         start = time.perf_counter()
         result = STAGES[name](ctx)
         result["seconds"] = round(time.perf_counter() - start, 1)
@@ -649,5 +654,5 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, _jsonable(result))  # last: the stage is finished
         if progress:
-            print(f"[{name}] done in {result['seconds']:.0f}s", flush=True)
+            log_line("pipeline", f"stage {name}: done in {result['seconds']:.0f} s{stage_summary(name, result)}")
     return ctx

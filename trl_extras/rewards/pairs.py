@@ -140,19 +140,16 @@ def pair_margins(
             pairs in training; here every row gets a margin so positions match the dataset.
         allow_identical: score rows whose chosen equals rejected instead of raising.
         id_column: column used to name rows in error messages.
-        progress: show a tqdm bar over batches.
+        progress: show a tqdm bar over batches (on a terminal; see :mod:`trl_extras.utils.progress`).
 
     No gradients; the model's train/eval mode is restored afterwards.
     """
     prompts, chosen, rejected = pair_columns(dataset, id_column=id_column, allow_identical=allow_identical)
     check_pad_pooling(model, processing_class)
     chunks = []
-    starts = range(0, len(chosen), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
+    from ..utils.progress import progress_bar
 
-        starts = tqdm(starts, desc="Scoring pairs", unit="batch")
-    for start in starts:
+    for start in progress_bar(range(0, len(chosen), batch_size), desc="Scoring pairs", unit="batch", enabled=progress):
         rows = slice(start, start + batch_size)
         r_chosen = score_with_reward_model(
             model, processing_class, prompts[rows], chosen[rows], batch_size, max_length

@@ -15,7 +15,7 @@ import numbers
 
 import torch
 
-from ..modeling.generation import is_conversational_prompt, pad_sequences
+from ..modeling.generation import is_conversational_prompt
 
 
 def reward_model_input_ids(tokenizer, prompt, completion) -> list[int]:
@@ -37,6 +37,8 @@ def reward_model_batches(tokenizer, prompts, completions, batch_size: int, pad_i
 
     ``max_length`` keeps the *last* tokens of longer inputs.
     """
+    from trl.trainer.utils import pad  # lazily: importing this module must not import transformers
+
     for start in range(0, len(prompts), batch_size):
         ids = [
             reward_model_input_ids(tokenizer, p, c)
@@ -44,7 +46,8 @@ def reward_model_batches(tokenizer, prompts, completions, batch_size: int, pad_i
         ]
         if max_length is not None:
             ids = [x[-max_length:] for x in ids]
-        yield pad_sequences(ids, pad_id, side="right"), pad_sequences([[1] * len(x) for x in ids], 0, side="right")
+        ids = [torch.tensor(x, dtype=torch.long) for x in ids]
+        yield pad(ids, pad_id, padding_side="right"), pad([torch.ones_like(x) for x in ids], 0, padding_side="right")
 
 
 @torch.no_grad()

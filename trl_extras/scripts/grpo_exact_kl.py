@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from trl import ModelConfig
 
     from ..trainers.exact_kl_grpo import ExactKLGRPOConfig
+    from .model_card import write_model_card
     from .utils import parse_args
 
     script_args, args, model_args = parse_args(
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = build_trainer(script_args, args, model_args)
     trainer.train()
     trainer.save_model(args.output_dir)
+    write_model_card(trainer, args, script_args.dataset_name)
     kl = [h["exact_kl"] for h in trainer.state.log_history if "exact_kl" in h]
     if kl:
         print(f"exact KL to the reference: first {kl[0]:.4f}, last {kl[-1]:.4f} (mean per token)")

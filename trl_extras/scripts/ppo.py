@@ -129,5 +129,6 @@ def main(argv=None) -> int:
         peft_config=peft_config,
     )
     trainer.train(resume_from_checkpoint=resume_arg(training_args.resume_from_checkpoint))
-    save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file, {"global_step": trainer.state.global_step})
+    save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file,
+                         {"global_step": trainer.state.global_step}, dataset_name=script_args.dataset_name)
     return 0

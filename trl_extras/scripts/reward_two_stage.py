@@ -119,10 +119,12 @@ def resume_arg(value):
 
 
 def finish(trainer, script_args, training_args, extra: dict) -> dict:
-    """Save the model and tokenizer, write and print the final metrics."""
+    """Save the model and tokenizer (and its model card, naming ``--dataset_name``), write and print the final
+    metrics."""
     from .utils import save_evaluate_report
 
-    metrics = save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file, extra)
+    metrics = save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file, extra,
+                                   dataset_name=getattr(script_args, "dataset_name", None))
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     return metrics
 

@@ -116,12 +116,14 @@ def build_trainer(script_args: RewardEarlyStoppingArguments, training_args):
 def main(argv=None) -> int:
     from trl import SFTConfig
 
+    from .model_card import write_model_card
     from .utils import parse_args, report_metrics
 
     script_args, training_args = parse_args([RewardEarlyStoppingArguments, SFTConfig], argv, "sft-reward-es")
     trainer, callback = build_trainer(script_args, training_args)
     trainer.train()
     trainer.save_model(training_args.output_dir)
+    write_model_card(trainer, training_args, script_args.dataset_name)
     summary = {
         "best_eval_reward": callback.best,
         "best_step": callback.best_step,

@@ -10,10 +10,18 @@ __all__ = ["MissingSplitError", "load_dataset_from_spec", "load_eval_split", "lo
 
 
 def parse_args(dataclass_types, argv: list[str] | None, prog: str):
-    """Parse ``argv`` into ``dataclass_types`` with ``trl.TrlParser`` (supports ``--config recipe.yaml``)."""
+    """Parse ``argv`` into ``dataclass_types`` with ``trl.TrlParser`` (supports ``--config recipe.yaml``).
+
+    Without a terminal (a log file) ``disable_tqdm`` defaults to True — the Trainer then prints one line per log
+    (``PrinterCallback``) instead of bar frames — and the libraries' own bars are off; a recipe or flag still wins."""
     from trl import TrlParser
 
+    from ..utils.progress import disable_tqdm_default, quiet_library_bars
+
     parser = TrlParser(dataclass_types, prog=f"trl-extras {prog}")
+    quiet_library_bars()
+    if disable_tqdm_default() and any(a.dest == "disable_tqdm" for a in parser._actions):
+        parser.set_defaults(disable_tqdm=True)  # below the recipe's values and the flags (TrlParser's order)
     old = sys.argv
     try:
         sys.argv = [f"trl-extras {prog}", *(argv or [])]
@@ -63,10 +71,16 @@ def report_metrics(metrics: dict, output_dir: str, filename: str, should_save: b
     return metrics
 
 
-def save_evaluate_report(trainer, output_dir: str, filename: str, extra: dict | None = None) -> dict:
-    """Save the model (and tokenizer), evaluate on the trainer's eval set when it has one (``final_eval``), then
-    :func:`report_metrics` ``extra`` + the evaluation: the ending shared by the trainer subcommands."""
+def save_evaluate_report(trainer, output_dir: str, filename: str, extra: dict | None = None,
+                         dataset_name: str | None = None) -> dict:
+    """Save the model (and tokenizer) and its model card naming ``dataset_name`` (or push both with
+    ``push_to_hub``, see :func:`~trl_extras.scripts.model_card.write_model_card`), evaluate on the trainer's eval set
+    when it has one (``final_eval``), then :func:`report_metrics` ``extra`` + the evaluation: the ending shared by
+    the trainer subcommands."""
+    from .model_card import write_model_card
+
     trainer.save_model(output_dir)
+    write_model_card(trainer, trainer.args, dataset_name)
     metrics = dict(extra or {})
     if trainer.eval_dataset is not None:
         metrics["final_eval"] = trainer.evaluate()

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..utils.progress import log_line, progress_bar
 from .data import TestbedConfig, sft_dataset
 from .models import TinyModelSpec, build_causal_lm, build_sequence_classifier, build_tokenizer, save_tiny
 
@@ -63,8 +64,7 @@ def _encode(tokenizer, prompt: str, completion: str, conversational: bool = Fals
 def train_sft_policy(config: SFTBuildConfig, output_dir: str | os.PathLike, progress: bool = True) -> str:
     """Train the tiny SFT policy from scratch and save it (model + tokenizer) to ``output_dir``."""
     import torch
-
-    from ..modeling.generation import pad_sequences
+    from trl.trainer.utils import pad
 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -80,25 +80,24 @@ def train_sft_policy(config: SFTBuildConfig, output_dir: str | os.PathLike, prog
         optimizer, max_lr=config.learning_rate, total_steps=config.steps, pct_start=0.05
     )
     model.train()
-    iterator = range(config.steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="Building testbed SFT policy", leave=False)
+    start = time.perf_counter()
+    iterator = progress_bar(range(config.steps), desc="Building testbed SFT policy", enabled=progress)
     for _ in iterator:
         batch = rng.sample(encoded, config.batch_size)
-        input_ids = pad_sequences([b[0] for b in batch], tokenizer.pad_token_id)
-        labels = pad_sequences([b[1] for b in batch], -100)
-        attention_mask = pad_sequences([[1] * len(b[0]) for b in batch], 0)
+        input_ids = pad([torch.tensor(b[0]) for b in batch], tokenizer.pad_token_id)
+        labels = pad([torch.tensor(b[1]) for b in batch], -100)
+        attention_mask = pad([torch.ones(len(b[0]), dtype=torch.long) for b in batch], 0)
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if progress:
-            iterator.set_postfix(loss=f"{loss.item():.3f}")
+        iterator.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
+    if progress:
+        log_line("testbed", f"SFT policy built: {config.steps} steps, final loss {loss.item():.3f} "
+                            f"({time.perf_counter() - start:.0f} s)")
     return save_tiny(model, tokenizer, output_dir)
 
 

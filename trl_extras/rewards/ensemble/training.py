@@ -83,9 +83,10 @@ def train_reward_ensemble(
         The saved ensemble, reloaded from ``output_dir`` (manifest: members, layout, seeds, calibration).
     """
     import numpy as np
-    from tqdm.auto import tqdm
     from transformers import AutoConfig, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
+
+    from ...utils.progress import progress_bar
 
     if k < 2:
         raise ValueError(f"An ensemble needs k >= 2 members, got k={k}.")
@@ -142,7 +143,7 @@ def train_reward_ensemble(
     )
     pad_token_id = None
     members, histories = [], []
-    for i, seed in enumerate(tqdm(seeds, desc="reward ensemble members", disable=not progress)):
+    for i, seed in enumerate(progress_bar(seeds, desc="reward ensemble members", enabled=progress)):
         rel = f"member_{i}" if layout == "separate" else f"adapters/member_{i}"
         marker = output_dir / rel / MEMBER_MARKER
         settings = {**shared_settings, "seed": seed}

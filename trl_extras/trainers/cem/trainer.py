@@ -43,6 +43,7 @@ from ...modeling.peft import is_peft_model
 from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
 from ...rewards.functions import RewardFunctions
+from ...utils.progress import log_line, progress_bar
 from .config import CEMConfig
 from .plots import plot_history
 from .settings import SETTINGS_FILE, cem_settings
@@ -51,6 +52,16 @@ logger = logging.getLogger(__name__)
 
 _RESERVED = {"prompt", "completion", "group", "is_eos", "num_tokens", "token_entropy", "temperature", "empty",
              "reward", "elite", "gold"}
+
+
+def _round_line(metrics: dict, num_rounds: int) -> str:
+    """The one progress line of a finished round (the log-file record; the full metrics go to ``metrics.json``)."""
+    parts = [f"round {metrics['round'] + 1}/{num_rounds}"]
+    for key, label in (("reward_mean", "reward"), ("elite_reward_mean", "elite reward"), ("entropy", "entropy"),
+                       ("eval_reward_mean", "eval reward"), ("eval_gold_mean", "eval gold")):
+        if isinstance(metrics.get(key), (int, float)):
+            parts.append(f"{label} {metrics[key]:.3f}")
+    return ", ".join(parts)
 
 
 def _linear(start: float, end: float | None, r: int, num_rounds: int) -> float:
@@ -270,14 +281,12 @@ class CEMTrainer:
         so every process returns the same columns as one process would: one row per sample, ``group`` = the
         prompt's position in ``rows``.
         """
-        from tqdm.auto import tqdm
-
         from ...utils.distributed import chunk_bounds, my_chunks, stream_seed
 
         per_chunk = max(1, self.args.generation_chunk_size // num_generations)
         chunks = my_chunks(chunk_bounds(len(rows), per_chunk), self._process_index, self._num_processes)
         parts = []
-        for start, end in tqdm(chunks, desc=desc, leave=False, disable=self.args.disable_tqdm or not self._is_main):
+        for start, end in progress_bar(chunks, desc=desc, enabled=not self.args.disable_tqdm and self._is_main):
             torch.manual_seed(stream_seed(self.args.seed, *stream, start))  # the chunk's own stream (all devices)
             with self._zero3_hidden():  # the sampling model is whole on every process (see `_save_round_model`)
                 parts.append((start, self._sample_chunk(dataset, rows[start:end], start, num_generations, temperature)))
@@ -524,7 +533,6 @@ class CEMTrainer:
     def train(self) -> list[dict]:
         """Run the rounds; returns the history (one dict of metrics per round) and writes ``cem_history.json``."""
         from datasets import Dataset, load_from_disk
-        from tqdm.auto import tqdm
         from transformers import set_seed
 
         from ...utils.atomic import atomic_write_json, kill_point, read_json
@@ -563,7 +571,7 @@ class CEMTrainer:
                 atomic_write_json(self.output_dir / "initial_eval.json", self.initial_eval)
 
         stop_reason = None
-        for r in tqdm(range(start, args.num_rounds), desc="CEM rounds", disable=args.disable_tqdm or not main):
+        for r in progress_bar(range(start, args.num_rounds), desc="CEM rounds", enabled=not args.disable_tqdm and main):
             rdir = self.round_dir(r)
             rdir.mkdir(parents=True, exist_ok=True)
             barrier()  # nobody looks for this round's files while the main process may be writing them
@@ -630,6 +638,7 @@ class CEMTrainer:
             if main:
                 atomic_write_json(rdir / "metrics.json", metrics)  # last: marks the round finished
             self._log_round(metrics)
+            log_line("cem", _round_line(metrics, args.num_rounds))
             self._write_history()
             kill_point(f"cem_round_done:{r}")
 
