@@ -82,12 +82,11 @@ def evaluate_policy(
     )
 
 
-@torch.no_grad()
 def greedy_gold(model, tokenizer, prompts: list, gold_reward, max_new_tokens: int = 24, batch_size: int = 128):
-    """Greedy answers to ``prompts`` and their gold rewards: ``(completions, gold list)``."""
-    rollout = generate_rollouts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0,
-                                batch_size=batch_size)
-    return rollout.completions, gold_reward(rollout.prompts, rollout.completions).total.tolist()
+    """Greedy answers to ``prompts`` and their gold rewards: ``(completions, gold list)`` (the shared measuring path)."""
+    m = measure_policy(model, tokenizer, prompts, {"gold": gold_reward}, max_new_tokens=max_new_tokens, temperature=0,
+                       batch_size=batch_size)
+    return m.completions, m.rewards["gold"]
 
 
 def fmt(x, digits: int = 3) -> str:
