@@ -238,7 +238,8 @@ def test_ppo_rejects_generation_kwargs_it_owns(tiny_paths, tmp_path):
 def test_every_sampler_goes_through_the_shared_path():
     """Only modeling/generation.py calls ``generate`` (PolicyAndValueModel forwards it): CEM, the early-stopping callback,
     side_by_side, synthesize_preference_pairs, the pipeline's evaluation and PPO all sample through
-    ``generate_rollouts`` and so through ``sampling_generation_config``."""
+    ``generate_rollouts`` (directly or through ``evaluation/measure.measure_policy``, the shared measuring path) and so
+    through ``sampling_generation_config``."""
     import re
     from pathlib import Path
 
@@ -252,6 +253,8 @@ def test_every_sampler_goes_through_the_shared_path():
     }
     assert callers == {"modeling/generation.py"}
     users = {str(p.relative_to(root)) for p in root.rglob("*.py") if "generate_rollouts(" in p.read_text()}
+    assert "evaluation/measure.py" in users
+    users |= {str(p.relative_to(root)) for p in root.rglob("*.py") if "measure_policy(" in p.read_text()}
     for module in ("trainers/ppo/trainer.py", "trainers/cem/trainer.py", "callbacks/reward_early_stopping.py",
                    "evaluation/side_by_side.py", "evaluation/synthetic_pairs.py", "pipeline/evaluate.py"):
         assert module in users
