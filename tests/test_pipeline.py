@@ -51,16 +51,20 @@ def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     ctx = run_pipeline(config)
     for stage in config.stages:
         assert (tmp_path / "pipe" / stage / "result.json").exists(), stage
-    table = {row["method"]: row for row in ctx.results["evaluate"]["table"]}
-    assert set(table) == {"pretrained", "sft", "cem", "ppo", "ppo_refresh", "dpo"}
+    table = {row["stage"]: row for row in ctx.results["evaluate"]["table"]}
+    assert set(table) == {"pretrained", "sft", "cem", "ppo_single", "ppo", "ppo_refresh", "dpo"}
+    assert table["ppo_single"]["method"] == "PPO (single RM, β=0)"
+    assert table["ppo"]["method"] == "PPO (ensemble variance λ=1, β=0.2)"
     # the seed's "second way": the reward ensemble was re-trained once on judge-labelled policy-vs-SFT answers
     (refresh,) = ctx.results["ppo_refresh"]["refreshes"]
     assert refresh["step"] == 1 and refresh["labels"]["labelled"] > 0
     assert (tmp_path / "pipe" / "ppo_refresh" / "run" / "reward_refresh").is_dir()
     for name, row in table.items():
         assert 0.0 <= row["gold"] <= 1.0 and row["kl_to_sft"] >= -1e-4
+        assert 0.0 <= row["gold_greedy"] <= 1.0  # every model is also measured greedy
         if name != "sft":
             assert 0.0 <= row["p_value"] <= 1.0 and row["wins"] + row["losses"] + row["ties"] == 16
+            assert 0.0 <= row["p_value_greedy"] <= 1.0 and row["wins_greedy"] + row["losses_greedy"] + row["ties_greedy"] == 16
     assert abs(table["sft"]["kl_to_sft"]) < 1e-4  # the SFT model against itself
     report = write_report(ctx.results, tmp_path / "pipe" / "report")
     text = report.read_text()

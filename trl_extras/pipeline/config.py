@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo", "ppo_refresh", "dpo", "evaluate")
+ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo_single", "ppo", "ppo_refresh", "dpo", "evaluate")
 
 
 @dataclass
@@ -37,7 +37,8 @@ class PipelineConfig:
     # ----- data
     task: str = field(
         default="sort_digits",
-        metadata={"help": "Task of the 'testbed' datasets: sort_digits (tiny models) or arithmetic (real chat models)."},
+        metadata={"help": "Task of the 'testbed' datasets: sort_digits or sort_hard (tiny models; sort_hard's SFT "
+                  "demonstrations have a systematic wrong mode that RL can fix) or arithmetic (real chat models)."},
     )
     prompt_dataset: str = field(default="testbed", metadata={"help": "Train prompts (`prompt` column)."})
     eval_prompt_dataset: str = field(default="testbed", metadata={"help": "Holdout prompts for evaluation."})
@@ -99,6 +100,11 @@ class PipelineConfig:
     ppo_learning_rate: float = field(default=3e-4, metadata={"help": "PPO policy learning rate."})
     ppo_num_epochs: int = field(default=4, metadata={"help": "PPO passes over each rollout batch (num_ppo_epochs)."})
     ppo_kl_coef: float = field(default=0.2, metadata={"help": "β of the exact per-token KL penalty."})
+    ppo_single_kl_coef: float = field(
+        default=0.0,
+        metadata={"help": "ppo_single stage: β of PPO against one fixed reward model (0: nothing holds the policy near "
+                  "SFT: the over-optimization baseline)."},
+    )
     refresh_every: int = field(
         default=10, metadata={"help": "ppo_refresh stage: PPO steps between reward-model refreshes on the policy's answers."}
     )
@@ -139,12 +145,15 @@ class PipelineConfig:
         check_number(self, "drop_easiest", low=0, high=1, high_open=True)
         check_number(self, "cem_sft_mix_ratio", low=0)
         check_number(self, "ppo_kl_coef", low=0)
+        check_number(self, "ppo_single_kl_coef", low=0)
         check_number(self, "refresh_flip_rate", low=0, high=0.5)
         for name in ("sft_learning_rate", "rm_learning_rate", "ppo_learning_rate", "dpo_learning_rate", "rm_epochs",
                      "rm_pretrain_epochs", "dpo_beta"):  # fmt: skip
             check_number(self, name, low=0, low_open=True)
-        if self.task not in ("sort_digits", "arithmetic"):
-            raise ValueError(f"task must be 'sort_digits' or 'arithmetic', got {self.task!r}.")
+        from ..testbed import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
         if self.ppo_reward not in ("ensemble", "gold"):
             raise ValueError(f"ppo_reward must be 'ensemble' or 'gold', got {self.ppo_reward!r}.")
         if self.ensemble_size < 2:
