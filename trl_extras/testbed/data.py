@@ -53,9 +53,9 @@ class TestbedConfig:
             raise ValueError(f"mode_max_digits must be >= 1, got {self.mode_max_digits}")
 
 
-#: The ``sort_hard`` task (issue 13): prompts of 3-10 digits whose demonstrators answer with the systematic wrong
-#: mode (:func:`~trl_extras.testbed.task.systematic_mode`) 70% of the time they mean to be correct, so the SFT
-#: policy's greedy answer is the mode while samples are sometimes right. ``benchmarks/testbed_headroom.py`` measures it.
+#: The ``sort_hard`` task (issue 13): prompts of 3-10 digits whose demonstrators start from the systematic wrong
+#: mode (:func:`~trl_extras.testbed.task.systematic_mode`: duplicates dropped, cut to 4 digits) 70% of the time, so
+#: the SFT policy's greedy answer is the mode while samples are sometimes right. ``benchmarks/testbed_headroom.py`` measures it.
 SORT_HARD = {
     "min_digits": 3,
     "max_digits": 10,
@@ -71,13 +71,16 @@ def sort_hard_config(**overrides) -> TestbedConfig:
 
 
 def demonstration(digits: list[int], kind: str, rng: random.Random, config: TestbedConfig) -> tuple[str, list[int]]:
-    """``(kind, digits)`` of a demonstrator's answer of quality ``kind``; on a task with ``mode_share`` a "correct"
-    answer is the systematic wrong mode with that probability (kind ``"mode"``). Draws nothing extra from ``rng``
-    when ``mode_share`` is 0, so the plain task's datasets are unchanged."""
+    """``(kind, digits)`` of a demonstrator's answer of quality ``kind``. On a task with ``mode_share``, with that
+    probability the demonstrator starts from the systematic wrong mode instead of the sorted prompt and makes the
+    same slips on it (a "correct" answer is then the mode itself, kind ``"mode"``): the mode dominates every branch
+    point (stop early, skip a repeat), so greedy decoding follows it while samples sometimes leave it. Draws nothing
+    extra from ``rng`` when ``mode_share`` is 0, so the plain task's datasets are unchanged."""
     from .task import systematic_mode
 
-    if kind == "correct" and config.mode_share > 0 and rng.random() < config.mode_share:
-        return "mode", systematic_mode(digits, config.mode_max_digits)
+    if config.mode_share > 0 and rng.random() < config.mode_share:
+        base = systematic_mode(digits, config.mode_max_digits)
+        return ("mode" if kind == "correct" else kind), corrupt(base, kind, rng)
     return kind, corrupt(digits, kind, rng)
 
 
