@@ -102,16 +102,21 @@ def markdown(rows: list[dict], summary: dict, command: str) -> str:
         cells = " | ".join(f"{r[m]['mean']:.3f} {_ci(r[m]['ci'])}" for m in MEASURES)
         md.append(f"| {r['task']} | {r['seed']} | {cells} | {r['bo16_minus_greedy']:+.3f} | "
                   f"{r['exact_greedy']:.2f} / {r['exact_T1']:.2f} | {r['sft_build_or_load_s']} |")
-    md += ["", "Across seeds (mean [95% t-interval over seed means]):", "",
-           "| task | seeds | greedy | T=1 | best-of-4 | best-of-16 | bo16 − greedy | greedy <= 0.75 | bo16 >= greedy + 0.15 |",
-           "|---|---:|---|---|---|---|---|---|---|"]
+    md += ["", "Across seeds (mean [95% t-interval over seed means]):", "", summary_table(summary),
+           "![headroom](testbed_headroom.png)", ""]
+    return "\n".join(md)
+
+
+def summary_table(summary: dict) -> str:
+    """The across-seeds table alone (README embeds it: ``<stem>_table.md``)."""
+    md = ["| task | seeds | greedy | T=1 | best-of-4 | best-of-16 | bo16 − greedy | greedy <= 0.75 | bo16 >= greedy + 0.15 |",
+          "|---|---:|---|---|---|---|---|---|---|"]
     for task, s in summary.items():
         n = len(s["greedy"]["values"])
         cells = " | ".join(f"{s[m]['mean']:.3f} {_ci(s[m]['ci'])}" for m in (*MEASURES, "bo16_minus_greedy"))
         md.append(f"| {task} | {n} | {cells} | {'held' if s['goal_greedy_le_0.75'] else 'NOT held'} | "
                   f"{'held' if s['goal_bo16_ge_greedy_plus_0.15'] else 'NOT held'} |")
-    md += ["", "![headroom](testbed_headroom.png)", ""]
-    return "\n".join(md)
+    return "\n".join(md) + "\n"
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -164,6 +169,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/testbed_headroom.py " + " ".join(sys.argv[1:] if argv is None else argv)
     stem.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows, "summary": summary}, indent=2))
     stem.with_suffix(".md").write_text(markdown(rows, summary, command))
+    stem.with_name(stem.name + "_table.md").write_text(summary_table(summary))
     plot(summary, stem.with_suffix(".png"))
     print(stem.with_suffix(".md").read_text())
     return 0
