@@ -41,8 +41,8 @@ def best_of_n(policy_path, n: int, num_prompts: int, seed: int = 0) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_extras.core.rollout import generate_rollouts
     from trl_extras.core.stats import mean_ci
+    from trl_extras.modeling.generation import generate_rollouts
     from trl_extras.testbed import TestbedConfig, gold_reward_fn, heuristic_reward_fn, prompt_dataset
 
     torch.manual_seed(seed)
@@ -73,8 +73,7 @@ def best_of_n(policy_path, n: int, num_prompts: int, seed: int = 0) -> dict:
 
 def run_cem(name: str, overrides: dict, policy_path: str, a, workdir: Path) -> dict:
     from trl_extras.testbed import TestbedConfig, gold_reward_fn, heuristic_reward_fn, prompt_dataset, sft_dataset
-    from trl_extras.trainers.cem import CEMTrainer
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig, CEMTrainer
 
     args = CEMConfig(
         output_dir=str(workdir / name), num_rounds=a.rounds, num_generations=a.n, prompts_per_round=a.prompts,

@@ -60,7 +60,7 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import RewardConfig
 
-    from trl_extras.core.rollout import generate_rollouts
+    from trl_extras.modeling.generation import generate_rollouts
     from trl_extras.rewards.ensemble import train_reward_ensemble
     from trl_extras.testbed import (
         build_sft_policy,

@@ -2,13 +2,13 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/exact_kl_memory.py [--repeats 3] [--with-naive] [--variants ...]
 
-Both paths go through ``trl_extras.core.lm.completion_token_stats`` on the same policy/reference pair (a 1-layer,
+Both paths go through ``trl_extras.modeling.lm.completion_token_stats`` on the same policy/reference pair (a 1-layer,
 64-wide Llama with a 32k vocabulary; the reference is a perturbed copy), same inputs, same chunking:
 - ``k1``:    ``with_exact_kl=False`` (log-probs of both models) + ``kl_from_logprobs(..., "k1")``;
 - ``exact``: ``with_exact_kl=True`` (adds Σ_v π(log π − log π_ref) per position).
 Each is measured with and without the entropy metric. ``--with-naive`` adds the unchunked textbook computation
 (full (B,T,V) logits of both models, ``exact_kl`` on them) for scale. The PPO update (forward + backward of the
-policy loss, ``trl_extras.core.lm.policy_logprobs`` chunked like ``PPOTrainer.compute_loss``):
+policy loss, ``trl_extras.modeling.lm.policy_logprobs`` chunked like ``PPOTrainer.compute_loss``):
 - ``update-k1``:    log-probs with gradient, clipped surrogate, ``dapo`` aggregation, backward (k1 is in the reward);
 - ``update-exact``: the same plus β·KL_t with its gradient, the reference recomputed under no_grad (trunk once,
   head per chunk, recomputed again in backward), in the same chunked pass.
@@ -48,8 +48,8 @@ def _child(variant: str, hidden: int = 64, timing_runs: int = 3) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from trl_extras.core.kl import exact_kl, kl_from_logprobs
-    from trl_extras.core.lm import completion_token_stats, policy_logprobs, position_ids_from_mask
     from trl_extras.core.ppo import aggregate_loss, policy_loss
+    from trl_extras.modeling.lm import completion_token_stats, policy_logprobs, position_ids_from_mask
 
     torch.manual_seed(0)
     cfg = LlamaConfig(

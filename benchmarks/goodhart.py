@@ -191,8 +191,7 @@ def trajectory_callback(sft_model, prompts, proxy, gold, extra, every: int, max_
 
 
 def run_ppo(name, reward, sft_path, train_prompts, callback, out_dir: Path, a) -> dict:
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     args = PPOConfig(
         output_dir=str(out_dir / name),

@@ -294,10 +294,9 @@ def part_bf16_checks(a, tmp: str) -> dict:
     import torch
     from peft import LoraConfig
 
-    import trl_extras.trainers.ppo as ppo_module
+    import trl_extras.trainers.ppo.trainer as ppo_module
     from trl_extras.trainers.exact_kl_grpo import ExactKLGRPOConfig, ExactKLGRPOTrainer
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     s = sizes(a.tiny)
     paths = checkpoints(a, "smollm", dtype="float32")
@@ -382,8 +381,7 @@ def _ppo_run(a, tmp: str, name: str, paths: dict, *, estimator: str, quantized: 
     from peft import LoraConfig
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     s = sizes(a.tiny)
     steps = 1 + s["measured_steps"]
@@ -410,7 +408,7 @@ def _ppo_run(a, tmp: str, name: str, paths: dict, *, estimator: str, quantized: 
     load_s = time.perf_counter() - t_load
     force_full_length(trainer.policy, phases)
     trainer.reward_functions.funcs = [TimedReward(f, phases) for f in trainer.reward_functions.funcs]
-    stats_patched = phases.patch_everywhere("trl_extras.core.lm", "completion_token_stats", "logprob_kl_stats")
+    stats_patched = phases.patch_everywhere("trl_extras.modeling.lm", "completion_token_stats", "logprob_kl_stats")
     phases.patch(trainer, "_prepare_inputs", "rollout")
     after_init = memory()
     reset_peak()

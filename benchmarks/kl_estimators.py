@@ -4,7 +4,7 @@
 
 Policy π = the testbed SFT policy; reference π_ref = a copy with Gaussian noise added to every weight (relative
 scale ``--noise``, several values: small and larger KL). Completions are sampled from π at temperature 1 on the
-holdout prompts (``trl_extras.core.rollout.generate_rollouts``); per sequence each estimator sums its per-token
+holdout prompts (``trl_extras.modeling.generation.generate_rollouts``); per sequence each estimator sums its per-token
 values over the completion (``completion_token_stats`` for exact KL and log-probs, ``kl_from_logprobs`` for
 k1/k2/k3). A batch's estimate of the sequence KL is the mean over its sequences; we report the mean and the std
 of that estimate across ``--num-batches`` disjoint batches. Exact, k1 and k3 are unbiased for the same quantity
@@ -41,8 +41,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_extras.core.kl import kl_from_logprobs
-    from trl_extras.core.lm import completion_token_stats
-    from trl_extras.core.rollout import generate_rollouts
+    from trl_extras.modeling.generation import generate_rollouts
+    from trl_extras.modeling.lm import completion_token_stats
     from trl_extras.testbed import TestbedConfig, build_sft_policy, prompt_dataset
 
     torch.manual_seed(args.seed)

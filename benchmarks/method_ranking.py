@@ -2,7 +2,7 @@
 
     python benchmarks/method_ranking.py --seeds 1 2 [pipeline flags ...]
 
-Runs (or resumes) the pipeline with exactly the demo's settings (``trl_extras.pipeline.demo.DEMO_ARGS``) once per
+Runs (or resumes) the pipeline with exactly the demo's settings (``trl_extras.scripts.demo.DEMO_ARGS``) once per
 seed, in ``outputs/method_ranking/seed<k>``, and writes
 
 * ``benchmarks/results/demo_table_seed<k>.md``: the table file the demo wrote (``report/table.md``), verbatim, plus the
@@ -30,11 +30,11 @@ OPTIMIZERS = ("cem", "ppo_single", "ppo", "ppo_refresh", "dpo")
 
 
 def run_seed(seed: int, argv: list[str], root: str, results_dir: Path = RESULTS) -> dict:
-    from trl_extras.cli_utils import parse_args
     from trl_extras.pipeline.config import PipelineConfig
-    from trl_extras.pipeline.demo import DEMO_ARGS
     from trl_extras.pipeline.report import TABLE_FILE, write_report
     from trl_extras.pipeline.stages import run_pipeline
+    from trl_extras.scripts.demo import DEMO_ARGS
+    from trl_extras.scripts.utils import parse_args
 
     args = [*DEMO_ARGS, "--output_dir", f"{root}/seed{seed}", "--seed", str(seed), *argv]
     (config,) = parse_args([PipelineConfig], args, "method_ranking")

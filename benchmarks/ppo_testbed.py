@@ -45,7 +45,7 @@ def holdout_gold(model, tok, prompts, seed: int = 1234):
     """Per-prompt gold reward of one T=1 sample (seeded, so before/after use the same sampling noise stream)."""
     import torch
 
-    from trl_extras.core.rollout import generate_rollouts
+    from trl_extras.modeling.generation import generate_rollouts
     from trl_extras.testbed import gold_reward_fn
 
     torch.manual_seed(seed)
@@ -64,8 +64,7 @@ def run(name, reward, normalization, sft_path, steps, prompts, holdout, before, 
         penalty_scale: float = 1.0) -> dict:
     from trl_extras.core.stats import binomial_test
     from trl_extras.testbed import gold_reward_fn
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     args = PPOConfig(
         output_dir=str(out_dir / name), use_cpu=True, bf16=False, report_to="none", save_strategy="no",

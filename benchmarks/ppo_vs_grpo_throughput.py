@@ -46,8 +46,7 @@ def grpo(sft_path, data, batch, length, rollouts, beta, out):
 
 def ppo(sft_path, data, batch, length, rollouts, epochs, estimator, out):
     from trl_extras.testbed import gold_reward_fn
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     args = PPOConfig(output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                      num_mini_batches=1, num_ppo_epochs=epochs, num_generations=4, max_completion_length=length,

@@ -43,7 +43,7 @@ def gold_of(path, prompts, max_new_tokens, seed=0):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_extras.core.rollout import generate_rollouts
+    from trl_extras.modeling.generation import generate_rollouts
     from trl_extras.testbed import gold_reward_fn
 
     model = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -65,9 +65,9 @@ def run(seed: int, args) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from trl_extras.callbacks.cli import testbed_sft_splits
     from trl_extras.callbacks.reward_early_stopping import RewardEarlyStoppingCallback
     from trl_extras.evaluation.side_by_side import side_by_side
+    from trl_extras.scripts.sft_reward_es import testbed_sft_splits
     from trl_extras.testbed import (
         TestbedConfig,
         TinyModelSpec,

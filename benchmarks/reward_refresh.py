@@ -113,7 +113,7 @@ def refresh_args(a, seed, out):
 def gold_of(policy, tok, prompts, a, temperature, seed):
     import torch
 
-    from trl_extras.core.rollout import generate_rollouts
+    from trl_extras.modeling.generation import generate_rollouts
     from trl_extras.testbed import gold_reward_fn
 
     torch.manual_seed(seed)
@@ -148,8 +148,7 @@ def trajectory(tok, prompts, a, points):
 
 def run_ppo(name, sft, tok, reward_model, seed, a, workdir, train_prompts, holdout, extra_callbacks=()):
     from trl_extras.rewards.scoring import RewardModelScorer
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     args = PPOConfig(
         output_dir=str(workdir / name), per_device_train_batch_size=a.batch_size, num_mini_batches=1,

@@ -37,8 +37,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_extras.core.rollout import generate_rollouts
     from trl_extras.evaluation.side_by_side import side_by_side
+    from trl_extras.modeling.generation import generate_rollouts
     from trl_extras.testbed import build_sft_policy, gold_reward_fn, prompt_dataset
 
     start = time.perf_counter()

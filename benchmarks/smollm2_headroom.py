@@ -33,7 +33,7 @@ DIFFICULTIES = {
 def measure(model, tokenizer, name: str, prompts_n: int, n: int, temperature: float, max_new_tokens: int) -> dict:
     import torch
 
-    from trl_extras.core.rollout import generate_rollouts
+    from trl_extras.modeling.generation import generate_rollouts
     from trl_extras.testbed.arithmetic import ArithmeticConfig, gold_reward, prompt_dataset
 
     config = ArithmeticConfig(**DIFFICULTIES[name], num_train_prompts=prompts_n, num_holdout_prompts=prompts_n)

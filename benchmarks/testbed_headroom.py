@@ -27,8 +27,8 @@ def measure(task: str, seed: int, num_prompts: int, n: int = 16, max_new_tokens:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_extras.core.rollout import generate_rollouts
     from trl_extras.core.stats import mean_ci
+    from trl_extras.modeling.generation import generate_rollouts
     from trl_extras.testbed import task_module
 
     tb = task_module(task)

@@ -64,13 +64,13 @@ def pairs(*rows):
 
 
 def _ppo_config(env, **kw):
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig
 
     return PPOConfig(output_dir=str(env.tmp / "ppo"), **CPU, **kw)
 
 
 def _cem_config(env, **kw):
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig
 
     values = dict(num_generations=4, elite_top_k=1)
     values.update(kw)
@@ -244,9 +244,9 @@ CASES = [
     ("sbs no judge", lambda e: cli("sbs"), r"exactly one of --reward_model"),
     ("sbs unknown judge", lambda e: cli("sbs", "--judge", "oracle"), r"--judge must be one of"),
     ("sbs missing prompts file", lambda e: cli("sbs", "--judge", "gold", "--prompts_file", str(e.tmp / "nope.jsonl")), r"--prompts_file .*nope.jsonl' does not exist"),  # was unclear
-    ("dataset unsupported file type", lambda e: __import__("trl_extras.cli_utils", fromlist=["x"]).load_dataset_from_spec(
+    ("dataset unsupported file type", lambda e: __import__("trl_extras.utils.data", fromlist=["x"]).load_dataset_from_spec(
         e.file("d.txt", text="x")), r"Unsupported data file .*d.txt"),
-    ("dataset missing train split", lambda e: __import__("trl_extras.cli_utils", fromlist=["x"]).load_dataset_from_spec(
+    ("dataset missing train split", lambda e: __import__("trl_extras.utils.data", fromlist=["x"]).load_dataset_from_spec(
         e.file("s.jsonl", [PAIR]), split="validation"), r"has splits \['train'\], not 'validation'"),
     ("pipeline prompts without prompt column", lambda e: __import__("trl_extras.pipeline.data", fromlist=["x"]).pipeline_datasets(
         _pipeline(e, policy_model="x", prompt_dataset=e.file("t.jsonl", [{"text": "1 >"}]))), r"no 'prompt' column"),
@@ -297,8 +297,7 @@ def ppo_checkpoint(tmp_path_factory, tiny_paths):
             from helpers import cpu_config
 
             from trl_extras.testbed import prompt_dataset
-            from trl_extras.trainers.ppo import PPOTrainer
-            from trl_extras.trainers.ppo_config import PPOConfig
+            from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
             out = tmp_path_factory.mktemp("ppo_ckpt")
             args = cpu_config(PPOConfig, out, save_strategy="steps", save_steps=1, max_steps=1,
@@ -327,7 +326,7 @@ def test_bad_input_gets_a_clear_error(name, make, words, tmp_path, tiny_paths, p
 
 def test_local_single_split_jsonl_just_works(tmp_path, capsys):
     """`--dataset_name x.jsonl` without `--dataset_test_split ""`: train on it, evaluation skipped with a message."""
-    from trl_extras.rewards.cli_two_stage import RewardScriptArguments, train_and_eval_datasets
+    from trl_extras.scripts.reward_two_stage import RewardScriptArguments, train_and_eval_datasets
 
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps(PAIR) + "\n")

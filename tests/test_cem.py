@@ -16,7 +16,7 @@ def length_reward(prompts, completions, **kwargs):
 
 
 def _args(tmp_path, **overrides):
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig
 
     defaults = dict(
         num_rounds=2, num_generations=4, max_completion_length=8, generation_batch_size=16,
@@ -65,7 +65,7 @@ def test_two_rounds_save_everything(tiny_paths, tmp_path):
 
 
 def test_resume_reuses_saved_generations(tiny_paths, tmp_path, monkeypatch):
-    import trl_extras.trainers.cem as cem
+    import trl_extras.trainers.cem.trainer as cem
     from trl_extras import CEMTrainer
 
     calls = {"n": 0}
@@ -141,7 +141,7 @@ def test_bad_input(tiny_paths, tmp_path):
 
 
 def test_empty_answers_counted_never_selected(tiny_paths, tmp_path, monkeypatch):
-    import trl_extras.trainers.cem as cem
+    import trl_extras.trainers.cem.trainer as cem
     from trl_extras import CEMTrainer
 
     real = cem.generate_rollouts
@@ -185,7 +185,7 @@ def test_temperature_schedule_and_floor(tiny_paths, tmp_path):
 
 
 def cem_t(r):
-    from trl_extras.trainers.cem import _linear
+    from trl_extras.trainers.cem.trainer import _linear
 
     return _linear(0.5, 1.5, r, 3)
 
@@ -196,7 +196,7 @@ def test_kl_term_adds_exact_kl(tiny_paths, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_extras.core.kl import exact_kl
-    from trl_extras.trainers.cem import RegularizedSFTTrainer
+    from trl_extras.trainers.cem.sft import RegularizedSFTTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_paths["policy"])
     model = AutoModelForCausalLM.from_pretrained(tiny_paths["policy"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trl_extras.core.kl import exact_kl
-from trl_extras.core.lm import completion_token_stats, policy_logprobs, position_ids_from_mask
+from trl_extras.modeling.lm import completion_token_stats, policy_logprobs, position_ids_from_mask
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_peft_reference_is_base_with_adapter_disabled(tiny_paths):
 
 
 def test_fallback_without_separable_head(models, monkeypatch):
-    from trl_extras.core import lm
+    from trl_extras.modeling import lm
 
     policy, ref = models
     ids, mask, T = _batch(policy.config.vocab_size, seed=2)
@@ -166,7 +166,7 @@ def test_bad_inputs(models):
 
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_exact_kl_to_reference_value_and_grad(models, chunk_size):
-    from trl_extras.core.lm import exact_kl_to_reference
+    from trl_extras.modeling.lm import exact_kl_to_reference
 
     policy, ref = models
     ids, mask, T = _batch(policy.config.vocab_size, seed=5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import cpu_config
 
-from trl_extras.core.lm import completion_token_stats
+from trl_extras.modeling.lm import completion_token_stats
 
 
 def _args(tmp_path, **kw):

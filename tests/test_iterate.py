@@ -82,7 +82,7 @@ def test_iterate_config_and_fingerprint_errors(tmp_path):
 
 
 def test_the_testbed_recipe_parses():
-    from trl_extras.cli_utils import parse_args
+    from trl_extras.scripts.utils import parse_args
 
     (config,) = parse_args([IterateConfig], ["--config", "recipes/iterate_testbed.yaml"], "iterate")
     assert config.labeler == "judge" and config.rounds == 3 and config.judge_flip_rate == 0.1

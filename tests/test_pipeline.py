@@ -109,8 +109,8 @@ def test_real_recipe_parses_and_sft_without_reward_selects_by_loss(tmp_path, sft
 
     from trl import ModelConfig
 
-    from trl_extras.cli_utils import parse_args
     from trl_extras.pipeline.stages import run_pipeline
+    from trl_extras.scripts.utils import parse_args
 
     recipe = Path(__file__).parents[1] / "recipes" / "pipeline_real.yaml"
     config, model_args = parse_args([PipelineConfig, ModelConfig], ["--config", str(recipe)], "pipeline")

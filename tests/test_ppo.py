@@ -22,7 +22,7 @@ def _data(n=32, conversational=False, split="train"):
 
 
 def _args(tmp_path, **overrides):
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig
 
     defaults = dict(
         per_device_train_batch_size=4,
@@ -62,7 +62,7 @@ def _history(trainer, key):
 def test_token_value_model_matches_reward_model_at_last_token(tiny_paths):
     from transformers import AutoModelForSequenceClassification
 
-    from trl_extras.trainers.ppo import TokenValueModel
+    from trl_extras.trainers.ppo.trainer import TokenValueModel
 
     rm = AutoModelForSequenceClassification.from_pretrained(tiny_paths["reward"], num_labels=1).eval()
     ids = torch.randint(5, 20, (2, 7))
@@ -280,8 +280,7 @@ def test_bad_config_values(tmp_path):
 
 
 def test_a2c_config_runs_without_clipping(tiny_paths, tmp_path):
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     args = PPOConfig.a2c(output_dir=str(tmp_path / "a2c"), use_cpu=True, bf16=False, report_to="none",
                          save_strategy="no", per_device_train_batch_size=4, max_steps=2, max_completion_length=8,
@@ -418,9 +417,9 @@ def test_qlora_recipe_parses():
 
     from trl import ModelConfig
 
-    from trl_extras.cli_utils import parse_args
-    from trl_extras.trainers.ppo_cli import PPOScriptArguments
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.scripts.ppo import PPOScriptArguments
+    from trl_extras.scripts.utils import parse_args
+    from trl_extras.trainers.ppo import PPOConfig
 
     recipe = Path(__file__).parent.parent / "recipes" / "ppo_qlora.yaml"
     script_args, args, model_args = parse_args(
@@ -453,7 +452,7 @@ def test_reward_ensemble_reward_logs_std_and_initialises_value(tiny_paths, tmp_p
 def test_long_prompts_truncated_from_the_left_with_one_warning(tiny_paths, tmp_path, caplog, monkeypatch):
     import logging
 
-    from trl_extras.core import rollout
+    from trl_extras.modeling import generation as rollout
 
     monkeypatch.setattr(rollout, "_warned_truncation", False)
     seen = []
@@ -464,7 +463,7 @@ def test_long_prompts_truncated_from_the_left_with_one_warning(tiny_paths, tmp_p
 
     trainer = _trainer(tiny_paths, tmp_path, reward_funcs=reward, max_prompt_length=4, max_steps=2,
                        num_ppo_epochs=1, num_mini_batches=1)
-    with caplog.at_level(logging.WARNING, logger="trl_extras.core.rollout"):
+    with caplog.at_level(logging.WARNING, logger="trl_extras.modeling.generation"):
         trainer.train()
     assert sum("truncated from the left" in r.message for r in caplog.records) == 1
     assert trainer.state.global_step == 2 and len(seen) == 8
@@ -513,7 +512,7 @@ def test_first_update_ratio_is_exactly_one_under_bf16_autocast(tiny_paths, tmp_p
     """fp32 weights + bf16=True (CPU autocast): the rollout's old log-probs and the update's new ones come from the
     same autocast, chunks and kernel, so the first update's log-ratio is exactly 0."""
     from trl_extras.core import ppo as core_ppo
-    from trl_extras.trainers import ppo as ppo_module
+    from trl_extras.trainers.ppo import trainer as ppo_module
 
     seen = []
 
@@ -584,6 +583,6 @@ def test_batch_layout_uses_grpo_names(tmp_path, caplog):
     with pytest.raises(ValueError, match="loss_type"):
         _args(tmp_path, loss_type="token_mean")
     assert _args(tmp_path).missing_eos_penalty is None and _args(tmp_path).loss_type == "dapo"
-    with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo_config"):
+    with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo.config"):
         _args(tmp_path, disable_dropout=False)
     assert any("disable_dropout=False" in r.message for r in caplog.records)

@@ -1,7 +1,7 @@
 """QLoRA (bitsandbytes 4-bit NF4 base + LoRA) on the CPU: the paths tests/gpu/ checks on CUDA, as far as a CPU can.
 
 bitsandbytes >= 0.49 runs 4-bit layers on the CPU. Its CPU inference fast path repacks the weights after a no-grad
-forward and then stops gradients (see ``trl_extras.core.quantization``); these tests caught it: before the fix the
+forward and then stops gradients (see ``trl_extras.modeling.quantization``); these tests caught it: before the fix the
 PPO step's policy ``grad_norm`` was exactly 0 with a 4-bit policy and the adapters never moved.
 """
 
@@ -44,7 +44,7 @@ def test_4bit_layers_stay_differentiable_after_no_grad_forward(paths_128):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from trl_extras.core.quantization import keep_4bit_layers_differentiable
+    from trl_extras.modeling.quantization import keep_4bit_layers_differentiable
 
     model = AutoModelForCausalLM.from_pretrained(paths_128["policy"], quantization_config=_quantization(), device_map="cpu")
     model = get_peft_model(model, _lora())
@@ -73,8 +73,7 @@ def test_qlora_ppo_step(paths_128, tmp_path, bf16):
     """A 4-bit policy with LoRA (reference = the 4-bit base with the adapter disabled), a LoRA value model copied
     from the reward model, gradient checkpointing; in bf16 too (CPU autocast)."""
     from trl_extras.testbed import TestbedConfig, prompt_dataset
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     dtype = torch.bfloat16 if bf16 else torch.float32
     args = cpu_config(
@@ -129,7 +128,7 @@ def test_qlora_cem_rounds(paths_128, tmp_path):
     every round (the rounds after the first are the ones the CPU repacking would silently freeze)."""
     from trl_extras import CEMTrainer
     from trl_extras.testbed import TestbedConfig, prompt_dataset
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig
 
     def length_reward(prompts, completions, **kwargs):
         return [float(len(c)) for c in completions]

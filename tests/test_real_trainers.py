@@ -85,7 +85,7 @@ def _lora_b(model) -> list[torch.Tensor]:
 # PPO: LoRA policy, reference = adapter disabled, value model from the LoRA reward model, exact KL
 # ---------------------------------------------------------------------------------------------------------------
 def _ppo_args(tmp_path, **overrides):
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig
 
     defaults = dict(
         max_steps=1, per_device_train_batch_size=4, num_mini_batches=1, num_ppo_epochs=1, max_prompt_length=64,
@@ -122,7 +122,7 @@ def test_rollout_samples_follow_the_full_softmax(smollm2):
     real model's full softmax puts much mass outside its 50 most likely tokens; a hidden top-k=50 would put none."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_extras.core.rollout import generate_rollouts
+    from trl_extras.modeling.generation import generate_rollouts
 
     model = AutoModelForCausalLM.from_pretrained(smollm2).eval()
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
@@ -270,7 +270,7 @@ def test_exact_kl_grpo_lora(smollm2, tmp_path):
 @pytest.mark.parametrize("quantized", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_cem_one_round(smollm2, tmp_path, quantized):
     from trl_extras import CEMTrainer
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig
 
     init = {"quantization_config": _quantization()} if quantized else None
     args = cpu_config(CEMConfig, tmp_path / "cem", num_rounds=1, num_generations=4, max_completion_length=8,

@@ -128,7 +128,7 @@ def _ppo(policy, tiny_paths, tmp_path, **kw):
 
 
 def test_ppo_trained_adapter_first_rollout_kl_is_zero(tiny_paths, tmp_path):
-    from trl_extras.core.lm import trunk_hidden_states
+    from trl_extras.modeling.lm import trunk_hidden_states
 
     policy = _lora(tiny_paths["policy"], trained=True)
     trainer = _ppo(policy, tiny_paths, tmp_path)  # default value model: constructs (base_layer names merged)
@@ -188,7 +188,7 @@ def test_cem_trained_adapter_keeps_its_initial_policy_as_reference(tiny_paths, t
     """CEM's KL control uses the same resolver: the SFT rounds regularise towards the adapter as given."""
     from trl_extras import CEMTrainer
     from trl_extras.testbed import TestbedConfig, prompt_dataset
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig
 
     policy = _lora(tiny_paths["policy"], trained=True)
     ids = torch.tensor([[1, 5, 6, 7]])

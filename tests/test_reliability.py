@@ -166,8 +166,7 @@ def test_cem_killed_between_rounds_resumes_identically(tiny_paths, tmp_path):
 def _cem(tiny_paths, out, **overrides):
     from datasets import Dataset
 
-    from trl_extras.trainers.cem import CEMTrainer
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig, CEMTrainer
 
     def length_reward(prompts, completions, **kwargs):
         return [float(len(c)) for c in completions]

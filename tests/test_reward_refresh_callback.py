@@ -36,8 +36,7 @@ def _trainer(tiny_paths, tmp_path, callback, **overrides):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from trl_extras.rewards.scoring import RewardModelScorer
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_paths["tokenizer"])
     rm = AutoModelForSequenceClassification.from_pretrained(tiny_paths["reward"], num_labels=1)
@@ -142,8 +141,7 @@ def test_callback_bad_inputs(tiny_paths, tmp_path):
     with pytest.raises(ValueError, match="need 8 fresh prompts; only 5 were given"):
         trainer.train()
     # a trainer whose only reward is a Python function has nothing to refresh
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     cb = _callback(tmp_path)
     args = cpu_config(PPOConfig, tmp_path / "o2", per_device_train_batch_size=4, num_mini_batches=1, num_ppo_epochs=1,

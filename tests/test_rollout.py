@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trl_extras.core.rollout import (
+from trl_extras.modeling.generation import (
     completion_mask_after_eos,
     generate_rollouts,
     pad_sequences,
@@ -73,11 +73,11 @@ def test_conversational_prompts_use_chat_template(policy):
 
 
 def test_left_truncation_warns_once(policy, caplog):
-    import trl_extras.core.rollout as rollout
+    import trl_extras.modeling.generation as rollout
 
     model, tok = policy
     rollout._warned_truncation = False
-    with caplog.at_level(logging.WARNING, logger="trl_extras.core.rollout"):
+    with caplog.at_level(logging.WARNING, logger="trl_extras.modeling.generation"):
         ids = tokenize_prompts(tok, ["1 2 3 4 5 6 7 8 >", "9 9 9 9 9 9 >"], max_prompt_length=5)
     assert [len(x) for x in ids] == [5, 5]
     assert tok.decode(ids[0]) == "7 8 >"  # the end of the prompt is kept

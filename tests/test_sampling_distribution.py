@@ -14,7 +14,7 @@ from datasets import Dataset
 from helpers import cpu_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from trl_extras.core.rollout import (
+from trl_extras.modeling.generation import (
     checkpoint_generation_config_hidden,
     generate_rollouts,
     off_policy_sampling_settings,
@@ -194,7 +194,7 @@ def test_ppo_rollout_samples_softmax_over_temperature(qwen_like_path, tmp_path, 
         PPOConfig, tmp_path, per_device_train_batch_size=n, max_completion_length=1, temperature=TEMPERATURE,
         max_steps=1, generation_chunk_size=512, value_model_init="policy", seed=0,
     )
-    with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo"):
+    with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo.trainer"):
         trainer = PPOTrainer(qwen_like_path, _reward, args=args, train_dataset=Dataset.from_dict({"prompt": [PROMPT] * 4}))
     assert not any("off-policy" in r.message for r in caplog.records)
     model = trainer.policy
@@ -214,7 +214,7 @@ def test_ppo_warns_on_explicit_truncation(tiny_paths, tmp_path, caplog, setting)
     from trl_extras import PPOConfig, PPOTrainer
 
     args = cpu_config(PPOConfig, tmp_path, per_device_train_batch_size=2, max_completion_length=2, max_steps=1, **setting)
-    with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo"):
+    with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo.trainer"):
         PPOTrainer(tiny_paths["policy"], _reward, args=args, train_dataset=Dataset.from_dict({"prompt": ["1 >"] * 2}))
     messages = [r.message for r in caplog.records if "off-policy" in r.message]
     assert len(messages) == 1
@@ -236,7 +236,7 @@ def test_ppo_rejects_generation_kwargs_it_owns(tiny_paths, tmp_path):
 
 
 def test_every_sampler_goes_through_the_shared_path():
-    """Only core/rollout.py calls ``generate`` (PolicyAndValueModel forwards it): CEM, the early-stopping callback,
+    """Only modeling/generation.py calls ``generate`` (PolicyAndValueModel forwards it): CEM, the early-stopping callback,
     side_by_side, synthesize_preference_pairs, the pipeline's evaluation and PPO all sample through
     ``generate_rollouts`` and so through ``sampling_generation_config``."""
     import re
@@ -248,11 +248,11 @@ def test_every_sampler_goes_through_the_shared_path():
     callers = {
         str(p.relative_to(root))
         for p in root.rglob("*.py")
-        if re.search(r"\.generate\(", p.read_text()) and p.name != "ppo_models.py"
+        if re.search(r"\.generate\(", p.read_text()) and p.name != "value.py"
     }
-    assert callers == {"core/rollout.py"}
+    assert callers == {"modeling/generation.py"}
     users = {str(p.relative_to(root)) for p in root.rglob("*.py") if "generate_rollouts(" in p.read_text()}
-    for module in ("trainers/ppo.py", "trainers/cem.py", "callbacks/reward_early_stopping.py",
+    for module in ("trainers/ppo/trainer.py", "trainers/cem/trainer.py", "callbacks/reward_early_stopping.py",
                    "evaluation/side_by_side.py", "evaluation/synthetic_pairs.py", "pipeline/evaluate.py"):
         assert module in users
 

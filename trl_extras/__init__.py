@@ -21,10 +21,10 @@ _LAZY = {
     "masked_mean": "trl_extras.core.masked",
     "masked_var": "trl_extras.core.masked",
     "masked_whiten": "trl_extras.core.masked",
-    "completion_token_stats": "trl_extras.core.lm",
-    "exact_kl_to_reference": "trl_extras.core.lm",
-    "generate_rollouts": "trl_extras.core.rollout",
-    "Rollout": "trl_extras.core.rollout",
+    "completion_token_stats": "trl_extras.modeling.lm",
+    "exact_kl_to_reference": "trl_extras.modeling.lm",
+    "generate_rollouts": "trl_extras.modeling.generation",
+    "Rollout": "trl_extras.modeling.generation",
     # rewards
     "RewardFunctions": "trl_extras.rewards.functions",
     "RewardModelScorer": "trl_extras.rewards.scoring",
@@ -43,12 +43,12 @@ _LAZY = {
     "hard_quartile_accuracy": "trl_extras.rewards.metrics",
     "calibration_error": "trl_extras.rewards.metrics",
     # trainers
-    "PPOConfig": "trl_extras.trainers.ppo_config",
-    "PPOTrainer": "trl_extras.trainers.ppo",
+    "PPOConfig": "trl_extras.trainers.ppo.config",
+    "PPOTrainer": "trl_extras.trainers.ppo.trainer",
     "ExactKLGRPOTrainer": "trl_extras.trainers.exact_kl_grpo",
     "ExactKLGRPOConfig": "trl_extras.trainers.exact_kl_grpo",
-    "CEMConfig": "trl_extras.trainers.cem_config",
-    "CEMTrainer": "trl_extras.trainers.cem",
+    "CEMConfig": "trl_extras.trainers.cem.config",
+    "CEMTrainer": "trl_extras.trainers.cem.trainer",
     # callbacks and evaluation
     "RewardEarlyStoppingCallback": "trl_extras.callbacks.reward_early_stopping",
     "side_by_side": "trl_extras.evaluation.side_by_side",
@@ -90,4 +90,4 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core.rollout import Rollout, generate_rollouts  # noqa: F401
+    from .modeling.generation import Rollout, generate_rollouts  # noqa: F401

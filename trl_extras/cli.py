@@ -12,19 +12,19 @@ import sys
 
 # command -> (module exposing `main(argv: list[str]) -> int | None`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("trl_extras.pipeline.demo", "Run the whole alignment pipeline on the built-in testbed (tiny models, CPU)."),
-    "pipeline": ("trl_extras.pipeline.run", "Run the pipeline stage by stage from a recipe (real models, resumable)."),
-    "testbed": ("trl_extras.testbed.cli", "Build the testbed's SFT policy and datasets into a directory."),
-    "reward-two-stage": ("trl_extras.rewards.cli_two_stage", "Train a reward model on dirty pairs, then on clean pairs."),
-    "reward-filter": ("trl_extras.rewards.cli_filter", "Train, drop the easiest pairs, retrain a reward model."),
-    "reward-ensemble": ("trl_extras.rewards.cli_ensemble", "Train K reward models (or K LoRA adapters) as an ensemble."),
-    "ppo": ("trl_extras.trainers.ppo_cli", "PPO with a separate value model, advantage normalization and exact KL."),
-    "grpo-exact-kl": ("trl_extras.trainers.exact_kl_grpo_cli", "TRL's GRPO with an exact full-vocabulary KL penalty."),
-    "cem": ("trl_extras.trainers.cem_cli", "Cross-entropy method: sample N, keep the best by reward, fine-tune; repeat."),
-    "sft-reward-es": ("trl_extras.callbacks.cli", "SFT with reward-based early stopping on holdout prompts."),
-    "sbs": ("trl_extras.evaluation.cli_sbs", "Side-by-side evaluation of two models with a binomial test."),
-    "synth-pairs": ("trl_extras.evaluation.cli_synth", "Synthesize DPO preference pairs with a reward model."),
-    "iterate": ("trl_extras.refresh.iterate", "Rounds of RL → compare with the baseline → label (judge or people) → refresh the RM."),
+    "demo": ("trl_extras.scripts.demo", "Run the whole alignment pipeline on the built-in testbed (tiny models, CPU)."),
+    "pipeline": ("trl_extras.scripts.pipeline", "Run the pipeline stage by stage from a recipe (real models, resumable)."),
+    "testbed": ("trl_extras.scripts.testbed", "Build the testbed's SFT policy and datasets into a directory."),
+    "reward-two-stage": ("trl_extras.scripts.reward_two_stage", "Train a reward model on dirty pairs, then on clean pairs."),
+    "reward-filter": ("trl_extras.scripts.reward_filter", "Train, drop the easiest pairs, retrain a reward model."),
+    "reward-ensemble": ("trl_extras.scripts.reward_ensemble", "Train K reward models (or K LoRA adapters) as an ensemble."),
+    "ppo": ("trl_extras.scripts.ppo", "PPO with a separate value model, advantage normalization and exact KL."),
+    "grpo-exact-kl": ("trl_extras.scripts.grpo_exact_kl", "TRL's GRPO with an exact full-vocabulary KL penalty."),
+    "cem": ("trl_extras.scripts.cem", "Cross-entropy method: sample N, keep the best by reward, fine-tune; repeat."),
+    "sft-reward-es": ("trl_extras.scripts.sft_reward_es", "SFT with reward-based early stopping on holdout prompts."),
+    "sbs": ("trl_extras.scripts.sbs", "Side-by-side evaluation of two models with a binomial test."),
+    "synth-pairs": ("trl_extras.scripts.synth_pairs", "Synthesize DPO preference pairs with a reward model."),
+    "iterate": ("trl_extras.scripts.iterate", "Rounds of RL → compare with the baseline → label (judge or people) → refresh the RM."),
 }
 
 

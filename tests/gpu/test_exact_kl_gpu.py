@@ -28,7 +28,7 @@ def test_exact_kl_bf16_logits_on_cuda_match_float64():
 def test_completion_token_stats_bf16_cuda(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from trl_extras.core.lm import completion_token_stats
+    from trl_extras.modeling.lm import completion_token_stats
 
     paths = _tiny(tmp_path)
     policy = AutoModelForCausalLM.from_pretrained(paths["policy"], dtype=torch.bfloat16).cuda().eval()

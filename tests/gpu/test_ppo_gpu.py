@@ -11,8 +11,7 @@ def test_qlora_ppo_step_bf16(tmp_path):
     from transformers import BitsAndBytesConfig
 
     from trl_extras.testbed import TestbedConfig, TinyModelSpec, make_tiny_checkpoints, prompt_dataset
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     spec = TinyModelSpec(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
     paths = make_tiny_checkpoints(tmp_path / "tiny", spec=spec)

@@ -58,8 +58,7 @@ def test_ppo_lora_bf16_first_update_on_policy(shaped, tmp_path):
     """fp32 weights + bf16 autocast, LoRA, exact KL, reward model of the real vocabulary: at the first update of a
     1-epoch/1-minibatch run the log-ratio to the rollout is exactly 0 (rollout statistics under the update's
     autocast), and the exact KL of a zero-initialised adapter to its adapter-disabled reference is 0."""
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     args = PPOConfig(
         output_dir=str(tmp_path), report_to="none", save_strategy="no", **_where(), max_steps=1, per_device_train_batch_size=8,
@@ -99,8 +98,7 @@ def test_qlora_ppo_real_vocab(shaped, tmp_path):
     """NF4 + bf16 compute: policy, 4-bit reward model instance, value model copied from it (4-bit + LoRA)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
-    from trl_extras.trainers.ppo import PPOTrainer
-    from trl_extras.trainers.ppo_config import PPOConfig
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     reward = AutoModelForSequenceClassification.from_pretrained(

@@ -75,8 +75,7 @@ def run_ensemble(base, output_dir, result_path):
 
 
 def run_cem(policy, output_dir, num_rounds, result_path):
-    from trl_extras.trainers.cem import CEMTrainer
-    from trl_extras.trainers.cem_config import CEMConfig
+    from trl_extras.trainers.cem import CEMConfig, CEMTrainer
 
     args = CEMConfig(
         output_dir=output_dir, num_rounds=int(num_rounds), num_generations=2, prompts_per_round=4,

@@ -6,7 +6,7 @@ that early stopping on the reward occurs at a different iteration compared to th
 InstructGPT (Ouyang et al. 2022, §C) likewise picked its SFT model by reward-model score, not validation loss.
 
 At every evaluation :class:`RewardEarlyStoppingCallback` samples answers to held-out prompts with the model being
-trained (the shared :func:`~trl_extras.core.rollout.generate_rollouts` path), scores them with
+trained (the shared :func:`~trl_extras.modeling.generation.generate_rollouts` path), scores them with
 :class:`~trl_extras.rewards.functions.RewardFunctions`, writes the mean into the evaluation ``metrics`` dict under
 ``metric_name`` — the same dict the Trainer then reads, so ``metric_for_best_model="eval_reward"`` with
 ``load_best_model_at_end=True`` keeps the best checkpoint by reward — logs it (``Trainer.evaluate`` has already
@@ -22,8 +22,8 @@ import math
 import torch
 from transformers import TrainerCallback
 
-from ..core.rollout import check_chat_template
 from ..evaluation._common import prompts_from
+from ..modeling.generation import check_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class RewardEarlyStoppingCallback(TrainerCallback):
         from accelerate import PartialState
         from accelerate.utils import gather_object
 
-        from ..core.rollout import generate_rollouts
+        from ..modeling.generation import generate_rollouts
 
         state = PartialState()
         padding_side = tokenizer.padding_side

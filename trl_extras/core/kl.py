@@ -6,7 +6,7 @@ the one between the distributions that were actually sampled from.
 
 - :func:`token_stats_from_logits` — the one per-position kernel (log-probs, reference log-probs, exact KL,
   entropy) that :func:`exact_kl`, :func:`logprobs_from_logits`, :func:`entropy_from_logits` and the chunked model
-  statistics of ``trl_extras.core.lm`` (rollout statistics and the KL loss term of the update) all run.
+  statistics of ``trl_extras.modeling.lm`` (rollout statistics and the KL loss term of the update) all run.
 - :func:`exact_kl` — KL(π‖π_ref) at each position, Σ_v π(v)·(log π(v) − log π_ref(v)), from the full logits
   (the Rao–Blackwellized per-position KL of Amini et al. 2025, "Better Estimation of the KL Divergence Between
   Language Models": unbiased for the sequence KL, variance no greater than Monte Carlo, no extra forward pass).

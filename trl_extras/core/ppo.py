@@ -1,6 +1,6 @@
 """The PPO algorithm's pieces as pure functions over ``(B, T)`` tensors: token rewards, the clipped surrogate, the
 clipped value loss, loss aggregation, the approximate KL to the sampling policy, KL controllers, running moments
-and the critic's explained variance. ``trl_extras.trainers.ppo.PPOTrainer`` only orchestrates them.
+and the critic's explained variance. ``trl_extras.trainers.ppo.trainer.PPOTrainer`` only orchestrates them.
 
 Notation: ``B`` sequences, ``T`` completion positions; ``mask`` is ``(B, T)``, nonzero on valid completion tokens.
 

@@ -1,7 +1,7 @@
 """Elite selection for the cross-entropy method (CEM): which of N sampled answers per prompt to fine-tune on.
 
 All functions take flat per-sample tensors: ``rewards (N,)`` and ``group_index (N,)`` (the prompt each sample came
-from, as :class:`trl_extras.core.rollout.Rollout` holds it) and return a boolean mask ``(N,)``. An optional
+from, as :class:`trl_extras.modeling.generation.Rollout` holds it) and return a boolean mask ``(N,)``. An optional
 ``candidates (N,)`` mask removes samples from consideration first (empty answers, duplicates), so that e.g. top-k
 picks k *distinct, non-empty* answers.
 

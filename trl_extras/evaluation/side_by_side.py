@@ -2,7 +2,7 @@
 
 The seed picks models by side-by-side superiority on a holdout set of requests and checks significance with the
 binomial test. ``side_by_side`` generates an answer from each model for every prompt (the shared
-:func:`trl_extras.core.rollout.generate_rollouts` path), judges each pair, and reports wins/losses/ties of model A
+:func:`trl_extras.modeling.generation.generate_rollouts` path), judges each pair, and reports wins/losses/ties of model A
 over model B, the win rate with a Wilson or Clopper–Pearson interval and the two-sided binomial p-value.
 
 Two kinds of judge:
@@ -157,7 +157,7 @@ def _answers(model, processing_class, prompts, role, seed, generation_kwargs) ->
         if len(model) != len(prompts):
             raise ValueError(f"{role}: {len(model)} precomputed completions for {len(prompts)} prompts.")
         return list(model)
-    from ..core.rollout import generate_rollouts
+    from ..modeling.generation import generate_rollouts
 
     model, tokenizer = load_policy(model, processing_class, role)
     padding_side = tokenizer.padding_side

@@ -3,7 +3,7 @@
 The seed: "DPO is often run on top of a synthetic sample of comparisons: we generate [several] answers for each
 query and select the best one using the reward model ... if you have real-world data, the best thing to do is add
 them and train the model in two stages." :func:`synthesize_preference_pairs` samples ``n`` answers per prompt from
-the policy (the shared :func:`trl_extras.core.rollout.generate_rollouts` path), scores them through
+the policy (the shared :func:`trl_extras.modeling.generation.generate_rollouts` path), scores them through
 :class:`~trl_extras.rewards.functions.RewardFunctions` and keeps chosen = best, rejected = worst — a dataset in
 TRL's explicit-prompt preference format that ``DPOTrainer`` accepts as is. :func:`run_two_stage_dpo` then runs
 ``DPOTrainer`` on the synthetic pairs and continues on the real pairs.
@@ -97,7 +97,7 @@ def synthesize_preference_pairs(
     """
     from datasets import Dataset
 
-    from ..core.rollout import generate_rollouts
+    from ..modeling.generation import generate_rollouts
     from ..rewards.functions import RewardFunctions
 
     if n < 2:

@@ -1,4 +1,5 @@
-"""Code that runs or reshapes models (PEFT helpers, the reference policy). Pure tensor math lives in ``core``."""
+"""Code that runs or reshapes models: chunked LM statistics (``lm``), generation (``generation``), the value model
+(``value``), the reference policy (``reference``), PEFT and k-bit helpers. Pure tensor math lives in ``core``."""
 
 from .peft import is_peft_model, merged_copy
 from .reference import (

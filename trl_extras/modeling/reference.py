@@ -12,7 +12,7 @@ One resolver, shared by ``PPOTrainer`` and ``ExactKLGRPOTrainer`` (:func:`resolv
   base with the adapter disabled would be a different model: KL would not start at 0.
 
 :func:`reference_context` is the single switch that turns a PEFT policy into its reference for a forward pass: the
-``"ref"`` adapter when there is one, else the adapter disabled. ``core.lm``'s chunked statistics enter it whenever
+``"ref"`` adapter when there is one, else the adapter disabled. ``modeling.lm``'s chunked statistics enter it whenever
 the reference lives inside the policy (``ref_model=None``).
 """
 

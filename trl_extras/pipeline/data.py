@@ -7,7 +7,7 @@ from .config import PipelineConfig
 
 def load_spec(spec: str):
     """Load ``"name_or_path[:split]"`` (hub id, ``save_to_disk`` directory or a JSON/JSONL/Parquet/CSV file)."""
-    from ..cli_utils import load_dataset_from_spec
+    from ..utils.data import load_dataset_from_spec
 
     name, _, split = spec.partition(":")
     return load_dataset_from_spec(name, split=split or "train")

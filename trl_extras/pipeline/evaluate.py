@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.lm import completion_token_stats
-from ..core.rollout import Rollout, generate_rollouts
 from ..core.stats import mean_ci
+from ..modeling.generation import Rollout, generate_rollouts
+from ..modeling.lm import completion_token_stats
 
 
 @dataclass

@@ -70,7 +70,7 @@ class Context:
         import torch
         from trl import get_quantization_config
 
-        from ..core.quantization import kbit_device_map
+        from ..modeling.quantization import kbit_device_map
 
         kwargs = {}
         quantization = get_quantization_config(self.model_args)
@@ -306,8 +306,7 @@ def load_ensemble(ctx: Context):
 # 4. CEM
 # ----------------------------------------------------------------------------------------------------------------
 def stage_cem(ctx: Context) -> dict:
-    from ..trainers.cem import CEMTrainer
-    from ..trainers.cem_config import CEMConfig
+    from ..trainers.cem import CEMConfig, CEMTrainer
 
     cfg, out = ctx.config, ctx.stage_dir("cem")
     sft = ctx.data["sft"].select_columns(["prompt", "completion"])
@@ -382,8 +381,7 @@ def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=(), kl_coef: float
     """PPO from the SFT model on ``reward`` (the value model starts from the reward stage's RM); stage ``name``;
     ``kl_coef`` overrides ``ppo_kl_coef``; ``trajectory_proxy`` is the proxy the trajectory tracks (default the
     reward ensemble)."""
-    from ..trainers.ppo import PPOTrainer
-    from ..trainers.ppo_config import PPOConfig
+    from ..trainers.ppo import PPOConfig, PPOTrainer
 
     cfg, out = ctx.config, ctx.stage_dir(name)
     args = PPOConfig(

@@ -5,7 +5,7 @@ query from a dataset, and then ask your AI trainers to decide which model gave a
 labeling is done, you add it to the dataset for fine-tuning the reward model and do the drill."
 
 :func:`collect_comparisons` samples one answer from each model per fresh prompt through the shared generation path
-(:func:`trl_extras.core.rollout.generate_rollouts`) and returns rows
+(:func:`trl_extras.modeling.generation.generate_rollouts`) and returns rows
 
 ``id, prompt, answer_a, answer_b, origin_a, origin_b``
 
@@ -107,8 +107,8 @@ def collect_comparisons(
     import torch
     from datasets import Dataset
 
-    from ..core.rollout import generate_rollouts
     from ..evaluation._common import load_policy, prompts_from
+    from ..modeling.generation import generate_rollouts
 
     prompts = prompts_from(prompts, what="comparison prompts")
     if num_pairs is not None:

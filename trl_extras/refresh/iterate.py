@@ -163,8 +163,8 @@ class Iteration:
 
             prompts = list(prompt_dataset("train")["prompt"])
         else:
-            from ..cli_utils import load_dataset_from_spec
             from ..evaluation._common import prompts_from
+            from ..utils.data import load_dataset_from_spec
 
             prompts = prompts_from(load_dataset_from_spec(self.config.prompt_dataset), what="prompt_dataset")
         need = self.config.rounds * self.config.num_pairs
@@ -177,7 +177,7 @@ class Iteration:
 
     def replay_pairs(self):
         if self.config.replay_dataset:
-            from ..cli_utils import load_dataset_from_spec
+            from ..utils.data import load_dataset_from_spec
 
             return load_dataset_from_spec(self.config.replay_dataset)
         if self.testbed:
@@ -226,8 +226,7 @@ class Iteration:
         from datasets import Dataset
 
         from ..pipeline.stages import save_model
-        from ..trainers.ppo import PPOTrainer
-        from ..trainers.ppo_config import PPOConfig
+        from ..trainers.ppo import PPOConfig, PPOTrainer
 
         c = self.config
         args = PPOConfig(
@@ -354,12 +353,3 @@ class Iteration:
 def run_iterate(config: IterateConfig) -> dict:
     """Run (or continue) the rounds; returns ``{"status": "done" | "waiting_for_labels", ...}``."""
     return Iteration(config).run()
-
-
-def main(argv=None) -> int:
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from ..cli_utils import parse_args
-
-    (config,) = parse_args([IterateConfig], argv, "iterate")
-    run_iterate(config)
-    return 0

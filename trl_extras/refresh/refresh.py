@@ -206,7 +206,7 @@ def _train_one(model, tokenizer, data, args: RewardRefreshConfig) -> float | Non
     """Continue training ``model`` in place with TRL's RewardTrainer (same object: head and adapter kept)."""
     from trl import RewardTrainer
 
-    from ..core.quantization import keep_4bit_layers_differentiable
+    from ..modeling.quantization import keep_4bit_layers_differentiable
 
     was_training = model.training
     frozen = None

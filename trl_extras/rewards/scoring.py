@@ -15,7 +15,7 @@ import numbers
 
 import torch
 
-from ..core.rollout import is_conversational_prompt, pad_sequences
+from ..modeling.generation import is_conversational_prompt, pad_sequences
 
 
 def reward_model_input_ids(tokenizer, prompt, completion) -> list[int]:

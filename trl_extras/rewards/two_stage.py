@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer
 
-from ..core.quantization import keep_4bit_layers_differentiable
+from ..modeling.quantization import keep_4bit_layers_differentiable
 
 STAGE_FILE = "two_stage.json"
 

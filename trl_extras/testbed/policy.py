@@ -74,7 +74,7 @@ def train_sft_policy(config: SFTBuildConfig, output_dir: str | os.PathLike, prog
     """Train the tiny SFT policy from scratch and save it (model + tokenizer) to ``output_dir``."""
     import torch
 
-    from ..core.rollout import pad_sequences
+    from ..modeling.generation import pad_sequences
 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)

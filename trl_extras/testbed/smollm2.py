@@ -122,7 +122,7 @@ def convert_smollm2(gguf: str | os.PathLike, output_dir: str | os.PathLike) -> s
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaForCausalLM
 
-    from ..core.rollout import check_chat_template, ensure_pad_token
+    from ..modeling.generation import check_chat_template, ensure_pad_token
 
     gguf = Path(gguf)
     try:

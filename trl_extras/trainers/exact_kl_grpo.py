@@ -10,7 +10,7 @@ reward). The score-function term — how the sampled tokens change which states,
 not included: the KL is not in the reward, so the advantages do not see it (Tang & Munos 2025, arXiv 2506.09477,
 on such partial KL gradients). ``PPOTrainer(kl_estimator="exact")`` has both terms (state term in the reward,
 direct term in the loss). Logits are divided by the sampling
-temperature; the computation is chunked over positions (``trl_extras.core.lm.exact_kl_to_reference``) so the
+temperature; the computation is chunked over positions (``trl_extras.modeling.lm.exact_kl_to_reference``) so the
 ``(B, T, V)`` logits of the policy and the reference never coexist in full. The per-token KL is aggregated
 exactly as GRPO aggregates its own ``beta`` term for the configured ``loss_type``, so ``exact_kl_coef`` means what
 ``beta`` means in GRPO, with the exact KL instead of k3. Cost: one extra policy forward (trunk once, head per
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from ..core.lm import exact_kl_to_reference
-from ..core.quantization import keep_4bit_layers_differentiable
-from ..core.rollout import checkpoint_generation_config_hidden
+from ..modeling.generation import checkpoint_generation_config_hidden
+from ..modeling.lm import exact_kl_to_reference
+from ..modeling.quantization import keep_4bit_layers_differentiable
 from ..modeling.reference import resolve_reference
 
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
@@ -138,7 +138,7 @@ class ExactKLGRPOTrainer(GRPOTrainer):
 
     # ---- sampling ---------------------------------------------------------------------------------------------
     def _generate(self, *args, **kwargs):
-        """GRPO's generation with the checkpoint's ``generation_config`` hidden (as in ``core.rollout``): GRPO sets
+        """GRPO's generation with the checkpoint's ``generation_config`` hidden (as in ``modeling.generation``): GRPO sets
         temperature/top_k/top_p/min_p/repetition_penalty itself, but transformers fills every other field it leaves
         unset (``typical_p``, ``no_repeat_ngram_size``, ``suppress_tokens``...) from the checkpoint, so the samples
         would not follow the softmax(logits / T) the loss and the exact KL assume."""

@@ -12,8 +12,8 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from ..core.lm import policy_logprobs, trunk_hidden_states
-from ..modeling.peft import is_peft_model
+from .lm import policy_logprobs, trunk_hidden_states
+from .peft import is_peft_model
 
 __all__ = ["PolicyAndValueModel", "TokenValueModel", "gathered_for_update", "policy_and_values"]
 
@@ -73,7 +73,7 @@ def policy_and_values(
         policy: causal LM (possibly PEFT/DDP-wrapped); value_model: :class:`TokenValueModel` (possibly DDP-wrapped).
         input_ids, attention_mask: ``(B, L)`` prompt + completion.
         with_policy: ``False`` during the value warm-up (no policy forward at all).
-        chunk_size, with_exact_kl, ref_model, reference_context: as in :func:`trl_extras.core.lm.policy_logprobs`
+        chunk_size, with_exact_kl, ref_model, reference_context: as in :func:`trl_extras.modeling.lm.policy_logprobs`
             (the same chunked pass as the rollout's ``completion_token_stats``).
 
     Returns:

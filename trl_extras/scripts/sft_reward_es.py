@@ -71,9 +71,9 @@ def build_trainer(script_args: RewardEarlyStoppingArguments, training_args):
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from ..evaluation.cli_sbs import resolve_judge, resolve_prompts
+    from ..callbacks.reward_early_stopping import RewardEarlyStoppingCallback
     from ..testbed import TestbedConfig, build_causal_lm, build_tokenizer, gold_reward_fn, prompt_dataset, save_tiny
-    from .reward_early_stopping import RewardEarlyStoppingCallback
+    from .sbs import resolve_judge, resolve_prompts
 
     testbed = script_args.dataset_name is None
     model_path = script_args.model_name_or_path
@@ -117,7 +117,7 @@ def build_trainer(script_args: RewardEarlyStoppingArguments, training_args):
 def main(argv=None) -> int:
     from trl import SFTConfig
 
-    from ..cli_utils import parse_args
+    from .utils import parse_args
 
     script_args, training_args = parse_args([RewardEarlyStoppingArguments, SFTConfig], argv, "sft-reward-es")
     trainer, callback = build_trainer(script_args, training_args)

@@ -3,7 +3,7 @@
 Each round:
 
 1. sample ``num_generations`` answers per prompt from the current model (the shared rollout path,
-   :func:`trl_extras.core.rollout.generate_rollouts`: batched, left-padded, progress bar) and measure the policy's
+   :func:`trl_extras.modeling.generation.generate_rollouts`: batched, left-padded, progress bar) and measure the policy's
    token entropy on them;
 2. save them as a dataset under ``output_dir/round_{r}/generations`` *before* scoring, so a failing reward loses no
    generation work;
@@ -26,7 +26,6 @@ article ("after the first iteration, the model loses much of the original variat
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import math
 import random
@@ -35,14 +34,16 @@ from pathlib import Path
 
 import torch
 
-from ..core.diversity import completion_entropies, grouped_distinct_n, unique_fraction
-from ..core.quantization import keep_4bit_layers_differentiable
-from ..core.rollout import ensure_pad_token, generate_rollouts, prompt_text
-from ..core.selection import quantile_schedule, select_elites
-from ..modeling.peft import is_peft_model
-from ..modeling.reference import reference_context, resolve_reference
-from ..rewards.functions import RewardFunctions
-from .cem_config import CEMConfig
+from ...core.diversity import completion_entropies, grouped_distinct_n, unique_fraction
+from ...core.selection import quantile_schedule, select_elites
+from ...modeling.generation import ensure_pad_token, generate_rollouts, prompt_text
+from ...modeling.peft import is_peft_model
+from ...modeling.quantization import keep_4bit_layers_differentiable
+from ...modeling.reference import resolve_reference
+from ...rewards.functions import RewardFunctions
+from .config import CEMConfig
+from .plots import plot_history
+from .settings import SETTINGS_FILE, cem_settings
 
 logger = logging.getLogger(__name__)
 
@@ -60,76 +61,6 @@ def _is_empty(completion) -> bool:
     return not prompt_text(completion).strip() if isinstance(completion, list) else not str(completion).strip()
 
 
-@functools.cache
-def _regularized_sft_trainer_cls():
-    """Build the SFTTrainer subclass lazily (keeps ``import trl_extras.trainers.cem`` light)."""
-    from trl import SFTTrainer
-
-    from ..core.kl import entropy_from_logits, exact_kl
-
-    class RegularizedSFTTrainer(SFTTrainer):
-        """``SFTTrainer`` whose loss adds ``kl_coef·KL(π‖π_ref) − entropy_coef·H(π)`` on completion tokens.
-
-        Both terms are exact over the vocabulary (``trl_extras.core.kl``) and are normalised like SFT's own NLL
-        (summed over label tokens, divided by ``num_items_in_batch`` or the batch's label-token count), so they
-        scale with gradient accumulation exactly as the NLL does. Costs one extra forward with full logits (plus
-        a no-grad reference forward when ``kl_coef > 0``). ``ref_model=None`` with a PEFT model means "the same
-        model under ``trl_extras.modeling.reference_context``" (its ``"ref"`` adapter, else the adapter disabled).
-        """
-
-        def __init__(self, *args, ref_model=None, kl_coef: float = 0.0, entropy_coef: float = 0.0, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.ref_model = ref_model
-            self.kl_coef = kl_coef
-            self.entropy_coef = entropy_coef
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                          num_items_in_batch=num_items_in_batch)
-            if not (self.kl_coef or self.entropy_coef):
-                return result
-            loss, outputs = result if return_outputs else (result, None)
-            mode = "train" if self.model.training else "eval"
-            fwd = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
-            mask = inputs["labels"][:, 1:] != -100  # logits at t predict label t + 1
-            logits = model(**fwd, use_cache=False).logits[:, :-1]
-            reg = torch.zeros_like(mask, dtype=torch.float32)
-            if self.kl_coef:
-                with torch.no_grad():
-                    ref_logits = self._ref_logits(model, fwd)[:, :-1]
-                kl = exact_kl(logits, ref_logits, mask=mask)
-                reg = reg + self.kl_coef * kl
-                self._metrics[mode]["kl_to_ref"].append(float((kl.detach() * mask).sum() / mask.sum().clamp(min=1)))
-            if self.entropy_coef:
-                entropy = entropy_from_logits(logits)
-                reg = reg - self.entropy_coef * entropy
-                self._metrics[mode]["entropy_bonus"].append(
-                    float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
-                )
-            num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            reg_loss = (reg * mask).sum() / torch.as_tensor(num_tokens).clamp(min=1)
-            # Same cross-device convention as SFTTrainer's NLL (num_items_in_batch counts every rank's tokens).
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                reg_loss = reg_loss * self.accelerator.num_processes
-            loss = loss + reg_loss.to(loss.dtype)
-            return (loss, outputs) if return_outputs else loss
-
-        def _ref_logits(self, model, fwd):
-            if self.ref_model is not None:
-                return self.ref_model(**fwd, use_cache=False).logits
-            unwrapped = self.accelerator.unwrap_model(model)
-            with reference_context(unwrapped):
-                return unwrapped(**fwd, use_cache=False).logits
-
-    return RegularizedSFTTrainer
-
-
-def __getattr__(name):  # RegularizedSFTTrainer is importable from this module
-    if name == "RegularizedSFTTrainer":
-        return _regularized_sft_trainer_cls()
-    raise AttributeError(name)
-
-
 class CEMTrainer:
     """Multi-round cross-entropy method (best-of-N / elite fine-tuning) with diversity control.
 
@@ -138,7 +69,7 @@ class CEMTrainer:
         reward_funcs: what elites are selected by (optimized): a reward model path or instance, a callable
             ``f(prompts, completions, **kwargs) -> list[float]``, a ``RewardEnsemble``, or a list of them (summed
             with weights, see :class:`~trl_extras.rewards.functions.RewardFunctions`).
-        args: :class:`~trl_extras.trainers.cem_config.CEMConfig`.
+        args: :class:`~trl_extras.trainers.cem.config.CEMConfig`.
         train_dataset: a ``datasets.Dataset`` with a ``prompt`` column (text or conversational); other columns
             reach the reward functions as keyword arguments.
         eval_dataset: optional prompts to evaluate after every round (and before the first).
@@ -236,8 +167,8 @@ class CEMTrainer:
 
     def _check_settings(self) -> None:
         """Store the settings fingerprint on a fresh run; on a resume refuse saved rounds made under other settings."""
-        from ..utils.atomic import atomic_write_json, read_json
-        from ..utils.fingerprint import check_fingerprint
+        from ...utils.atomic import atomic_write_json, read_json
+        from ...utils.fingerprint import check_fingerprint
 
         path = self.output_dir / SETTINGS_FILE
         has_state = any(self.round_dir(r).exists() for r in range(max(self.args.num_rounds, self._finished_rounds())))
@@ -276,7 +207,7 @@ class CEMTrainer:
     @staticmethod
     def _save_dataset(ds, path: Path) -> None:
         """Write atomically: a crash mid-write leaves the previous copy (and a dataset can't overwrite itself)."""
-        from ..utils.atomic import publish_dir
+        from ...utils.atomic import publish_dir
 
         tmp = path.with_name(path.name + ".tmp")
         if tmp.exists():
@@ -430,7 +361,8 @@ class CEMTrainer:
         return Dataset.from_dict({"prompt": prompts, "completion": completions}), num_mix
 
     def _fine_tune(self, dataset, r: int) -> dict:
-        trainer_cls = _regularized_sft_trainer_cls()
+        from .sft import RegularizedSFTTrainer as trainer_cls  # imports TRL's SFTTrainer
+
         round_args = copy.copy(self.args)
         round_args.output_dir = str(self.round_dir(r) / "sft")
         round_args.run_name = f"{self.args.run_name or 'cem'}-round{r}"
@@ -457,7 +389,7 @@ class CEMTrainer:
             shutil.rmtree(tmp)
         self.model.save_pretrained(str(tmp))
         self.processing_class.save_pretrained(str(tmp))
-        from ..utils.atomic import publish_dir
+        from ...utils.atomic import publish_dir
 
         publish_dir(tmp, path)
 
@@ -479,7 +411,7 @@ class CEMTrainer:
         from tqdm.auto import tqdm
         from transformers import set_seed
 
-        from ..utils.atomic import atomic_write_json, kill_point, read_json
+        from ...utils.atomic import atomic_write_json, kill_point, read_json
 
         args = self.args
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -586,7 +518,7 @@ class CEMTrainer:
 
     def _write_history(self, stop_reason: str | None = None) -> None:
         payload = {"initial_eval": self.initial_eval, "rounds": self.history, "stopped": stop_reason}
-        from ..utils.atomic import atomic_write_json
+        from ...utils.atomic import atomic_write_json
 
         atomic_write_json(self.output_dir / "cem_history.json", payload)
         if self.args.plot and self.history:
@@ -596,62 +528,3 @@ class CEMTrainer:
         path = output_dir or self.args.output_dir
         self.model.save_pretrained(path)
         self.processing_class.save_pretrained(path)
-
-
-def plot_history(history: list[dict], path, initial_eval: dict | None = None) -> None:
-    """PNG of the per-round metrics: rewards (samples, elites, gold), entropy, distinct-n."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [h["round"] for h in history]
-    panels = [
-        ("reward", ["reward_mean", "elite_reward_mean", "gold_mean", "eval_reward_mean", "eval_gold_mean"]),
-        ("entropy (nats/token)", ["entropy", "eval_entropy"]),
-        ("diversity", ["distinct_1", "distinct_2", "unique_fraction"]),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            values = [h.get(key) for h in history]
-            if any(v is not None for v in values):
-                ax.plot(rounds, [math.nan if v is None else v for v in values], marker="o", label=key)
-        ax.set_title(title)
-        ax.set_xlabel("round")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-SETTINGS_FILE = "cem_settings.json"
-# CEMConfig / SFTConfig fields that do not change what a round samples, selects or trains on
-_NON_SHAPING = {"resume", "plot", "eval_num_generations", "entropy_batch_size"}
-_TRAINING_FIELDS = (
-    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "seed", "max_length",
-    "completion_only_loss", "model_init_kwargs",
-)  # fmt: skip
-
-
-def cem_settings(args, model, reward_funcs, train_dataset, sft_dataset, peft_config) -> dict:
-    """The fingerprint of everything that shapes a CEM round's samples, elites and fine-tuning."""
-    from dataclasses import fields
-
-    from trl import SFTConfig
-
-    from ..utils.fingerprint import settings_fingerprint
-    from .cem_config import CEMConfig
-
-    own = {f.name for f in fields(CEMConfig)} - {f.name for f in fields(SFTConfig)} - _NON_SHAPING
-    if args.temperature_end is None and args.elite_quantile_end is None:
-        # no schedule over the rounds: round r's data does not depend on how many rounds follow (extending a
-        # finished run by more rounds is a valid resume and gives what the longer run would have)
-        own.discard("num_rounds")
-    values = {name: getattr(args, name) for name in sorted(own)}
-    values.update({name: getattr(args, name, None) for name in _TRAINING_FIELDS})
-    return settings_fingerprint(
-        model=model, reward_funcs=reward_funcs, train_dataset=train_dataset, sft_dataset=sft_dataset,
-        peft_config=peft_config, **values,
-    )

@@ -6,7 +6,7 @@ head (``model.get_output_embeddings()``, a ``Linear(H, V)``). The vocabulary pro
 runs each trunk once to ``(B, T, H)`` hidden states (cheap: H ≪ V) and then applies the heads over chunks of
 positions, so at any time only ``(B, chunk, V)`` logits of each model exist.
 
-Conventions (the same as TRL's GRPO and ``trl_extras.core.rollout``):
+Conventions (the same as TRL's GRPO and ``trl_extras.modeling.generation``):
 - ``input_ids = [prompt | completion]`` of shape ``(B, L)``, prompt left-padded, completion right-padded; the
   completion is the last ``T = logits_to_keep`` tokens, ``input_ids[:, -T:]``, predicted from positions
   ``L−T−1 … L−2``.
@@ -28,9 +28,9 @@ import contextlib
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..modeling.peft import is_peft_model as _is_peft
-from ..modeling.reference import reference_context as _peft_reference  # the "ref" adapter, or the adapter disabled
-from .kl import token_stats_from_logits
+from ..core.kl import token_stats_from_logits
+from .peft import is_peft_model as _is_peft
+from .reference import reference_context as _peft_reference  # the "ref" adapter, or the adapter disabled
 
 __all__ = [
     "completion_token_stats",

@@ -12,14 +12,15 @@ found two-headed models hard to train) whose ``score`` head is applied at every 
 separate param group of the one optimizer (own learning rate); the policy and value losses are summed, which is
 harmless because their parameters are disjoint (``vf_coef`` only rescales the value gradient).
 
-Under DeepSpeed the Trainer's model is :class:`PolicyAndValueModel` (``ppo_models.py``), one module holding both,
+Under DeepSpeed the Trainer's model is :class:`PolicyAndValueModel` (``trl_extras.modeling.value``), one module holding both,
 so that DeepSpeed builds one engine (one ZeRO-partitioned optimizer, one checkpoint) over the policy and the value
 model -- the layout of TRL's old ``PolicyAndValueWrapper``. Under DDP and in one process they stay two modules (the
 value model is DDP-wrapped on its own), which lets the value warm-up skip the policy's forward entirely.
 
-The math lives in ``trl_extras.core`` as pure functions (``core.lm`` chunked log-probs/exact KL, ``core.kl``,
-``core.ppo`` token rewards/surrogate/value loss/aggregation/KL controllers, ``core.advantages`` GAE and
-normalization); this file orchestrates: rollout → score → KL → GAE → normalize → update.
+The math lives in ``trl_extras.core`` as pure functions (``core.kl`` exact KL / log-probs, ``core.ppo`` token
+rewards/surrogate/value loss/aggregation/KL controllers, ``core.advantages`` GAE and normalization); the model
+plumbing in ``trl_extras.modeling`` (``modeling.lm`` chunked log-probs/exact KL, ``modeling.generation`` rollouts,
+``modeling.value`` the value model); this file orchestrates: rollout → score → KL → GAE → normalize → update.
 
 KL gradient (``kl_estimator``; see ``trl_extras.core.kl``): with ``k1``/``k2``/``k3`` the penalty is in the reward
 only, so the policy gradient carries the KL's score-function term through the advantage; with ``exact`` the
@@ -31,7 +32,6 @@ together the full Rao–Blackwellized gradient (Amini et al. 2025; Tang & Munos 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections import defaultdict
@@ -41,11 +41,10 @@ import torch
 from torch import nn
 from trl.trainer.base_trainer import _BaseTrainer
 
-from ..core.advantages import compute_gae, normalize_advantages
-from ..core.kl import kl_from_logprobs
-from ..core.lm import completion_token_stats
-from ..core.masked import masked_mean
-from ..core.ppo import (
+from ...core.advantages import compute_gae, normalize_advantages
+from ...core.kl import kl_from_logprobs
+from ...core.masked import masked_mean
+from ...core.ppo import (
     AdaptiveKLController,
     FixedKLController,
     RunningMoments,
@@ -56,8 +55,7 @@ from ..core.ppo import (
     scores_to_token_rewards,
     value_loss,
 )
-from ..core.quantization import keep_4bit_layers_differentiable
-from ..core.rollout import (
+from ...modeling.generation import (
     check_chat_template,
     ensure_pad_token,
     generate_rollouts,
@@ -65,17 +63,16 @@ from ..core.rollout import (
     off_policy_sampling_settings,
     sampling_generation_config,
 )
-from ..modeling.peft import is_peft_model, merged_copy
-from ..modeling.reference import resolve_reference
-from ..rewards.functions import RewardFunctions
-from .ppo_config import PPOConfig
-from .ppo_models import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
+from ...modeling.lm import completion_token_stats
+from ...modeling.peft import is_peft_model, merged_copy
+from ...modeling.quantization import keep_4bit_layers_differentiable
+from ...modeling.reference import resolve_reference
+from ...modeling.value import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
+from ...rewards.functions import RewardFunctions
+from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
+from .config import PPOConfig
 
 logger = logging.getLogger(__name__)
-
-VALUE_STATE_FILE = "value_model.safetensors"
-PPO_STATE_FILE = "ppo_state.json"
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Small helpers
@@ -863,7 +860,7 @@ class PPOTrainer(_BaseTrainer):
         old checkpoints are rotated out only after the new one is complete."""
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-        from ..utils.atomic import atomic_write_json, atomic_writer, fsync_tree, kill_point
+        from ...utils.atomic import atomic_write_json, atomic_writer, fsync_tree, kill_point
 
         model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name)
@@ -948,7 +945,7 @@ class PPOTrainer(_BaseTrainer):
         state_file = os.path.join(checkpoint, PPO_STATE_FILE)
         if not os.path.isfile(state_file):
             raise ValueError(f"{checkpoint} has no {PPO_STATE_FILE}: not a PPOTrainer checkpoint.")
-        from ..utils.atomic import read_json
+        from ...utils.atomic import read_json
 
         ppo_state = read_json(state_file, what=f"Checkpoint {checkpoint}:")
         self.kl_ctl.value = float(ppo_state["kl_coef"])
@@ -963,54 +960,3 @@ class PPOTrainer(_BaseTrainer):
 
         state_file = os.path.join(path, "trainer_state.json")
         return TrainerState.load_from_json(state_file).global_step if os.path.isfile(state_file) else 0
-
-
-def checkpoint_problem(path: str) -> str | None:
-    """Why ``path`` is not a complete PPOTrainer checkpoint (None when it is): the completion marker
-    ``ppo_state.json`` is missing or unreadable, or a file it lists is missing or has another size (truncated)."""
-    state_file = os.path.join(path, PPO_STATE_FILE)
-    if not os.path.isdir(path):
-        return "no such directory"
-    if not os.path.isfile(state_file):
-        return f"no {PPO_STATE_FILE} (written last: the checkpoint was not finished, or is not a PPOTrainer one)"
-    try:
-        with open(state_file) as f:
-            state = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        return f"{PPO_STATE_FILE} is not valid JSON ({err})"
-    for name, size in (state.get("files") or {}).items():
-        file = os.path.join(path, name)
-        if not os.path.isfile(file):
-            return f"{name} is missing"
-        if os.path.getsize(file) != size:
-            return f"{name} is truncated or changed ({os.path.getsize(file)} bytes, {size} when saved)"
-    trainer_state = os.path.join(path, "trainer_state.json")
-    if not os.path.isfile(trainer_state):
-        return "trainer_state.json is missing"
-    try:
-        with open(trainer_state) as f:
-            json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        return f"trainer_state.json is not valid JSON ({err})"
-    return None
-
-
-def latest_complete_checkpoint(output_dir: str) -> str:
-    """The newest complete ``checkpoint-N`` in ``output_dir``; newer incomplete ones are skipped with a warning."""
-    import re
-    import warnings
-
-    pattern = re.compile(r"^checkpoint-(\d+)$")
-    found = sorted(
-        ((int(m.group(1)), name) for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
-         if (m := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))),
-        reverse=True,
-    )  # fmt: skip
-    for _, name in found:
-        path = os.path.join(output_dir, name)
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        warnings.warn(f"Skipping incomplete checkpoint {path}: {problem}. Resuming from an older one.", stacklevel=3)
-        logger.warning("Skipping incomplete checkpoint %s: %s", path, problem)
-    raise ValueError(f"No complete checkpoint in output directory {output_dir} to resume from.")

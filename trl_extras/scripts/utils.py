@@ -1,8 +1,12 @@
-"""Helpers shared by the subcommands: TrlParser parsing with ``--config`` and offline-friendly defaults."""
+"""Helpers shared by the subcommands: TrlParser parsing with ``--config``, evaluation / preference splits."""
 
 from __future__ import annotations
 
 import sys
+
+from ..utils.data import MissingSplitError, load_dataset_from_spec
+
+__all__ = ["MissingSplitError", "load_dataset_from_spec", "load_eval_split", "load_preference_split", "parse_args"]
 
 
 def parse_args(dataclass_types, argv: list[str] | None, prog: str):
@@ -21,40 +25,6 @@ def parse_args(dataclass_types, argv: list[str] | None, prog: str):
         sys.argv = old
 
 
-def load_dataset_from_spec(name: str, config: str | None = None, split: str | None = "train"):
-    """A dataset split from a Hub name, a ``save_to_disk`` directory or a data file (.json/.jsonl/.parquet/.csv).
-
-    The one loader behind every subcommand and the pipeline (``"name_or_path"`` plus ``split``).
-    """
-    import os
-
-    from datasets import DatasetDict, load_dataset, load_from_disk
-
-    if os.path.isdir(name) and (
-        os.path.isfile(os.path.join(name, "dataset_info.json"))
-        or os.path.isfile(os.path.join(name, "dataset_dict.json"))
-    ):
-        data = load_from_disk(name)
-    elif os.path.isfile(name):
-        ext = name.rsplit(".", 1)[-1].lower()
-        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(ext)
-        if builder is None:
-            raise ValueError(f"Unsupported data file {name!r}: use .json/.jsonl/.parquet/.csv or a dataset directory.")
-        data = load_dataset(builder, data_files=name)
-    else:
-        data = load_dataset(name, name=config)
-    if isinstance(data, DatasetDict):
-        split = split or "train"
-        if split not in data:
-            raise MissingSplitError(f"Dataset {name!r} has splits {list(data)}, not {split!r}.")
-        return data[split]
-    return data
-
-
-class MissingSplitError(ValueError):
-    """The dataset exists but has no such split."""
-
-
 def load_eval_split(name: str, config: str | None, split: str | None, flag: str = "--dataset_test_split"):
     """The evaluation split, or None -- with a message -- when the dataset has no such split: a local single-split
     file (``x.jsonl`` loads as one ``train`` split) then just works without evaluation."""
@@ -70,7 +40,7 @@ def load_eval_split(name: str, config: str | None, split: str | None, flag: str 
 
 def load_preference_split(name: str, config: str | None, split: str | None, flag: str = "--dataset_name"):
     """A preference split, checked by the package's one pair validator with the file/split named in errors."""
-    from .rewards.pairs import validate_preference_dataset
+    from ..rewards.pairs import validate_preference_dataset
 
     data = load_dataset_from_spec(name, config, split)
     validate_preference_dataset(data, f"{flag} {name!r} (split {split or 'train'!r})")

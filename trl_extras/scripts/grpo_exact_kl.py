@@ -37,7 +37,7 @@ class ExactKLGRPOScriptArguments:
 
 
 def _load(name: str, split: str = "train"):
-    from ..cli_utils import load_dataset_from_spec
+    from .utils import load_dataset_from_spec
 
     return load_dataset_from_spec(name, split=split)
 
@@ -47,7 +47,7 @@ def build_trainer(script_args: ExactKLGRPOScriptArguments, args, model_args):
     from trl import get_peft_config, get_quantization_config
 
     from ..testbed import build_sft_policy, gold_reward_fn, heuristic_reward_fn, prompt_dataset
-    from .exact_kl_grpo import ExactKLGRPOTrainer
+    from ..trainers.exact_kl_grpo import ExactKLGRPOTrainer
 
     testbed = script_args.dataset_name is None
     train = prompt_dataset("train") if testbed else _load(script_args.dataset_name, script_args.dataset_split)
@@ -85,8 +85,8 @@ def build_trainer(script_args: ExactKLGRPOScriptArguments, args, model_args):
 def main(argv: list[str] | None = None) -> int:
     from trl import ModelConfig
 
-    from ..cli_utils import parse_args
-    from .exact_kl_grpo import ExactKLGRPOConfig
+    from ..trainers.exact_kl_grpo import ExactKLGRPOConfig
+    from .utils import parse_args
 
     script_args, args, model_args = parse_args(
         (ExactKLGRPOScriptArguments, ExactKLGRPOConfig, ModelConfig), argv, "grpo-exact-kl"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def run_and_report(config, model_args=None, title: str = "trl-extras pipeline report") -> Path:
-    from .report import table_lines, write_report
-    from .stages import run_pipeline
+    from ..pipeline.report import table_lines, write_report
+    from ..pipeline.stages import run_pipeline
 
     ctx = run_pipeline(config, model_args=model_args)
     report = write_report(ctx.results, Path(config.output_dir) / "report", title=title)
@@ -24,8 +24,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl import ModelConfig
 
-    from ..cli_utils import parse_args
-    from .config import PipelineConfig
+    from ..pipeline.config import PipelineConfig
+    from .utils import parse_args
 
     config, model_args = parse_args([PipelineConfig, ModelConfig], argv, "pipeline")
     if model_args.model_name_or_path and not config.policy_model:

@@ -65,15 +65,15 @@ def resolve_prompts(prompts_file: str | None, num_prompts: int | None, split: st
         from ..testbed import prompt_dataset
 
         data = prompt_dataset(split)
-    from ._common import prompts_from
+    from ..evaluation._common import prompts_from
 
     prompts = prompts_from(data)
     return prompts[:num_prompts] if num_prompts else prompts
 
 
 def main(argv=None) -> int:
-    from ..cli_utils import parse_args
-    from .side_by_side import side_by_side
+    from ..evaluation.side_by_side import side_by_side
+    from .utils import parse_args
 
     (args,) = parse_args([SideBySideArguments], argv, "sbs")
     judge = resolve_judge(args.reward_model, args.judge)

@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .cli_two_stage import TESTBED, RewardScriptArguments, resolve_model, testbed_datasets, train_and_eval_datasets
+from .reward_two_stage import TESTBED, RewardScriptArguments, resolve_model, testbed_datasets, train_and_eval_datasets
 
 
 @dataclass
@@ -74,7 +74,7 @@ def evaluate_ensemble(ensemble, dataset) -> dict:
     """Pairwise accuracy of each member, of the ensemble mean and of the penalized reward on ``dataset``."""
     import torch
 
-    from .metrics import pairwise_accuracy
+    from ..rewards.metrics import pairwise_accuracy
 
     if dataset is None or len(dataset) == 0:
         return {}
@@ -97,8 +97,8 @@ def evaluate_ensemble(ensemble, dataset) -> dict:
 def main(argv=None) -> int:
     from trl import ModelConfig, RewardConfig, get_peft_config, get_quantization_config
 
-    from ..cli_utils import parse_args
-    from .ensemble import train_reward_ensemble
+    from ..rewards.ensemble import train_reward_ensemble
+    from .utils import parse_args
 
     script_args, training_args, model_args = parse_args(
         [EnsembleScriptArguments, RewardConfig, ModelConfig], argv, "reward-ensemble"

@@ -43,9 +43,9 @@ class SynthPairsArguments:
 def main(argv=None) -> int:
     from trl import DPOConfig
 
-    from ..cli_utils import parse_args
-    from .cli_sbs import resolve_judge, resolve_prompts
-    from .synthetic_pairs import run_two_stage_dpo, synthesize_preference_pairs
+    from ..evaluation.synthetic_pairs import run_two_stage_dpo, synthesize_preference_pairs
+    from .sbs import resolve_judge, resolve_prompts
+    from .utils import parse_args
 
     args, dpo_args = parse_args([SynthPairsArguments, DPOConfig], argv, "synth-pairs")
     reward = resolve_judge(args.reward_model, args.judge)

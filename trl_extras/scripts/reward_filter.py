@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .cli_two_stage import RewardScriptArguments, finish, resolve_model, train_and_eval_datasets
+from .reward_two_stage import RewardScriptArguments, finish, resolve_model, train_and_eval_datasets
 
 
 @dataclass
@@ -35,8 +35,8 @@ class FilterArguments(RewardScriptArguments):
 def main(argv=None) -> int:
     from trl import ModelConfig, RewardConfig, get_peft_config, get_quantization_config
 
-    from ..cli_utils import parse_args
-    from .filtering import train_with_easy_pair_filtering
+    from ..rewards.filtering import train_with_easy_pair_filtering
+    from .utils import parse_args
 
     script_args, training_args, model_args = parse_args(
         [FilterArguments, RewardConfig, ModelConfig], argv, "reward-filter"

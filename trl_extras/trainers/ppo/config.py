@@ -1,4 +1,4 @@
-"""Configuration of :class:`~trl_extras.trainers.ppo.PPOTrainer`.
+"""Configuration of :class:`~trl_extras.trainers.ppo.trainer.PPOTrainer`.
 
 Defaults follow Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO" (value initialised from the
 reward model, reward at the last token, a penalty when no EOS was produced, whitened advantages, beta = 0.05,
@@ -23,9 +23,9 @@ from typing import Any
 
 from trl.trainer.base_config import _BaseConfig
 
-from ..core.advantages import ADVANTAGE_NORMALIZATIONS
-from ..core.kl import KL_ESTIMATORS
-from ..core.ppo import LOSS_TYPES
+from ...core.advantages import ADVANTAGE_NORMALIZATIONS
+from ...core.kl import KL_ESTIMATORS
+from ...core.ppo import LOSS_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class PPOConfig(_BaseConfig):
         default=None,
         metadata={
             "help": "Other `transformers.GenerationConfig` fields for sampling (e.g. `suppress_tokens`), overriding "
-            "the fields above; every field not given is off (see `trl_extras.core.rollout.sampling_generation_config`"
+            "the fields above; every field not given is off (see `trl_extras.modeling.generation.sampling_generation_config`"
             "), never read from the checkpoint's generation_config. Any that changes the distribution is warned."
         },
     )
@@ -280,7 +280,7 @@ class PPOConfig(_BaseConfig):
     def __post_init__(self):
         # Types and ranges first, before anything compares them (a YAML list or string would otherwise fail deep
         # inside the Trainer or silently train nonsense).
-        from ..utils.validation import check_number
+        from ...utils.validation import check_number
 
         for name in ("learning_rate", "value_learning_rate", "kl_coef", "target_kl", "vf_coef", "missing_eos_penalty",
                      "reward_clip", "kl_early_stop_target", "kl_budget", "top_p"):  # fmt: skip

@@ -21,9 +21,9 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from ..cli_utils import parse_args
-    from .config import PipelineConfig
-    from .run import run_and_report
+    from ..pipeline.config import PipelineConfig
+    from .pipeline import run_and_report
+    from .utils import parse_args
 
     (config,) = parse_args([PipelineConfig], [*DEMO_ARGS, *(argv or [])], "demo")
     if config.prompt_dataset != "testbed":

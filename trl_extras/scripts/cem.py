@@ -44,7 +44,7 @@ class CEMScriptArguments:
 
 
 def _load(name: str, split: str = "train"):
-    from ..cli_utils import load_dataset_from_spec
+    from .utils import load_dataset_from_spec
 
     return load_dataset_from_spec(name, split=split)
 
@@ -55,8 +55,8 @@ def build_trainer(script_args: CEMScriptArguments, cem_args, model_args):
 
     from ..testbed import TestbedConfig, build_sft_policy, gold_reward_fn, heuristic_reward_fn, prompt_dataset
     from ..testbed import sft_dataset as testbed_sft
+    from ..trainers.cem import CEMTrainer
     from ..utils.validation import check_model_path
-    from .cem import CEMTrainer
 
     check_model_path(model_args.model_name_or_path, "--model_name_or_path")
     check_model_path(script_args.reward_model, "--reward_model")
@@ -94,8 +94,8 @@ def build_trainer(script_args: CEMScriptArguments, cem_args, model_args):
 def main(argv: list[str] | None = None) -> int:
     from trl import ModelConfig
 
-    from ..cli_utils import parse_args
-    from .cem_config import CEMConfig
+    from ..trainers.cem import CEMConfig
+    from .utils import parse_args
 
     script_args, cem_args, model_args = parse_args((CEMScriptArguments, CEMConfig, ModelConfig), argv, "cem")
     trainer = build_trainer(script_args, cem_args, model_args)

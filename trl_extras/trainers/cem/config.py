@@ -1,4 +1,4 @@
-"""Configuration of :class:`~trl_extras.trainers.cem.CEMTrainer` (the seed's "poor man's RL")."""
+"""Configuration of :class:`~trl_extras.trainers.cem.trainer.CEMTrainer` (the seed's "poor man's RL")."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class CEMConfig(SFTConfig):
     plot: bool = field(default=True, metadata={"help": "Write `cem_history.png` (matplotlib, Agg backend)."})
 
     def __post_init__(self):
-        from ..utils.validation import check_number
+        from ...utils.validation import check_number
 
         # types and ranges first, so a YAML list/string fails here and not inside a comparison or the Trainer
         for name in ("temperature", "temperature_end", "elite_quantile", "elite_quantile_end", "reward_threshold",

@@ -85,8 +85,8 @@ def datasets_for(script_args: PPOScriptArguments):
         train = prompt_dataset("train", cfg, conversational=conv)
         evaluation = prompt_dataset("holdout", cfg, conversational=conv) if script_args.testbed_num_eval_prompts else None
         return train, evaluation
-    from ..cli_utils import load_eval_split
-    from ..rewards.cli_two_stage import load_pairs  # generic loader: Hub name, save_to_disk directory or data file
+    from .reward_two_stage import load_pairs  # generic loader: Hub name, save_to_disk directory or data file
+    from .utils import load_eval_split
 
     train = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
     evaluation = load_eval_split(script_args.dataset_name, script_args.dataset_config, script_args.dataset_test_split)
@@ -96,10 +96,9 @@ def datasets_for(script_args: PPOScriptArguments):
 def main(argv=None) -> int:
     from trl import ModelConfig, get_peft_config, get_quantization_config
 
-    from ..cli_utils import parse_args
-    from ..rewards.cli_two_stage import resolve_model, resume_arg
-    from .ppo import PPOTrainer
-    from .ppo_config import PPOConfig
+    from ..trainers.ppo import PPOConfig, PPOTrainer
+    from .reward_two_stage import resolve_model, resume_arg
+    from .utils import parse_args
 
     script_args, training_args, model_args = parse_args([PPOScriptArguments, PPOConfig, ModelConfig], argv, "ppo")
     from ..utils.validation import check_model_path

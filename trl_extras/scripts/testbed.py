@@ -24,9 +24,9 @@ def summarize_testbed(args: TestbedArguments, policy_path: str | None = None) ->
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..core.rollout import generate_rollouts
-    from . import SFTBuildConfig, TestbedConfig, build_sft_policy, clean_pairs, dirty_pairs, gold_reward_fn
-    from .data import prompt_dataset
+    from ..modeling.generation import generate_rollouts
+    from ..testbed import SFTBuildConfig, TestbedConfig, build_sft_policy, clean_pairs, dirty_pairs, gold_reward_fn
+    from ..testbed.data import prompt_dataset
 
     task = TestbedConfig(seed=args.seed)
     start = time.perf_counter()
@@ -65,7 +65,7 @@ def summarize_testbed(args: TestbedArguments, policy_path: str | None = None) ->
 
 
 def main(argv=None) -> int:
-    from ..cli_utils import parse_args
+    from .utils import parse_args
 
     (args,) = parse_args([TestbedArguments], argv, "testbed")
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)

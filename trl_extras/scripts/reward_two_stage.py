@@ -48,7 +48,7 @@ class TwoStageScriptArguments(RewardScriptArguments):
 
 def load_pairs(name: str, config: str | None = None, split: str | None = "train"):
     """A preference dataset from a Hub name, a ``save_to_disk`` directory or a data file (split ``split``)."""
-    from ..cli_utils import load_dataset_from_spec
+    from .utils import load_dataset_from_spec
 
     return load_dataset_from_spec(name, config, split)
 
@@ -83,8 +83,8 @@ def train_and_eval_datasets(script_args: RewardScriptArguments):
     if (script_args.dataset_name or TESTBED) == TESTBED:
         data = testbed_datasets(script_args)
         return data["clean"], data["eval"]
-    from ..cli_utils import load_eval_split, load_preference_split
-    from .pairs import validate_preference_dataset
+    from ..rewards.pairs import validate_preference_dataset
+    from .utils import load_eval_split, load_preference_split
 
     name, config = script_args.dataset_name, script_args.dataset_config
     train = load_preference_split(name, config, script_args.dataset_train_split)
@@ -138,8 +138,8 @@ def finish(trainer, script_args, training_args, extra: dict) -> dict:
 def main(argv=None) -> int:
     from trl import ModelConfig, get_peft_config, get_quantization_config
 
-    from ..cli_utils import parse_args
-    from .two_stage import TwoStageRewardConfig, TwoStageRewardTrainer
+    from ..rewards.two_stage import TwoStageRewardConfig, TwoStageRewardTrainer
+    from .utils import parse_args
 
     script_args, training_args, model_args = parse_args(
         [TwoStageScriptArguments, TwoStageRewardConfig, ModelConfig], argv, "reward-two-stage"

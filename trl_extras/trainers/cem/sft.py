@@ -1,0 +1,66 @@
+"""``RegularizedSFTTrainer``: the SFT step of a CEM round, with optional exact KL-to-initial-model and entropy terms.
+
+Imported only when a round fine-tunes (it imports TRL's ``SFTTrainer``), so ``import trl_extras.trainers.cem`` stays light."""
+
+from __future__ import annotations
+
+import torch
+from trl import SFTTrainer
+
+from ...core.kl import entropy_from_logits, exact_kl
+from ...modeling.reference import reference_context
+
+
+class RegularizedSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` whose loss adds ``kl_coef·KL(π‖π_ref) − entropy_coef·H(π)`` on completion tokens.
+
+    Both terms are exact over the vocabulary (``trl_extras.core.kl``) and are normalised like SFT's own NLL
+    (summed over label tokens, divided by ``num_items_in_batch`` or the batch's label-token count), so they
+    scale with gradient accumulation exactly as the NLL does. Costs one extra forward with full logits (plus
+    a no-grad reference forward when ``kl_coef > 0``). ``ref_model=None`` with a PEFT model means "the same
+    model under ``trl_extras.modeling.reference_context``" (its ``"ref"`` adapter, else the adapter disabled).
+    """
+
+    def __init__(self, *args, ref_model=None, kl_coef: float = 0.0, entropy_coef: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ref_model = ref_model
+        self.kl_coef = kl_coef
+        self.entropy_coef = entropy_coef
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        if not (self.kl_coef or self.entropy_coef):
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        mode = "train" if self.model.training else "eval"
+        fwd = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+        mask = inputs["labels"][:, 1:] != -100  # logits at t predict label t + 1
+        logits = model(**fwd, use_cache=False).logits[:, :-1]
+        reg = torch.zeros_like(mask, dtype=torch.float32)
+        if self.kl_coef:
+            with torch.no_grad():
+                ref_logits = self._ref_logits(model, fwd)[:, :-1]
+            kl = exact_kl(logits, ref_logits, mask=mask)
+            reg = reg + self.kl_coef * kl
+            self._metrics[mode]["kl_to_ref"].append(float((kl.detach() * mask).sum() / mask.sum().clamp(min=1)))
+        if self.entropy_coef:
+            entropy = entropy_from_logits(logits)
+            reg = reg - self.entropy_coef * entropy
+            self._metrics[mode]["entropy_bonus"].append(
+                float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
+            )
+        num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        reg_loss = (reg * mask).sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        # Same cross-device convention as SFTTrainer's NLL (num_items_in_batch counts every rank's tokens).
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            reg_loss = reg_loss * self.accelerator.num_processes
+        loss = loss + reg_loss.to(loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def _ref_logits(self, model, fwd):
+        if self.ref_model is not None:
+            return self.ref_model(**fwd, use_cache=False).logits
+        unwrapped = self.accelerator.unwrap_model(model)
+        with reference_context(unwrapped):
+            return unwrapped(**fwd, use_cache=False).logits

@@ -1,0 +1,8 @@
+"""PPO with a separate value model, advantage normalization and exact KL: ``config`` (``PPOConfig``), ``trainer``
+(``PPOTrainer``, the step), ``checkpoint`` (the extra checkpoint files and which checkpoint is complete)."""
+
+from .checkpoint import checkpoint_problem, latest_complete_checkpoint
+from .config import PPOConfig
+from .trainer import PPOTrainer
+
+__all__ = ["PPOConfig", "PPOTrainer", "checkpoint_problem", "latest_complete_checkpoint"]
