@@ -119,3 +119,18 @@ def test_real_recipe_parses_and_sft_without_reward_selects_by_loss(tmp_path, sft
     evals = ctx.results["sft"]["evaluations"]
     assert evals and all("eval_reward" not in e for e in evals)
     assert ctx.results["sft"]["best_step_by_loss"] in [e["step"] for e in evals]
+
+
+def test_sort_hard_curated_sft_data_keeps_the_demonstrators_mode(tmp_path):
+    """On sort_hard the curated SFT data are the answers the demonstrators meant to be right, their systematic wrong
+    mode included (a gold filter would remove it and with it the headroom); the plain task still filters by gold."""
+    from trl_extras.pipeline.data import pipeline_datasets
+
+    hard = pipeline_datasets(micro_config(tmp_path, task="sort_hard"))
+    kinds = set(hard["sft"]["kind"])
+    assert kinds == {"correct", "mode"}
+    assert min(hard["sft"]["gold"]) < 0.75  # wrong-mode answers on long prompts stay in
+    plain = pipeline_datasets(micro_config(tmp_path))
+    assert min(plain["sft"]["gold"]) >= 0.75
+    with pytest.raises(ValueError, match="task must be one of"):
+        micro_config(tmp_path, task="sort_harder")
