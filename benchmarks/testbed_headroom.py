@@ -59,12 +59,13 @@ def measure(task: str, seed: int, num_prompts: int, n: int = 16, max_new_tokens:
     return out
 
 
-def across_seeds(rows: list[dict], key) -> dict:
+def across_seeds(rows: list[dict], key, single_ci=None) -> dict:
+    """Mean and 95% t-interval over seeds; with one seed, that seed's interval over prompts (``single_ci``)."""
     from trl_extras.core.stats import mean_ci
 
     values = [key(r) for r in rows]
     if len(values) < 2:
-        return {"mean": values[0], "ci": None, "values": values}
+        return {"mean": values[0], "ci": single_ci(rows[0]) if single_ci else None, "values": values}
     mean, low, high = mean_ci(values)
     return {"mean": mean, "ci": [low, high], "values": values}
 
@@ -73,7 +74,7 @@ def summarize(rows: list[dict]) -> dict:
     out = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
-        summary = {m: across_seeds(mine, lambda r, m=m: r[m]["mean"]) for m in MEASURES}
+        summary = {m: across_seeds(mine, lambda r, m=m: r[m]["mean"], lambda r, m=m: r[m]["ci"]) for m in MEASURES}
         summary["bo16_minus_greedy"] = across_seeds(mine, lambda r: r["bo16_minus_greedy"])
         summary["goal_greedy_le_0.75"] = all(r["greedy"]["mean"] <= 0.75 for r in mine)
         summary["goal_bo16_ge_greedy_plus_0.15"] = all(r["bo16_minus_greedy"] >= 0.15 for r in mine)
@@ -102,7 +103,8 @@ def markdown(rows: list[dict], summary: dict, command: str) -> str:
         cells = " | ".join(f"{r[m]['mean']:.3f} {_ci(r[m]['ci'])}" for m in MEASURES)
         md.append(f"| {r['task']} | {r['seed']} | {cells} | {r['bo16_minus_greedy']:+.3f} | "
                   f"{r['exact_greedy']:.2f} / {r['exact_T1']:.2f} | {r['sft_build_or_load_s']} |")
-    md += ["", "Across seeds (mean [95% t-interval over seed means]):", "", summary_table(summary),
+    md += ["", "Across seeds (mean [95% t-interval over seed means; with one seed, its interval over prompts]):", "",
+           summary_table(summary),
            "![headroom](testbed_headroom.png)", ""]
     return "\n".join(md)
 
@@ -151,12 +153,18 @@ def main(argv=None) -> int:
 
     use_offline_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["sort_hard", "sort_digits"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--tasks", nargs="*", default=["sort_hard", "sort_digits"])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--num_prompts", type=int, default=256)
     parser.add_argument("--output", default=str(RESULTS / "testbed_headroom"), help="Path stem of .json/.md/.png.")
+    parser.add_argument("--merge", nargs="*", default=[],
+                        help="Earlier output .json files whose rows join this run's (seeds measured by other runs).")
     args = parser.parse_args(argv)
-    rows = []
+    rows, commands = [], []
+    for path in args.merge:
+        earlier = json.loads(Path(path).read_text())
+        rows += earlier["rows"]
+        commands.append(earlier["command"])
     for task in args.tasks:
         for seed in args.seeds:
             start = time.perf_counter()
@@ -166,7 +174,7 @@ def main(argv=None) -> int:
     summary = summarize(rows)
     stem = Path(args.output)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/testbed_headroom.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " + ".join([*commands, "python benchmarks/testbed_headroom.py " + " ".join(sys.argv[1:] if argv is None else argv)])
     stem.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows, "summary": summary}, indent=2))
     stem.with_suffix(".md").write_text(markdown(rows, summary, command))
     stem.with_name(stem.name + "_table.md").write_text(summary_table(summary))
