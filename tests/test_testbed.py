@@ -179,6 +179,11 @@ def test_sort_hard_demonstrations_carry_the_wrong_mode():
             assert c.split() == [str(d) for d in systematic_mode(parse_prompt(p), cfg.mode_max_digits)]
     mode_gold = np.array(data["gold"])[kinds == "mode"]
     assert (mode_gold < 1).mean() > 0.5 and mode_gold.mean() < 0.85  # mostly wrong: long prompts, repeats
+    assert all(c.split() for c in data["completion"])  # a slip on a one-digit mode never leaves an empty answer
+    from trl_extras.testbed.data import demonstration
+
+    rng = __import__("random").Random(0)
+    assert all(demonstration([5, 5, 5], "drop", rng, sort_hard_config(mode_share=1.0))[1] == [5] for _ in range(5))
     lengths = [len(parse_prompt(p)) for p in prompt_dataset("holdout", cfg)["prompt"]]
     assert min(lengths) == cfg.min_digits and max(lengths) == cfg.max_digits
     # pairs where a right answer meets the mode: gold prefers the right one

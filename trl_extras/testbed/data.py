@@ -80,7 +80,10 @@ def demonstration(digits: list[int], kind: str, rng: random.Random, config: Test
 
     if config.mode_share > 0 and rng.random() < config.mode_share:
         base = systematic_mode(digits, config.mode_max_digits)
-        return ("mode" if kind == "correct" else kind), corrupt(base, kind, rng)
+        answer = corrupt(base, kind, rng)
+        if not answer:  # a slip on a one-digit mode ("5 5 5 >" → " 5", minus its digit): the mode itself, never empty
+            return "mode", base
+        return ("mode" if kind == "correct" else kind), answer
     return kind, corrupt(digits, kind, rng)
 
 
