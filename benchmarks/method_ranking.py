@@ -48,7 +48,7 @@ def run_seed(seed: int, argv: list[str], root: str, results_dir: Path = RESULTS)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"demo_table_seed{seed}.md").write_text(
         f"`trl-extras demo --seed {seed}` ({config.task}): all stages {sum(stage_seconds.values()):.0f} s "
-        f"(this run {seconds:.0f} s; stage times in `method_ranking.json`).\n\n{table_md}\n"
+        f"(this invocation {seconds:.0f} s: finished stages are reused; stage times in `method_ranking.json`).\n\n{table_md}\n"
     )
     if (report_dir / "reward_vs_kl.png").exists():
         shutil.copy(report_dir / "reward_vs_kl.png", results_dir / f"method_ranking_reward_vs_kl_seed{seed}.png")
