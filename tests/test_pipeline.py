@@ -60,23 +60,27 @@ def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     from trl_extras.pipeline.report import write_report
     from trl_extras.pipeline.stages import run_pipeline
 
-    # the SmolLM2 recipe's knobs: greedy columns, no clean-only RM baseline, a short PPO trajectory
-    config = micro_config(tmp_path, eval_greedy=True, rm_clean_only_baseline=False, ppo_trajectory_points=1)
+    # the SmolLM2 recipe's knobs: no clean-only RM baseline, a short PPO trajectory
+    config = micro_config(tmp_path, rm_clean_only_baseline=False, ppo_trajectory_points=1)
     ctx = run_pipeline(config)
     # not a terminal (pytest captures the streams): no tqdm frames, one line per stage
     _assert_log_lines(capsys.readouterr(), config.stages)
     for stage in config.stages:
         assert (tmp_path / "pipe" / stage / "result.json").exists(), stage
-    table = {row["method"]: row for row in ctx.results["evaluate"]["table"]}
-    assert set(table) == {"pretrained", "sft", "cem", "ppo", "ppo_refresh", "dpo"}
+    table = {row["stage"]: row for row in ctx.results["evaluate"]["table"]}
+    assert set(table) == {"pretrained", "sft", "cem", "ppo_single", "ppo", "ppo_refresh", "dpo"}
+    assert table["ppo_single"]["method"] == "PPO (single RM, β=0)"
+    assert table["ppo"]["method"] == "PPO (ensemble variance λ=1, β=0.2)"
     # the seed's "second way": the reward ensemble was re-trained once on judge-labelled policy-vs-SFT answers
     (refresh,) = ctx.results["ppo_refresh"]["refreshes"]
     assert refresh["step"] == 1 and refresh["labels"]["labelled"] > 0
     assert (tmp_path / "pipe" / "ppo_refresh" / "run" / "reward_refresh").is_dir()
     for name, row in table.items():
         assert 0.0 <= row["gold"] <= 1.0 and row["kl_to_sft"] >= -1e-4
+        assert 0.0 <= row["gold_greedy"] <= 1.0  # every model is also measured greedy
         if name != "sft":
             assert 0.0 <= row["p_value"] <= 1.0 and row["wins"] + row["losses"] + row["ties"] == 16
+            assert 0.0 <= row["p_value_greedy"] <= 1.0 and row["wins_greedy"] + row["losses_greedy"] + row["ties_greedy"] == 16
     assert abs(table["sft"]["kl_to_sft"]) < 1e-4  # the SFT model against itself
     assert "clean only" not in ctx.results["reward"]["accuracies"] and "dirty only" in ctx.results["reward"]["accuracies"]
     assert [p["step"] for p in ctx.results["ppo"]["trajectory"]] == [0, 2]  # before training and every 2 // 1 steps
@@ -165,3 +169,18 @@ def test_real_recipe_parses_and_sft_without_reward_selects_by_loss(tmp_path, sft
     evals = ctx.results["sft"]["evaluations"]
     assert evals and all("eval_reward" not in e for e in evals)
     assert ctx.results["sft"]["best_step_by_loss"] in [e["step"] for e in evals]
+
+
+def test_sort_hard_curated_sft_data_keeps_the_demonstrators_mode(tmp_path):
+    """On sort_hard the curated SFT data are the answers the demonstrators meant to be right, their systematic wrong
+    mode included (a gold filter would remove it and with it the headroom); the plain task still filters by gold."""
+    from trl_extras.pipeline.data import pipeline_datasets
+
+    hard = pipeline_datasets(micro_config(tmp_path, task="sort_hard"))
+    kinds = set(hard["sft"]["kind"])
+    assert kinds == {"correct", "mode"}
+    assert min(hard["sft"]["gold"]) < 0.75  # wrong-mode answers on long prompts stay in
+    plain = pipeline_datasets(micro_config(tmp_path))
+    assert min(plain["sft"]["gold"]) >= 0.75
+    with pytest.raises(ValueError, match="task must be one of"):
+        micro_config(tmp_path, task="sort_harder")

@@ -89,8 +89,10 @@ def test_pipeline_runs_the_arithmetic_task(tmp_path, tiny_paths):
     ctx = run_pipeline(config)
     assert isinstance(ctx.data["prompts"]["prompt"][0], list)  # chat-form prompts
     assert ctx.results["ppo"]["reward"] == "gold" and ctx.results["evaluate"]["temperature"] == 0
-    table = {row["method"]: row for row in ctx.results["evaluate"]["table"]}
-    assert set(table) == {"pretrained", "sft", "cem", "ppo", "dpo"}
+    table = {row["stage"]: row for row in ctx.results["evaluate"]["table"]}
+    assert {"pretrained", "sft", "cem", "ppo", "dpo"} <= set(table)
+    assert table["ppo"]["method"] == "PPO (gold reward, β=0.2)"
+    assert all(row["gold_greedy"] == row["gold"] for row in table.values())  # eval_temperature=0: greedy already
     assert all(0.0 <= row["gold"] <= 1.0 for row in table.values())
     assert abs(table["sft"]["kl_to_sft"]) < 1e-4
     assert len(ctx.data["rm_test"]) == 32

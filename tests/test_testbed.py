@@ -152,3 +152,55 @@ def test_bad_config_errors():
         dirty_pairs(10, easy_share=1.5)
     with pytest.raises(ValueError, match="distinct prompts"):
         prompt_dataset("train", TestbedConfig(min_digits=1, max_digits=1, num_train_prompts=20))
+
+
+def test_systematic_mode():
+    from trl_extras.testbed.task import systematic_mode
+
+    assert systematic_mode([7, 3, 7, 9, 1, 8, 2]) == [1, 2, 3, 7, 8]  # duplicate 7 dropped, cut to 5
+    assert systematic_mode([7, 3, 7, 9, 1, 8, 2], max_digits=3) == [1, 2, 3]
+    assert systematic_mode([4, 2, 9]) == [2, 4, 9]  # short and without repeats: right
+
+
+def test_sort_hard_demonstrations_carry_the_wrong_mode():
+    """On sort_hard, 'correct' demonstrations are the systematic mode with probability mode_share; the pairs see the
+    same demonstrators (so reward models can learn the mode is worse) and gold still judges the truth."""
+    from trl_extras.testbed import sort_hard_config, task_module
+    from trl_extras.testbed.task import systematic_mode
+
+    cfg = sort_hard_config(seed=3, num_train_prompts=300, num_holdout_prompts=50)
+    assert task_module("sort_hard").TaskConfig(seed=3, num_train_prompts=300, num_holdout_prompts=50) == cfg
+    data = sft_dataset(3000, cfg)
+    kinds = np.array(data["kind"])
+    meant_right = np.isin(kinds, ["correct", "mode"])
+    assert abs((kinds == "mode")[meant_right].mean() - cfg.mode_share) < 0.04
+    for p, c, k in zip(data["prompt"], data["completion"], kinds):
+        if k == "mode":
+            assert c.split() == [str(d) for d in systematic_mode(parse_prompt(p), cfg.mode_max_digits)]
+    mode_gold = np.array(data["gold"])[kinds == "mode"]
+    assert (mode_gold < 1).mean() > 0.5 and mode_gold.mean() < 0.85  # mostly wrong: long prompts, repeats
+    assert all(c.split() for c in data["completion"])  # a slip on a one-digit mode never leaves an empty answer
+    from trl_extras.testbed.data import demonstration
+
+    rng = __import__("random").Random(0)
+    assert all(demonstration([5, 5, 5], "drop", rng, sort_hard_config(mode_share=1.0))[1] == [5] for _ in range(5))
+    lengths = [len(parse_prompt(p)) for p in prompt_dataset("holdout", cfg)["prompt"]]
+    assert min(lengths) == cfg.min_digits and max(lengths) == cfg.max_digits
+    # pairs where a right answer meets the mode: gold prefers the right one
+    pairs = clean_pairs(2000, flip_rate=0.0, config=cfg)
+    modes = {" " + " ".join(str(d) for d in systematic_mode(parse_prompt(p), cfg.mode_max_digits)): p
+             for p in pairs["prompt"]}
+    assert any(r["rejected"] in modes and modes[r["rejected"]] == r["prompt"] for r in pairs)
+
+
+def test_plain_task_datasets_and_cache_key_unchanged_by_mode_fields():
+    """mode_share=0 draws nothing extra: the plain task's corpus is what it was, and the SFT cache key too."""
+    from trl_extras.testbed import SFTBuildConfig
+    from trl_extras.testbed.policy import _key
+
+    data = sft_dataset(50, SMALL)
+    assert "mode" not in set(data["kind"])
+    assert _key(SFTBuildConfig()) == "f69f08a07599"  # the key of the cache built before the mode fields existed
+    assert _key(SFTBuildConfig(testbed=TestbedConfig(mode_share=0.5))) != _key(SFTBuildConfig())
+    with pytest.raises(ValueError, match="mode_share"):
+        TestbedConfig(mode_share=1.5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo", "ppo_refresh", "dpo", "evaluate")
+ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo_single", "ppo", "ppo_refresh", "dpo", "evaluate")
 
 
 @dataclass
@@ -37,7 +37,8 @@ class PipelineConfig:
     # ----- data
     task: str = field(
         default="sort_digits",
-        metadata={"help": "Task of the 'testbed' datasets: sort_digits (tiny models) or arithmetic (real chat models)."},
+        metadata={"help": "Task of the 'testbed' datasets: sort_digits or sort_hard (tiny models; sort_hard's SFT "
+                  "demonstrations have a systematic wrong mode that RL can fix) or arithmetic (real chat models)."},
     )
     prompt_dataset: str = field(default="testbed", metadata={"help": "Train prompts (`prompt` column)."})
     eval_prompt_dataset: str = field(default="testbed", metadata={"help": "Holdout prompts for evaluation."})
@@ -109,6 +110,11 @@ class PipelineConfig:
         metadata={"help": "Measurements of gold, proxy and KL to SFT on holdout prompts during PPO (the reward-vs-KL "
                   "plot), evenly spaced, plus one before training; 0: none."},
     )
+    ppo_single_kl_coef: float = field(
+        default=0.0,
+        metadata={"help": "ppo_single stage: β of PPO against one fixed reward model (0: nothing holds the policy near "
+                  "SFT: the over-optimization baseline)."},
+    )
     refresh_every: int = field(
         default=10, metadata={"help": "ppo_refresh stage: PPO steps between reward-model refreshes on the policy's answers."}
     )
@@ -122,11 +128,6 @@ class PipelineConfig:
         default="ensemble",
         metadata={"help": "What PPO optimizes: 'ensemble' (the penalized reward ensemble) or 'gold' (the gold reward: the "
                   "upper bound of what RL can gain on the task)."},
-    )
-    eval_greedy: bool = field(
-        default=False,
-        metadata={"help": "Evaluate: also score greedy answers with gold and test them side by side against SFT's "
-                  "greedy answers (adds columns; only when eval_temperature is not 0, which is greedy already)."},
     )
     dpo_num_generations: int = field(default=4, metadata={"help": "Samples per prompt for synthetic DPO pairs."})
     dpo_max_steps: int = field(default=20, metadata={"help": "DPO steps per stage."})
@@ -155,12 +156,15 @@ class PipelineConfig:
         check_number(self, "drop_easiest", low=0, high=1, high_open=True)
         check_number(self, "cem_sft_mix_ratio", low=0)
         check_number(self, "ppo_kl_coef", low=0)
+        check_number(self, "ppo_single_kl_coef", low=0)
         check_number(self, "refresh_flip_rate", low=0, high=0.5)
         for name in ("sft_learning_rate", "rm_learning_rate", "ppo_learning_rate", "dpo_learning_rate", "rm_epochs",
                      "rm_pretrain_epochs", "dpo_beta"):  # fmt: skip
             check_number(self, name, low=0, low_open=True)
-        if self.task not in ("sort_digits", "arithmetic"):
-            raise ValueError(f"task must be 'sort_digits' or 'arithmetic', got {self.task!r}.")
+        from ..testbed import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
         if self.ppo_reward not in ("ensemble", "gold"):
             raise ValueError(f"ppo_reward must be 'ensemble' or 'gold', got {self.ppo_reward!r}.")
         if self.ensemble_size < 2:

@@ -28,9 +28,14 @@ def pipeline_datasets(config: PipelineConfig) -> dict:
         if role == "eval_prompts":
             return prompt_dataset("holdout", task).select(range(config.num_eval_prompts))
         if role == "sft":
-            # the curated SFT data: the corpus restricted to good answers (gold >= 0.75)
+            # the curated SFT data: the corpus restricted to good answers (gold >= 0.75); on a task whose
+            # demonstrators have a systematic wrong mode, to the answers they meant to be right (the mode included:
+            # curators cannot see it, which is why the SFT model inherits it)
             data = sft_dataset(4 * config.num_sft_examples, task, seed=config.seed + 101)
-            data = data.filter(lambda row: row["gold"] >= 0.75)
+            if getattr(task, "mode_share", 0.0) > 0:
+                data = data.filter(lambda row: row["kind"] in ("correct", "mode"))
+            else:
+                data = data.filter(lambda row: row["gold"] >= 0.75)
             return data.select(range(min(config.num_sft_examples, len(data))))
         if role == "dirty":
             return dirty_pairs(config.num_dirty_pairs, config=task, seed=config.seed + 102)

@@ -82,13 +82,6 @@ def evaluate_policy(
     )
 
 
-def greedy_gold(model, tokenizer, prompts: list, gold_reward, max_new_tokens: int = 24, batch_size: int = 128):
-    """Greedy answers to ``prompts`` and their gold rewards: ``(completions, gold list)`` (the shared measuring path)."""
-    m = measure_policy(model, tokenizer, prompts, {"gold": gold_reward}, max_new_tokens=max_new_tokens, temperature=0,
-                       batch_size=batch_size)
-    return m.completions, m.rewards["gold"]
-
-
 def fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"

@@ -7,32 +7,38 @@ from pathlib import Path
 
 from .evaluate import fmt
 
+#: Labels of results written before evaluation rows carried their own ``method`` label (rows keyed by stage).
 METHOD_LABELS = {"pretrained": "pretrained", "sft": "SFT (reward ES)", "cem": "CEM", "ppo": "PPO", "ppo_refresh": "PPO (refreshed RM)", "dpo": "DPO"}
 
 
+def _label(row: dict) -> str:
+    return METHOD_LABELS.get(row["method"], row["method"])
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
+
+
 def table_lines(rows: list[dict]) -> list[str]:
-    """A fixed-width table: gold (95% CI), proxy, KL to SFT, length, win rate vs SFT with its p-value."""
-    width = max([16, *(len(METHOD_LABELS.get(r["method"], r["method"])) for r in rows)])
-    greedy = any("gold_greedy" in r for r in rows)  # the pipeline's eval_greedy columns
-    header = f"{'method':<{width}} {'gold':>6} {'gold 95% CI':>15} {'proxy':>7} {'dirty RM':>8} {'KL(π‖SFT)':>9} {'len':>5} {'win vs SFT':>10} {'p-value':>9}"
-    if greedy:
-        header += f" {'greedy gold':>11} {'W/L':>7} {'greedy p':>9}"
+    """A fixed-width table: gold at the sampling temperature (95% CI) and greedy (95% CI), proxy, dirty RM, KL to
+    SFT, length, and the side-by-side win rate vs SFT with its p-value, sampled and greedy."""
+    width = max([16, *(len(_label(r)) for r in rows)])
+    header = (f"{'method':<{width}} {'gold':>6} {'gold 95% CI':>15} {'greedy':>6} {'greedy 95% CI':>15} {'proxy':>7} "
+              f"{'dirty RM':>8} {'KL(π‖SFT)':>9} {'len':>5} {'win vs SFT':>10} {'p-value':>9} {'win greedy':>10} "
+              f"{'p greedy':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
-        ci = r.get("gold_ci")
-        ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
-        win = fmt(r.get("win_rate")) if r.get("win_rate") is not None else "(base)" if r["method"] == "sft" else "–"
-        p = r.get("p_value")
-        line = (
-            f"{METHOD_LABELS.get(r['method'], r['method']):<{width}} {fmt(r.get('gold')):>6} {ci_s:>15} "
-            f"{fmt(r.get('proxy')):>7} {fmt(r.get('dirty_rm')):>8} {fmt(r.get('kl_to_sft')):>9} "
-            f"{r.get('length', 0):>5.1f} {win:>10} {f'{p:.1e}' if p is not None else '–':>9}"
+        base = r.get("stage", r["method"]) == "sft"
+        cells = []
+        for suffix in ("", "_greedy"):
+            win, p = r.get(f"win_rate{suffix}"), r.get(f"p_value{suffix}")
+            cells.append((fmt(win) if win is not None else "(base)" if base else "–", f"{p:.1e}" if p is not None else "–"))
+        lines.append(
+            f"{_label(r):<{width}} {fmt(r.get('gold')):>6} {_ci(r.get('gold_ci')):>15} {fmt(r.get('gold_greedy')):>6} "
+            f"{_ci(r.get('gold_ci_greedy')):>15} {fmt(r.get('proxy')):>7} {fmt(r.get('dirty_rm')):>8} "
+            f"{fmt(r.get('kl_to_sft')):>9} {r.get('length', 0):>5.1f} {cells[0][0]:>10} {cells[0][1]:>9} "
+            f"{cells[1][0]:>10} {cells[1][1]:>9}"
         )
-        if greedy:
-            pg = r.get("p_value_greedy")
-            wl = f"{r['wins_greedy']}/{r['losses_greedy']}" if "wins_greedy" in r else "(base)" if r["method"] == "sft" else "–"
-            line += f" {fmt(r.get('gold_greedy')):>11} {wl:>7} {f'{pg:.1e}' if pg is not None else '–':>9}"
-        lines.append(line)
     return lines
 
 
@@ -59,7 +65,7 @@ def make_plots(results: dict, out: Path) -> list[str]:
                 if row.get(key) is None:
                     continue
                 ax.scatter(row["kl_to_sft"], row[key], s=60, zorder=3)
-                ax.annotate(METHOD_LABELS.get(row["method"], row["method"]), (row["kl_to_sft"], row[key]),
+                ax.annotate(_label(row), (row["kl_to_sft"], row[key]),
                             textcoords="offset points", xytext=(5, 5), fontsize=9)
             if cem_pts and all(x is not None for x, _ in cem_pts):
                 ax.plot(*zip(*cem_pts), "--s", ms=3, color="tab:green", alpha=0.6, label="CEM rounds")
@@ -115,26 +121,37 @@ def make_plots(results: dict, out: Path) -> list[str]:
     return files
 
 
+#: The final table alone, in the report directory: what README embeds (``benchmarks/method_ranking.py`` copies it).
+TABLE_FILE = "table.md"
+
+
+def table_markdown(results: dict) -> str:
+    """The final evaluation table as Markdown (a caption and a fenced fixed-width table); "" without one."""
+    ev = results.get("evaluate", {})
+    table = ev.get("table")
+    if not table:
+        return ""
+    return "\n".join([
+        f"## Final table ({ev['num_prompts']} holdout prompts; gold: one sample each at T={ev.get('temperature', '?')}, "
+        f"greedy: the greedy answer; side-by-side judge: {ev['judge']}; p-value: two-sided binomial test, ties "
+        "excluded)",
+        "",
+        "```",
+        *table_lines(table),
+        "```",
+    ])
+
+
 def write_report(results: dict, out: Path, title: str = "trl-extras pipeline report") -> Path:
     """Write ``report.md`` (+ plots, + ``results.json``) into ``out`` and return its path."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     plots = make_plots(results, out)
     md = [f"# {title}", ""]
-    table = results.get("evaluate", {}).get("table", [])
-    if table:
-        ev = results["evaluate"]
-        md += [
-            f"## Final table ({ev['num_prompts']} holdout prompts, one answer each at temperature {ev.get('temperature')} "
-            f"(0: greedy); side-by-side judge: {ev['judge']}; p-value: two-sided binomial test, ties excluded"
-            + ("; greedy columns: gold of greedy answers, wins/losses and p of the same test on them" if any(
-                "gold_greedy" in r for r in table) else "") + ")",
-            "",
-            "```",
-            *table_lines(table),
-            "```",
-            "",
-        ]
+    table_md = table_markdown(results)
+    if table_md:
+        md += [table_md, ""]
+        (out / TABLE_FILE).write_text(table_md)
     if "reward_vs_kl.png" in plots:
         md += ["## Reward against KL to the SFT model", "", "![reward vs KL](reward_vs_kl.png)", ""]
     sft = results.get("sft")
@@ -179,6 +196,4 @@ def write_report(results: dict, out: Path, title: str = "trl-extras pipeline rep
         md += ["## Stage timings (s)", "", " | ".join(f"{k}: {v}" for k, v in timings.items()), ""]
     path = out / "report.md"
     path.write_text("\n".join(md))
-    if table:  # the final table alone, for README quotes
-        (out / "table.md").write_text("\n".join(["```", *table_lines(table), "```", ""]))
     return path

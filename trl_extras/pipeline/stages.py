@@ -109,10 +109,13 @@ def stage_sft(ctx: Context) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from ..callbacks.reward_early_stopping import RewardEarlyStoppingCallback
-    from ..testbed import build_sft_policy
+    from ..testbed import task_module
 
     cfg, out = ctx.config, ctx.stage_dir("sft")
-    base = cfg.policy_model or build_sft_policy(progress=True)
+    # the testbed's starting policy: the kit's tiny model trained on the task's corpus with this seed (cached)
+    base = cfg.policy_model or task_module(cfg.task).sft_policy(seed=cfg.seed, progress=True)
+    if base is None:
+        raise ValueError(f"task {cfg.task!r} has no built-in starting policy: set policy_model (e.g. 'smollm2').")
     tokenizer = AutoTokenizer.from_pretrained(base)
     sft = ctx.data["sft"].remove_columns([c for c in ctx.data["sft"].column_names if c not in ("prompt", "completion", "messages", "text")])
     split = sft.train_test_split(test_size=0.1, seed=cfg.seed)
@@ -341,8 +344,9 @@ def stage_cem(ctx: Context) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # 5. PPO (advantage-normalized, exact KL, ensemble uncertainty penalty)
 # ----------------------------------------------------------------------------------------------------------------
-def _trajectory_callback(ctx: Context, every: int, num_prompts: int = 64):
-    """Measures gold, proxy and KL to SFT every ``every`` steps: the data of the Goodhart plot."""
+def _trajectory_callback(ctx: Context, every: int, num_prompts: int = 64, proxy=None):
+    """Measures gold, proxy (``proxy``, default the reward ensemble) and KL to SFT every ``every`` steps: the
+    data of the Goodhart plot."""
     from transformers import AutoModelForCausalLM
 
     from ..callbacks.reward_measure import RewardMeasureCallback
@@ -357,8 +361,11 @@ def _trajectory_callback(ctx: Context, every: int, num_prompts: int = 64):
     )
 
 
-def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
-    """PPO from the SFT model on ``reward`` (the value model starts from the reward stage's RM); stage ``name``."""
+def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=(), kl_coef: float | None = None,
+             trajectory_proxy=None) -> dict:
+    """PPO from the SFT model on ``reward`` (the value model starts from the reward stage's RM); stage ``name``;
+    ``kl_coef`` overrides ``ppo_kl_coef``; ``trajectory_proxy`` is the proxy the trajectory tracks (default the
+    reward ensemble)."""
     from ..trainers.ppo import PPOConfig, PPOTrainer
 
     cfg, out = ctx.config, ctx.stage_dir(name)
@@ -371,7 +378,7 @@ def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
         kl_estimator="exact",
-        kl_coef=cfg.ppo_kl_coef,
+        kl_coef=cfg.ppo_kl_coef if kl_coef is None else kl_coef,
         num_ppo_epochs=cfg.ppo_num_epochs,
         advantage_normalization="batch",
         save_strategy="no",
@@ -379,7 +386,8 @@ def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
         **ctx.trainer_kwargs(),
     )
     points = cfg.ppo_trajectory_points
-    trajectory = _trajectory_callback(ctx, every=max(1, cfg.ppo_max_steps // points)) if points else None
+    trajectory = (_trajectory_callback(ctx, every=max(1, cfg.ppo_max_steps // points), proxy=trajectory_proxy)
+                  if points else None)
     trainer = PPOTrainer(
         model=ctx.results["sft"]["model"], reward_funcs=reward, args=args,
         train_dataset=ctx.data["prompts"], value_model=ctx.results["reward"]["model"],
@@ -397,6 +405,14 @@ def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=()) -> dict:
 def stage_ppo(ctx: Context) -> dict:
     reward = ctx.gold.funcs[0] if ctx.config.ppo_reward == "gold" else load_ensemble(ctx)
     return _run_ppo(ctx, "ppo", reward)
+
+
+def stage_ppo_single(ctx: Context) -> dict:
+    """PPO against one fixed reward model (the reward stage's dirty→clean RM, the value model's initialisation too)
+    with β = ``ppo_single_kl_coef`` (0 by default): the over-optimization baseline the KL penalty, the ensemble
+    penalty and the reward refresh are measured against."""
+    rm = ctx.results["reward"]["model"]
+    return _run_ppo(ctx, "ppo_single", rm, kl_coef=ctx.config.ppo_single_kl_coef, trajectory_proxy=rm)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -479,7 +495,7 @@ def stage_evaluate(ctx: Context) -> dict:
 
     from ..evaluation.side_by_side import side_by_side
     from ..rewards.functions import RewardFunctions
-    from .evaluate import evaluate_policy, greedy_gold
+    from .evaluate import evaluate_policy
 
     cfg = ctx.config
     prompts = ctx.data["eval_prompts"]["prompt"]
@@ -490,41 +506,56 @@ def stage_evaluate(ctx: Context) -> dict:
     device = "cuda" if torch.cuda.is_available() and not cfg.use_cpu else "cpu"
     sft_model = AutoModelForCausalLM.from_pretrained(sft_path, **ctx.model_init_kwargs()).to(device)
     candidates = {"pretrained": ctx.results["sft"]["base_model"], "sft": sft_path}
-    for stage in ("cem", "ppo", "ppo_refresh", "dpo"):
+    for stage in ("cem", "ppo_single", "ppo", "ppo_refresh", "dpo"):
         if stage in ctx.results:
             candidates[stage] = ctx.results[stage]["model"]
     temperature = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
-    with_greedy = cfg.eval_greedy and temperature != 0 and gold is not None
-    evaluations, greedy = {}, {}
+    # every model at the sampling temperature AND greedy: a gain that exists only when sampling is sharpening
+    decodings = {"": temperature, "_greedy": 0.0}
+    evaluations = {}
     for name, path in candidates.items():
         model = sft_model if name == "sft" else AutoModelForCausalLM.from_pretrained(path, **ctx.model_init_kwargs()).to(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        evaluations[name] = evaluate_policy(
-            name, model, tokenizer, sft_model, prompts, proxy, gold, max_new_tokens=cfg.max_completion_length,
-            temperature=temperature, seed=cfg.seed,
-            extra_rewards={"dirty_rm": dirty_proxy} if dirty_proxy is not None else None,
-        )
-        if with_greedy:
-            greedy[name] = greedy_gold(model, tokenizer, prompts, gold, max_new_tokens=cfg.max_completion_length)
-        if model is not sft_model:
-            del model
+        for suffix, temp in decodings.items():
+            if suffix and temp == temperature:  # the evaluation is greedy already
+                evaluations[name, suffix] = evaluations[name, ""]
+                continue
+            evaluations[name, suffix] = evaluate_policy(
+                name, model, tokenizer, sft_model, prompts, proxy, gold, max_new_tokens=cfg.max_completion_length,
+                temperature=temp, seed=cfg.seed, extra_rewards={"dirty_rm": dirty_proxy} if dirty_proxy is not None else None,
+            )
     rows = []
     judge = gold.funcs[0] if gold is not None else proxy.funcs[0]
-    for name, ev in evaluations.items():
-        row = ev.row()
-        if name != "sft":
-            sbs = side_by_side(ev.completions, evaluations["sft"].completions, prompts, judge, seed=cfg.seed)
-            row.update(win_rate=sbs.win_rate, win_rate_ci=list(sbs.win_rate_ci), p_value=sbs.p_value,
-                       wins=sbs.wins, losses=sbs.losses, ties=sbs.ties)
-        if with_greedy:
-            completions, scores = greedy[name]
-            row["gold_greedy"] = sum(scores) / len(scores)
+    for name in candidates:
+        row = {"stage": name, **evaluations[name, ""].row(), "method": method_label(name, cfg)}
+        for suffix in decodings:
+            ev = evaluations[name, suffix]
+            if suffix:
+                row.update({f"gold{suffix}": ev.gold_mean, f"gold_ci{suffix}": ev.gold_ci, f"proxy{suffix}": ev.proxy_mean})
             if name != "sft":
-                sbs = side_by_side(completions, greedy["sft"][0], prompts, judge, seed=cfg.seed)
-                row.update(p_value_greedy=sbs.p_value, wins_greedy=sbs.wins, losses_greedy=sbs.losses)
+                sbs = side_by_side(ev.completions, evaluations["sft", suffix].completions, prompts, judge, seed=cfg.seed)
+                row.update({f"win_rate{suffix}": sbs.win_rate, f"win_rate_ci{suffix}": list(sbs.win_rate_ci),
+                            f"p_value{suffix}": sbs.p_value, f"wins{suffix}": sbs.wins, f"losses{suffix}": sbs.losses,
+                            f"ties{suffix}": sbs.ties})
         rows.append(row)
     return {"table": rows, "judge": "gold" if gold is not None else "reward ensemble", "num_prompts": len(prompts),
             "temperature": temperature, "ppo_reward": cfg.ppo_reward}
+
+
+def method_label(stage: str, cfg: PipelineConfig) -> str:
+    """What the model of ``stage`` is, in words with its settings (the ``method`` of the evaluation table)."""
+    ensemble = f"ensemble {cfg.ensemble_penalty} λ={cfg.ensemble_coef:g}"
+    labels = {
+        "pretrained": "pretrained",
+        "sft": "SFT (reward ES)",
+        "cem": f"CEM ({cfg.cem_rounds} rounds, {ensemble})",
+        "ppo_single": f"PPO (single RM, β={cfg.ppo_single_kl_coef:g})",
+        "ppo": f"PPO (gold reward, β={cfg.ppo_kl_coef:g})" if cfg.ppo_reward == "gold"
+        else f"PPO ({ensemble}, β={cfg.ppo_kl_coef:g})",
+        "ppo_refresh": f"PPO (refreshed RM, β={cfg.ppo_kl_coef:g})",
+        "dpo": "DPO (synthetic → real pairs)",
+    }
+    return labels.get(stage, stage)
 
 
 STAGES = {
@@ -532,6 +563,7 @@ STAGES = {
     "reward": stage_reward,
     "ensemble": stage_ensemble,
     "cem": stage_cem,
+    "ppo_single": stage_ppo_single,
     "ppo": stage_ppo,
     "ppo_refresh": stage_ppo_refresh,
     "dpo": stage_dpo,
@@ -559,6 +591,8 @@ STAGE_SETTINGS = {
             "gold_reward", "train_batch_size"),
     "ppo": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps", "ppo_batch_size",
             "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs", "ppo_reward", "ppo_trajectory_points"),
+    "ppo_single": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps",
+                   "ppo_batch_size", "ppo_learning_rate", "ppo_single_kl_coef", "gold_reward", "ppo_num_epochs"),
     "ppo_refresh": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps",
                     "ppo_batch_size", "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs",
                     "ensemble_penalty", "ensemble_coef", "refresh_every", "refresh_num_pairs", "refresh_flip_rate",
@@ -566,11 +600,12 @@ STAGE_SETTINGS = {
     "dpo": (*_COMMON, "prompt_dataset", "num_train_prompts", "real_pairs_dataset", "num_clean_pairs",
             "dpo_num_generations", "dpo_max_steps", "dpo_learning_rate", "dpo_beta", "train_batch_size"),
     "evaluate": (*_COMMON, "eval_prompt_dataset", "num_eval_prompts", "gold_reward", "ensemble_penalty",
-                 "ensemble_coef", "eval_temperature", "eval_greedy"),
+                 "ensemble_coef", "eval_temperature"),
 }  # fmt: skip
 STAGE_INPUTS = {"sft": (), "reward": ("sft",), "ensemble": ("sft",), "cem": ("sft", "ensemble"),
                 "ppo": ("sft", "reward", "ensemble"), "ppo_refresh": ("sft", "reward", "ensemble"),
-                "dpo": ("sft", "ensemble"), "evaluate": ("sft", "reward", "ensemble", "cem", "ppo", "ppo_refresh", "dpo")}  # fmt: skip
+                "ppo_single": ("sft", "reward"), "dpo": ("sft", "ensemble"),
+                "evaluate": ("sft", "reward", "ensemble", "cem", "ppo_single", "ppo", "ppo_refresh", "dpo")}  # fmt: skip
 
 
 def stage_settings(ctx: Context, name: str) -> dict:

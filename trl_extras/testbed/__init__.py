@@ -2,12 +2,14 @@
 model offline (SmolLM2-135M-Instruct, :func:`smollm2_path`) with an arithmetic task (:mod:`.arithmetic`)."""
 
 from .data import (
+    SORT_HARD,
     TestbedConfig,
     clean_pairs,
     dirty_pairs,
     hacked_completions,
     prompt_dataset,
     sft_dataset,
+    sort_hard_config,
     to_conversational_completion,
     to_conversational_prompt,
 )
@@ -27,6 +29,7 @@ from .task import gold_reward, gold_reward_fn, heuristic_reward, heuristic_rewar
 __all__ = [
     "CHAT_TEMPLATE",
     "SFTBuildConfig",
+    "SORT_HARD",
     "TestbedConfig",
     "TinyModelSpec",
     "build_causal_lm",
@@ -48,6 +51,7 @@ __all__ = [
     "prompt_dataset",
     "sft_dataset",
     "save_tiny",
+    "sort_hard_config",
     "smollm2_installed",
     "smollm2_path",
     "to_conversational_completion",
@@ -57,11 +61,17 @@ __all__ = [
 ]
 
 
+#: The built-in tasks, by name (``task_module``, the pipeline's ``task``).
+TASKS = ("sort_digits", "sort_hard", "arithmetic")
+
+
 def task_module(name: str):
-    """The module of a built-in task, for code that runs on either (the pipeline): ``"sort_digits"`` (this package's
-    ``data``/``task``) or ``"arithmetic"`` (:mod:`.arithmetic`). Both expose ``prompt_dataset``, ``sft_dataset``,
-    ``clean_pairs``, ``dirty_pairs``, ``hacked_completions``, ``gold_reward_fn``, ``heuristic_reward_fn`` and a
-    config class ``TaskConfig``."""
+    """The module of a built-in task, for code that runs on any (the pipeline): ``"sort_digits"`` (this package's
+    ``data``/``task``), ``"sort_hard"`` (the same with the demonstrators' systematic wrong mode, :data:`SORT_HARD`)
+    or ``"arithmetic"`` (:mod:`.arithmetic`). Each exposes ``prompt_dataset``, ``sft_dataset``, ``clean_pairs``,
+    ``dirty_pairs``, ``hacked_completions``, ``gold_reward_fn``, ``heuristic_reward_fn``, a config class (or factory)
+    ``TaskConfig(seed=...)`` and ``sft_policy(seed, progress)``: the path of the task's starting SFT policy (the
+    tiny kit policy built on the task's corpus with that seed, cached), or None where the task needs a real model."""
     import sys
     import types
 
@@ -70,12 +80,18 @@ def task_module(name: str):
 
         module = arithmetic
         config = arithmetic.ArithmeticConfig
-    elif name == "sort_digits":
+    elif name in ("sort_digits", "sort_hard"):
         module = sys.modules[__name__]
-        config = TestbedConfig
+        config = TestbedConfig if name == "sort_digits" else sort_hard_config
     else:
-        raise ValueError(f"Unknown testbed task {name!r}; choose 'sort_digits' or 'arithmetic'.")
+        raise ValueError(f"Unknown testbed task {name!r}; choose one of {TASKS}.")
+
+    def sft_policy(seed: int = 0, progress: bool = True):
+        if name == "arithmetic":
+            return None
+        return build_sft_policy(SFTBuildConfig(seed=seed, testbed=config(seed=seed)), progress=progress)
+
     names = ("prompt_dataset", "sft_dataset", "clean_pairs", "dirty_pairs", "hacked_completions", "gold_reward_fn",
              "heuristic_reward_fn")
-    return types.SimpleNamespace(TaskConfig=config, **{n: getattr(module, n) for n in names})
+    return types.SimpleNamespace(TaskConfig=config, sft_policy=sft_policy, **{n: getattr(module, n) for n in names})
 

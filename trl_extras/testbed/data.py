@@ -34,6 +34,57 @@ class TestbedConfig:
     num_train_prompts: int = field(default=2000, metadata={"help": "Prompts of the train split."})
     num_holdout_prompts: int = field(default=256, metadata={"help": "Prompts of the holdout split (disjoint)."})
     seed: int = field(default=0, metadata={"help": "Seed of every generator of the task."})
+    mode_share: float = field(
+        default=0.0,
+        metadata={"help": "Share of the demonstrators' 'correct' answers (SFT corpus and preference pairs) replaced by "
+                  "the systematic wrong mode (duplicates dropped, cut to mode_max_digits): 0 is the plain task; "
+                  "the sort_hard task uses it so that the SFT policy's greedy answer is wrong where sampling "
+                  "sometimes is right (headroom that needs learning)."},
+    )
+    mode_max_digits: int = field(default=5, metadata={"help": "Digits the systematic wrong mode keeps."})
+    mix: dict | None = field(
+        default=None, metadata={"help": "Quality mix of the SFT corpus and pairs, {kind: share}; None: task.DEFAULT_MIX."}
+    )
+
+    def __post_init__(self):
+        if not 0.0 <= self.mode_share <= 1.0:
+            raise ValueError(f"mode_share must be in [0, 1], got {self.mode_share}")
+        if self.mode_max_digits < 1:
+            raise ValueError(f"mode_max_digits must be >= 1, got {self.mode_max_digits}")
+
+
+#: The ``sort_hard`` task (issue 13): prompts of 3-10 digits whose demonstrators start from the systematic wrong
+#: mode (:func:`~trl_extras.testbed.task.systematic_mode`: duplicates dropped, cut to 4 digits) 70% of the time, so
+#: the SFT policy's greedy answer is the mode while samples are sometimes right. ``benchmarks/testbed_headroom.py`` measures it.
+SORT_HARD = {
+    "min_digits": 3,
+    "max_digits": 10,
+    "mode_share": 0.7,
+    "mode_max_digits": 4,
+    "mix": {"correct": 0.60, "swap": 0.15, "drop": 0.10, "random": 0.05, "extra": 0.10},
+}
+
+
+def sort_hard_config(**overrides) -> TestbedConfig:
+    """The ``sort_hard`` task's :class:`TestbedConfig` (:data:`SORT_HARD`), with ``overrides`` (e.g. ``seed``)."""
+    return TestbedConfig(**{**SORT_HARD, **overrides})
+
+
+def demonstration(digits: list[int], kind: str, rng: random.Random, config: TestbedConfig) -> tuple[str, list[int]]:
+    """``(kind, digits)`` of a demonstrator's answer of quality ``kind``. On a task with ``mode_share``, with that
+    probability the demonstrator starts from the systematic wrong mode instead of the sorted prompt and makes the
+    same slips on it (a "correct" answer is then the mode itself, kind ``"mode"``): the mode dominates every branch
+    point (stop early, skip a repeat), so greedy decoding follows it while samples sometimes leave it. Draws nothing
+    extra from ``rng`` when ``mode_share`` is 0, so the plain task's datasets are unchanged."""
+    from .task import systematic_mode
+
+    if config.mode_share > 0 and rng.random() < config.mode_share:
+        base = systematic_mode(digits, config.mode_max_digits)
+        answer = corrupt(base, kind, rng)
+        if not answer:  # a slip on a one-digit mode ("5 5 5 >" → " 5", minus its digit): the mode itself, never empty
+            return "mode", base
+        return ("mode" if kind == "correct" else kind), answer
+    return kind, corrupt(digits, kind, rng)
 
 
 def _prompt_pool(config: TestbedConfig) -> tuple[list[str], list[str]]:
@@ -90,14 +141,14 @@ def sft_dataset(
     config = config or TestbedConfig()
     train, _ = _prompt_pool(config)
     rng = random.Random(config.seed + 1 if seed is None else seed)
-    mix = mix or DEFAULT_MIX
+    mix = mix or config.mix or DEFAULT_MIX
     rows = {"prompt": [], "completion": [], "kind": [], "gold": []}
     for _ in range(num_examples):
         prompt = rng.choice(train)
         from .task import parse_prompt
 
-        kind = sample_kind(rng, mix)
-        completion = format_completion(corrupt(parse_prompt(prompt), kind, rng))
+        kind, digits = demonstration(parse_prompt(prompt), sample_kind(rng, mix), rng, config)
+        completion = format_completion(digits)
         rows["prompt"].append(to_conversational_prompt(prompt) if conversational else prompt)
         rows["completion"].append(to_conversational_completion(completion) if conversational else completion)
         rows["kind"].append(kind)
@@ -105,14 +156,15 @@ def sft_dataset(
     return Dataset.from_dict(rows)
 
 
-def _sample_pair(rng, prompt, mix, max_tries=20):
-    """Two completions of distinct gold for one prompt, drawn from ``mix``; None if every draw ties."""
+def _sample_pair(rng, prompt, mix, config, max_tries=20):
+    """Two completions of distinct gold for one prompt, drawn from ``mix`` (and ``config``'s wrong mode); None if
+    every draw ties."""
     from .task import parse_prompt
 
     digits = parse_prompt(prompt)
     for _ in range(max_tries):
-        a = format_completion(corrupt(digits, sample_kind(rng, mix), rng))
-        b = format_completion(corrupt(digits, sample_kind(rng, mix), rng))
+        a = format_completion(demonstration(digits, sample_kind(rng, mix), rng, config)[1])
+        b = format_completion(demonstration(digits, sample_kind(rng, mix), rng, config)[1])
         if a != b and gold_reward(prompt, a) != gold_reward(prompt, b):
             return a, b
     return None
@@ -162,11 +214,11 @@ def clean_pairs(
     config = config or TestbedConfig()
     train, _ = _prompt_pool(config)
     rng = random.Random(config.seed + 2 if seed is None else seed)
-    mix = mix or DEFAULT_MIX
+    mix = mix or config.mix or DEFAULT_MIX
     rows = {k: [] for k in ("id", "prompt", "chosen", "rejected", "gold_chosen", "gold_rejected", "flipped")}
     while len(rows["id"]) < num_pairs:
         prompt = rng.choice(train)
-        pair = _sample_pair(rng, prompt, mix)
+        pair = _sample_pair(rng, prompt, mix, config)
         if pair is None:
             continue
         a, b = pair
@@ -206,7 +258,7 @@ def dirty_pairs(
     config = config or TestbedConfig()
     train, _ = _prompt_pool(config)
     rng = random.Random(config.seed + 3 if seed is None else seed)
-    mix = mix or DEFAULT_MIX
+    mix = mix or config.mix or DEFAULT_MIX
     keys = ("id", "prompt", "chosen", "rejected", "gold_chosen", "gold_rejected", "easy", "agrees_with_gold")
     rows = {k: [] for k in keys}
     while len(rows["id"]) < num_pairs:
@@ -222,7 +274,7 @@ def dirty_pairs(
             if a == b:
                 continue
         else:
-            pair = _sample_pair(rng, prompt, mix)
+            pair = _sample_pair(rng, prompt, mix, config)
             if pair is None:
                 continue
             a, b = pair

@@ -44,8 +44,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TRL_EXTRAS_CACHE", Path.home() / ".cache" / "trl_extras")) / "testbed"
 
 
+#: TestbedConfig fields added after caches existed: left out of the key at their default (the plain task's caches
+#: keep their keys).
+_NEW_TASK_FIELDS = ("mode_share", "mode_max_digits", "mix")
+
+
 def _key(config: SFTBuildConfig) -> str:
-    blob = json.dumps(asdict(config), sort_keys=True)
+    settings = asdict(config)
+    plain = TestbedConfig()
+    for name in _NEW_TASK_FIELDS:
+        if settings["testbed"][name] == getattr(plain, name):
+            del settings["testbed"][name]
+    blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 

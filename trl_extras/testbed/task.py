@@ -132,7 +132,8 @@ def corrupt(digits: Sequence[int], kind: str, rng: random.Random) -> list[int]:
     ``drop`` sorted minus one digit; ``random`` random digits of the same length; ``extra`` sorted with one
     random digit inserted in order; ``hack`` the sorted answer padded with 5-10 extra digits in order
     (off-distribution: exploits the heuristic);
-    ``empty`` no digits at all (trivially bad).
+    ``empty`` no digits at all (trivially bad). (The ``sort_hard`` demonstrators' wrong mode is
+    :func:`systematic_mode`, applied by the datasets.)
     """
     target = sorted(digits)
     if kind == "correct":
@@ -160,6 +161,13 @@ def corrupt(digits: Sequence[int], kind: str, rng: random.Random) -> list[int]:
     if kind == "empty":
         return []
     raise ValueError(f"Unknown completion kind {kind!r}")
+
+
+def systematic_mode(digits: Sequence[int], max_digits: int = 5) -> list[int]:
+    """The systematic wrong mode of the ``sort_hard`` demonstrators: the sorted *distinct* digits, cut to the first
+    ``max_digits`` (``"7 3 7 9 1 8 2 >"`` → ``" 1 2 3 7 8"``). Right on short prompts without repeats, wrong (by a
+    margin that grows with length) on the rest: the mode an SFT policy learns, which exploration can beat."""
+    return sorted(set(digits))[:max_digits]
 
 
 def sample_kind(rng: random.Random, mix: dict[str, float]) -> str:
