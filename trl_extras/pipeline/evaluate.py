@@ -20,8 +20,8 @@ class PolicyEvaluation:
     name: str
     gold_mean: float | None
     gold_ci: tuple[float, float] | None
-    proxy_mean: float
-    kl_to_sft: float
+    proxy_mean: float | None  # None: measured without the proxy (a gold-only pass)
+    kl_to_sft: float | None  # None: measured without the SFT model
     mean_length: float
     completions: list
     gold: list[float] | None = None
@@ -46,7 +46,7 @@ def evaluate_policy(
     tokenizer,
     sft_model,
     prompts: list,
-    proxy_reward,
+    proxy_reward=None,
     gold_reward=None,
     max_new_tokens: int = 24,
     temperature: float = 1.0,
@@ -56,13 +56,18 @@ def evaluate_policy(
 ) -> PolicyEvaluation:
     """Sample one completion per prompt at ``temperature`` (0: greedy) and measure it (see :class:`PolicyEvaluation`).
 
-    Through :func:`~trl_extras.evaluation.measure.measure_policy` (the shared measuring path)."""
-    funcs = {"proxy": proxy_reward, **({"gold": gold_reward} if gold_reward is not None else {}), **(extra_rewards or {})}
+    Through :func:`~trl_extras.evaluation.measure.measure_policy` (the shared measuring path). ``proxy_reward=None``
+    or ``sft_model=None`` skip those measurements (their fields are ``None``): a gold-only pass costs generation only,
+    which is what the pipeline's second (greedy) decoding needs on a real model."""
+    if proxy_reward is None and gold_reward is None:
+        raise ValueError("evaluate_policy needs a proxy_reward or a gold_reward to measure.")
+    funcs = {**({"proxy": proxy_reward} if proxy_reward is not None else {}),
+             **({"gold": gold_reward} if gold_reward is not None else {}), **(extra_rewards or {})}
     m = measure_policy(
         model, tokenizer, prompts, funcs, sft_model, max_new_tokens=max_new_tokens, temperature=temperature,
         batch_size=batch_size, seed=seed,
     )
-    proxy, gold = m.rewards["proxy"], m.rewards.get("gold")
+    proxy, gold = m.rewards.get("proxy"), m.rewards.get("gold")
     extra = {key: m.mean(key) for key in (extra_rewards or {})}
     gold_mean, gold_ci = (None, None)
     if gold is not None:
@@ -72,8 +77,8 @@ def evaluate_policy(
         name=name,
         gold_mean=gold_mean,
         gold_ci=gold_ci,
-        proxy_mean=float(sum(proxy) / len(proxy)),
-        kl_to_sft=float(sum(m.kl) / len(m.kl)),
+        proxy_mean=m.mean("proxy") if proxy is not None else None,
+        kl_to_sft=float(sum(m.kl) / len(m.kl)) if m.kl is not None else None,
         mean_length=float(sum(m.lengths) / len(m.lengths)),
         completions=m.completions,
         gold=gold,

@@ -520,6 +520,11 @@ def stage_evaluate(ctx: Context) -> dict:
             if suffix and temp == temperature:  # the evaluation is greedy already
                 evaluations[name, suffix] = evaluations[name, ""]
                 continue
+            if suffix:  # the second decoding is judged only (gold, or the proxy without gold): no KL/RM passes
+                evaluations[name, suffix] = evaluate_policy(
+                    name, model, tokenizer, None, prompts, None if gold is not None else proxy, gold,
+                    max_new_tokens=cfg.max_completion_length, temperature=temp, seed=cfg.seed)
+                continue
             evaluations[name, suffix] = evaluate_policy(
                 name, model, tokenizer, sft_model, prompts, proxy, gold, max_new_tokens=cfg.max_completion_length,
                 temperature=temp, seed=cfg.seed, extra_rewards={"dirty_rm": dirty_proxy} if dirty_proxy is not None else None,
@@ -531,7 +536,9 @@ def stage_evaluate(ctx: Context) -> dict:
         for suffix in decodings:
             ev = evaluations[name, suffix]
             if suffix:
-                row.update({f"gold{suffix}": ev.gold_mean, f"gold_ci{suffix}": ev.gold_ci, f"proxy{suffix}": ev.proxy_mean})
+                row.update({f"gold{suffix}": ev.gold_mean, f"gold_ci{suffix}": ev.gold_ci})
+                if ev.proxy_mean is not None:  # no gold: the second decoding was judged by the proxy
+                    row[f"proxy{suffix}"] = ev.proxy_mean
             if name != "sft":
                 sbs = side_by_side(ev.completions, evaluations["sft", suffix].completions, prompts, judge, seed=cfg.seed)
                 row.update({f"win_rate{suffix}": sbs.win_rate, f"win_rate_ci{suffix}": list(sbs.win_rate_ci),
