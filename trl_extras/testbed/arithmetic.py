@@ -25,7 +25,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from .data import append_pair
+from .data import append_dirty_pair, append_pair
 from .task import _text, batched
 
 QUESTION = "What is {expr}? Answer with the number only."
@@ -277,13 +277,7 @@ def dirty_pairs(num_pairs: int = 5000, easy_share: float = 0.3, config: Arithmet
         else:
             a = make_completion(prompt, _sample_kind(rng, DEFAULT_MIX), rng)
             b = make_completion(prompt, _sample_kind(rng, DEFAULT_MIX), rng)
-        ha, hb = heuristic_reward(prompt, a), heuristic_reward(prompt, b)
-        if a == b or math.isclose(ha, hb):
-            continue
-        if ha < hb:
-            a, b = b, a
-        ga, gb = gold_reward(prompt, a), gold_reward(prompt, b)
-        append_pair(rows, "dirty", prompt, a, b, ga, gb, easy=easy, agrees_with_gold=ga > gb)
+        append_dirty_pair(rows, prompt, a, b, heuristic_reward, gold_reward, same=math.isclose, easy=easy)
     return _pairs_dataset(rows, conv)
 
 

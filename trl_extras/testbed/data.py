@@ -9,6 +9,7 @@ with ``conversational=True``.
 from __future__ import annotations
 
 import math
+import operator
 import random
 from dataclasses import dataclass, field
 
@@ -183,6 +184,20 @@ def append_pair(rows: dict, id_prefix: str, prompt, chosen, rejected, gold_chose
         rows[key].append(value)
 
 
+def append_dirty_pair(rows: dict, prompt, a, b, heuristic, gold, same=operator.eq, **extra) -> bool:
+    """Append the pair (a, b) as the dirty labeller ``heuristic(prompt, completion)`` orders it (the higher-scored
+    answer is ``chosen``), with both answers' ``gold`` and ``agrees_with_gold``; a tie (``same(h_a, h_b)``) or two
+    identical answers append nothing and return False. Shared by every task's ``dirty_pairs``."""
+    ha, hb = heuristic(prompt, a), heuristic(prompt, b)
+    if a == b or same(ha, hb):
+        return False
+    if ha < hb:
+        a, b = b, a
+    ga, gb = gold(prompt, a), gold(prompt, b)
+    append_pair(rows, "dirty", prompt, a, b, ga, gb, **extra, agrees_with_gold=ga > gb)
+    return True
+
+
 def _pairs_to_dataset(rows, conversational):
     from datasets import Dataset
 
@@ -278,13 +293,7 @@ def dirty_pairs(
             if pair is None:
                 continue
             a, b = pair
-        ha, hb = heuristic_reward(prompt, a), heuristic_reward(prompt, b)
-        if ha == hb:
-            continue
-        if ha < hb:
-            a, b = b, a
-        ga, gb = gold_reward(prompt, a), gold_reward(prompt, b)
-        append_pair(rows, "dirty", prompt, a, b, ga, gb, easy=easy, agrees_with_gold=ga > gb)
+        append_dirty_pair(rows, prompt, a, b, heuristic_reward, gold_reward, easy=easy)
     return _pairs_to_dataset(rows, conversational)
 
 
