@@ -94,11 +94,24 @@ def test_cli_synth_pairs(tiny_paths, tmp_path):
     from trl_extras.cli import main
 
     argv = ["synth-pairs", "--policy", tiny_paths["policy"], "--judge", "heuristic", "--num_prompts", "6", "--n", "3",
-            "--max_new_tokens", "6", "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"]
+            "--max_new_tokens", "6", "--generation_chunk_size", "4", "--output_dir", str(tmp_path), "--use_cpu", "true",
+            "--bf16", "false"]
     assert main(argv) == 0
     stats = json.loads((tmp_path / "synthesis_stats.json").read_text())
     lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
     assert stats["num_prompts"] == 6 and stats["num_pairs"] == len(lines)
+
+
+@pytest.mark.parametrize("command", ["synth-pairs", "sft-reward-es"])
+def test_cli_refuses_the_old_chunk_flag_naming_the_new_one(command, tmp_path, capsys):
+    """``--generation_batch_size`` meant the generate() chunk here, but TRL's name means completions per rollout
+    batch: the old flag is refused (argparse's exit code 2) with the new name, not silently reinterpreted."""
+    from trl_extras.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--generation_batch_size", "8", "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"])
+    assert exc.value.code == 2
+    assert "--generation_batch_size was renamed --generation_chunk_size" in capsys.readouterr().err
 
 
 def test_two_stage_dpo_with_lora_saves_a_standalone_model(tiny_paths, tmp_path):

@@ -41,7 +41,7 @@ class RewardEarlyStoppingArguments:
     max_new_tokens: int = field(default=32, metadata={"help": "Longest answer generated at evaluation."})
     generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature at evaluation (0: greedy)."})
     num_generations: int = field(default=1, metadata={"help": "Answers per evaluation prompt."})
-    generation_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
+    generation_chunk_size: int = field(default=64, metadata={"help": "Sequences per generate call. (a memory knob)"})
     num_train_examples: int = field(default=256, metadata={"help": "Testbed: SFT examples (small overfits sooner)."})
     num_eval_examples: int = field(default=128, metadata={"help": "Testbed: holdout examples for eval_loss."})
     correct_only: bool = field(default=True, metadata={"help": "Testbed: train on correctly sorted answers only."})
@@ -103,7 +103,7 @@ def build_trainer(script_args: RewardEarlyStoppingArguments, training_args):
         reward, prompts, processing_class=tokenizer, patience=script_args.patience or None,
         threshold=script_args.threshold, max_new_tokens=script_args.max_new_tokens,
         temperature=script_args.generation_temperature, num_generations=script_args.num_generations,
-        batch_size=script_args.generation_batch_size, extra_reward_funcs=extra, seed=training_args.seed,
+        batch_size=script_args.generation_chunk_size, extra_reward_funcs=extra, seed=training_args.seed,
     )
     trainer = SFTTrainer(
         model=model_path, args=training_args, train_dataset=train, eval_dataset=eval_, processing_class=tokenizer,

@@ -30,7 +30,7 @@ class SynthPairsArguments:
     min_margin: float = field(default=0.0, metadata={"help": "Drop prompts whose best - worst score is below this."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest sample, in tokens."})
     sampling_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    generation_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call / reward forward."})
+    generation_chunk_size: int = field(default=64, metadata={"help": "Sequences per generate call / reward forward. (a memory knob)"})
     two_stage_dpo: bool = field(
         default=False, metadata={"help": "Then run DPO on the synthetic pairs and continue on the real pairs."}
     )
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     dataset, stats = synthesize_preference_pairs(
         args.policy, reward, resolve_prompts(args.prompts_file, args.num_prompts, split="train"), n=args.n,
         min_margin=args.min_margin, max_new_tokens=args.max_new_tokens, temperature=args.sampling_temperature,
-        batch_size=args.generation_batch_size, seed=dpo_args.seed, return_stats=True, progress=True,
+        batch_size=args.generation_chunk_size, seed=dpo_args.seed, return_stats=True, progress=True,
     )
     out = Path(dpo_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,11 @@ from ..utils.data import MissingSplitError, load_dataset_from_spec
 __all__ = ["MissingSplitError", "load_dataset_from_spec", "load_eval_split", "load_preference_split", "parse_args"]
 
 
+#: Flags a subcommand used to take, and their new names: an old flag is refused with the new name in the message.
+#: ``generation_batch_size`` meant the generate() chunk size here, while in TRL it means completions per rollout batch.
+RENAMED_FLAGS = {"generation_batch_size": "generation_chunk_size"}
+
+
 def parse_args(dataclass_types, argv: list[str] | None, prog: str):
     """Parse ``argv`` into ``dataclass_types`` with ``trl.TrlParser`` (supports ``--config recipe.yaml``).
 
@@ -27,6 +32,10 @@ def parse_args(dataclass_types, argv: list[str] | None, prog: str):
         sys.argv = [f"trl-extras {prog}", *(argv or [])]
         *parsed, unknown = parser.parse_args_and_config(return_remaining_strings=True)
         if unknown:  # argparse's own message and exit code 2, naming the flag (TrlParser raises a bare ValueError)
+            for item in map(str, unknown):
+                name = item.lstrip("-").split("=")[0]
+                if name in RENAMED_FLAGS:
+                    parser.error(f"--{name} was renamed --{RENAMED_FLAGS[name]} (sequences per generate() call)")
             parser.error(f"unrecognized arguments (flags or recipe keys): {' '.join(map(str, unknown))}")
         return tuple(parsed)
     finally:
