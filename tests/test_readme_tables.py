@@ -72,3 +72,37 @@ def test_method_ranking_writes_the_demo_table_from_a_run(tmp_path, sft_policy_pa
     assert {row["stage"] for row in run["table"]} >= {"sft", "ppo_single", "ppo", "ppo_refresh"}
     summary, goal = module.summary_markdown([run])
     assert "PPO (single RM, β=0)" in summary and set(goal) == {0}
+
+
+#: A measured number: a fraction 0.xx, or a number with a unit (ratio, time, size, percent).
+MEASUREMENT = r"(?<![\d.])0\.\d|\d(\.\d+)? ?(×|%|s\b|ms\b|min\b|MiB|GiB)"
+
+
+def _tables_outside_markers(text: str) -> list[list[str]]:
+    """The Markdown tables (header + rows) of ``text`` outside the ``<!-- table: -->`` blocks."""
+    import re
+
+    outside = re.sub(r"<!-- table: \S+ -->\n.*?<!-- /table -->", "", text, flags=re.S)
+    tables, current = [], []
+    for line in outside.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables + ([current] if current else [])
+
+
+def test_readme_has_no_hand_written_table_of_measurements():
+    """A table with a measured number (a fraction like 0.91, or a ratio, time or size like 1.2×, 23.5 s, 433 MiB)
+    outside the markers is a hand-pasted result; the prose tables (techniques, layers) carry none, only versions
+    ("TRL 1.13"). The SmolLM2 benchmark table used to be such a hand table."""
+    import re
+
+    assert _tables_outside_markers("a\n| x |\n|---|\n| 0.91× |\nb\n") == [["| x |", "|---|", "| 0.91× |"]]
+    for measured_text in ("0.91", "1.20×", "23.5 s", "433 MiB", "41.9 min", "12%"):
+        assert re.search(MEASUREMENT, measured_text), measured_text
+    assert not re.search(MEASUREMENT, "removed from TRL in 1.13): Schulman et al. 2017")
+    measured = [table[0] for table in _tables_outside_markers((ROOT / "README.md").read_text())
+                if any(re.search(MEASUREMENT, row) for row in table)]
+    assert measured == [], f"README tables with numbers outside <!-- table: --> markers: {measured}"

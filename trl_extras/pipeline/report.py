@@ -126,15 +126,16 @@ TABLE_FILE = "table.md"
 
 
 def table_markdown(results: dict) -> str:
-    """The final evaluation table as Markdown (a caption and a fenced fixed-width table); "" without one."""
+    """The final evaluation table as Markdown (a caption line and a fenced fixed-width table, no heading: README
+    embeds it inside its own sections); "" without one."""
     ev = results.get("evaluate", {})
     table = ev.get("table")
     if not table:
         return ""
     return "\n".join([
-        f"## Final table ({ev['num_prompts']} holdout prompts; gold: one sample each at T={ev.get('temperature', '?')}, "
+        f"Final table ({ev['num_prompts']} holdout prompts; gold: one sample each at T={ev.get('temperature', '?')}, "
         f"greedy: the greedy answer; side-by-side judge: {ev['judge']}; p-value: two-sided binomial test, ties "
-        "excluded)",
+        "excluded):",
         "",
         "```",
         *table_lines(table),
@@ -150,7 +151,7 @@ def write_report(results: dict, out: Path, title: str = "trl-extras pipeline rep
     md = [f"# {title}", ""]
     table_md = table_markdown(results)
     if table_md:
-        md += [table_md, ""]
+        md += ["## Final table", "", table_md, ""]
         (out / TABLE_FILE).write_text(table_md)
     if "reward_vs_kl.png" in plots:
         md += ["## Reward against KL to the SFT model", "", "![reward vs KL](reward_vs_kl.png)", ""]

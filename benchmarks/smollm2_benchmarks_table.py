@@ -1,0 +1,74 @@
+"""README's table of the SmolLM2-scale benchmarks, written from their result files (no number typed by hand).
+
+    python benchmarks/smollm2_benchmarks_table.py   # then: python -m trl_extras.utils.readme_tables --write
+
+Reads ``benchmarks/results/{ensemble_speed,ppo_vs_grpo_throughput,exact_kl_memory}_smollm2.json`` (written by
+``ensemble_speed.py --model smollm2``, ``ppo_vs_grpo_throughput.py --model smollm2`` and
+``exact_kl_memory.py --model smollm2``) and writes ``benchmarks/results/smollm2_benchmarks_table.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def ensemble_row(r: dict) -> list[str]:
+    c, rows = r["config"], r["rows"]
+    return [
+        f"K={c['k']} LoRA reward ensemble vs one member, real {c['layers']}-layer SmolLM2, batch {c['batch_size']}",
+        f"`benchmarks/ensemble_speed.py --model smollm2 --batch-size {c['batch_size']} --length {c['length']}`",
+        f"time {r['time_ratio_trunk_once']:.2f}×, memory {r['memory_ratio_trunk_once']:.2f}× (trunk once; K full "
+        f"passes: {r['time_ratio_full_passes']:.2f}×; one member {rows['one_member']['interleaved_median_s']:.2f} s, "
+        f"median of {c['repeats']} interleaved runs) — goal ≤ {r['targets']['time_ratio']}× / "
+        f"≤ {r['targets']['memory_ratio']}× {'met' if r['meets_targets'] else 'NOT met'}",
+    ]
+
+
+def throughput_row(r: dict) -> list[str]:
+    grpo, ppo = (next(run for run in r["runs"] if run["run"].startswith(name)) for name in ("GRPO", "PPO"))
+    return [
+        f"{ppo['run']} vs TRL {grpo['run']}, batch {r['batch']}, {r['max_completion_length']} new tokens, "
+        f"{r['rollouts']} rollouts",
+        f"`benchmarks/ppo_vs_grpo_throughput.py --model smollm2 --batch {r['batch']} --length "
+        f"{r['max_completion_length']} --rollouts {r['rollouts']}`",
+        f"{ppo['samples_per_s']:.4f} vs {grpo['samples_per_s']:.4f} samples/s: PPO "
+        f"{ppo['samples_per_s'] / grpo['samples_per_s']:.2f}× GRPO's",
+    ]
+
+
+def exact_kl_row(r: dict) -> list[str]:
+    s, q, m = r["setup"], r["ratios"], r["summary"]
+    return [
+        f"exact KL vs k1 with SmolLM2's head (V={s['V']}, hidden {s['hidden']}; a 1-layer model of its shapes, "
+        f"{s['dtype']}), T={s['T']}, B={s['B']}",
+        f"`benchmarks/exact_kl_memory.py --model smollm2 --repeats {s['repeats']} --timing-runs {s['timing_runs']}`",
+        f"rollout statistics: memory {q['memory_exact_over_k1']:.2f}×, time {q['time_exact_over_k1']:.2f}×; PPO update "
+        f"with the exact KL's direct term: memory {q['memory_update_exact_over_k1']:.2f}× "
+        f"({m['update-exact']['peak_extra_mib_median']:.0f} vs {m['update-k1']['peak_extra_mib_median']:.0f} MiB), "
+        f"time {q['time_update_exact_over_k1']:.2f}× ({m['update-exact']['seconds_median']:.1f} vs "
+        f"{m['update-k1']['seconds_median']:.1f} s); {s['repeats']} repeat(s)",
+    ]
+
+
+def table(results: Path = RESULTS) -> str:
+    rows = [
+        ensemble_row(json.loads((results / "ensemble_speed_smollm2.json").read_text())),
+        throughput_row(json.loads((results / "ppo_vs_grpo_throughput_smollm2.json").read_text())),
+        exact_kl_row(json.loads((results / "exact_kl_memory_smollm2.json").read_text())),
+    ]
+    lines = ["| benchmark | command | result |", "|---|---|---|", *("| " + " | ".join(row) + " |" for row in rows)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    out = RESULTS / "smollm2_benchmarks_table.md"
+    out.write_text(table())
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
