@@ -555,7 +555,7 @@ def method_label(stage: str, cfg: PipelineConfig) -> str:
     labels = {
         "pretrained": "pretrained",
         "sft": "SFT (reward ES)",
-        "cem": f"CEM ({cfg.cem_rounds} rounds, {ensemble})",
+        "cem": f"CEM ({cfg.cem_rounds} round{'s' if cfg.cem_rounds != 1 else ''}, {ensemble})",
         "ppo_single": f"PPO (single RM, β={cfg.ppo_single_kl_coef:g})",
         "ppo": f"PPO (gold reward, β={cfg.ppo_kl_coef:g})" if cfg.ppo_reward == "gold"
         else f"PPO ({ensemble}, β={cfg.ppo_kl_coef:g})",
