@@ -228,6 +228,7 @@ def load_bon(work: Path, a) -> tuple[dict, dict]:
     """``({seed: bon_seed(...)}, {N: [per-seed accuracies]})`` from the cache, once every seed has every N scored
     (``({}, {})`` before that)."""
     per_seed, accuracy = {}, {}
+    a._compute = {"rm_train_s": 0.0, "sampling_s": 0.0}
     for seed in a.seeds:
         samples_path, scores_path = work / f"samples_seed{seed}.json", work / f"scores_seed{seed}.json"
         if not (samples_path.is_file() and scores_path.is_file()):
@@ -237,7 +238,10 @@ def load_bon(work: Path, a) -> tuple[dict, dict]:
             return {}, {}
         for n in a.ns:
             accuracy.setdefault(str(n), []).append(scores[str(n)]["accuracy"])
-        per_seed[str(seed)] = bon_seed(json.loads(samples_path.read_text()), {str(n): scores[str(n)] for n in a.ns}, a)
+            a._compute["rm_train_s"] += scores[str(n)]["train_seconds"]
+        samples = json.loads(samples_path.read_text())
+        a._compute["sampling_s"] += samples["seconds"]
+        per_seed[str(seed)] = bon_seed(samples, {str(n): scores[str(n)] for n in a.ns}, a)
     return per_seed, accuracy
 
 
@@ -510,7 +514,17 @@ def coste_goal_ppo(runs: list[dict], a) -> dict:
                          "reached_2x": at["kl"] >= target,
                          "kept_share": gain_at / gain_peak if gain_peak > 0 else float("nan")}
         out[str(seed)] = row
-    return out
+    verdict = {}
+    for name in {n for row in out.values() for n, v in row.items() if isinstance(v, dict) and n != "single β=0"}:
+        rows = [row for row in out.values() if name in row and "note" not in row]
+        lost = [1 - row["single β=0"]["kept_share"] for row in rows]
+        kept = [row[name]["kept_share"] for row in rows]
+        held = [lo >= 0.30 and ke >= 0.90 for lo, ke in zip(lost, kept)]
+        reached = [row[name]["reached_2x"] for row in rows]
+        verdict[name] = {"seeds_held": sum(held), "seeds": len(rows),
+                         "seeds_held_at_2x": sum(h and r for h, r in zip(held, reached)),
+                         "single_lost_share": _ci(lost) if lost else None, "kept_share": _ci(kept) if kept else None}
+    return {"per_seed": out, "verdict": verdict}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -537,6 +551,10 @@ def render(result: dict) -> str:
         f"data order, the holdout prompt slice and sampling, and the PPO run); the SFT policy is the same for all "
         f"(`task_module('sort_hard').sft_policy(0)`). Wall time {result['total_seconds']:.0f} s "
         f"(this invocation; cached pieces from earlier invocations are reused).",
+        "",
+        "Measured compute of the cached pieces (2 shared CPU cores, one thread per process): "
+        + ", ".join(f"{k.replace('_s', '').replace('_', ' ')} {v:.0f} s" for k, v in result.get("compute", {}).items())
+        + ".",
         "",
         f"Proxy RMs: SFT policy + new head, TRL `RewardTrainer`, {a['rm_epochs']:g} epoch, lr {a['rm_lr']:g}, batch "
         f"{a['rm_batch_size']}, on the first N of `clean_pairs` with "
@@ -643,12 +661,21 @@ def render(result: dict) -> str:
                       "the run's last point if it never got there):", "",
                       "| seed | single peak KL | run | peak gold | gold there | KL there | reached 2× | kept share of peak gain |",
                       "|---|---|---|---|---|---|---|---|"]
-            for seed, row in ppo["coste_goal"].items():
+            for seed, row in ppo["coste_goal"]["per_seed"].items():
+                if "note" in row:
+                    lines.append(f"| {seed} | {row['single_peak_kl']:.2f} | – | {row['note']} | | | | |")
+                    continue
                 for name, v in row.items():
                     if isinstance(v, dict):
                         lines.append(f"| {seed} | {row['single_peak_kl']:.2f} | {name} | {v['peak_gold']:.3f} | "
                                      f"{v['gold_at_2x']:.3f} | {v['kl_at']:.2f} | {'yes' if v['reached_2x'] else 'no'} | "
                                      f"{v['kept_share']:.0%} |")
+            lines += ["", "| run | single β=0 lost share of its peak gain at 2× its peak KL | this run's kept share there | "
+                      "seeds where single lost ≥ 30% and this run kept ≥ 90% (of which the run reached 2× the KL) |",
+                      "|---|---|---|---|"]
+            for name, v in sorted(ppo["coste_goal"]["verdict"].items()):
+                lines.append(f"| {name} | {fmt(v['single_lost_share'], 2)} | {fmt(v['kept_share'], 2)} | "
+                             f"{v['seeds_held']}/{v['seeds']} ({v['seeds_held_at_2x']}) |")
         bc = ppo.get("beta_comparison")
         if bc:
             lines += ["", f"Small β + ensemble ({bc['small']}) minus large β + single ({bc['large']}), paired by seed "
@@ -694,33 +721,35 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
     bon = result.get("bon")
     if bon:
         d = bon["d"]
         for n_pairs, block in bon["by_n_pairs"].items():
             s = block["single"]
-            axes[0].plot(d, s["mean_gold"], label=f"gold, N={n_pairs}")
-            axes[0].plot(d, [0.5 + 0.05 * p for p in s["mean_proxy"]], "--", alpha=0.5,
-                         label=f"proxy (0.5 + 0.05·z), N={n_pairs}")
-        axes[0].set_title("best-of-n, single proxy (seed mean)")
+            axes[0].plot(d, s["mean_gold"], label=f"N={n_pairs}")
+            axes[1].plot(d, s["mean_proxy"], label=f"N={n_pairs}")
+        axes[0].set_title("best-of-n gold, single proxy (seed mean)")
+        axes[1].set_title("best-of-n proxy (z on T=1 samples), single proxy")
+        axes[1].set_ylabel("proxy z")
         for name, s in bon["by_n_pairs"][str(result["config"]["ensemble_n"])].items():
-            axes[1].plot(d, s["mean_gold"], label=name, lw=2.5 if name == "single" else 1.2)
-        axes[1].set_title(f"best-of-n gold, N={result['config']['ensemble_n']}: single vs ensembles")
-        for ax in axes[:2]:
+            axes[2].plot(d, s["mean_gold"], label=name, lw=2.5 if name == "single" else 1.2)
+        axes[2].set_title(f"best-of-n gold, N={result['config']['ensemble_n']}: single vs ensembles")
+        for ax in axes[:3]:
             ax.set_xlabel("d = sqrt(KL_bon)")
     ppo = result.get("ppo_runs") or []
     colors = {}
     for r in ppo:
         c = colors.setdefault(r["name"], f"C{len(colors)}")
         x = [math.sqrt(max(p["kl"], 0.0)) for p in r["points"]]
-        axes[2].plot(x, [p["gold"] for p in r["points"]], "o-", ms=3, color=c,
+        axes[3].plot(x, [p["gold"] for p in r["points"]], "o-", ms=3, color=c,
                      label=r["name"] if sum(q["name"] == r["name"] for q in ppo[: ppo.index(r) + 1]) == 1 else None)
-    axes[2].set_title("PPO gold vs sqrt(KL to SFT), one line per seed")
-    axes[2].set_xlabel("sqrt(KL), nats^½")
+    axes[3].set_title("PPO gold vs sqrt(KL to SFT), one line per seed")
+    axes[3].set_xlabel("sqrt(KL), nats^½")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.set_ylabel("gold (holdout, T=1)")
+        if not ax.get_ylabel():
+            ax.set_ylabel("gold (holdout, T=1)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
@@ -788,7 +817,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     sft_path = task_module(TASK).sft_policy(seed=0, progress=False)
     command = "python benchmarks/overoptimization.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    result = {"config": {**vars(a), "table_ns": TABLE_NS}, "command": command, "work_dir": str(work),
+    result = {"config": {**{k: v for k, v in vars(a).items() if not k.startswith("_")}, "table_ns": TABLE_NS}, "command": command, "work_dir": str(work),
               "sft_path": sft_path}
 
     def write() -> None:
@@ -801,6 +830,7 @@ def main(argv=None) -> int:
         result["rm_accuracy"] = {n: ", ".join(f"{sum(col) / len(col):.3f}" for col in zip(*accs))
                                  for n, accs in accuracy.items()}
         result["goodhart"] = goodhart_contrast()
+        result["compute"] = {**getattr(a, "_compute", {}), "ppo_train_s": sum(r["train_seconds"] for r in runs)}
         result["total_seconds"] = round(time.perf_counter() - start, 1)
         stem.parent.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
