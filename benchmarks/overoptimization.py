@@ -28,7 +28,15 @@ what is done and a killed run loses little; the results are re-rendered after ev
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/overoptimization.py --seeds 0 1 2
     .venv/bin/python benchmarks/overoptimization.py --quick        # smoke run (writes overoptimization_quick.*)
 
-Writes ``benchmarks/results/overoptimization.{json,md,png}``.
+Writes ``benchmarks/results/overoptimization.{json,md,png}``. The committed results were made by processes sharing
+one work dir (same RM/PPO settings, so the same cache), then one render of everything cached:
+
+    P="--ppo-steps 48 --ppo-every 8 --ppo-lr 5e-4 --ppo-batch-size 32"
+    overoptimization.py --seeds 0 1 2 $P --skip-ppo                          # best-of-n, seeds 0-2
+    overoptimization.py --seeds 0 1 2 $P --only-ppo --ppo-beta-comparison    # PPO (waits for each seed's ensemble)
+    overoptimization.py --seeds 3 4 --skip-ppo --output /tmp/bon34          # best-of-n, seeds 3-4
+    overoptimization.py --seeds 0 1 2 $P --only-ppo --ppo-lambda 2 --output /tmp/lam2   # + UWO λ=2 under PPO
+    overoptimization.py --seeds 0 1 2 3 4 --ppo-seeds 0 1 2 $P --ppo-beta-comparison --skip-ppo   # render all
 """
 
 from __future__ import annotations
@@ -359,6 +367,10 @@ def coste_goal_bon(block: dict, a) -> dict:
         out["ensembles"][name] = {"peak_n": pk + 1, "peak_gain": gp_e, "gain_at_2x": g2_e, "kept_share": kept,
                                   "keeps_ge_90pct": bool(kept >= 0.90),
                                   "gold_at_2x_minus_single_peak": sel["mean_gold"][n2 - 1] - single["mean_gold"][single["peak_n"] - 1]}
+    for name, e in out["ensembles"].items():
+        paired = list(zip(block[name]["gold_per_seed"], single["gold_per_seed"]))
+        e["diff_vs_single_at_2x"] = _ci([g[n2 - 1] - h[n2 - 1] for g, h in paired])
+        e["diff_vs_single_at_m"] = _ci([g[m - 1] - h[m - 1] for g, h in paired])
     out["held_for"] = [k for k, v in out["ensembles"].items() if v["keeps_ge_90pct"] and out["single"]["loses_ge_30pct"]]
     return out
 
@@ -482,9 +494,17 @@ def summarize_ppo(runs: list[dict], a) -> dict:
         }
     single = out["by_name"].get("single β=0")
     if single:
-        s = single["summary"]
-        out["gao_goal"] = {"held": all(s[k]["ci"] is not None and s[k]["ci"][0] > 0 for k in ("rise", "fall")),
-                           "rise": s["rise"], "fall": s["fall"], "seeds": single["seeds"]}
+        # the peak step is picked on the seed-mean curve (the max of each seed's own noisy points would bias the
+        # rise upwards), then the rise and fall are per-seed differences at that step
+        curves = [r["points"] for r in runs if r["name"] == "single β=0"]
+        steps = [p["step"] for p in curves[0]]
+        curves = [c for c in curves if [p["step"] for p in c] == steps]
+        mean = [sum(c[i]["gold"] for c in curves) / len(curves) for i in range(len(steps))]
+        k = max(range(len(steps)), key=lambda i: mean[i])
+        rise = _ci([c[k]["gold"] - c[0]["gold"] for c in curves])
+        fall = _ci([c[k]["gold"] - c[-1]["gold"] for c in curves])
+        out["gao_goal"] = {"held": all(x["ci"] is not None and x["ci"][0] > 0 for x in (rise, fall)),
+                           "peak_step": steps[k], "rise": rise, "fall": fall, "seeds": single["seeds"]}
         out["coste_goal"] = coste_goal_ppo(runs, a)
     return out
 
@@ -547,7 +567,8 @@ def render(result: dict) -> str:
     lines = [
         "# Over-optimization on `sort_hard`: Gao et al.'s curves with learned proxies, Coste et al.'s ensembles",
         "",
-        f"Command: `{result['command']}`. Seeds {a['seeds']} (a seed redraws the RM training pairs, the RM inits and "
+        f"Command: `{result['command']}`. Seeds {a['seeds']} for best-of-n, "
+        f"{a['ppo_seeds'] if a['ppo_seeds'] is not None else a['seeds']} for PPO (a seed redraws the RM training pairs, the RM inits and "
         f"data order, the holdout prompt slice and sampling, and the PPO run); the SFT policy is the same for all "
         f"(`task_module('sort_hard').sft_policy(0)`). Wall time {result['total_seconds']:.0f} s "
         f"(this invocation; cached pieces from earlier invocations are reused).",
@@ -620,13 +641,15 @@ def render(result: dict) -> str:
                 f"(per seed {fmt(sg['lost_share_per_seed'], 2)}) → loses ≥ 30%: "
                 f"{'yes' if sg['loses_ge_30pct'] else 'no'}.",
                 "",
-                "| selector | peak n | peak gain | gain at 2× single's peak KL | kept share | keeps ≥ 90% | gold at 2× − single's peak gold |",
-                "|---|---:|---|---|---|---|---|",
+                "| selector | peak n | peak gain | gain at 2× single's peak KL | kept share | keeps ≥ 90% | gold at 2× − single's peak gold "
+                f"| gold − single's, paired by seed, at n={c['n_at_2x']} | same at n={a['m']} |",
+                "|---|---:|---|---|---|---|---|---|---|",
             ]
             for name, e in c["ensembles"].items():
                 lines.append(f"| {name} | {e['peak_n']} | {e['peak_gain']:+.3f} | {e['gain_at_2x']:+.3f} | "
                              f"{e['kept_share']:.0%} | {'yes' if e['keeps_ge_90pct'] else 'no'} | "
-                             f"{e['gold_at_2x_minus_single_peak']:+.3f} |")
+                             f"{e['gold_at_2x_minus_single_peak']:+.3f} | {fmt(e['diff_vs_single_at_2x'])} | "
+                             f"{fmt(e['diff_vs_single_at_m'])} |")
             lines += ["", "Goal (single loses ≥ 30% and the penalized ensemble keeps ≥ 90% at 2× the single's peak KL): "
                       + (f"**held** for {', '.join(c['held_for'])}." if c["held_for"] else "**did not hold**.")]
         lines.append("")
@@ -642,7 +665,7 @@ def render(result: dict) -> str:
             "proxy), KL(π‖SFT) summed per answer (exact). Per run: mean [95% t-interval] over the seeds listed.",
             "",
             "| run | seeds | gold at step 0 | peak gold | KL at peak | final gold | final KL | final proxy | "
-            "rise to peak | fall peak→final | RL fit α | β | R² |",
+            "rise to own peak | fall own peak→final | RL fit α | β | R² |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in ppo["by_name"].items():
@@ -654,7 +677,8 @@ def render(result: dict) -> str:
         if "gao_goal" in ppo:
             g = ppo["gao_goal"]
             lines += ["", f"Gao goal under PPO (single proxy's gold rises then falls, CIs over seeds {g['seeds']} above "
-                      f"0): rise {fmt(g['rise'])}, fall {fmt(g['fall'])} → "
+                      f"0; peak step {g['peak_step']} picked on the seed-mean curve, then per-seed differences): rise "
+                      f"{fmt(g['rise'])}, fall {fmt(g['fall'])} → "
                       f"**{'held' if g['held'] else 'did not hold'}**"
                       + (" (fewer than 2 seeds: no interval)." if len(g["seeds"]) < 2 else ".")]
             lines += ["", "Coste goal under PPO, per seed (at the first point with KL ≥ 2× the single run's peak KL, or "
