@@ -469,9 +469,12 @@ def summarize_ppo(runs: list[dict], a) -> dict:
             rows.append({"seed": r["seed"], "gold0": g0, "peak_gold": pk["gold"], "peak_kl": pk["kl"],
                          "peak_step": pk["step"], "final_gold": pts[-1]["gold"], "final_kl": pts[-1]["kl"],
                          "final_proxy": pts[-1]["proxy"], "rise": pk["gold"] - g0, "fall": pk["gold"] - pts[-1]["gold"],
-                         "fit": fit._asdict(), "train_seconds": r["train_seconds"]})
+                         "fit": fit._asdict(), "train_seconds": r["train_seconds"],
+                         "std0": pts[0].get("ensemble_std", float("nan")),
+                         "std_final": pts[-1].get("ensemble_std", float("nan"))})
         summary = {k: _ci([row[k] for row in rows]) for k in ("gold0", "peak_gold", "peak_kl", "final_gold",
-                                                               "final_kl", "final_proxy", "rise", "fall")}
+                                                               "final_kl", "final_proxy", "rise", "fall",
+                                                               "std0", "std_final")}
         summary["fit_alpha"] = _ci([row["fit"]["alpha"] for row in rows])
         summary["fit_beta"] = _ci([row["fit"]["beta"] for row in rows])
         summary["fit_r2"] = _ci([row["fit"]["r2"] for row in rows])
@@ -665,15 +668,15 @@ def render(result: dict) -> str:
             "proxy), KL(π‖SFT) summed per answer (exact). Per run: mean [95% t-interval] over the seeds listed.",
             "",
             "| run | seeds | gold at step 0 | peak gold | KL at peak | final gold | final KL | final proxy | "
-            "rise to own peak | fall own peak→final | RL fit α | β | R² |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "rise to own peak | fall own peak→final | RL fit α | β | R² | members' std, step 0 → final |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in ppo["by_name"].items():
             s = r["summary"]
             lines.append(f"| {name} | {r['seeds']} | {fmt(s['gold0'])} | {fmt(s['peak_gold'])} | {fmt(s['peak_kl'], 2)} | "
                          f"{fmt(s['final_gold'])} | {fmt(s['final_kl'], 2)} | {fmt(s['final_proxy'], 2)} | "
                          f"{fmt(s['rise'])} | {fmt(s['fall'])} | {fmt(s['fit_alpha'])} | {fmt(s['fit_beta'])} | "
-                         f"{fmt(s['fit_r2'], 2)} |")
+                         f"{fmt(s['fit_r2'], 2)} | {s['std0']['mean']:.2f} → {fmt(s['std_final'], 2)} |")
         if "gao_goal" in ppo:
             g = ppo["gao_goal"]
             lines += ["", f"Gao goal under PPO (single proxy's gold rises then falls, CIs over seeds {g['seeds']} above "
