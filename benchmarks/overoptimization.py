@@ -281,10 +281,13 @@ def bon_seed(samples: dict, scores: dict, a) -> dict:
 def _ci(values):
     from trl_extras.core.stats import mean_ci
 
-    if len(values) < 2:
-        return {"mean": values[0], "ci": None, "values": values}
-    mean, low, high = mean_ci(values)
-    return {"mean": mean, "ci": [low, high], "values": values}
+    finite = [v for v in values if math.isfinite(v)]  # a run whose gold never rose has no "share" of its gain
+    if not finite:
+        return {"mean": float("nan"), "ci": None, "values": values}
+    if len(finite) < 2:
+        return {"mean": finite[0], "ci": None, "values": values}
+    mean, low, high = mean_ci(finite)
+    return {"mean": mean, "ci": [low, high], "values": values, "num_finite": len(finite)}
 
 
 def summarize_bon(per_seed: dict, a) -> dict:
@@ -542,7 +545,7 @@ def coste_goal_ppo(runs: list[dict], a) -> dict:
         rows = [row for row in out.values() if name in row and "note" not in row]
         lost = [1 - row["single β=0"]["kept_share"] for row in rows]
         kept = [row[name]["kept_share"] for row in rows]
-        held = [lo >= 0.30 and ke >= 0.90 for lo, ke in zip(lost, kept)]
+        held = [lo >= 0.30 and ke >= 0.90 for lo, ke in zip(lost, kept)]  # NaN (no gain to keep) → not held
         reached = [row[name]["reached_2x"] for row in rows]
         verdict[name] = {"seeds_held": sum(held), "seeds": len(rows),
                          "seeds_held_at_2x": sum(h and r for h, r in zip(held, reached)),
@@ -556,7 +559,7 @@ def coste_goal_ppo(runs: list[dict], a) -> dict:
 
 
 def fmt(x, digits=3) -> str:
-    if x is None:
+    if x is None or not math.isfinite(x["mean"]):
         return "–"
     if x["ci"] is None:
         return f"{x['mean']:.{digits}f}"
@@ -696,7 +699,7 @@ def render(result: dict) -> str:
                     if isinstance(v, dict):
                         lines.append(f"| {seed} | {row['single_peak_kl']:.2f} | {name} | {v['peak_gold']:.3f} | "
                                      f"{v['gold_at_2x']:.3f} | {v['kl_at']:.2f} | {'yes' if v['reached_2x'] else 'no'} | "
-                                     f"{v['kept_share']:.0%} |")
+                                     + (f"{v['kept_share']:.0%} |" if math.isfinite(v["kept_share"]) else "– (never rose) |"))
             lines += ["", "| run | single β=0 lost share of its peak gain at 2× its peak KL | this run's kept share there | "
                       "seeds where single lost ≥ 30% and this run kept ≥ 90% (of which the run reached 2× the KL) |",
                       "|---|---|---|---|"]
@@ -721,7 +724,11 @@ def render(result: dict) -> str:
             f"{gh['single_gold0']:.3f} to {gh['single_final']:.3f}, and against the variance-penalized ensemble to "
             f"{gh['penalized_final']:.3f}; the members' disagreement (std) shrank from {gh['std0']:.3f} to "
             f"{gh['std_final']:.3f} as the policy learned the shared hack, so the penalty had nothing to bite on. "
-            "Here the members' errors come from finite, noisy data and differ between members.",
+            "Here the members' errors come from finite, noisy data and differ between members"
+            + (f"; under PPO β=0 against the single proxy their std went from "
+               f"{ppo['by_name']['single β=0']['summary']['std0']['mean']:.2f} to "
+               f"{fmt(ppo['by_name']['single β=0']['summary']['std_final'], 2)} (standardized scale)."
+               if ppo and "single β=0" in ppo.get("by_name", {}) else "."),
             "",
         ]
     lines += ["![curves](overoptimization.png)", ""]
