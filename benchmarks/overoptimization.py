@@ -36,7 +36,8 @@ one work dir (same RM/PPO settings, so the same cache), then one render of every
     overoptimization.py --seeds 0 1 2 $P --only-ppo --ppo-beta-comparison    # PPO (waits for each seed's ensemble)
     overoptimization.py --seeds 3 4 --skip-ppo --output /tmp/bon34          # best-of-n, seeds 3-4
     overoptimization.py --seeds 0 1 2 $P --only-ppo --ppo-lambda 2 --output /tmp/lam2   # + UWO λ=2 under PPO
-    overoptimization.py --seeds 0 1 2 3 4 --ppo-seeds 0 1 2 $P --ppo-beta-comparison --skip-ppo   # render all
+    for s in 3 4: overoptimization.py --seeds $s $P --only-ppo [then --ppo-lambda 2, then --ppo-beta-comparison]
+    overoptimization.py --seeds 0 1 2 3 4 $P --ppo-beta-comparison --skip-ppo   # render everything cached
 """
 
 from __future__ import annotations
