@@ -173,12 +173,12 @@ def run_ppo(name, reward, sft_path, train_prompts, callback, out_dir: Path, a) -
         max_completion_length=24,
         learning_rate=a.lr,
         lr_scheduler_type="constant",
-        kl_coef=0.0,
+        kl_coef=getattr(a, "kl_coef", 0.0),  # overoptimization.py's β comparison sets it; goodhart itself runs β=0
         kl_estimator="exact",
         advantage_normalization="batch",
         value_model_init="policy",
         logging_steps=a.every,
-        seed=0,
+        seed=getattr(a, "seed", 0),
         disable_tqdm=True,
     )
     trainer = PPOTrainer(sft_path, reward_funcs=reward, args=args, train_dataset=train_prompts, callbacks=[callback])
