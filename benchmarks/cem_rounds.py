@@ -410,6 +410,8 @@ def main(argv=None) -> dict:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--through", type=int, default=3, help="the goal's 'keeps rising for >= this many rounds'")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    p.add_argument("--report-only", action="store_true",
+                   help="only summarize the saved runs of these settings (runs not saved yet are left out)")
     p.add_argument("--workdir", default=None, help="where round models live while a run is going (default: tmp)")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
@@ -445,6 +447,9 @@ def main(argv=None) -> dict:
                     runs.append(saved)
                     continue
                 print(f"== {name} seed {seed}: saved run has other settings; rerunning", flush=True)
+            if a.report_only:
+                print(f"== {name} seed {seed}: not run (--report-only)", flush=True)
+                continue
             print(f"== {name} seed {seed}", flush=True)
             wd = work / f"{name}_seed{seed}"
             if wd.exists():  # a run cut short: the trainer resumes only under the same settings
