@@ -217,6 +217,9 @@ def summarize(runs: list[dict], through: int = 3) -> dict:
                     values = [run["rounds"][r]["samples"].get(key) for run in group]
                     if all(isinstance(v, (int, float)) for v in values):
                         row[f"samples_{key}"] = ci(values)
+                samples = [run["rounds"][r]["samples"] for run in group]
+                if all("best_of_n_gold_mean" in x and "gold_mean" in x for x in samples):
+                    row["samples_headroom"] = ci([x["best_of_n_gold_mean"] - x["gold_mean"] for x in samples])
             per_round.append(row)
         entry = {"seeds": [r["seed"] for r in group], "overrides": group[0]["overrides"], "per_round": per_round,
                  "seconds": sum(r["seconds"] for r in group)}
@@ -320,6 +323,24 @@ def to_markdown(result: dict) -> str:
         lines.append("")
     lines += ["### Verdict per control", ""]
     lines += verdict_lines(summary)
+    lines += ["", "### Where the gain comes from, and what diversity is left", "",
+              "Share of the whole R-round gold gain made in round 1; the holdout entropy and distinct answers per "
+              "prompt at round 0 and round R; the selection headroom of the last round's own samples (best-of-N gold "
+              "− mean sample gold: what one more round of selection could still take; 0 once the samples collapse).",
+              "", "| config | round-1 share of gain, T=1 | round-1 share, greedy | entropy r0 → rR | uniq r0 → rR | "
+              "headroom at round R |", "|---|---|---|---|---|---|"]
+    for name, e in summary.items():
+        pr = e["per_round"]
+        if len(pr) < 2:
+            continue
+        shares = []
+        for key in ("gold_t1", "gold_greedy"):
+            total = pr[-1][key][0] - pr[0][key][0]
+            shares.append(f"{(pr[1][key][0] - pr[0][key][0]) / total:.0%}" if abs(total) > 1e-9 else "—")
+        last = pr[-1]
+        headroom = _fmt(last["samples_headroom"]) if "samples_headroom" in last else ""
+        lines.append(f"| {name} | {shares[0]} | {shares[1]} | {pr[0]['entropy'][0]:.3f} → {last['entropy'][0]:.3f} | "
+                     f"{pr[0]['unique_fraction'][0]:.3f} → {last['unique_fraction'][0]:.3f} | {headroom} |")
     lines += ["", "Paired difference to plain CEM at the last round (same seed: same SFT policy and prompts):", "",
               "| config | round | Δ gold T=1 | Δ gold greedy | Δ entropy |", "|---|---:|---|---|---|"]
     for name, e in summary.items():
@@ -335,9 +356,10 @@ def to_markdown(result: dict) -> str:
 
 
 def verdict_lines(summary: dict) -> list[str]:
-    """One plain sentence per control and decoding: did the goal hold?"""
+    """One plain sentence per control and decoding: did the goal hold? Then one line over all controls."""
     plain = summary.get("plain", {})
     out = []
+    held: dict[str, list[str]] = {}
     for key, label in (("gold_t1", "T=1"), ("gold_greedy", "greedy")):
         pv = plain.get(f"verdict_{key}")
         if pv is None:
@@ -349,14 +371,20 @@ def verdict_lines(summary: dict) -> list[str]:
                 continue
             v = e[f"verdict_{key}"]
             if v["keeps_rising"] is None or pv["stalls"] is None:
-                held = "not decidable with one seed"
+                held_text = "not decidable with one seed"
             else:
-                held = "**held**" if v["keeps_rising"] and pv["stalls"] else "**not held**"
+                ok = bool(v["keeps_rising"] and pv["stalls"])
+                held.setdefault(label, [])
+                if ok:
+                    held[label].append(name)
+                held_text = "**held**" if ok else "**not held**"
             state = {None: "n/a", True: "keeps rising", False: "does not keep rising"}[v["keeps_rising"]]
             why = (f"{name} {state} "
                    f"(late gain {_fmt(v['late_gain'], signed=True)}), plain CEM {plain_state} "
                    f"(late gain {_fmt(pv['late_gain'], signed=True)})")
-            out.append(f"- {label}, {name}: {held}: {why}.")
+            out.append(f"- {label}, {name}: {held_text}: {why}.")
+    for label, names in held.items():
+        out.append(f"- **Overall at {label}: the goal held for {', '.join(names) if names else 'no control'}.**")
     return out
 
 

@@ -77,6 +77,8 @@ def test_study_writes_each_run_once_and_answers_the_goal(study, tmp_path, monkey
     assert summary["kl"]["vs_plain_gold_t1_through"][0] == pytest.approx(0.06)
     md = (tmp_path / "cem_rounds.md").read_text()
     assert "- T=1, kl: **held**" in md and "- greedy, kl: **held**" in md
+    assert "**Overall at T=1: the goal held for kl.**" in md
+    assert summary["kl"]["per_round"][-1]["samples_headroom"][0] == pytest.approx(0.1)
 
     # a rerun reuses every saved run; a changed setting reruns them
     calls.clear()
