@@ -322,7 +322,7 @@ def to_markdown(result: dict) -> str:
                          f"{_yes(v['keeps_rising'])} | {_yes(v['stalls'])} |")
         lines.append("")
     lines += ["### Verdict per control", ""]
-    lines += verdict_lines(summary)
+    lines += verdict_lines(summary, through)
     lines += ["", "### Where the gain comes from, and what diversity is left", "",
               "Share of the whole R-round gold gain made in round 1; the holdout entropy and distinct answers per "
               "prompt at round 0 and round R; the selection headroom of the last round's own samples (best-of-N gold "
@@ -355,7 +355,7 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def verdict_lines(summary: dict) -> list[str]:
+def verdict_lines(summary: dict, through: int = 3) -> list[str]:
     """One plain sentence per control and decoding: did the goal hold? Then one line over all controls."""
     plain = summary.get("plain", {})
     out = []
@@ -370,6 +370,7 @@ def verdict_lines(summary: dict) -> list[str]:
             if name == "plain" or f"verdict_{key}" not in e:
                 continue
             v = e[f"verdict_{key}"]
+            ok = below = False
             if v["keeps_rising"] is None or pv["stalls"] is None:
                 held_text = "not decidable with one seed"
             else:
@@ -382,6 +383,20 @@ def verdict_lines(summary: dict) -> list[str]:
             why = (f"{name} {state} "
                    f"(late gain {_fmt(v['late_gain'], signed=True)}), plain CEM {plain_state} "
                    f"(late gain {_fmt(pv['late_gain'], signed=True)})")
+            vs = [(r, e.get(f"vs_plain_{key}_{tag}")) for r, tag in ((f"r={through}", "through"),
+                                                                             ("the last round", "last"))]
+            vs = [(r, t) for r, t in vs if t is not None and not math.isnan(t[1])]
+            if vs:
+                below = all(t[2] < 0 for _, t in vs)
+                above = all(t[1] > 0 for _, t in vs)
+                where = " and ".join(f"{r} {_fmt(t, signed=True)}" for r, t in vs)
+                why += ("; it stays *below* plain CEM (paired: " + where + ")" + (
+                        ", so it rises longer because its first rounds gain less, not because it goes further"
+                        if ok else "")) if below else (
+                        "; and it ends *above* plain CEM (paired: " + where + ")") if above else (
+                        "; vs plain CEM (paired): " + where)
+                if ok and below:
+                    held[label][-1] += " (by the letter only: it stays below plain CEM)"
             out.append(f"- {label}, {name}: {held_text}: {why}.")
     for label, names in held.items():
         out.append(f"- **Overall at {label}: the goal held for {', '.join(names) if names else 'no control'}.**")
