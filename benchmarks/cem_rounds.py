@@ -20,8 +20,9 @@ entropy, distinct-1/2 and share of distinct answers per prompt; gold of the gree
 its own SFT policy (``task_module(task).sft_policy(seed)``), prompts and sampling streams; tables give the mean and
 95% t-interval over seeds (``trl_extras.core.stats.mean_ci``).
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/cem_rounds.py --seeds 0 1 2         # ~30 min, 1 core
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/cem_rounds.py --seeds 0 1 2 3 4     # 25 runs of 1-2 min
     .venv/bin/python benchmarks/cem_rounds.py --quick                                               # smoke run
+    .venv/bin/python benchmarks/cem_rounds.py --seeds 0 1 2 3 4 --report-only     # re-summarize the saved runs
 
 Each (config, seed) run writes ``benchmarks/results/cem_rounds/<reward>/<config>_seed<k>.json`` when it finishes
 and is skipped on a rerun with the same settings; the summary is ``benchmarks/results/cem_rounds[_proxy].{json,md,
