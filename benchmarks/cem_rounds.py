@@ -326,8 +326,9 @@ def to_markdown(result: dict) -> str:
     lines += verdict_lines(summary, through)
     lines += ["", "### Where the gain comes from, and what diversity is left", "",
               "Share of the whole R-round gold gain made in round 1; the holdout entropy and distinct answers per "
-              "prompt at round 0 and round R; the selection headroom of the last round's own samples (best-of-N gold "
-              "− mean sample gold: what one more round of selection could still take; 0 once the samples collapse).",
+              "prompt at round 0 and round R; the selection headroom of the last round's own samples (gold of the best-of-N "
+              "answer, picked by the optimized reward, − mean sample gold: what one more round of selection could "
+              "still take; 0 once the samples collapse, negative when the proxy picks worse than average).",
               "", "| config | round-1 share of gain, T=1 | round-1 share, greedy | entropy r0 → rR | uniq r0 → rR | "
               "headroom at round R |", "|---|---|---|---|---|---|"]
     for name, e in summary.items():
