@@ -173,6 +173,20 @@ def test_diversity_controls(tiny_paths, tmp_path):
     assert h["elite_quantile"] == 0.5
 
 
+def test_entropy_bonus_changes_the_fine_tuning(tiny_paths, tmp_path):
+    """entropy_coef > 0 trains other weights than plain CEM on the same elites (it once only shifted the loss by a
+    constant: the entropy carried no gradient, and CEM with the bonus was bit-identical to CEM without)."""
+    from trl_extras import CEMTrainer
+
+    weights = {}
+    for coef in (0.0, 0.5):
+        args = _args(tmp_path / str(coef), num_rounds=1, entropy_coef=coef)
+        trainer = CEMTrainer(tiny_paths["policy"], length_reward, args, train_dataset=_prompts())
+        trainer.train()
+        weights[coef] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    assert max((weights[0.0][k] - weights[0.5][k]).abs().max().item() for k in weights[0.0]) > 1e-6
+
+
 def test_temperature_schedule_and_floor(tiny_paths, tmp_path):
     from trl_extras import CEMTrainer
 

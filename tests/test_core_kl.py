@@ -107,6 +107,24 @@ def test_logprobs_and_entropy_from_logits(chunk_size):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_entropy_from_logits_has_the_entropy_gradient(temperature):
+    """An entropy bonus in a loss (CEM's entropy_coef) needs the gradient; the kernel's entropy is a metric only."""
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(2, 3, 11, generator=g) * 2).requires_grad_(True)
+    weights = torch.rand(2, 3, generator=g)
+    (entropy_from_logits(logits, temperature=temperature) * weights).sum().backward()
+    ref = logits.detach().double().requires_grad_(True)
+    lp = torch.log_softmax(ref / temperature, -1)
+    (-(lp.exp() * lp).sum(-1) * weights.double()).sum().backward()
+    assert logits.grad.abs().max() > 1e-3
+    assert torch.allclose(logits.grad.double(), ref.grad, atol=1e-5)
+    with torch.no_grad():  # the metric path: same values, no graph
+        metric = entropy_from_logits(logits, temperature=temperature, chunk_size=2)
+    assert not metric.requires_grad
+    assert torch.allclose(metric.double(), -(lp.exp() * lp).sum(-1).detach(), atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("parts", ["both", "logprobs", "kl"])
 def test_kernel_closed_form_backward_matches_autograd(temperature, parts):
     from trl_extras.core.kl import token_stats_from_logits

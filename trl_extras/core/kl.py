@@ -342,5 +342,14 @@ def logprobs_from_logits(
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
-    """Entropy −Σ_v π(v) log π(v) of ``softmax(logits / temperature)``. ``(B, T, V)`` -> ``(B, T)`` float32."""
+    """Entropy −Σ_v π(v) log π(v) of ``softmax(logits / temperature)``. ``(B, T, V)`` -> ``(B, T)`` float32.
+
+    With grad mode on and ``logits`` requiring grad, the result carries the gradient ``∂H/∂z = −π ⊙ (log π + H)/τ``
+    (autograd over the whole tensor; ``chunk_size`` is then not used): an entropy *bonus* in a loss (CEM's
+    fine-tuning, ``CEMConfig.entropy_coef``). Otherwise the chunked no-grad kernel computes it as a metric (the
+    kernel's own ``entropy`` never carries a gradient: PPO's update only logs it)."""
+    if torch.is_grad_enabled() and logits.requires_grad:
+        _check_temperature(temperature)
+        logp = _log_softmax(logits, temperature, inplace=False)
+        return -_rowdot(logp.exp(), logp)
     return _chunked_stats(logits, None, None, None, chunk_size, temperature, "entropy", with_entropy=True)
