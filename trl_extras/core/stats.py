@@ -90,7 +90,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
 
     Returns ``{"n", "mean", "low", "high", "p_value"}``: the mean difference, its Student-t interval
     (:func:`mean_ci` of the ``d_i``) and the two-sided paired t-test p-value — the same as
-    ``scipy.stats.ttest_rel(a, b)``. When every ``d_i`` is equal the spread is 0: the interval is the point and the
+    ``scipy.stats.ttest_rel(a, b)``. When every ``d_i`` is equal (up to float rounding) the spread is 0: the interval is the point and the
     p-value is 1.0 if that difference is 0, else 0.0 (scipy returns NaN there). Needs at least 2 pairs.
     """
     if len(a) != len(b):
@@ -99,7 +99,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     mean, low, high = mean_ci(diffs, confidence)
     n = len(diffs)
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    if sd == 0.0:
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # equal differences up to float rounding: no spread
         p = 1.0 if mean == 0.0 else 0.0
     else:
         from scipy.stats import t
