@@ -162,9 +162,9 @@ def hard_indices(eval_ds) -> list[int]:
 
 
 def run_seed(args, tb, seed: int, sft: str, cells_dir: Path, log, phases=("budgets", "filters"),
-             out: dict | None = None) -> dict:
+             out: dict | None = None, data: dict | None = None) -> dict:
     """The cells of ``phases`` for one seed, each read from ``cells_dir`` when already measured, else trained and
-    written there; added to ``out`` (this seed's result so far) when given."""
+    written there; added to ``out`` (this seed's result so far) when given. ``data``: :func:`seed_data`'s result."""
     import torch
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
@@ -174,11 +174,14 @@ def run_seed(args, tb, seed: int, sft: str, cells_dir: Path, log, phases=("budge
 
     seed_dir = cells_dir / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
-    data = seed_data(tb, args, seed)
+    data = data or seed_data(tb, args, seed)
     eval_ds, hard_idx = data["eval"], hard_indices(data["eval"])
     budgets = [int(b) for b in args.budgets.split(",")]
     out = out or {"seed": seed, "eval_overlap_dropped": data["eval_overlap_dropped"], "hard_idx_n": len(hard_idx),
-                  "hard_idx": hard_idx, "cells": {}}
+                  "hard_idx": hard_idx, "cells": {},
+                  "dirty_agrees_with_gold": sum(data["dirty"]["agrees_with_gold"]) / len(data["dirty"]),
+                  "dirty_easy_share": sum(data["dirty"]["easy"]) / len(data["dirty"]),
+                  "clean_flipped_share": sum(data["clean"]["flipped"]) / len(data["clean"])}
 
     def cell(name, fn):
         path = seed_dir / f"{name}.json"
@@ -377,6 +380,11 @@ def _ci(x, n_seeds: int, digits=3) -> str:
             + (f" (n={n})" if n < n_seeds else ""))
 
 
+def _avg(r: dict, key: str) -> float:
+    values = [s[key] for s in r["per_seed"] if key in s]
+    return sum(values) / len(values) if values else float("nan")
+
+
 def _p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
@@ -428,6 +436,10 @@ def to_markdown(r: dict) -> str:
         f"{n_tests * 0.05:.1f} false positives are expected by chance alone.",
         "",
         "## Dirty→clean vs clean-only vs dirty-only",
+        "",
+        "Label quality of the training data (mean over seeds): the dirty (heuristic) label agrees with gold on "
+        f"{_avg(r, 'dirty_agrees_with_gold'):.3f} of the dirty pairs ({_avg(r, 'dirty_easy_share'):.3f} of them "
+        f"trivially easy); {_avg(r, 'clean_flipped_share'):.3f} of the clean pool's labels are flipped.",
         "",
         "| clean pairs | metric | clean-only | dirty-only | dirty→clean |",
         "|---|---|---|---|---|",
@@ -587,11 +599,12 @@ def run(args, save=lambda results: None) -> dict:
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
 
     log(f"cells in {cells_dir}")
-    per_seed = {}
+    per_seed, data = {}, {}
     # phase-major: every seed's budget study first, so that a late kill costs filtering seeds, not the main result
     for phase in ("budgets", "filters"):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            per_seed[seed] = run_seed(args, tb, seed, sft, cells_dir, log, (phase,), per_seed.get(seed))
+            data[seed] = data.get(seed) or seed_data(tb, args, seed)  # drawing the pairs takes seconds
+            per_seed[seed] = run_seed(args, tb, seed, sft, cells_dir, log, (phase,), per_seed.get(seed), data[seed])
             results["per_seed"] = list(per_seed.values())
             results["aggregate"] = aggregate(results["per_seed"], vars(args))
             save(results)
