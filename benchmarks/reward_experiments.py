@@ -439,7 +439,11 @@ def to_markdown(r: dict) -> str:
         "",
         "Label quality of the training data (mean over seeds): the dirty (heuristic) label agrees with gold on "
         f"{_avg(r, 'dirty_agrees_with_gold'):.3f} of the dirty pairs ({_avg(r, 'dirty_easy_share'):.3f} of them "
-        f"trivially easy); {_avg(r, 'clean_flipped_share'):.3f} of the clean pool's labels are flipped.",
+        f"trivially easy); {_avg(r, 'clean_flipped_share'):.3f} of the clean pool's labels are flipped."
+        + (" So on this task the dirty set is both larger and *more often right* than the clean one: the heuristic's "
+           "bias shows on off-distribution answers (the hacks PPO finds), which accuracy on in-distribution pairs "
+           "does not measure, so read dirty-only's accuracy here as an upper bound on its usefulness."
+           if _avg(r, "dirty_agrees_with_gold") > 1 - _avg(r, "clean_flipped_share") else ""),
         "",
         "| clean pairs | metric | clean-only | dirty-only | dirty→clean |",
         "|---|---|---|---|---|",
