@@ -425,8 +425,9 @@ def to_markdown(r: dict) -> str:
         f"epoch(s), lr {c['dirty_lr']}; clean: {c['clean_epochs']} epochs, lr {c['clean_lr']}, batch {c['batch_size']}. "
         f"Seeds asked: {c['seeds']}; complete (every cell): {', '.join(map(str, complete)) or 'none'} — a cell "
         f"measured on fewer seeds says (n=k). A seed redraws every pair, the head init and the data order. "
-        f"{r.get('device', 'cpu')}; {r.get('seconds', '?')} s wall in the last invocation (cells measured earlier "
-        f"are read back from `--cells_dir`).",
+        f"{r.get('device', 'cpu')}; {sum(x.get('seconds', 0) for s in r['per_seed'] for x in s['cells'].values()):.0f}"
+        f" s of wall time summed over the cells (1 thread, shared CPU); {r.get('seconds', '?')} s in the last "
+        f"invocation (cells measured earlier are read back from `--cells_dir`).",
         "",
         "Cells: mean accuracy against gold over seeds [95% t-interval]. Comparisons: A − B paired over seeds "
         "(mean [95% CI], paired t-test p) and, pooled over seeds, the exact McNemar test on the eval pairs where A and "
