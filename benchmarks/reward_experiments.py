@@ -326,7 +326,7 @@ def comparisons(args) -> list[dict]:
 
 def aggregate(per_seed: list[dict], args: dict) -> dict:
     """Mean ± 95% CI per method; paired t over seeds and pooled exact McNemar per comparison (complete seeds only)."""
-    from trl_extras.core.stats import binomial_test, mcnemar_exact, mean_ci, paired_difference
+    from trl_extras.core.stats import binomial_test, holm_adjust, mcnemar_exact, mean_ci, paired_difference
 
     names = [m for m, _ in methods(args)]
     out = {"seeds_complete": [s["seed"] for s in per_seed if all(m in s["cells"] for m in names)],
@@ -365,6 +365,10 @@ def aggregate(per_seed: list[dict], args: dict) -> dict:
                 "mcnemar": {"n": n_items, "only_a": only_a, "only_b": only_b, "p_value": binomial_test(only_a, only_b)},
             }
         out["comparisons"].append(row)
+    # Holm over every paired-t test reported (both metrics): which claims survive the multiplicity
+    tests = [c[metric]["paired"] for c in out["comparisons"] for metric in METRICS]
+    for test, adjusted in zip(tests, holm_adjust([t["p_value"] for t in tests])):
+        test["p_holm"] = adjusted
     return out
 
 
@@ -399,7 +403,8 @@ def verdict(c, metric, alpha=0.05) -> str:
     if d["p_value"] < alpha:
         word = "A better" if d["mean"] > 0 else "A worse"
         both = "" if m["p_value"] < alpha else ", McNemar not significant"
-        return f"**{word}** (p={_p(d['p_value'])}{both})"
+        holm = "survives Holm" if d.get("p_holm", 1.0) < alpha else "not after Holm"
+        return f"**{word}** (p={_p(d['p_value'])}, {holm}{both})"
     return f"no difference shown (p={_p(d['p_value'])})"
 
 
@@ -433,8 +438,9 @@ def to_markdown(r: dict) -> str:
         "(mean [95% CI], paired t-test p) and, pooled over seeds, the exact McNemar test on the eval pairs where A and "
         "B disagree (pairs only A ranks right / only B ranks right, p). The paired t carries the training noise (a "
         "seed's draw of data and init), McNemar only the evaluation noise given the trained models, so a claim is "
-        f"called holding on the paired t (p < 0.05). {n_tests} tests are reported: at α = 0.05 about "
-        f"{n_tests * 0.05:.1f} false positives are expected by chance alone.",
+        f"called holding on the paired t (p < 0.05). {n_tests} paired tests are reported: at α = 0.05 about "
+        f"{n_tests * 0.05:.1f} false positives are expected by chance alone, so each verdict also says whether it "
+        "survives Holm's correction over all of them (family-wise α = 0.05).",
         "",
         "## Dirty→clean vs clean-only vs dirty-only",
         "",
@@ -507,7 +513,8 @@ def summary_lines(r: dict) -> list[str]:
         for metric in METRICS:
             d, m = x[metric]["paired"], x[metric]["mcnemar"]
             if d["p_value"] < 0.05:
-                word = f"**{a} {'beats' if d['mean'] > 0 else 'loses to'} {b}**"
+                holm = "" if d.get("p_holm", 1.0) < 0.05 else " (not after Holm)"
+                word = f"**{a} {'beats' if d['mean'] > 0 else 'loses to'} {b}**{holm}"
             else:
                 word = "no difference shown"
             parts.append(f"{METRIC_NAMES[metric]}: {word} ({d['mean']:+.3f}, CI [{d['low']:+.3f}, {d['high']:+.3f}], "

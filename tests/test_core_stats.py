@@ -4,7 +4,14 @@ import math
 
 import pytest
 
-from trl_extras.core.stats import binomial_test, mcnemar_exact, mean_ci, paired_difference, win_rate_interval
+from trl_extras.core.stats import (
+    binomial_test,
+    holm_adjust,
+    mcnemar_exact,
+    mean_ci,
+    paired_difference,
+    win_rate_interval,
+)
 
 
 def _brute_binom_two_sided(k, n):
@@ -163,3 +170,30 @@ def test_mcnemar_exact_bad_input():
         mcnemar_exact([1, 0], [1])
     with pytest.raises(ValueError, match="0/1"):
         mcnemar_exact([1, 0.5], [1, 0])
+
+
+def _holm_brute_force(p, alpha):
+    # the step-down procedure itself: reject in ascending order while p_(k) <= alpha / (m - k + 1)
+    m = len(p)
+    rejected = set()
+    for k, i in enumerate(sorted(range(m), key=lambda i: p[i])):
+        if p[i] > alpha / (m - k):
+            break
+        rejected.add(i)
+    return rejected
+
+
+@pytest.mark.parametrize("p", [[0.01, 0.04, 0.03, 0.005], [0.2, 0.001, 0.05, 0.049, 0.5, 0.0], [0.03], []])
+def test_holm_adjust_matches_step_down(p):
+    adj = holm_adjust(p)
+    assert len(adj) == len(p)
+    assert all(a >= x for a, x in zip(adj, p)) and all(a <= 1.0 for a in adj)
+    for alpha in (0.01, 0.05, 0.1):
+        assert {i for i, a in enumerate(adj) if a <= alpha} == _holm_brute_force(p, alpha)
+
+
+def test_holm_adjust_closed_form_and_bad_input():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, 1*0.04 -> 0.02, 0.03, 0.06, max(0.06, 0.04)
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    with pytest.raises(ValueError, match="p_values"):
+        holm_adjust([0.5, 1.5])

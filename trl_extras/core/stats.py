@@ -127,3 +127,21 @@ def mcnemar_exact(correct_a: Sequence, correct_b: Sequence) -> dict[str, float]:
         only_a += int(x and not y)
         only_b += int(y and not x)
     return {"n": len(correct_a), "only_a": only_a, "only_b": only_b, "p_value": binomial_test(only_a, only_b)}
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (Holm 1979), in the input order: reject H_i at family-wise level α when the
+    adjusted ``p_i <= α``. With the ``m`` p-values sorted ascending, ``adj_(k) = max_{j<=k} min(1, (m − j + 1) p_(j))``
+    (1-based ``j``): the step-down procedure made monotone. Controls the family-wise error rate under any dependence.
+    """
+    p = [float(x) for x in p_values]
+    if not all(0.0 <= x <= 1.0 for x in p):
+        raise ValueError(f"p_values must lie in [0, 1], got {p}")
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    out = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
