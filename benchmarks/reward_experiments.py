@@ -26,7 +26,7 @@ McNemar test on the eval pairs where A and B disagree (the *evaluation* noise on
 when the paired t-test gives p < 0.05 (the McNemar p is reported beside it).
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/reward_experiments.py --seeds 0,1,2,3,4,5,6,7  # results/
-    # (~4-5 min per seed on one shared CPU thread: 17 RM trainings, ~1500 optimizer steps, 17 x 1000-pair scorings)
+    # (~4-5 min per seed on one shared CPU thread: 15 RM trainings, ~1450 optimizer steps, 16 x 1000-pair scorings)
     .venv/bin/python benchmarks/reward_experiments.py --quick   # smoke run, tiny sizes, 2 seeds
 
 Resumable: each (seed, cell) is written to ``--cells_dir`` as soon as it is measured and a rerun with the same
