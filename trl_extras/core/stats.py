@@ -1,4 +1,5 @@
-"""Small statistics for comparing models: a two-sided binomial (sign) test, win-rate intervals, mean intervals.
+"""Small statistics for comparing models: a two-sided binomial (sign) test, win-rate intervals, mean intervals,
+paired differences (paired t) and the exact McNemar test.
 
 Used by :func:`trl_extras.evaluation.side_by_side` (the seed's "side-by-side superiority ... we can use the binomial
 test") and by the benchmarks. Pure functions over counts and lists; scipy does the distributions.
@@ -82,3 +83,65 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = float(t.ppf(0.5 + confidence / 2, n - 1)) * math.sqrt(var / n)
     return mean, mean - half, mean + half
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Paired comparison of two methods measured on the same units (e.g. seeds that share data): ``d_i = a_i − b_i``.
+
+    Returns ``{"n", "mean", "low", "high", "p_value"}``: the mean difference, its Student-t interval
+    (:func:`mean_ci` of the ``d_i``) and the two-sided paired t-test p-value — the same as
+    ``scipy.stats.ttest_rel(a, b)``. When every ``d_i`` is equal (up to float rounding) the spread is 0: the interval is the point and the
+    p-value is 1.0 if that difference is 0, else 0.0 (scipy returns NaN there). Needs at least 2 pairs.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference needs equally long a and b, got {len(a)} and {len(b)}")
+    diffs = [float(x) - float(y) for x, y in zip(a, b)]
+    mean, low, high = mean_ci(diffs, confidence)
+    n = len(diffs)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # equal differences up to float rounding: no spread
+        p = 1.0 if mean == 0.0 else 0.0
+    else:
+        from scipy.stats import t
+
+        p = float(2 * t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+    return {"n": n, "mean": mean, "low": low, "high": high, "p_value": min(1.0, p)}
+
+
+def mcnemar_exact(correct_a: Sequence, correct_b: Sequence) -> dict[str, float]:
+    """Exact McNemar test of two classifiers scored on the same items (McNemar 1947; the exact binomial form).
+
+    ``correct_a``, ``correct_b``: ``(N,)`` sequences of 0/1 (or bool), item ``i`` right for A / for B. Only the
+    discordant items carry evidence: ``only_a`` (A right, B wrong) and ``only_b``; under H0 "equally accurate" each
+    discordant item is a coin flip, so the p-value is :func:`binomial_test` ``(only_a, only_b)``.
+    Returns ``{"n", "only_a", "only_b", "p_value"}``.
+    """
+    if len(correct_a) != len(correct_b):
+        raise ValueError(
+            f"mcnemar_exact needs the same items for both models, got {len(correct_a)} and {len(correct_b)}"
+        )
+    only_a = only_b = 0
+    for x, y in zip(correct_a, correct_b):
+        if x not in (0, 1) or y not in (0, 1):
+            raise ValueError(f"correct_a and correct_b must hold 0/1 values, got {x!r} and {y!r}")
+        only_a += int(x and not y)
+        only_b += int(y and not x)
+    return {"n": len(correct_a), "only_a": only_a, "only_b": only_b, "p_value": binomial_test(only_a, only_b)}
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (Holm 1979), in the input order: reject H_i at family-wise level α when the
+    adjusted ``p_i <= α``. With the ``m`` p-values sorted ascending, ``adj_(k) = max_{j<=k} min(1, (m − j + 1) p_(j))``
+    (1-based ``j``): the step-down procedure made monotone. Controls the family-wise error rate under any dependence.
+    """
+    p = [float(x) for x in p_values]
+    if not all(0.0 <= x <= 1.0 for x in p):
+        raise ValueError(f"p_values must lie in [0, 1], got {p}")
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    out = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
