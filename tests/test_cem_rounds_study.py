@@ -9,6 +9,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _restore_library_logging():
+    """The script's main() quiets transformers (verbosity error) and datasets' bars for its own run; that is process
+    state, and TrainingArguments derives its ``disable_tqdm`` default from the verbosity, so later tests in the same
+    process saw it (test_progress failed after this module). Restore both after each test."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = datasets.is_progress_bar_enabled()
+    yield
+    hf_logging.set_verbosity(verbosity)
+    (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
+
+
 @pytest.fixture(scope="module")
 def study():
     spec = importlib.util.spec_from_file_location("cem_rounds_study", ROOT / "benchmarks" / "cem_rounds.py")
