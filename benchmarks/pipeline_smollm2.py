@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     shutil.copytree(report_dir, copy)
     (copy / "run.json").write_text(json.dumps(
         {"commit": _commit(), "stage_seconds": stage_seconds, "stages_total_seconds": round(sum(stage_seconds.values()), 1),
-         "this_invocation_seconds": round(seconds, 1), "load_average_at_start": load_at_start}, indent=2) + "\n")
+         "this_invocation_seconds": round(seconds, 1), "this_invocation_load_average_at_start": load_at_start}, indent=2) + "\n")
     table = (report_dir / TABLE_FILE).read_text()
     (results_dir / "pipeline_smollm2_table.md").write_text(f"{table_header(stage_seconds, _commit())}\n\n{table}\n")
     print(f"stages {sum(stage_seconds.values()):.0f} s, this invocation {seconds:.0f} s; wrote {copy}")

@@ -102,9 +102,9 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     if sd <= 1e-12 * max(1.0, abs(mean)):  # equal differences up to float rounding: no spread
         p = 1.0 if mean == 0.0 else 0.0
     else:
-        from scipy.stats import t
+        from scipy.stats import ttest_rel
 
-        p = float(2 * t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+        p = float(ttest_rel([float(x) for x in a], [float(y) for y in b]).pvalue)
     return {"n": n, "mean": mean, "low": low, "high": high, "p_value": min(1.0, p)}
 
 
