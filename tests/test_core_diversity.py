@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from trl_extras.core.diversity import (
-    completion_entropies,
     distinct_n,
     grouped_distinct_n,
     mean_token_entropy,
@@ -52,15 +51,34 @@ def test_mean_token_entropy_masks():
 
 
 def test_completion_entropies_match_brute_force(tiny_paths):
+    """Brute force over the full softmax, with the position ids generation uses for a left-padded row."""
     from transformers import AutoModelForCausalLM
 
+    from trl_extras.modeling.lm import completion_entropies, position_ids_from_mask
+
+    torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_paths["policy"])
     ids = torch.randint(5, 20, (3, 7))
     mask = torch.ones_like(ids)
     mask[0, :2] = 0  # left padding
-    got = completion_entropies(model, ids, mask, completion_length=3, batch_size=2)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, -4:-1].double()
-    p = logits.softmax(-1)
+    got = completion_entropies(model, ids, mask, completion_length=3, batch_size=2, chunk_size=2)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    p = logits[:, -4:-1].double().softmax(-1)
     expected = -(p * p.log()).sum(-1)
     assert got.shape == (3, 3)
     torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_completion_entropies_are_the_kernels(tiny_paths):
+    """One entropy path: the same numbers as completion_token_stats' entropy (the rollout statistics)."""
+    from transformers import AutoModelForCausalLM
+
+    from trl_extras.modeling.lm import completion_entropies, completion_token_stats
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_paths["policy"])
+    ids = torch.randint(5, 20, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    got = completion_entropies(model, ids, mask, completion_length=4, batch_size=4, temperature=0.7)
+    ref = completion_token_stats(model, None, ids, mask, 4, temperature=0.7, with_exact_kl=False)["entropy"]
+    torch.testing.assert_close(got, ref.float())

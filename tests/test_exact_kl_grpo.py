@@ -32,14 +32,20 @@ def _dataset(n=8):
     return prompt_dataset("train", TestbedConfig(num_train_prompts=n, num_holdout_prompts=4))
 
 
+def _spread_reward(prompts, completions, **kwargs):
+    """A reward with spread on a random tiny policy: the sum of the characters' codes mod 7. (The gold reward is 0 on
+    every sample of a random policy unless chance says otherwise, so GRPO's advantages, loss and update were all 0
+    and the policy-moved assertions failed depending on the RNG state the test started with.)"""
+    return [sum(map(ord, c)) % 7 / 7 for c in completions]
+
+
 def _trainer(tiny_paths, tmp_path, **kw):
-    from trl_extras.testbed import gold_reward_fn
     from trl_extras.trainers.exact_kl_grpo import ExactKLGRPOTrainer
 
     peft_config = kw.pop("peft_config", None)
     return ExactKLGRPOTrainer(
         model=tiny_paths["policy"],
-        reward_funcs=gold_reward_fn,
+        reward_funcs=_spread_reward,
         args=_args(tmp_path, **kw),
         train_dataset=_dataset(),
         peft_config=peft_config,

@@ -71,6 +71,11 @@ def test_imports_point_down_the_layers():
     assert not violations, "layering violations:\n" + "\n".join(violations)
 
 
+# what running a model looks like: its outputs' fields, its forward, its loaders; and calling it by its usual names
+_MODEL_ATTRS = {"generate", "from_pretrained", "get_decoder", "forward", "logits", "last_hidden_state", "hidden_states"}
+_MODEL_NAMES = {"model", "policy", "ref_model", "reward_model", "value_model", "trunk"}
+
+
 def test_core_runs_no_model():
     """core/ is tensor math only: no transformers/peft/trl/accelerate import, no model call."""
     for path in (ROOT / "core").glob("*.py"):
@@ -82,8 +87,10 @@ def test_core_runs_no_model():
                     assert name.split(".")[0] not in {"transformers", "peft", "trl", "accelerate", "deepspeed"}, (
                         f"core/{path.name} imports {name}"
                     )
-            if isinstance(node, ast.Attribute) and node.attr in {"generate", "from_pretrained", "get_decoder"}:
+            if isinstance(node, ast.Attribute) and node.attr in _MODEL_ATTRS:
                 raise AssertionError(f"core/{path.name} line {node.lineno} calls a model (.{node.attr})")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _MODEL_NAMES:
+                raise AssertionError(f"core/{path.name} line {node.lineno} runs a model ({node.func.id}(...))")
 
 
 def test_every_cli_command_lives_in_scripts():

@@ -5,7 +5,7 @@ References:
   Advantage Estimation" (GAE).
 - Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR Summarization"
   (γ = 1, λ = 0.95, advantages whitened over the batch).
-- The YandexGPT alignment article (seed 000): "advantage normalization" over the whole batch, with the option to
+- The YandexGPT alignment article: "advantage normalization" over the whole batch, with the option to
   keep the mean.
 """
 
@@ -14,10 +14,60 @@ from __future__ import annotations
 import torch
 
 from .masked import masked_moments
+from .registry import Registry
 
-__all__ = ["compute_gae", "normalize_advantages", "ADVANTAGE_NORMALIZATIONS"]
+__all__ = ["compute_gae", "normalize_advantages", "ADVANTAGE_NORMALIZATIONS", "ADVANTAGE_NORMALIZERS"]
 
-ADVANTAGE_NORMALIZATIONS = ("batch", "group", "none")
+#: Advantage normalizations (``advantage_normalization``). Each entry is
+#: ``fn(advantages, valid, *, keep_mean, group_index, accelerator, eps) -> advantages'`` over ``(B, T)`` or ``(B,)``
+#: inputs with ``valid`` the boolean mask; invalid positions must come back as 0 (:func:`normalize_advantages`
+#: checks shapes first and calls the entry).
+ADVANTAGE_NORMALIZERS = Registry("advantage normalization")
+#: The names of :data:`ADVANTAGE_NORMALIZERS` (a live view).
+ADVANTAGE_NORMALIZATIONS = ADVANTAGE_NORMALIZERS
+
+
+def _standardize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, keep_mean: bool, eps: float) -> torch.Tensor:
+    """``(x − μ)/sqrt(var + eps)``, plus ``μ`` again when ``keep_mean``."""
+    mean = mean.to(x.dtype)
+    out = (x - mean) * torch.rsqrt(var + eps).to(x.dtype)
+    return out + mean if keep_mean else out
+
+
+@ADVANTAGE_NORMALIZERS.register("none")
+def _normalize_none(advantages, valid, *, keep_mean, group_index, accelerator, eps):
+    """Unchanged (masked)."""
+    return torch.where(valid, advantages, torch.zeros((), dtype=advantages.dtype, device=advantages.device))
+
+
+@ADVANTAGE_NORMALIZERS.register("batch")
+def _normalize_batch(advantages, valid, *, keep_mean, group_index, accelerator, eps):
+    """Statistics over all valid positions of the GLOBAL batch (all-reduced across processes with ``accelerator``)."""
+    mean, var, _ = masked_moments(advantages, valid, accelerator)
+    zero = torch.zeros((), dtype=advantages.dtype, device=advantages.device)
+    return torch.where(valid, _standardize(advantages, mean, var, keep_mean, eps), zero)
+
+
+@ADVANTAGE_NORMALIZERS.register("group")
+def _normalize_group(advantages, valid, *, keep_mean, group_index, accelerator, eps):
+    """Statistics per prompt (rows sharing a ``group_index``), process-local."""
+    if group_index is None:
+        raise ValueError("normalize_advantages(mode='group') needs `group_index` (the prompt id of each row).")
+    group_index = torch.as_tensor(group_index, device=advantages.device)
+    if group_index.shape != advantages.shape[:1]:
+        raise ValueError(
+            f"group_index must have shape (B,)={tuple(advantages.shape[:1])}, got {tuple(group_index.shape)}."
+        )
+    zero = torch.zeros((), dtype=advantages.dtype, device=advantages.device)
+    out = torch.zeros_like(advantages)
+    for g in torch.unique(group_index):
+        rows = group_index == g
+        x, m = advantages[rows], valid[rows]
+        if not m.any():  # a group whose rows are all empty contributes nothing
+            continue
+        mean, var, _ = masked_moments(x, m)
+        out[rows] = torch.where(m, _standardize(x, mean, var, keep_mean, eps), zero)
+    return out
 
 
 def compute_gae(
@@ -85,7 +135,7 @@ def normalize_advantages(
     Args:
         advantages: ``(B, T)`` token-level or ``(B,)`` sequence-level advantages.
         mask: same shape as ``advantages``, 1 = valid (``None``: all valid). Invalid positions come back as 0.
-        mode:
+        mode: a name in :data:`ADVANTAGE_NORMALIZERS`:
             - ``"batch"``: statistics over all valid positions of the GLOBAL batch; with ``accelerator`` the sums
               and counts are all-reduced across processes, so sharding the batch does not change the result.
             - ``"group"``: statistics per prompt: over all valid positions (tokens of all generations, for
@@ -101,40 +151,11 @@ def normalize_advantages(
     Returns:
         Tensor shaped like ``advantages``.
     """
-    if mode not in ADVANTAGE_NORMALIZATIONS:
-        raise ValueError(f"Unknown advantage normalization {mode!r}; expected one of {ADVANTAGE_NORMALIZATIONS}.")
+    normalizer = ADVANTAGE_NORMALIZERS.get(mode)
     if mask is None:
         mask = torch.ones_like(advantages, dtype=torch.bool)
     if mask.shape != advantages.shape:
         raise ValueError(f"mask {tuple(mask.shape)} does not match advantages {tuple(advantages.shape)}.")
-    valid = mask.bool()
-    zero = torch.zeros((), dtype=advantages.dtype, device=advantages.device)
-    if mode == "none":
-        return torch.where(valid, advantages, zero)
-
-    def _apply(x, mean, var):
-        mean = mean.to(x.dtype)
-        out = (x - mean) * torch.rsqrt(var + eps).to(x.dtype)
-        return out + mean if keep_mean else out
-
-    if mode == "batch":
-        mean, var, _ = masked_moments(advantages, valid, accelerator)
-        return torch.where(valid, _apply(advantages, mean, var), zero)
-
-    # mode == "group"
-    if group_index is None:
-        raise ValueError("normalize_advantages(mode='group') needs `group_index` (the prompt id of each row).")
-    group_index = torch.as_tensor(group_index, device=advantages.device)
-    if group_index.shape != advantages.shape[:1]:
-        raise ValueError(
-            f"group_index must have shape (B,)={tuple(advantages.shape[:1])}, got {tuple(group_index.shape)}."
-        )
-    out = torch.zeros_like(advantages)
-    for g in torch.unique(group_index):
-        rows = group_index == g
-        x, m = advantages[rows], valid[rows]
-        if not m.any():  # a group whose rows are all empty contributes nothing
-            continue
-        mean, var, _ = masked_moments(x, m)
-        out[rows] = torch.where(m, _apply(x, mean, var), zero)
-    return out
+    return normalizer(
+        advantages, mask.bool(), keep_mean=keep_mean, group_index=group_index, accelerator=accelerator, eps=eps
+    )

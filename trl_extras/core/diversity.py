@@ -1,13 +1,13 @@
 """Diversity of sampled answers: distinct-n (Li et al. 2016) and mean token entropy of the policy.
 
-The seed article notes that CEM works only while the model still produces varied answers and that one round of
+The article notes that CEM works only while the model still produces varied answers and that one round of
 best-of-N fine-tuning removes much of that variety. These measures track it round by round:
 
 * ``distinct_n``: unique n-grams / total n-grams over a set of texts (Li et al. 2016, "A Diversity-Promoting
   Objective Function for Neural Conversation Models"). ``grouped_distinct_n`` averages it over the N samples of
   each prompt, which is the variety best-of-N selection can exploit.
-* ``mean_token_entropy``: the policy's per-token entropy averaged over completion tokens;
-  ``completion_entropies`` computes the ``(B, T)`` entropies with ``trl_extras.core.kl.entropy_from_logits``.
+* ``mean_token_entropy``: the policy's per-token entropy averaged over completion tokens (the ``(B, T)``
+  entropies come from ``trl_extras.modeling.lm.completion_entropies``, which runs the model: not core's job).
 """
 
 from __future__ import annotations
@@ -81,39 +81,3 @@ def mean_token_entropy(entropies: torch.Tensor, mask: torch.Tensor | None = None
     if count == 0:
         raise ValueError("mean_token_entropy: the mask selects no token.")
     return float((entropies.float() * m).sum() / count)
-
-
-@torch.no_grad()
-def completion_entropies(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    completion_length: int,
-    batch_size: int = 64,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """Per-token entropy ``(B, T)`` of the model's next-token distribution at the last ``T`` positions.
-
-    Args:
-        model: a causal LM.
-        input_ids, attention_mask: ``(B, P + T)`` left-padded prompt then completion (``Rollout.input_ids``).
-        completion_length: ``T``; entry ``[b, t]`` is the entropy of the distribution that produced completion
-            token ``t``.
-        batch_size: rows per forward pass (the ``(b, T, V)`` logits of one batch are materialised).
-        temperature: logits are divided by it (1.0 = the model's own distribution).
-    """
-    from .kl import entropy_from_logits
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    T = completion_length
-    for start in range(0, input_ids.size(0), batch_size):
-        ids = input_ids[start : start + batch_size].to(device)
-        mask = attention_mask[start : start + batch_size].to(device)
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=T + 1).logits[:, :-1]
-        out.append(entropy_from_logits(logits, temperature=temperature).cpu())
-    if was_training:
-        model.train()
-    return torch.cat(out) if out else torch.zeros(0, T)

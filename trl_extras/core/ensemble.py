@@ -16,7 +16,16 @@ from typing import NamedTuple
 
 import torch
 
-PENALTY_MODES = ("variance", "std", "min", "mean")
+from .registry import Registry
+
+#: Conservative ensemble rewards (``RewardEnsemble(penalty=...)``). Each entry is
+#: ``fn(stats: EnsembleStats, members: (K, N) tensor or None, coef) -> (N,)`` and declares
+#: ``needs_members`` (needs the member scores, not only mean/var/std) and ``needs_calibration`` (meaningless on
+#: uncalibrated Bradley–Terry members, whose arbitrary offsets it would measure: ``RewardEnsemble`` refuses to use
+#: it before ``calibrate()`` unless told otherwise).
+ENSEMBLE_PENALTIES = Registry("ensemble penalty", required=("needs_members", "needs_calibration"))
+#: The names of :data:`ENSEMBLE_PENALTIES` (a live view).
+PENALTY_MODES = ENSEMBLE_PENALTIES
 
 
 class EnsembleStats(NamedTuple):
@@ -89,27 +98,42 @@ def penalize(members_or_stats, mode: str = "variance", coef: float = 1.0) -> tor
     Args:
         members_or_stats: ``(K, N)`` member scores, or an :class:`EnsembleStats` (not for ``mode="min"``, which
             needs the members).
-        mode: ``"variance"`` → mean − coef·var (UWO; Coste et al.: coef 0.5 for best-of-n, 0.1 for PPO),
+        mode: a name in :data:`ENSEMBLE_PENALTIES`: ``"variance"`` → mean − coef·var (UWO; Coste et al.: coef 0.5 for best-of-n, 0.1 for PPO),
             ``"std"`` → mean − coef·std, ``"min"`` → minimum over members (WCO; ``coef`` unused),
             ``"mean"`` → the plain mean (no penalty; ``coef`` unused).
         coef: the penalty weight λ >= 0.
     """
-    if mode not in PENALTY_MODES:
-        raise ValueError(f"Unknown ensemble penalty mode {mode!r}; choose one of {PENALTY_MODES}.")
+    penalty = ENSEMBLE_PENALTIES.get(mode)
     coef = float(coef)
     if not (coef >= 0 and coef == coef):
         raise ValueError(f"The penalty coefficient must be >= 0, got {coef}.")
     if isinstance(members_or_stats, EnsembleStats):
-        if mode == "min":
-            raise ValueError("mode='min' needs the (K, N) member scores, not only their mean/var/std.")
-        stats = members_or_stats
-    else:
-        members = _check_members(members_or_stats)
-        if mode == "min":
-            return members.min(dim=0).values
-        stats = ensemble_stats(members)
-    if mode == "mean":
-        return stats.mean
-    if mode == "variance":
-        return stats.mean - coef * stats.var
+        if penalty.needs_members:
+            raise ValueError(f"mode={mode!r} needs the (K, N) member scores, not only their mean/var/std.")
+        return penalty(members_or_stats, None, coef)
+    members = _check_members(members_or_stats)
+    return penalty(ensemble_stats(members), members, coef)
+
+
+@ENSEMBLE_PENALTIES.register("variance", needs_members=False, needs_calibration=True)
+def _uwo_variance(stats: EnsembleStats, members, coef: float) -> torch.Tensor:
+    """UWO (Coste et al. 2023): mean − λ·var."""
+    return stats.mean - coef * stats.var
+
+
+@ENSEMBLE_PENALTIES.register("std", needs_members=False, needs_calibration=True)
+def _uwo_std(stats: EnsembleStats, members, coef: float) -> torch.Tensor:
+    """mean − λ·std (bootstrap-ensemble convention)."""
     return stats.mean - coef * stats.std
+
+
+@ENSEMBLE_PENALTIES.register("min", needs_members=True, needs_calibration=False)
+def _wco_min(stats: EnsembleStats, members, coef: float) -> torch.Tensor:
+    """WCO (Coste et al. 2023): the minimum over members (``coef`` unused)."""
+    return members.min(dim=0).values
+
+
+@ENSEMBLE_PENALTIES.register("mean", needs_members=False, needs_calibration=False)
+def _mean(stats: EnsembleStats, members, coef: float) -> torch.Tensor:
+    """The plain mean (no penalty; ``coef`` unused)."""
+    return stats.mean

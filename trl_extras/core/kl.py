@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import torch
 
+from .registry import Registry
+
 __all__ = [
     "KL_ESTIMATORS",
+    "KL_PENALTIES",
     "exact_kl",
     "kl_from_logprobs",
     "logprobs_from_logits",
@@ -44,8 +47,52 @@ __all__ = [
     "token_stats_from_logits",
 ]
 
-#: The per-token KL penalties PPO offers: three single-sample estimators and the exact full-vocabulary KL.
-KL_ESTIMATORS = ("k1", "k2", "k3", "exact")
+#: The per-token KL penalties PPO offers (``PPOConfig.kl_estimator``). Each entry is
+#: ``fn(logprobs, ref_logprobs, exact_kl=None) -> (B, T)`` and declares two independent axes:
+#:
+#: - ``needs_full_vocabulary``: the quantity is the exact per-state KL (the trainer must compute ``exact_kl`` from
+#:   the full logits) rather than a single-sample estimate from the sampled tokens' log-probs;
+#: - ``direct_gradient``: besides ``−β·KL_t`` in the reward, the trainer adds ``β·Σ_t KL_t`` with its gradient to the
+#:   policy loss (the direct term of the Rao–Blackwellized gradient, see the module docstring).
+KL_PENALTIES = Registry("KL estimator", required=("needs_full_vocabulary", "direct_gradient"))
+#: The names of :data:`KL_PENALTIES` (a live view: a newly registered penalty is a valid ``kl_estimator``).
+KL_ESTIMATORS = KL_PENALTIES
+
+
+def _log_ratio(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    if logprobs.shape != ref_logprobs.shape:
+        raise ValueError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ.")
+    return ref_logprobs - logprobs  # log r, r = π_ref(x) / π(x)
+
+
+@KL_PENALTIES.register("k1", needs_full_vocabulary=False, direct_gradient=False)
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, exact_kl: torch.Tensor | None = None) -> torch.Tensor:
+    """``k1 = −log r = log π(x) − log π_ref(x)`` per sampled token ``(B, T)`` (Schulman 2020): unbiased, high
+    variance, negative on some tokens."""
+    return -_log_ratio(logprobs, ref_logprobs)
+
+
+@KL_PENALTIES.register("k2", needs_full_vocabulary=False, direct_gradient=False)
+def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, exact_kl: torch.Tensor | None = None) -> torch.Tensor:
+    """``k2 = ½ (log r)²`` per sampled token ``(B, T)`` (Schulman 2020): biased, low variance, ≥ 0."""
+    return 0.5 * _log_ratio(logprobs, ref_logprobs) ** 2
+
+
+@KL_PENALTIES.register("k3", needs_full_vocabulary=False, direct_gradient=False)
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, exact_kl: torch.Tensor | None = None) -> torch.Tensor:
+    """``k3 = (r − 1) − log r`` per sampled token ``(B, T)`` (Schulman 2020): unbiased, ≥ 0, low variance near π_ref."""
+    log_ratio = _log_ratio(logprobs, ref_logprobs)
+    return torch.expm1(log_ratio) - log_ratio
+
+
+@KL_PENALTIES.register("exact", needs_full_vocabulary=True, direct_gradient=True)
+def kl_exact(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, exact_kl: torch.Tensor | None = None) -> torch.Tensor:
+    """The exact per-state ``KL(π(·|s_t)‖π_ref(·|s_t))`` ``(B, T)``, computed from the full logits beforehand
+    (:func:`exact_kl` / ``modeling.lm``) and passed in as ``exact_kl``; the article's choice, with the direct term
+    in the loss (Amini et al. 2025)."""
+    if exact_kl is None:
+        raise ValueError("The 'exact' KL penalty needs `exact_kl` computed from the full logits (see `exact_kl`).")
+    return exact_kl
 
 
 def _check_temperature(temperature: float) -> None:
@@ -300,25 +347,17 @@ def kl_from_logprobs(
     Args:
         logprobs, ref_logprobs: ``(B, T)`` log-probabilities of the sampled tokens under π (sampling policy,
             at the sampling temperature) and under π_ref.
-        estimator: ``"k1"``, ``"k2"`` or ``"k3"``. (The exact estimator needs logits: see :func:`exact_kl`.)
+        estimator: a sampled-token entry of :data:`KL_PENALTIES` (``"k1"``, ``"k2"``, ``"k3"``). (The exact
+            penalty needs logits: see :func:`exact_kl`.)
         mask: optional ``(B, T)``; output is 0 where it is false.
 
     Returns:
         ``(B, T)`` per-token estimates.
     """
-    if logprobs.shape != ref_logprobs.shape:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ.")
-    log_ratio = ref_logprobs - logprobs  # log r
-    if estimator == "k1":
-        kl = -log_ratio
-    elif estimator == "k2":
-        kl = 0.5 * log_ratio**2
-    elif estimator == "k3":
-        kl = torch.expm1(log_ratio) - log_ratio
-    elif estimator == "exact":
-        raise ValueError("kl_from_logprobs: the 'exact' estimator needs full logits; use `exact_kl` instead.")
-    else:
-        raise ValueError(f"Unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS[:3]}.")
+    penalty = KL_PENALTIES.get(estimator)
+    if penalty.needs_full_vocabulary:
+        raise ValueError(f"kl_from_logprobs: the {estimator!r} penalty needs full logits; use `exact_kl` instead.")
+    kl = penalty(logprobs, ref_logprobs)
     if mask is not None:
         kl = torch.where(mask.bool(), kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
     return kl

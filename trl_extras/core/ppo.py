@@ -16,13 +16,18 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .masked import masked_mean, masked_var
+from .registry import Registry
 
 __all__ = [
+    "GRPO_LOSS_AGGREGATION",
+    "LOSS_AGGREGATIONS",
     "LOSS_TYPES",
+    "AggregationContext",
     "AdaptiveKLController",
     "FixedKLController",
     "RunningMoments",
@@ -34,15 +39,81 @@ __all__ = [
     "value_loss",
 ]
 
-#: How per-token losses become one scalar, with TRL ``GRPOConfig.loss_type``'s names and meanings:
-#: ``"dapo"`` (TRL's default): sum over the tokens of the micro-batch divided by the number of valid tokens of the
-#: WHOLE accumulated batch (all gradient-accumulation micro-batches of the optimizer step, all processes), so every
-#: token of the optimizer step weighs the same and gradient accumulation does not change the gradient;
-#: ``"bnpo"``: token mean of each micro-batch, divided by the accumulation steps (micro-batches weigh the same
-#: whatever their token counts); ``"grpo"``: per-sequence token mean, then the mean over sequences (each sequence
-#: weighs the same), divided by the accumulation steps; ``"dr_grpo"``: sum divided by ``B × max_completion_length``
-#: (a constant), divided by the accumulation steps.
-LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo")
+#: How per-token losses become one scalar (``loss_type``), with TRL ``GRPOConfig.loss_type``'s names and meanings.
+#: Each entry is ``fn(summed (B, T), valid (B, T) bool, ctx: AggregationContext) -> scalar``, where ``summed`` is the
+#: per-token loss with invalid positions zeroed. The result is one micro-batch's share: summed over the
+#: ``gradient_accumulation_steps`` micro-batches of an optimizer step (and averaged over processes, as DDP averages
+#: gradients) it is the step's loss. Shared by ``PPOTrainer`` and ``ExactKLGRPOTrainer`` (which aggregates its KL
+#: term exactly as GRPO aggregates its loss: :data:`GRPO_LOSS_AGGREGATION`).
+LOSS_AGGREGATIONS = Registry("loss_type")
+#: The names of :data:`LOSS_AGGREGATIONS` (a live view).
+LOSS_TYPES = LOSS_AGGREGATIONS
+
+
+@dataclass(frozen=True)
+class AggregationContext:
+    """What an aggregation may need besides the losses.
+
+    Attributes:
+        gradient_accumulation_steps: micro-batches per optimizer step (1 in evaluation).
+        num_items_in_batch: valid tokens of the optimizer step's whole batch over all processes (``dapo``).
+        num_processes: processes whose gradients are averaged (``dapo``).
+        max_completion_length: the constant length normaliser (``dr_grpo``).
+    """
+
+    gradient_accumulation_steps: int | float = 1
+    num_items_in_batch: float | torch.Tensor | None = None
+    num_processes: int = 1
+    max_completion_length: int | None = None
+
+
+@LOSS_AGGREGATIONS.register("dapo")
+def aggregate_dapo(summed: torch.Tensor, valid: torch.Tensor, ctx: AggregationContext) -> torch.Tensor:
+    """TRL's default: the micro-batch's token sum over the valid tokens of the WHOLE accumulated batch (all
+    micro-batches of the step, all processes): every token of the step weighs the same, and gradient accumulation
+    does not change the gradient."""
+    if ctx.num_items_in_batch is None:
+        raise ValueError("aggregate_loss(loss_type='dapo') needs `num_items_in_batch` (tokens of the whole batch).")
+    normalizer = torch.as_tensor(ctx.num_items_in_batch, dtype=summed.dtype, device=summed.device).clamp(min=1.0)
+    return summed.sum() / (normalizer / ctx.num_processes)
+
+
+@LOSS_AGGREGATIONS.register("bnpo")
+def aggregate_bnpo(summed: torch.Tensor, valid: torch.Tensor, ctx: AggregationContext) -> torch.Tensor:
+    """Token mean of each micro-batch, divided by the accumulation steps (micro-batches weigh the same whatever
+    their token counts)."""
+    return summed.sum() / valid.sum().clamp(min=1) / ctx.gradient_accumulation_steps
+
+
+@LOSS_AGGREGATIONS.register("grpo")
+def aggregate_grpo(summed: torch.Tensor, valid: torch.Tensor, ctx: AggregationContext) -> torch.Tensor:
+    """Per-sequence token mean, then the mean over sequences (each sequence weighs the same), divided by the
+    accumulation steps (Shao et al. 2024)."""
+    per_seq = summed.sum(1) / valid.sum(1).clamp(min=1)
+    return per_seq.mean() / ctx.gradient_accumulation_steps
+
+
+@LOSS_AGGREGATIONS.register("dr_grpo")
+def aggregate_dr_grpo(summed: torch.Tensor, valid: torch.Tensor, ctx: AggregationContext) -> torch.Tensor:
+    """Sum divided by the constant ``B × max_completion_length``, divided by the accumulation steps (Liu et al.
+    2025, "Understanding R1-Zero-Like Training": no length bias)."""
+    if ctx.max_completion_length is None:
+        raise ValueError("aggregate_loss(loss_type='dr_grpo') needs `max_completion_length`.")
+    return summed.sum() / (summed.shape[0] * ctx.max_completion_length) / ctx.gradient_accumulation_steps
+
+
+@LOSS_AGGREGATIONS.register("luspo")
+def aggregate_luspo(summed: torch.Tensor, valid: torch.Tensor, ctx: AggregationContext) -> torch.Tensor:
+    """Per-sequence token SUM, then the mean over sequences, divided by the accumulation steps (TRL's ``luspo``)."""
+    return summed.sum(1).mean() / ctx.gradient_accumulation_steps
+
+
+#: How TRL 1.16's GRPO aggregates each of its ``loss_type`` values (several share one aggregation and differ only
+#: in the per-token loss): ``ExactKLGRPOTrainer`` aggregates its exact-KL term the same way.
+GRPO_LOSS_AGGREGATION = {
+    "grpo": "grpo", "sapo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr_grpo", "luspo": "luspo",
+    "dapo": "dapo", "cispo": "dapo", "vespo": "dapo",
+}  # fmt: skip
 
 
 def scores_to_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
@@ -120,14 +191,14 @@ def aggregate_loss(
     num_processes: int = 1,
     max_completion_length: int | None = None,
 ) -> torch.Tensor:
-    """One micro-batch's share of the optimizer step's loss, from per-token losses (see :data:`LOSS_TYPES`).
+    """One micro-batch's share of the optimizer step's loss, from per-token losses (see :data:`LOSS_AGGREGATIONS`).
 
     Summed over the ``gradient_accumulation_steps`` micro-batches of an optimizer step (and averaged over processes,
     as DDP averages gradients) this is the step's loss.
 
     Args:
         losses: ``(B, T)`` per-token losses of the micro-batch. mask: ``(B, T)`` valid tokens.
-        loss_type: one of :data:`LOSS_TYPES`.
+        loss_type: a name in :data:`LOSS_AGGREGATIONS`.
         gradient_accumulation_steps: micro-batches per optimizer step (``bnpo``, ``grpo``, ``dr_grpo``).
         num_items_in_batch: ``dapo``: valid tokens of the whole accumulated batch over all processes.
         num_processes: ``dapo``: processes whose gradients are averaged.
@@ -138,23 +209,11 @@ def aggregate_loss(
     """
     if losses.shape != mask.shape:
         raise ValueError(f"aggregate_loss: losses {tuple(losses.shape)} and mask {tuple(mask.shape)} differ.")
+    aggregation = LOSS_AGGREGATIONS.get(loss_type)
     valid = mask.bool()
     summed = torch.where(valid, losses, torch.zeros((), dtype=losses.dtype, device=losses.device))
-    if loss_type == "dapo":
-        if num_items_in_batch is None:
-            raise ValueError("aggregate_loss(loss_type='dapo') needs `num_items_in_batch` (tokens of the whole batch).")
-        normalizer = torch.as_tensor(num_items_in_batch, dtype=losses.dtype, device=losses.device).clamp(min=1.0)
-        return summed.sum() / (normalizer / num_processes)
-    if loss_type == "bnpo":
-        return summed.sum() / valid.sum().clamp(min=1) / gradient_accumulation_steps
-    if loss_type == "grpo":
-        per_seq = summed.sum(1) / valid.sum(1).clamp(min=1)
-        return per_seq.mean() / gradient_accumulation_steps
-    if loss_type == "dr_grpo":
-        if max_completion_length is None:
-            raise ValueError("aggregate_loss(loss_type='dr_grpo') needs `max_completion_length`.")
-        return summed.sum() / (losses.shape[0] * max_completion_length) / gradient_accumulation_steps
-    raise ValueError(f"Unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}.")
+    ctx = AggregationContext(gradient_accumulation_steps, num_items_in_batch, num_processes, max_completion_length)
+    return aggregation(summed, valid, ctx)
 
 
 def approx_kl(logratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

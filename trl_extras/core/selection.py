@@ -6,7 +6,7 @@ from, as :class:`trl_extras.modeling.generation.Rollout` holds it) and return a 
 picks k *distinct, non-empty* answers.
 
 References: Rubinstein 1999 (the cross-entropy method: keep the samples above the ``rho`` quantile, refit);
-the seed article's "poor man's RL" (best-of-N, i.e. top-1 per prompt); trlx's RFT trainer (a per-prompt percentile
+the article's "poor man's RL" (best-of-N, i.e. top-1 per prompt); trlx's RFT trainer (a per-prompt percentile
 that rises from ``start`` to ``end`` over the improve steps).
 """
 
@@ -15,6 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from .registry import Registry
+
+#: CEM elite rules. Each entry is ``fn(rewards (N,), group_index (N,), value, candidates (N,) bool) -> (N,) bool``;
+#: :func:`select_elites` keeps the samples that pass every rule that is set (``elite_<name>`` in ``CEMConfig``,
+#: or ``extra_rules={name: value}``).
+ELITE_RULES = Registry("CEM elite rule")
 
 
 def _check(rewards: torch.Tensor, group_index: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
@@ -96,6 +103,24 @@ def select_threshold(rewards: torch.Tensor, threshold: float, candidates: torch.
     return candidates & (rewards >= threshold)
 
 
+@ELITE_RULES.register("top_k")
+def _rule_top_k(rewards, group_index, value, candidates):
+    """The best ``value`` samples per prompt."""
+    return select_top_k(rewards, group_index, int(value), candidates)
+
+
+@ELITE_RULES.register("quantile")
+def _rule_quantile(rewards, group_index, value, candidates):
+    """Samples at or above the prompt's ``value`` quantile."""
+    return select_quantile(rewards, group_index, float(value), candidates)
+
+
+@ELITE_RULES.register("threshold")
+def _rule_threshold(rewards, group_index, value, candidates):
+    """Samples with reward >= ``value`` (an absolute floor)."""
+    return select_threshold(rewards, float(value), candidates)
+
+
 def dedupe(completions: Sequence, group_index: torch.Tensor) -> torch.Tensor:
     """``(N,)`` mask keeping the first occurrence of each completion within its group.
 
@@ -144,6 +169,7 @@ def select_elites(
     threshold: float | None = None,
     dedupe_texts: Sequence | None = None,
     valid: torch.Tensor | None = None,
+    extra_rules: dict | None = None,
 ) -> torch.Tensor:
     """Combined elite rule: a sample is an elite when it passes every rule that is set.
 
@@ -158,20 +184,20 @@ def select_elites(
         threshold: keep samples with reward >= threshold.
         dedupe_texts: the ``N`` completions; duplicates within a group are dropped before ranking.
         valid: ``(N,)`` bool mask of usable samples.
+        extra_rules: ``{name: value}`` of further :data:`ELITE_RULES` entries (a registered variant).
 
     Returns:
         ``(N,)`` bool mask of elites.
     """
-    if top_k is None and quantile is None and threshold is None:
-        raise ValueError("Set at least one elite rule: top_k, quantile or threshold.")
+    rules = {"top_k": top_k, "quantile": quantile, "threshold": threshold, **(extra_rules or {})}
+    rules = {name: value for name, value in rules.items() if value is not None}
+    if not rules:
+        raise ValueError(f"Set at least one elite rule: one of {tuple(ELITE_RULES)}.")
+    entries = {name: ELITE_RULES.get(name) for name in rules}  # unknown names fail before any work
     candidates = _check(rewards, group_index, valid)
     if dedupe_texts is not None:
         candidates = candidates & dedupe(dedupe_texts, group_index)
     mask = candidates.clone()
-    if top_k is not None:
-        mask &= select_top_k(rewards, group_index, top_k, candidates)
-    if quantile is not None:
-        mask &= select_quantile(rewards, group_index, quantile, candidates)
-    if threshold is not None:
-        mask &= select_threshold(rewards, threshold, candidates)
+    for name, value in rules.items():
+        mask &= entries[name](rewards, group_index, value, candidates)
     return mask

@@ -33,6 +33,7 @@ from .peft import is_peft_model as _is_peft
 from .reference import reference_context as _peft_reference  # the "ref" adapter, or the adapter disabled
 
 __all__ = [
+    "completion_entropies",
     "completion_token_stats",
     "exact_kl_to_reference",
     "policy_logprobs",
@@ -301,6 +302,48 @@ def completion_token_stats(
             with_ref_logprobs=True, with_exact_kl=with_exact_kl, with_entropy=with_entropy,
             reference_context=reference_context, caller="completion_token_stats",
         )
+
+
+@torch.no_grad()
+def completion_entropies(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_length: int,
+    batch_size: int = 64,
+    temperature: float = 1.0,
+    chunk_size: int | None = 64,
+) -> torch.Tensor:
+    """Per-token entropy ``(B, T)`` of the model's next-token distribution at the last ``T`` positions.
+
+    The same chunked pass as :func:`completion_token_stats` (position ids from the mask as in generation, no
+    ``(B, T, V)`` logits, no reference), in eval mode (dropout off), ``batch_size`` rows at a time.
+
+    Args:
+        model: a causal LM (PEFT allowed: the adapter stays active).
+        input_ids, attention_mask: ``(B, P + T)`` left-padded prompt then completion (``Rollout.input_ids``).
+        completion_length: ``T``; entry ``[b, t]`` is the entropy of the distribution that produced completion
+            token ``t``.
+        temperature: logits are divided by it (1.0 = the model's own distribution).
+    """
+    T = int(completion_length)
+    module = _unwrap(model)
+    was_training = module.training
+    module.eval()
+    out = []
+    try:
+        for start in range(0, input_ids.size(0), batch_size):
+            ids = input_ids[start : start + batch_size].to(_device_of(module))
+            mask = attention_mask[start : start + batch_size].to(ids.device)
+            stats = _token_stats(
+                module, None, ids, mask, T, temperature, chunk_size, with_ref_logprobs=False, with_exact_kl=False,
+                with_entropy=True, reference_context=None, caller="completion_entropies",
+            )
+            out.append(stats["entropy"].float().cpu())
+    finally:
+        if was_training:
+            module.train()
+    return torch.cat(out) if out else torch.zeros(0, T)
 
 
 def policy_logprobs(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from ..core.ppo import GRPO_LOSS_AGGREGATION, aggregate_loss
 from ..modeling.generation import checkpoint_generation_config_hidden
 from ..modeling.lm import exact_kl_to_reference
 from ..modeling.quantization import keep_4bit_layers_differentiable
@@ -36,7 +37,7 @@ from ..modeling.reference import resolve_reference
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
 
 # loss types whose aggregation of a per-token term we mirror (GRPOTrainer._compute_loss, TRL 1.16)
-_SUPPORTED_LOSS_TYPES = ("grpo", "sapo", "bnpo", "dr_grpo", "dapo", "cispo", "vespo", "luspo")
+_SUPPORTED_LOSS_TYPES = tuple(GRPO_LOSS_AGGREGATION)
 
 
 @dataclass
@@ -147,22 +148,19 @@ class ExactKLGRPOTrainer(GRPOTrainer):
 
     # ---- loss -----------------------------------------------------------------------------------------------
     def _aggregate_like_grpo(self, per_token: torch.Tensor, mask: torch.Tensor, inputs, mode: str) -> torch.Tensor:
-        """Aggregate a per-token term as GRPO 1.16 aggregates ``per_token_loss`` (incl. its accumulation scaling)."""
-        ga = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        lt = self.loss_type
-        if lt in ("grpo", "sapo"):
-            return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / ga
-        if lt == "bnpo":
-            return (per_token * mask).sum() / mask.sum().clamp(min=1.0) / ga
-        if lt == "dr_grpo":
-            return (per_token * mask).sum() / (per_token.size(0) * self.max_completion_length) / ga
-        if lt == "luspo":
-            return (per_token * mask).sum(-1).mean() / ga
-        # dapo, cispo, vespo: normalized by the token count of the generation batch
-        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        """Aggregate a per-token term as GRPO 1.16 aggregates ``per_token_loss`` (incl. its accumulation scaling),
+        through the one registry of aggregations (``core.ppo.GRPO_LOSS_AGGREGATION``)."""
+        ga = self.current_gradient_accumulation_steps if mode == "train" else 1
+        # GRPO's num_items_in_batch counts the tokens of the whole generation batch (steps_per_generation
+        # micro-batches); the tokens of one optimizer step are its ga / steps_per_generation share
+        tokens = inputs["num_items_in_batch"]
         if mode == "train":
-            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-        return (per_token * mask).sum() / normalizer
+            tokens = tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        return aggregate_loss(
+            per_token, mask, GRPO_LOSS_AGGREGATION[self.loss_type], gradient_accumulation_steps=ga,
+            num_items_in_batch=tokens, num_processes=self.accelerator.num_processes,
+            max_completion_length=self.max_completion_length,
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(

@@ -1,4 +1,4 @@
-"""``RewardEnsemble``: reward-model ensembles with an uncertainty penalty (Coste et al. 2023; the seed article's "subtract the variance").
+"""``RewardEnsemble``: reward-model ensembles with an uncertainty penalty (Coste et al. 2023; the article's "subtract the variance").
 
 Two layouts:
 
@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from ...core.ensemble import PENALTY_MODES, standardize_members
+from ...core.ensemble import ENSEMBLE_PENALTIES, PENALTY_MODES, standardize_members
 from ...modeling.peft import is_peft_model
 from ..pairs import check_pad_pooling
 from ..scoring import reward_model_batches, score_with_reward_model
@@ -293,14 +293,16 @@ class RewardEnsemble:
         """GRPO/RLOO reward-function protocol: the penalized reward per completion. Extra kwargs (dataset columns,
         ``completion_ids``, ``trainer_state``) are ignored; ``log_metric(name, value)`` when given receives the
         batch's mean ensemble reward and mean member std."""
-        if self.calibration is None and self.penalty in ("variance", "std") and not self.allow_uncalibrated:
+        # a penalty that measures disagreement needs calibrated members (core.ensemble.ENSEMBLE_PENALTIES)
+        uncalibrated = self.calibration is None and ENSEMBLE_PENALTIES.get(self.penalty).needs_calibration
+        if uncalibrated and not self.allow_uncalibrated:
             raise ValueError(
                 f"RewardEnsemble (penalty={self.penalty!r}) is not calibrated: Bradley–Terry rewards are "
                 "shift-invariant, so the penalty would measure the members' offsets, not their disagreement. Call "
                 "`calibrate()` on reference completions (train_reward_ensemble does, unless its calibration was "
                 "interrupted or calibration_size=None), or pass allow_uncalibrated=True to use it anyway."
             )
-        if self.calibration is None and self.penalty in ("variance", "std") and not self._warned_uncalibrated:
+        if uncalibrated and not self._warned_uncalibrated:
             warnings.warn(
                 "RewardEnsemble is not calibrated: Bradley–Terry rewards are shift-invariant, so the variance "
                 "penalty measures the members' offsets as well as their disagreement. Call `calibrate()` on "

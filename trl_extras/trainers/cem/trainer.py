@@ -36,9 +36,10 @@ from pathlib import Path
 
 import torch
 
-from ...core.diversity import completion_entropies, grouped_distinct_n, unique_fraction
+from ...core.diversity import grouped_distinct_n, unique_fraction
 from ...core.selection import quantile_schedule, select_elites
 from ...modeling.generation import ensure_pad_token, generate_rollouts, prompt_text
+from ...modeling.lm import completion_entropies
 from ...modeling.peft import is_peft_model
 from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
