@@ -14,8 +14,9 @@ errors), accepts partial labelling and ties, and never drops a row: every compar
 file). A CSV row with more or fewer cells than the header is an error naming the row (an unquoted comma would
 otherwise shift the label into another column). CSV cells that a spreadsheet would run as a formula (starting with
 ``=``, ``+``, ``-``, ``@``, tab or CR: OWASP's "CSV injection") are written with a leading ``'`` and read back
-unchanged, with or without it. :func:`to_preference_pairs` turns labelled rows into ``prompt/chosen/rejected`` pairs, which every
-reward trainer here accepts (ties and unlabelled rows are counted, not used: Bradley–Terry has no tie term).
+unchanged, with or without it. :func:`to_preference_pairs` turns labelled rows into ``prompt/chosen/rejected``
+pairs, which every reward trainer here accepts (ties and unlabelled rows are counted, not used: Bradley–Terry has no
+tie term).
 """
 
 from __future__ import annotations
@@ -237,7 +238,8 @@ def read_labels_text(path) -> str:
     spreadsheet's "Unicode" export). Anything else is a ``ValueError`` naming the file, what it seems to be and how
     to save it as UTF-8, instead of a bare ``UnicodeDecodeError`` from deep inside the reader."""
     data = Path(path).read_bytes()
-    how = "save it again as 'CSV UTF-8 (Comma delimited)' (Excel) or 'Text CSV' with character set 'Unicode (UTF-8)' (LibreOffice)"
+    how = ("save it again as 'CSV UTF-8 (Comma delimited)' (Excel) or 'Text CSV' with character set "
+           "'Unicode (UTF-8)' (LibreOffice)")
     if data.startswith(b"PK\x03\x04") or data.startswith(b"\xd0\xcf\x11\xe0"):
         raise ValueError(
             f"{path} is a spreadsheet workbook (.xlsx/.xls/.ods), not a text file, although its name says otherwise: "
@@ -256,7 +258,8 @@ def read_labels_text(path) -> str:
         text = data.decode(encoding)
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        guess = "" if encoding == "utf-16" else " (probably Windows-1252/Latin-1: Excel's plain 'CSV (Comma delimited)')"
+        guess = "" if encoding == "utf-16" else (
+            " (probably Windows-1252/Latin-1: Excel's plain 'CSV (Comma delimited)')")
         raise ValueError(
             f"{path} is not valid {encoding.upper().replace('-SIG', '')} text: byte 0x{data[err.start]:02x} at line "
             f"{line} cannot be decoded{guess}. Labelling files must be UTF-8 (a byte-order mark is fine); {how}, "
@@ -285,7 +288,8 @@ def _read_rows(path, fmt) -> list[tuple[int, dict]]:
     header = next(reader, [])
     missing = [c for c in ("id", "label") if c not in header]
     if missing:
-        tabs = " (it looks tab-separated: save it as CSV, comma-separated)" if len(header) == 1 and "\t" in header[0] else ""
+        tabbed = len(header) == 1 and "\t" in header[0]
+        tabs = " (it looks tab-separated: save it as CSV, comma-separated)" if tabbed else ""
         raise ValueError(f"{path}: the CSV header lacks column(s) {missing}; it has {header}{tabs}.")
     for number, cells in enumerate(reader, start=1):
         if not any(c.strip() for c in cells):
@@ -312,8 +316,9 @@ def import_labels(path: str | os.PathLike, comparisons=None, format: str | None 
     and origins come from ``comparisons`` (an accidental edit of an answer in the file changes nothing); rows of
     ``comparisons`` that the file lacks come back unlabelled. Without it, prompt and answers come from the file.
 
-    Errors (naming the line and id): a row without an id, an id not in ``comparisons``, an id twice, a label other
-    than A/B/tie, a file that is not JSONL/CSV or not readable.
+    Errors (naming the file, line and id): a row without an id, an id not in ``comparisons``, an id twice, a label
+    other than A/B/tie, a CSV row with more or fewer cells than the header, a file that is not JSONL/CSV, not UTF-8
+    (or UTF-16 with a byte-order mark), or a spreadsheet workbook under a text file's name.
     """
     from datasets import Dataset
 
