@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Download (here, where a package registry is reachable) the wheels the GPU machine lacks into .whl/ (git-ignored),
-# for CPython 3.12 on manylinux x86_64, so they travel with the working tree (benchmarks/gpu_h200.md says how).
+# for CPython 3.12 on manylinux x86_64, so they travel with the working tree (benchmarks/gpu.md says how).
 #
-# The GPU machine (nvidia-h200, see the device README/KINDS.md) has python 3.12, torch 2.11 (cu130),
-# transformers 5.17, accelerate 1.15, huggingface_hub 1.33, numpy, pandas, pyarrow, psutil, pyyaml, jinja2, tqdm,
+# The GPU machines (nvidia-h100-x1 and nvidia-h200 run the same image, see the device notes' KINDS.md) have
+# python 3.12, torch 2.11 (cu130), transformers 5.17, accelerate 1.15, huggingface_hub 1.33, numpy, pandas, pyarrow,
+# psutil, pyyaml, jinja2, tqdm,
 # filelock, fsspec, xxhash, scipy, matplotlib, safetensors, tokenizers, pytest -- and no trl, datasets,
 # bitsandbytes or deepspeed. What we carry, checked against each wheel's Requires-Dist:
 #   trl 1.16.0          accelerate>=1.10.1, datasets>=4.7, huggingface_hub>=0.34, transformers>=4.56.2, pandas,

@@ -1,5 +1,6 @@
-"""benchmarks/gpu_h200.py, the one-command GPU run of issue 15: without CUDA it skips every GPU part cleanly, and
-``--tiny`` runs every part's code path on CPU (tiny shapes) so that the GPU session finds no Python error."""
+"""benchmarks/gpu.py, the one-command GPU run of issues 15 and 26: without CUDA it skips every GPU part cleanly, and
+``--tiny`` runs every part's code path on CPU (tiny shapes) so that the GPU session finds no Python error. It records
+the device it ran on (an H100 or an H200 is lent, never chosen) instead of assuming one."""
 
 import json
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "gpu_h200.py"
+SCRIPT = ROOT / "benchmarks" / "gpu.py"
 
 
 def _run(tmp_path, *args, timeout):
@@ -18,7 +19,7 @@ def _run(tmp_path, *args, timeout):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((tmp_path / "gpu_h200.json").read_text()), (tmp_path / "gpu_h200.md").read_text()
+    return json.loads((tmp_path / "gpu.json").read_text()), (tmp_path / "gpu.md").read_text()
 
 
 def test_without_cuda_every_gpu_part_is_skipped(tmp_path):
@@ -29,6 +30,34 @@ def test_without_cuda_every_gpu_part_is_skipped(tmp_path):
     assert set(parts) == {"pytest", "bf16_checks", "qlora_ppo_kl", "ppo_vs_grpo", "ensemble"}
     assert all(p["status"] == "skipped" and "no CUDA" in p["reason"] for p in parts.values())
     assert "skipped" in md
+    # the device is read, not assumed: here none, so the title and the record say so (no "H200" anywhere)
+    assert result["environment"]["device"] == "cpu (no CUDA device)"
+    assert md.startswith("# GPU run on cpu (no CUDA device)") and "H200" not in md
+
+
+def test_the_device_is_recorded_by_name(tmp_path, monkeypatch):
+    """With CUDA (faked here), the name and memory come from torch.cuda, whatever the card is."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_script", SCRIPT)
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+
+    class Props:
+        major, minor, total_memory, multi_processor_count = 9, 0, 81559 * 2**20, 132
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: Props)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (80 * 2**30, Props.total_memory))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    env = gpu.environment()
+    assert env["device"] == env["gpu"] == "NVIDIA H100 80GB HBM3" and round(env["gpu_memory_gib"]) == 80
+    md = gpu.markdown({"environment": env, "parts": {}})
+    assert md.startswith("# GPU run on NVIDIA H100 80GB HBM3") and "GPU: NVIDIA H100 80GB HBM3 (80 GiB" in md
 
 
 def test_unknown_part_is_refused(tmp_path):

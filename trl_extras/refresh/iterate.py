@@ -8,7 +8,9 @@ The seed's drill, as an outer loop that survives people who answer days later. E
    round's policy) on fresh prompts, in random order, with their origins (the key: never shown to labellers);
 3. labels: with ``labeler: judge`` the judge labels at once (``round_<k>/labelled.jsonl``); with ``labeler: people``
    the command writes ``round_<k>/to_label.jsonl`` (or ``.csv``), prints what to do and stops; run the same command
-   again once the ``label`` column is filled in (A / B / tie) and it continues from there;
+   again once the ``label`` column is filled in (A / B / tie) and it continues from there. That file stays the source
+   of truth until the round's refresh has succeeded (labels changed after a refused or failed refresh are used);
+   ``labelled.jsonl`` then records the labels the refresh trained on;
 4. ``round_<k>/reward_model/``: the reward model refreshed on the labelled pairs (+ replay) and its report.
 
 Every finished step leaves a ``result.json`` and is skipped on the next run, so a crashed or stopped run resumes where
@@ -255,27 +257,41 @@ class Iteration:
         return ds
 
     def labels(self, k: int, comparisons):
-        """Labelled comparisons, or None when people have not labelled enough yet (after writing the file)."""
+        """Labelled comparisons, or None when people have not labelled enough yet (after writing the file; the
+        reason is in ``self.waiting``).
+
+        With people, the file they edit (``to_label.*``) is the source of truth until this round's refresh has
+        succeeded: it is read again on every run, so labels changed or added after a failed or interrupted refresh
+        (every row a tie, ``min_labeled_fraction`` reached and more rows labelled since) are used. ``labelled.jsonl``
+        is written just before the refresh and read back only once the refresh's ``result.json`` exists: it is then
+        the record of the labels that refresh trained on.
+        """
         from .labeling import export_for_labeling, import_labels, label_comparisons, label_counts
 
         folder = self.root / f"round_{k}"
         labelled_path = folder / "labelled.jsonl"
-        if labelled_path.is_file():
-            return read_jsonl(labelled_path)
         if self.config.labeler == "judge":
+            if labelled_path.is_file():  # a judge's labels are kept: never ask (or pay) the judge twice
+                return read_jsonl(labelled_path)
             labelled = label_comparisons(comparisons, self.judge())
             write_jsonl(labelled_path, labelled)
             return labelled
+        if labelled_path.is_file() and _done(folder / "reward_model"):
+            return read_jsonl(labelled_path)
         to_label = folder / f"to_label.{self.config.export_format}"
         if not to_label.is_file():
-            export_for_labeling(comparisons, to_label)
-            self.waiting = (to_label, 0, len(comparisons))
-            return None
+            # a labelled.jsonl without its file (deleted by hand): export its labels, so none is lost
+            export_for_labeling(read_jsonl(labelled_path) if labelled_path.is_file() else comparisons, to_label)
         labelled = import_labels(to_label, comparisons=comparisons)
         counts = label_counts(labelled)
+        self.waiting = {"file": to_label, "labelled": counts["labelled"], "total": len(labelled), "counts": counts}
         if counts["labelled"] < self.config.min_labeled_fraction * len(labelled) or counts["labelled"] == 0:
-            self.waiting = (to_label, counts["labelled"], len(labelled))
+            self.waiting["reason"] = "not_enough_labels"
             return None
+        if counts["a"] + counts["b"] == 0:  # only ties: Bradley-Terry has no pair to learn from
+            self.waiting["reason"] = "only_ties"
+            return None
+        self.waiting = None
         write_jsonl(labelled_path, labelled)
         return labelled
 
@@ -326,17 +342,14 @@ class Iteration:
             self.waiting = None
             labelled = self.labels(k, comparisons)
             if labelled is None:
-                path, have, total = self.waiting
-                print(
-                    f"\nRound {k}: {total} comparisons wait for labels in {path} ({have} labelled so far).\n"
-                    "Fill in the `label` column of each row: A (answer A is better), B, or tie; leave it empty if "
-                    "unsure (needed: "
-                    f"{c.min_labeled_fraction:.0%} of the rows). Keep the ids. Then run the same command again to "
-                    "continue.",
-                    flush=True,
+                return self._report_waiting(k)
+            if c.labeler == "judge" and not len(to_preference_pairs(labelled)):
+                raise ValueError(
+                    f"Round {k}: the judge {c.judge!r} labelled all {len(labelled)} comparisons as ties: no preference "
+                    "pair to refresh the reward model on. Use another judge (or one with a smaller tie threshold), "
+                    f"delete {self.root / f'round_{k}' / 'labelled.jsonl'} so that the next run labels again, and run "
+                    "the same command again."
                 )
-                return {"status": "waiting_for_labels", "round": k, "file": str(path), "labelled": have,
-                        "total": total}
             replay = concatenate_datasets(replay_parts) if replay_parts else None
             reward_model = self.refresh(k, reward_model, labelled, replay)
             pairs = to_preference_pairs(labelled)
@@ -348,6 +361,31 @@ class Iteration:
         _finish(self.root, summary)
         print(f"\nDone: {c.rounds} rounds. Final policy {policy}; final reward model {reward_model}.", flush=True)
         return summary
+
+    def _report_waiting(self, k: int) -> dict:
+        """Print what the person has to do next; the run's result while labels are missing."""
+        w, c = self.waiting, self.config
+        path, have, total, counts = w["file"], w["labelled"], w["total"], w["counts"]
+        if w["reason"] == "only_ties":
+            print(
+                f"\nRound {k}: all {have} labelled comparisons in {path} are ties ({counts['unlabelled']} unlabelled), "
+                "and a reward-model refresh needs at least one comparison where one answer is better.\n"
+                "Change the label of the rows where one answer is better to A or B (ties may stay), or label more "
+                "rows. Keep the ids. Then run the same command again to continue.",
+                flush=True,
+            )
+        else:
+            print(
+                f"\nRound {k}: {total} comparisons wait for labels in {path} ({have} labelled so far).\n"
+                "Fill in the `label` column of each row: A (answer A is better), B, or tie; leave it empty if "
+                "unsure (needed: "
+                f"{c.min_labeled_fraction:.0%} of the rows). Keep the ids. Then run the same command again to "
+                "continue.",
+                flush=True,
+            )
+        print(f"{path} is read again on every run until round {k}'s reward model has been refreshed.", flush=True)
+        return {"status": "waiting_for_labels", "reason": w["reason"], "round": k, "file": str(path),
+                "labelled": have, "total": total}
 
 
 def run_iterate(config: IterateConfig) -> dict:

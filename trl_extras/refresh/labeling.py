@@ -10,12 +10,18 @@ For people, :func:`export_for_labeling` writes JSONL or CSV (``id, prompt, answe
 names) and :func:`import_labels` reads it back. In the file a label is ``A``/``B``/``tie`` (also ``0``/``1``/``-1``,
 ``=``; case-insensitive); an empty cell means "not labelled yet". Import validates ids (unknown or duplicated ids are
 errors), accepts partial labelling and ties, and never drops a row: every comparison comes back, unlabelled ones with
-``label = None``. :func:`to_preference_pairs` turns labelled rows into ``prompt/chosen/rejected`` pairs, which every
-reward trainer here accepts (ties and unlabelled rows are counted, not used: Bradley–Terry has no tie term).
+``label = None``. Files are UTF-8 (a UTF-8 or UTF-16 byte-order mark is read too; anything else is an error naming the
+file). A CSV row with more or fewer cells than the header is an error naming the row (an unquoted comma would
+otherwise shift the label into another column). CSV cells that a spreadsheet would run as a formula (starting with
+``=``, ``+``, ``-``, ``@``, tab or CR: OWASP's "CSV injection") are written with a leading ``'`` and read back
+unchanged, with or without it. :func:`to_preference_pairs` turns labelled rows into ``prompt/chosen/rejected``
+pairs, which every reward trainer here accepts (ties and unlabelled rows are counted, not used: Bradley–Terry has no
+tie term).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -154,6 +160,24 @@ def _label_cell(label) -> str:
     return "" if label is None else {0: "A", 1: "B", TIE: "tie"}[int(label)]
 
 
+# OWASP "CSV injection": a cell starting with one of these is run as a formula (or a DDE command) by Excel, LibreOffice
+# and Google Sheets when the file is opened; model outputs are untrusted text, so such cells get a leading "'".
+_FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formula(text: str) -> str:
+    """``text`` safe for a spreadsheet cell: a ``'`` is put before a cell that starts (after any ``'``) with a formula
+    trigger. Reversed exactly by :func:`restore_formula` (also when a spreadsheet dropped the ``'`` on saving)."""
+    # "after any '": a text that already starts with "'=" gets a second "'", so the round trip is exact
+    return "'" + text if text.lstrip("'").startswith(_FORMULA_TRIGGERS) else text
+
+
+def restore_formula(text: str) -> str:
+    """Inverse of :func:`neutralise_formula`: drop one ``'`` before ``'``s followed by a formula trigger."""
+    stripped = text.lstrip("'")
+    return text[1:] if stripped != text and stripped.startswith(_FORMULA_TRIGGERS) else text
+
+
 def _file_format(path, format: str | None) -> str:
     fmt = (format or Path(path).suffix.lstrip(".")).lower()
     if fmt not in ("jsonl", "csv"):
@@ -181,9 +205,11 @@ def export_for_labeling(comparisons, path: str | os.PathLike, format: str | None
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     else:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        # "\r\n" (RFC 4180, what spreadsheets write): the writer quotes a cell only if it holds a character of the
+        # line terminator, so with "\n" an answer holding a bare "\r" was left unquoted and split its row on reading
+        writer = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, lineterminator="\r\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: neutralise_formula(str(v)) for k, v in r.items()} for r in rows)
         text = buf.getvalue()
     atomic_write_text(path, text)
     return str(path)
@@ -207,28 +233,78 @@ def parse_label(value, where: str):
     return _LABEL_SPELLINGS[text]
 
 
+def read_labels_text(path) -> str:
+    """The text of a labelling file: UTF-8, with or without a byte-order mark; UTF-16 with its byte-order mark (a
+    spreadsheet's "Unicode" export). Anything else is a ``ValueError`` naming the file, what it seems to be and how
+    to save it as UTF-8, instead of a bare ``UnicodeDecodeError`` from deep inside the reader."""
+    data = Path(path).read_bytes()
+    how = ("save it again as 'CSV UTF-8 (Comma delimited)' (Excel) or 'Text CSV' with character set "
+           "'Unicode (UTF-8)' (LibreOffice)")
+    if data.startswith(b"PK\x03\x04") or data.startswith(b"\xd0\xcf\x11\xe0"):
+        raise ValueError(
+            f"{path} is a spreadsheet workbook (.xlsx/.xls/.ods), not a text file, although its name says otherwise: "
+            f"labelling files must be UTF-8 text; {how}."
+        )
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not data.startswith(codecs.BOM_UTF32_LE):
+        encoding = "utf-16"  # the codec reads the byte-order mark and drops it
+    elif b"\x00" in data:  # UTF-16 without a byte-order mark: a NUL byte next to every ASCII letter
+        raise ValueError(
+            f"{path} contains NUL bytes: it is UTF-16 without a byte-order mark, or not a text file. Labelling "
+            f"files must be UTF-8; {how}."
+        )
+    else:
+        encoding = "utf-8-sig"  # -sig: spreadsheet programs prepend a UTF-8 byte-order mark
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        guess = "" if encoding == "utf-16" else (
+            " (probably Windows-1252/Latin-1: Excel's plain 'CSV (Comma delimited)')")
+        raise ValueError(
+            f"{path} is not valid {encoding.upper().replace('-SIG', '')} text: byte 0x{data[err.start]:02x} at line "
+            f"{line} cannot be decoded{guess}. Labelling files must be UTF-8 (a byte-order mark is fine); {how}, "
+            "or convert it, e.g. `iconv -f cp1252 -t utf-8 FILE > NEW`."
+        ) from None
+    return text
+
+
 def _read_rows(path, fmt) -> list[tuple[int, dict]]:
     """(line number, row dict) of a labelling file."""
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheet programs prepend a BOM
-        if fmt == "jsonl":
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({err.msg}); fix or restore the line.") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{n}: expected a JSON object with an 'id' and a 'label'.")
-                rows.append((n, row))
-        else:
-            reader = csv.DictReader(f)
-            missing = [c for c in ("id", "label") if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: the CSV header lacks column(s) {missing}; it has {reader.fieldnames}.")
-            for row in reader:
-                rows.append((reader.line_num, row))
+    f = io.StringIO(read_labels_text(path), newline="")  # newline="": the csv module handles line ends itself
+    if fmt == "jsonl":
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not valid JSON ({err.msg}); fix or restore the line.") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object with an 'id' and a 'label'.")
+            rows.append((n, row))
+        return rows
+    reader = csv.reader(f)
+    header = next(reader, [])
+    missing = [c for c in ("id", "label") if c not in header]
+    if missing:
+        tabbed = len(header) == 1 and "\t" in header[0]
+        tabs = " (it looks tab-separated: save it as CSV, comma-separated)" if tabbed else ""
+        raise ValueError(f"{path}: the CSV header lacks column(s) {missing}; it has {header}{tabs}.")
+    for number, cells in enumerate(reader, start=1):
+        if not any(c.strip() for c in cells):
+            continue  # an empty line, or an empty row a spreadsheet wrote
+        if len(cells) != len(header):
+            # csv.DictReader would put extra cells under the key None and shift nothing back: an unquoted comma in
+            # an answer moves the label one column right, so the annotator's A was read from the answer_b cell.
+            rid = cells[header.index("id")] if header.index("id") < len(cells) else "?"
+            raise ValueError(
+                f"{path}: row {number} (line {reader.line_num}, id {rid!r}) has {len(cells)} cells but the header has "
+                f"{len(header)} ({', '.join(header)}). A comma inside a cell that is not in double quotes splits it, "
+                "or a cell is missing: put such a cell in double quotes (spreadsheet programs do when saving as CSV) "
+                "and fix the row. Nothing was imported."
+            )
+        rows.append((reader.line_num, {k: restore_formula(v) for k, v in zip(header, cells)}))
     return rows
 
 
@@ -240,8 +316,9 @@ def import_labels(path: str | os.PathLike, comparisons=None, format: str | None 
     and origins come from ``comparisons`` (an accidental edit of an answer in the file changes nothing); rows of
     ``comparisons`` that the file lacks come back unlabelled. Without it, prompt and answers come from the file.
 
-    Errors (naming the line and id): a row without an id, an id not in ``comparisons``, an id twice, a label other
-    than A/B/tie, a file that is not JSONL/CSV or not readable.
+    Errors (naming the file, line and id): a row without an id, an id not in ``comparisons``, an id twice, a label
+    other than A/B/tie, a CSV row with more or fewer cells than the header, a file that is not JSONL/CSV, not UTF-8
+    (or UTF-16 with a byte-order mark), or a spreadsheet workbook under a text file's name.
     """
     from datasets import Dataset
 

@@ -154,6 +154,19 @@ def _pair_dataset(pairs, what: str):
     return pairs.select_columns([c for c in PAIR_COLUMNS if c in pairs.column_names])
 
 
+def _label_summary(pairs) -> str:
+    """The text ``" from N comparisons (T ties, U unlabelled)"`` when ``pairs`` came from ``to_preference_pairs`` (it
+    keeps the label counts in ``info.description``), else a generic hint."""
+    import json
+
+    try:
+        counts = json.loads(pairs.info.description)
+        total = counts["labelled"] + counts["unlabelled"]
+        return f" from {total} comparisons ({counts['ties']} ties, {counts['unlabelled']} unlabelled)"
+    except (AttributeError, KeyError, TypeError, ValueError):  # not from to_preference_pairs: no counts to report
+        return " (every comparison a tie or unlabelled?)"
+
+
 def _columns(pairs) -> tuple[list, list, list]:
     chosen, rejected = list(pairs["chosen"]), list(pairs["rejected"])
     if "prompt" in pairs.column_names:
@@ -263,8 +276,8 @@ def refresh_reward_model(
     new = _pair_dataset(new_pairs, "new_pairs")
     if new is None:
         raise ValueError(
-            "A refresh needs at least one usable preference pair, got 0 (every comparison a tie or unlabelled?). "
-            "Label more comparisons; the labelled ones are kept."
+            f"A refresh needs at least one usable preference pair, got 0{_label_summary(new_pairs)}. Label some "
+            "comparisons A or B (where one answer is better), then pass the pairs again; the labelled ones are kept."
         )
     replay = _pair_dataset(replay_pairs, "replay_pairs")
     evals = _pair_dataset(eval_pairs, "eval_pairs")

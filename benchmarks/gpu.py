@@ -1,10 +1,14 @@
-"""Everything issue 15 asks of one GPU, in one run of <= 8 minutes: CUDA tests, QLoRA PPO with exact vs k1 KL at
-Qwen2.5-0.5B scale, a K=4 LoRA reward ensemble vs one member, PPO vs TRL's GRPO throughput, and the bf16 paths.
+"""Everything issues 15 and 26 ask of one GPU, in one run of <= 8 minutes: CUDA tests, QLoRA PPO with exact vs k1 KL
+at Qwen2.5-0.5B scale, a K=4 LoRA reward ensemble vs one member, PPO vs TRL's GRPO throughput, and the bf16 paths.
 
-    python benchmarks/gpu_h200.py                      # on the GPU machine (see benchmarks/gpu_h200.md)
-    python benchmarks/gpu_h200.py --parts ensemble     # rerun some parts, merged into the existing results
-    CUDA_VISIBLE_DEVICES= python benchmarks/gpu_h200.py --out /tmp/x     # no GPU: every GPU part says skipped
-    python benchmarks/gpu_h200.py --tiny --out /tmp/x  # the same code paths with tiny shapes, on CPU or GPU
+Written for whichever single GPU is lent (an H100 with about 78 GiB or an H200 with about 139 GiB): nothing here
+assumes which. The device's name, memory and capability are read with ``torch.cuda`` and recorded in the results;
+the largest part (QLoRA PPO at Qwen2.5-0.5B shape, B=8, T=512) peaks far below 78 GiB.
+
+    python benchmarks/gpu.py                      # on the GPU machine (see benchmarks/gpu.md)
+    python benchmarks/gpu.py --parts ensemble     # rerun some parts, merged into the existing results
+    CUDA_VISIBLE_DEVICES= python benchmarks/gpu.py --out /tmp/x     # no GPU: every GPU part says skipped
+    python benchmarks/gpu.py --tiny --out /tmp/x  # the same code paths with tiny shapes, on CPU or GPU
 
 Models are randomly initialised from the real configs (``trl_extras.testbed.shapes``; nothing reaches the hub):
 Qwen2.5-0.5B (24 layers, hidden 896, 14/2 heads, V=151936, tied embeddings) and SmolLM2-135M (30 layers, hidden 576,
@@ -22,7 +26,7 @@ Parts, each in its own subprocess (a CUDA failure or a timeout loses that part o
   ensemble      K=4 LoRA reward ensemble (trunk once, K tails) vs one member on the Qwen-shaped reward model, bf16
   ppo_vs_grpo   bf16 + LoRA, Qwen shape, B=8 (2 prompts x 4 completions), T=512: PPO (1 epoch, exact KL) vs TRL
                 GRPOTrainer (beta=0.04) samples/s over the steps after a warm-up step
-Each part's result is written to ``<out>/gpu_h200.json`` and ``.md`` as soon as it finishes; a global ``--budget-s``
+Each part's result is written to ``<out>/gpu.json`` and ``.md`` as soon as it finishes; a global ``--budget-s``
 skips the parts that would start too late (rerun them with ``--parts``).
 
 Phase timing (PPO): the policy's ``generate``, each reward function, ``completion_token_stats`` (the rollout's
@@ -53,7 +57,7 @@ use_offline_env()
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-NAME = "gpu_h200"
+NAME = "gpu"  # results: <out>/gpu.json, gpu.md, and the logs gpu_*.log (default <out>: benchmarks/results)
 PARTS = ("pytest", "bf16_checks", "qlora_ppo_kl", "ensemble", "ppo_vs_grpo")  # run in this order
 # seconds: the cap of each part's subprocess, and the least budget left for a part to start
 CAPS = {"pytest": 150, "bf16_checks": 100, "qlora_ppo_kl": 200, "ppo_vs_grpo": 170, "ensemble": 100}
@@ -622,10 +626,15 @@ def environment() -> dict:
         except importlib.metadata.PackageNotFoundError:
             env["versions"][name] = None
     env["cuda_available"] = torch.cuda.is_available()
+    env["device"] = "cpu (no CUDA device)"
     if torch.cuda.is_available():
+        # read, not assumed: the lent machine is an H100 (~78 GiB) or an H200 (~139 GiB)
         props = torch.cuda.get_device_properties(0)
-        env.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=props.total_memory / 2**30,
-                   capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
+        free, _total = torch.cuda.mem_get_info(0)
+        env.update(device=torch.cuda.get_device_name(0), gpu=torch.cuda.get_device_name(0),
+                   gpu_count=torch.cuda.device_count(), gpu_memory_gib=props.total_memory / 2**30,
+                   gpu_memory_free_gib_at_start=free / 2**30, capability=f"{props.major}.{props.minor}",
+                   multiprocessors=props.multi_processor_count, cuda=torch.version.cuda,
                    bf16_supported=torch.cuda.is_bf16_supported())
     return env
 
@@ -692,14 +701,15 @@ def markdown(r: dict) -> str:
     env = r.get("environment", {})
     v = env.get("versions", {})
     lines = [
-        f"# GPU run (issue 15){' — TINY shapes, code-path check only' if r.get('tiny') else ''}",
+        f"# GPU run on {env.get('device', env.get('gpu', '?'))} (issues 15, 26)"
+        f"{' — TINY shapes, code-path check only' if r.get('tiny') else ''}",
         "",
         f"GPU: {env.get('gpu', 'none')} ({_f(env.get('gpu_memory_gib'), '.0f')} GiB, capability "
         f"{env.get('capability', '–')}, CUDA {env.get('cuda', '–')}); Python {env.get('python')}; "
         + ", ".join(f"{k} {v.get(k)}" for k in VERSIONED if v.get(k)) + ".",
         f"Started {r.get('started')}, wall {_f(r.get('wall_seconds'), '.0f')} s of a {r.get('budget_s')} s budget. "
         "Models: randomly initialised from the real configs (`trl_extras.testbed.shapes`), completions forced to "
-        "full length. Command: `python benchmarks/gpu_h200.py` (see `benchmarks/gpu_h200.md`).",
+        "full length. Command: `python benchmarks/gpu.py` (see `benchmarks/gpu.md`).",
         "",
         "| part | status | seconds |",
         "|---|---|---|",
@@ -769,9 +779,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (runs on CPU): checks the code paths only")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    parser.add_argument("--out", default=str(RESULTS), help="folder of gpu_h200.json/.md and the logs")
-    parser.add_argument("--merge", help="an earlier gpu_h200.json whose other parts the results keep (default: "
-                        "<out>/gpu_h200.json when --parts is a subset)")
+    parser.add_argument("--out", default=str(RESULTS), help="folder of gpu.json/.md and the logs")
+    parser.add_argument("--merge", help="an earlier gpu.json whose other parts the results keep (default: "
+                        "<out>/gpu.json when --parts is a subset)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="global wall-clock budget in seconds")
     parser.add_argument("--models-dir", default="/tmp/trl_extras_gpu_models", help="cache of the random checkpoints")
     parser.add_argument("--child", choices=sorted(CHILD_PARTS), help=argparse.SUPPRESS)
