@@ -343,3 +343,30 @@ def place_rewards(sources, device, wrap=None) -> None:
     for source in sources:
         if source is not None:
             source.place(device, wrap)
+
+
+def as_grpo_reward_funcs(reward_funcs, reward_processing_classes=None, model_init_kwargs: dict | None = None):
+    """``(reward_funcs, reward_processing_classes)`` for TRL's ``GRPOTrainer`` with every reward it cannot use as
+    given turned into a :class:`RewardSource` (a callable it names by ``__name__`` and calls with GRPO's convention):
+    paths (full, adapter folder, ensemble directory), ``PeftModel`` s, ``RewardEnsemble`` s. ``PreTrainedModel`` s and
+    plain callables stay as TRL takes them. The sources' models are not placed: the trainer does that
+    (:func:`place_rewards`) once its accelerator exists."""
+    from ..modeling.peft import is_peft_model
+    from .ensemble import RewardEnsemble
+
+    if reward_funcs is None:
+        return None, reward_processing_classes
+    funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    procs = reward_processing_classes
+    procs = list(procs) if isinstance(procs, (list, tuple)) else [procs] * len(funcs)
+    if len(procs) != len(funcs):
+        raise ValueError(f"{len(procs)} reward processing classes for {len(funcs)} reward functions.")
+    out_funcs, out_procs = [], []
+    for fn, proc in zip(funcs, procs):
+        if isinstance(fn, (str, os.PathLike, RewardEnsemble, RewardSource)) or is_peft_model(fn):
+            fn, proc = load_reward(fn, processing_class=proc, model_init_kwargs=model_init_kwargs), None
+        out_funcs.append(fn)
+        out_procs.append(proc)
+    if reward_processing_classes is None or not isinstance(reward_processing_classes, (list, tuple)):
+        out_procs = None if all(p is None for p in out_procs) else out_procs
+    return out_funcs, out_procs
