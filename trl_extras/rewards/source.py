@@ -178,6 +178,18 @@ def _quiet_loading_report():
         hf_logger.removeFilter(report_filter)
 
 
+def load_quietly_checking_missing(auto_class, path, expected_missing=(), **kwargs):
+    """``auto_class.from_pretrained(path, **kwargs)`` without transformers' load report; weights missing from the
+    checkpoint other than the modules named in ``expected_missing`` (e.g. a head the caller initialises itself)
+    are still reported, as a warning."""
+    with _quiet_loading_report():
+        model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    missing = sorted(k for k in info.get("missing_keys", []) if k.split(".")[0] not in expected_missing)
+    if missing:
+        logger.warning("%s: %s MISSING from the checkpoint: newly initialized.", path, ", ".join(missing[:5]))
+    return model
+
+
 def _adapter_state_keys(path) -> set[str]:
     """Parameter names stored in an adapter folder, without PEFT's ``base_model.model.`` prefix."""
     path = Path(path)

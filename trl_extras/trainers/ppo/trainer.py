@@ -69,7 +69,7 @@ from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
 from ...modeling.value import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
 from ...rewards.functions import RewardFunctions
-from ...rewards.source import is_adapter_dir, load_adapter_reward_model, value_init_copy
+from ...rewards.source import is_adapter_dir, load_adapter_reward_model, load_quietly_checking_missing, value_init_copy
 from ...utils.completions import CompletionLog
 from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
 from .config import PPOConfig
@@ -460,7 +460,12 @@ class PPOTrainer(_BaseTrainer):
                 )
             policy_path = _model_path(base)
         if policy_path is not None:
-            value = AutoModelForSequenceClassification.from_pretrained(policy_path, num_labels=1, **self._model_init_kwargs)
+            # transformers would report the head as "MISSING … newly initialized": it is, on purpose (zeroed below);
+            # any other missing weight is reported
+            value = load_quietly_checking_missing(
+                AutoModelForSequenceClassification, policy_path, expected_missing=("score", "classifier"),
+                num_labels=1, **self._model_init_kwargs,
+            )
         else:
             base = merged_copy(policy) if is_peft_model(policy) else policy
             config = copy.deepcopy(base.config)
