@@ -96,9 +96,9 @@ class RewardFunctions:
             for fn, proc, name in zip(funcs, procs, names)
         ]
         self.names = [f.name for f in self.funcs]
-        check_unique_names(self.names)
         weights = [1.0] * len(self.funcs) if reward_weights is None else list(reward_weights)
         self.weights = check_reward_weights(weights, self.names)
+        check_unique_names(self.names)
 
     def __len__(self) -> int:
         return len(self.funcs)

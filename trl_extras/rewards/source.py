@@ -345,7 +345,7 @@ def load_reward(spec, name: str | None = None, processing_class=None, model_init
     if callable(spec):
         return FunctionReward(spec, name=name)
     raise TypeError(
-        f"Unsupported reward of type {type(spec).__name__}: pass a reward-model path, a model, a RewardEnsemble or "
+        f"Unsupported reward function of type {type(spec).__name__}: pass a reward-model path, a model, a RewardEnsemble or "
         "a callable f(prompts, completions, **kwargs) -> list[float]."
     )
 
