@@ -363,3 +363,16 @@ def test_ppo_refuses_a_nan_reward_weight(tiny_paths, tmp_path):
     with pytest.raises(ValueError, match="reward_weights"):
         PPOTrainer(tiny_paths["policy"], reward_funcs=_python_reward, args=_ppo_args(tmp_path, reward_weights=[float("nan")]),
                    train_dataset=_prompts())  # fmt: skip
+
+
+def test_ppo_reward_names_rename_and_duplicates_fail(tiny_paths, rewards_on_disk, tmp_path):
+    from trl_extras.trainers.ppo import PPOTrainer
+
+    with pytest.raises(ValueError, match="named '_python_reward'"):
+        PPOTrainer(tiny_paths["policy"], reward_funcs=[_python_reward, _python_reward], args=_ppo_args(tmp_path),
+                   train_dataset=_prompts())  # fmt: skip
+    trainer = PPOTrainer(
+        tiny_paths["policy"], reward_funcs=[_python_reward, rewards_on_disk["adapter"]], train_dataset=_prompts(),
+        args=_ppo_args(tmp_path, reward_names=["length", "my_rm"]),
+    )
+    assert trainer.reward_functions.names == ["length", "my_rm"]

@@ -169,6 +169,13 @@ class PPOConfig(_BaseConfig):
         default=None,
         metadata={"help": "One weight per reward function (default: all 1.0); the reward is their weighted sum."},
     )
+    reward_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "One display name per reward function (metrics `rewards/<name>/mean`, completion tables). "
+            "Default: a reward-model path's last folder, a function's `__name__`. Names must be distinct."
+        },
+    )
     missing_eos_penalty: float | None = field(
         default=None,
         metadata={

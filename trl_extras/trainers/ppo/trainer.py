@@ -216,7 +216,8 @@ class PPOTrainer(_BaseTrainer):
 
         # Rewards: one path for paths, models, callables and ensembles
         self.reward_functions = RewardFunctions(
-            reward_funcs, reward_processing_classes=reward_processing_classes, reward_weights=args.reward_weights
+            reward_funcs, reward_processing_classes=reward_processing_classes, reward_weights=args.reward_weights,
+            reward_names=args.reward_names,
         )
         self.log_reward_functions = RewardFunctions(log_reward_funcs) if log_reward_funcs else None
 
