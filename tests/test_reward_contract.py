@@ -320,6 +320,9 @@ def test_exact_kl_grpo_takes_an_adapter_folder_by_name(tiny_paths, rewards_on_di
                                  args, train_dataset=_prompts())  # fmt: skip
     assert trainer.reward_func_names == ["rm_a", "my_ensemble"]
     assert all(isinstance(f, RewardSource) for f in trainer.reward_funcs)
+    trainer.train()  # GRPO calls the sources with its convention and logs them by name
+    keys = set().union(*[e.keys() for e in trainer.state.log_history])
+    assert {"rewards/rm_a/mean", "rewards/my_ensemble/mean"} <= keys
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -93,6 +93,11 @@ class FunctionReward(RewardSource):
 
         self.fn = fn
         self.name = name or get_callable_name(fn)
+        # like functools.wraps: settings fingerprints (utils.fingerprint.describe) and reprs see the function itself
+        self.__wrapped__ = fn
+        for attr in ("__module__", "__qualname__", "__doc__"):
+            if hasattr(fn, attr):
+                setattr(self, attr, getattr(fn, attr))
 
     def __call__(self, prompts, completions, **kwargs):
         return self.fn(prompts=prompts, completions=completions, **kwargs)
