@@ -379,3 +379,18 @@ def test_ppo_reward_names_rename_and_duplicates_fail(tiny_paths, rewards_on_disk
         args=_ppo_args(tmp_path, reward_names=["length", "my_rm"]),
     )
     assert trainer.reward_functions.names == ["length", "my_rm"]
+
+
+def test_refresh_callback_finds_the_ensemble_behind_the_contract(tiny_paths, rewards_on_disk, tmp_path):
+    """RewardRefreshCallback refreshes the ensemble a trainer scores with, also when the trainer holds it as a
+    reward source (PPO: an ensemble instance; the contract wraps it), and the source's modules are the ones saved."""
+    from trl_extras.callbacks.reward_refresh import find_trainer_reward
+    from trl_extras.rewards.ensemble import RewardEnsemble
+    from trl_extras.trainers.ppo import PPOTrainer
+
+    ensemble = RewardEnsemble.from_pretrained(rewards_on_disk["ensemble"])
+    trainer = PPOTrainer(tiny_paths["policy"], reward_funcs=[_python_reward, ensemble], args=_ppo_args(tmp_path),
+                         train_dataset=_prompts())  # fmt: skip
+    found, tokenizer = find_trainer_reward(trainer)
+    assert found is ensemble and tokenizer is ensemble.processing_class
+    assert len(found.modules()) == 1  # LoRA layout: the one PeftModel holding both adapters (old `.models`: none)
