@@ -23,6 +23,7 @@ Consumers use these and nothing else: no probing of ``.model`` / ``.models`` / `
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -330,7 +331,8 @@ def load_reward(spec, name: str | None = None, processing_class=None, model_init
     from .scoring import RewardModelScorer
 
     if isinstance(spec, RewardSource):
-        if name is not None:
+        if name is not None and name != spec.name:  # a renamed shallow copy (same models): the caller's object keeps its name
+            spec = copy.copy(spec)
             spec.name = name
         return spec
     if isinstance(spec, os.PathLike):

@@ -81,9 +81,10 @@ class PPOConfig(_BaseConfig):
     value_model_init: str | None = field(
         default=None,
         metadata={
-            "help": "Where the value model comes from when `value_model` is not given: 'reward' (copy of the reward "
-            "model's weights, Huang et al.) or 'policy' (policy backbone with a fresh zero head). Default: 'reward' "
-            "when a reward model is among the reward functions, else 'policy'."
+            "help": "Where the value model comes from when `value_model` is not given: 'reward' (copy of the first "
+            "reward model's weights, Huang et al.; a LoRA reward model's adapter merged into it, its head kept; with "
+            "`peft_config` the copy then gets its own LoRA) or 'policy' (policy backbone with a fresh zero head). "
+            "Default: 'reward' when a reward model is among the reward functions, else 'policy'."
         },
     )
     value_learning_rate: float | None = field(
