@@ -99,8 +99,9 @@ class PPOTrainer(_BaseTrainer):
         model: policy, a path or a ``PreTrainedModel`` (causal LM).
         reward_funcs: what :class:`~trl_extras.rewards.functions.RewardFunctions` accepts (the reward contract,
             :func:`trl_extras.rewards.source.load_reward`): reward-model paths (a full checkpoint, a LoRA adapter
-            folder, a saved ``RewardEnsemble`` directory) or instances, callables with GRPO's signature ``f(prompts, completions, **kwargs) -> list[float]``, a
-            ``RewardEnsemble``; several are summed with ``args.reward_weights``.
+            folder, a saved ``RewardEnsemble`` directory) or instances, callables with GRPO's signature
+            ``f(prompts, completions, **kwargs) -> list[float]``, a ``RewardEnsemble``; several are summed with
+            ``args.reward_weights`` and named by ``args.reward_names``.
         args: :class:`PPOConfig`.
         train_dataset, eval_dataset: datasets with a ``prompt`` column (text or conversational); other columns
             are passed to the reward functions as keyword arguments (lists).
