@@ -144,16 +144,25 @@ def test_value_model_without_peft_is_fully_trainable_plain_model(value_model_run
     assert run["value_bytes"] <= value_model_runs["python", False]["value_bytes"] * 1.05
 
 
-def test_value_model_from_adapter_rm_starts_from_the_reward(tiny_paths, rewards_on_disk, tmp_path):
+def test_value_model_from_adapter_rm_starts_from_the_reward(tiny_paths, rewards_on_disk, tmp_path, capfd):
     """The value model initialised from a LoRA RM folder computes the reward model's score at the last token: the
-    adapter is merged into the backbone and the head is the adapter's head (not a random one)."""
+    adapter is merged into the backbone and the head is the adapter's head (not a random one); building it prints
+    none of peft's double-wrap warnings nor a false "MISSING" load report."""
+    import warnings
+
     from peft import LoraConfig
 
-    from trl_extras.rewards.source import load_reward
     from trl_extras.trainers.ppo import PPOTrainer
 
-    trainer = PPOTrainer(tiny_paths["policy"], reward_funcs=rewards_on_disk["adapter"], args=_ppo_args(tmp_path),
-                         train_dataset=_prompts(), peft_config=LoraConfig(**LORA))
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = PPOTrainer(tiny_paths["policy"], reward_funcs=rewards_on_disk["adapter"], args=_ppo_args(tmp_path),
+                             train_dataset=_prompts(), peft_config=LoraConfig(**LORA))  # fmt: skip
+    noise = "\n".join(str(w.message) for w in caught) + capfd.readouterr().err
+    for text in ("second time", "multiple adapters", "MISSING", "LOAD REPORT", "was renamed"):
+        assert text not in noise, text
+    from trl_extras.rewards.source import load_reward
     reward = load_reward(rewards_on_disk["adapter"])
     ids = torch.randint(5, 20, (2, 6))
     mask = torch.ones_like(ids)
