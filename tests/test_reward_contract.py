@@ -286,10 +286,10 @@ def test_every_reward_module_is_placed_on_the_training_device(tiny_paths, reward
     if expected is None:
         expected = modules
     assert len(expected) == {"ensemble_instance": 2}.get(kind, 1)
-    assert {id(m) for m in expected} <= {id(m) for m in modules}  # the contract sees them all
     for module in expected:
         assert recorder.placed_on(module, device), f"{kind}: {type(module).__name__} was never moved to {device}"
         assert all(p.device.type == torch.device(device).type for p in module.parameters())
+    assert {id(m) for m in expected} <= {id(m) for m in modules}  # the contract sees them all
 
 
 # ---------------------------------------------------------------------------------------------------------------
