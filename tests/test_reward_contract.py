@@ -403,3 +403,21 @@ def test_refresh_callback_finds_the_ensemble_behind_the_contract(tiny_paths, rew
     found, tokenizer = find_trainer_reward(trainer)
     assert found is ensemble and tokenizer is ensemble.processing_class
     assert len(found.modules()) == 1  # LoRA layout: the one PeftModel holding both adapters (old `.models`: none)
+
+
+def test_quantized_adapter_rm_falls_back_to_policy_value_init(tiny_paths, rewards_on_disk, tmp_path, caplog):
+    """A LoRA RM on a 4-bit base cannot be merged exactly: by default the value model starts from the policy (warned),
+    with value_model_init='reward' it is a clear error. (The 4-bit flag is set by hand: only the decision is tested.)"""
+    from trl_extras.rewards.source import ValueInitUnavailable, load_reward
+    from trl_extras.trainers.ppo import PPOTrainer
+
+    reward = load_reward(rewards_on_disk["adapter"])
+    reward.model.get_base_model().is_loaded_in_4bit = True
+    with caplog.at_level(logging.WARNING):
+        trainer = PPOTrainer(tiny_paths["policy"], reward_funcs=reward, args=_ppo_args(tmp_path), train_dataset=_prompts())
+    assert "Value model initialised from the policy" in caplog.text
+    value = trainer.accelerator.unwrap_model(trainer.value_model)
+    assert all(float(p.detach().abs().sum()) == 0 for p in value._head(value.model).parameters())  # policy init: zero head
+    with pytest.raises(ValueInitUnavailable, match="value_model_init='policy'"):
+        PPOTrainer(tiny_paths["policy"], reward_funcs=reward, args=_ppo_args(tmp_path, value_model_init="reward"),
+                   train_dataset=_prompts())  # fmt: skip

@@ -274,6 +274,10 @@ def load_reward_model(path, model_init_kwargs: dict | None = None):
     return model, AutoTokenizer.from_pretrained(str(path))
 
 
+class ValueInitUnavailable(ValueError):
+    """A reward model that cannot be turned into a value model exactly (quantized or partitioned with an adapter)."""
+
+
 def value_init_copy(model, path: str | None = None, model_init_kwargs: dict | None = None):
     """A plain, trainable ``*ForSequenceClassification`` copy of a reward model (adapter merged, head kept).
 
@@ -292,7 +296,7 @@ def value_init_copy(model, path: str | None = None, model_init_kwargs: dict | No
     base = model.get_base_model() if is_peft_model(model) else model
     if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False) or partitioned:
         if is_peft_model(model) or path is None:
-            raise ValueError(
+            raise ValueInitUnavailable(
                 "The reward model is quantized or partitioned (DeepSpeed ZeRO-3) and its adapter cannot be merged "
                 "exactly into a value model: pass `value_model`, or set value_model_init='policy'."
             )

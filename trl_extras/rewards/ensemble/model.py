@@ -334,9 +334,15 @@ class RewardEnsemble:
             model = self.models[k]
             return value_init_copy(model, getattr(model.config, "_name_or_path", None) or None)
         from ...modeling.peft import merged_copy
+        from ..source import ValueInitUnavailable
 
-        if any(hasattr(p, "ds_id") for p in self.peft_model.parameters()):
-            raise ValueError("A partitioned (DeepSpeed ZeRO-3) LoRA ensemble cannot be copied into a value model.")
+        base = self.peft_model.get_base_model()
+        if (any(hasattr(p, "ds_id") for p in self.peft_model.parameters()) or getattr(base, "is_loaded_in_4bit", False)
+                or getattr(base, "is_loaded_in_8bit", False)):  # fmt: skip
+            raise ValueInitUnavailable(
+                "A quantized or partitioned (DeepSpeed ZeRO-3) LoRA ensemble's adapter cannot be merged exactly into "
+                "a value model: pass `value_model`, or set value_model_init='policy'."
+            )
         copied = merged_copy(self.peft_model, adapter_name=self.adapter_names[k])
         copied.requires_grad_(True)
         copied.train()

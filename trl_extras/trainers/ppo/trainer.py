@@ -69,7 +69,13 @@ from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
 from ...modeling.value import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
 from ...rewards.functions import RewardFunctions
-from ...rewards.source import is_adapter_dir, load_adapter_reward_model, load_quietly_checking_missing, value_init_copy
+from ...rewards.source import (
+    ValueInitUnavailable,
+    is_adapter_dir,
+    load_adapter_reward_model,
+    load_quietly_checking_missing,
+    value_init_copy,
+)
 from ...utils.completions import CompletionLog
 from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
 from .config import PPOConfig
@@ -426,7 +432,13 @@ class PPOTrainer(_BaseTrainer):
         "start from the policy"."""
         if args.value_model_init == "policy":
             return None
-        rm, rm_tok = self.reward_functions.value_init_model()
+        try:
+            rm, rm_tok = self.reward_functions.value_init_model()
+        except ValueInitUnavailable as err:  # e.g. a 4-bit LoRA reward model: its adapter cannot be merged exactly
+            if args.value_model_init == "reward":
+                raise
+            logger.warning("%s Value model initialised from the policy.", err)
+            return None
         if rm is None:
             if args.value_model_init == "reward":
                 raise ValueError("value_model_init='reward' but no reward model is among the reward functions.")
