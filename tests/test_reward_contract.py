@@ -421,3 +421,22 @@ def test_quantized_adapter_rm_falls_back_to_policy_value_init(tiny_paths, reward
     with pytest.raises(ValueInitUnavailable, match="value_model_init='policy'"):
         PPOTrainer(tiny_paths["policy"], reward_funcs=reward, args=_ppo_args(tmp_path, value_model_init="reward"),
                    train_dataset=_prompts())  # fmt: skip
+
+
+def test_measure_policy_places_ensemble_members(tiny_paths, monkeypatch):
+    """measure_policy (RewardMeasureCallback's and RewardEarlyStoppingCallback's path) moves every reward module to
+    the policy's device, ensemble members included (old: only a scorer's `.model`)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from trl_extras.evaluation.measure import measure_policy
+    from trl_extras.rewards.ensemble import RewardEnsemble
+
+    tok = AutoTokenizer.from_pretrained(tiny_paths["tokenizer"], padding_side="left")
+    members = [AutoModelForSequenceClassification.from_pretrained(tiny_paths["reward"], num_labels=1) for _ in "ab"]
+    policy = AutoModelForCausalLM.from_pretrained(tiny_paths["policy"])
+    recorder = _ToRecorder(monkeypatch)
+    m = measure_policy(policy, tok, _prompts(2)["prompt"], {"ens": RewardEnsemble(members, tok, penalty="mean")},
+                       max_new_tokens=3)  # fmt: skip
+    assert len(m.rewards["ens"]) == 2
+    device = next(policy.parameters()).device
+    assert all(recorder.placed_on(member, device) for member in members)
