@@ -28,6 +28,8 @@ _LAZY = {
     # rewards
     "RewardFunctions": "trl_extras.rewards.functions",
     "RewardModelScorer": "trl_extras.rewards.scoring",
+    "RewardSource": "trl_extras.rewards.source",
+    "load_reward": "trl_extras.rewards.source",
     "score_with_reward_model": "trl_extras.rewards.scoring",
     "TwoStageRewardConfig": "trl_extras.rewards.two_stage",
     "TwoStageRewardTrainer": "trl_extras.rewards.two_stage",

@@ -43,18 +43,23 @@ def find_trainer_reward(trainer):
     """
     from ..rewards.ensemble import RewardEnsemble
     from ..rewards.scoring import RewardModelScorer
+    from ..rewards.source import EnsembleReward
+
+    def refreshable(fn):  # reward sources (trl_extras.rewards.source) that hold a trainable reward model
+        fn = fn.ensemble if isinstance(fn, EnsembleReward) else fn
+        return fn if isinstance(fn, (RewardModelScorer, RewardEnsemble)) else None
 
     functions = getattr(trainer, "reward_functions", None)
     if functions is not None and hasattr(functions, "funcs"):
         for fn in functions.funcs:
-            if isinstance(fn, (RewardModelScorer, RewardEnsemble)):
-                return fn, fn.processing_class
+            if refreshable(fn) is not None:
+                return refreshable(fn), fn.processing_class
     funcs = getattr(trainer, "reward_funcs", None)
     if funcs is not None:
         procs = getattr(trainer, "reward_processing_classes", None) or [None] * len(funcs)
         for fn, proc in zip(funcs, procs):
-            if isinstance(fn, RewardEnsemble):
-                return fn, fn.processing_class
+            if refreshable(fn) is not None:
+                return refreshable(fn), fn.processing_class
             if hasattr(fn, "config") and hasattr(fn, "parameters") and not callable(getattr(fn, "judge", None)):
                 if proc is None:
                     raise ValueError("The trainer's reward model has no processing class to refresh it with.")
@@ -261,7 +266,7 @@ class RewardRefreshCallback(TrainerCallback):
         reward, tokenizer = self._reward()
         kind, target, _ = resolve_reward_model(reward, tokenizer)
         directory.mkdir(parents=True, exist_ok=True)
-        models = target.models if kind == "ensemble" else [target]
+        models = target.modules() if kind == "ensemble" else [target]  # a LoRA ensemble: its one PeftModel
         for k, model in enumerate(models):
             save_model(model, str(directory / f"reward_{k}.safetensors"))
         state = {"step": step, "refresh_steps": sorted(self._pairs_by_step), "num_models": len(models),
@@ -290,7 +295,7 @@ class RewardRefreshCallback(TrainerCallback):
         state = json.loads((directory / STATE_FILE).read_text())
         reward, tokenizer = self._reward()
         kind, target, _ = resolve_reward_model(reward, tokenizer)
-        models = target.models if kind == "ensemble" else [target]
+        models = target.modules() if kind == "ensemble" else [target]
         if len(models) != state["num_models"]:
             raise ValueError(f"The checkpoint holds {state['num_models']} reward models, the trainer has {len(models)}.")
         for k, model in enumerate(models):

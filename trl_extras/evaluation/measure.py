@@ -147,8 +147,7 @@ def measure_policy(
         local["prompts"], local["completions"] = list(rollout.prompts), list(rollout.completions)
         local["lengths"] = rollout.completion_lengths.tolist()
         for name, fns in funcs.items():
-            for module in fns.modules():
-                module.to(device)
+            fns.place(device)  # every reward source's modules (ensemble members included)
             local["rewards"][name] = fns(rollout.prompts, rollout.completions).total.tolist()
         if ref_model is not None:
             if next(ref_model.parameters()).device != device:

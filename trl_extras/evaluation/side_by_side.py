@@ -132,9 +132,12 @@ def _is_pairwise_judge(judge) -> bool:
     """A plain callable whose signature does not take ``completions`` is a pairwise judge ``(prompt, first, second)``."""
     from transformers import PreTrainedModel
 
+    from ..rewards.ensemble import RewardEnsemble
+    from ..rewards.source import RewardSource
+
     if isinstance(judge, (str, list, tuple, PreTrainedModel)) or not callable(judge):
         return False
-    if hasattr(judge, "score") or hasattr(judge, "model"):  # RewardModelScorer, RewardEnsemble
+    if isinstance(judge, (RewardSource, RewardEnsemble)):  # reward sources score (prompts, completions)
         return False
     try:
         params = inspect.signature(judge).parameters

@@ -111,7 +111,10 @@ def resolve_reward_model(reward_model, processing_class=None):
 
     from ..rewards.ensemble import RewardEnsemble
     from ..rewards.scoring import RewardModelScorer
+    from ..rewards.source import EnsembleReward
 
+    if isinstance(reward_model, EnsembleReward):  # the reward contract's adapter: refresh the ensemble it wraps
+        reward_model = reward_model.ensemble
     if isinstance(reward_model, RewardEnsemble):
         return "ensemble", reward_model, processing_class or reward_model.processing_class
     if isinstance(reward_model, RewardModelScorer):

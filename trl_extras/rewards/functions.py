@@ -6,16 +6,13 @@ they all score alike.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..modeling.peft import is_peft_model
-from .scoring import RewardModelScorer, check_rewards
-
-
-def _name(fn) -> str:
-    return getattr(fn, "__name__", None) or type(fn).__name__
+from .scoring import check_rewards
+from .source import RewardSource, load_reward, place_rewards
 
 
 @dataclass
@@ -27,20 +24,62 @@ class RewardOutput:
     names: list[str]
 
 
+def check_reward_weights(weights, names: list[str]) -> torch.Tensor:
+    """``(F,)`` float32 weights, one per reward; a clear error for a wrong count or a non-finite weight (also one
+    that overflows float32, the dtype the rewards are summed in)."""
+    weights = [float(w) for w in weights]
+    if len(weights) != len(names):
+        raise ValueError(f"{len(weights)} reward weights for {len(names)} reward functions ({names}).")
+    tensor = torch.tensor(weights, dtype=torch.float32)
+    for w, w32, name in zip(weights, tensor.tolist(), names):
+        if not math.isfinite(w32):
+            raise ValueError(
+                f"reward_weights: the weight of reward {name!r} is {w!r}"
+                + (" (not finite in float32)" if math.isfinite(w) else "")
+                + "; weights must be finite numbers."
+            )
+    return tensor
+
+
+def check_reward_matrix(per_function: torch.Tensor, total: torch.Tensor, names: list[str], weights) -> None:
+    """Rewards as trained on (float32) must be finite: ``per_function`` ``(N, F)``, ``total`` ``(N,)`` their
+    weighted sum. A value finite in float64 (e.g. 1e39) can be inf in float32, and so can a weighted sum of finite
+    rewards; the error names the reward function and the completion index."""
+    bad = ~torch.isfinite(per_function)
+    if bad.any():
+        i, j = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"Reward function {names[j]!r} returned a value for completion {i} that is {per_function[i, j].item()} "
+            "in float32 (the dtype rewards are trained in): rescale the reward to a finite float32 range."
+        )
+    bad = ~torch.isfinite(total)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        terms = ", ".join(f"{n}={v:g}×{w:g}" for n, v, w in zip(names, per_function[i].tolist(), weights.tolist()))
+        raise ValueError(
+            f"The weighted sum of rewards for completion {i} overflows float32 ({total[i].item()}): {terms}. "
+            "Rescale the rewards or reward_weights."
+        )
+
+
 class RewardFunctions:
-    """A weighted set of reward functions with GRPO's calling convention.
+    """A weighted set of reward sources (:mod:`trl_extras.rewards.source`) with GRPO's calling convention.
 
     Args:
-        reward_funcs: one or a list of: a path to a reward model, a sequence-classification ``PreTrainedModel``,
-            a callable ``f(prompts, completions, **kwargs) -> list[float]`` (GRPO's signature), or a
-            ``RewardEnsemble`` (itself such a callable, returning its penalized reward).
+        reward_funcs: one or a list of anything :func:`~trl_extras.rewards.source.load_reward` takes: a path to a
+            reward model (full checkpoint or LoRA adapter folder) or to a saved ``RewardEnsemble``, a
+            sequence-classification ``PreTrainedModel`` / ``PeftModel``, a callable ``f(prompts, completions,
+            **kwargs) -> list[float]`` (GRPO's signature), a ``RewardEnsemble``, or a ``RewardSource``.
         reward_processing_classes: tokenizers of reward models given as instances (same order; None entries ok).
-        reward_weights: one weight per function (default all 1.0).
+        reward_weights: one weight per function (default all 1.0); finite.
+        reward_names: display names, one per function (default: see ``load_reward``). Names must be distinct.
+        model_init_kwargs: ``from_pretrained`` kwargs for reward models given as paths.
+
+    ``funcs`` holds the :class:`~trl_extras.rewards.source.RewardSource` objects, ``names`` their names.
     """
 
-    def __init__(self, reward_funcs, reward_processing_classes=None, reward_weights=None, batch_size: int = 64):
-        from transformers import PreTrainedModel
-
+    def __init__(self, reward_funcs, reward_processing_classes=None, reward_weights=None, batch_size: int = 64,
+                 reward_names=None, model_init_kwargs: dict | None = None):  # fmt: skip
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if not funcs:
             raise ValueError("At least one reward function is needed.")
@@ -48,25 +87,42 @@ class RewardFunctions:
         procs = procs if isinstance(procs, (list, tuple)) else [procs] * len(funcs)
         if len(procs) != len(funcs):
             raise ValueError(f"{len(procs)} reward processing classes for {len(funcs)} reward functions.")
-        self.funcs = []
-        for fn, proc in zip(funcs, procs):
-            if isinstance(fn, (str, PreTrainedModel)) or is_peft_model(fn):
-                fn = RewardModelScorer(fn, processing_class=proc, batch_size=batch_size)
-            elif not callable(fn):
-                raise TypeError(f"Unsupported reward function of type {type(fn).__name__}.")
-            self.funcs.append(fn)
-        self.names = [_name(f) for f in self.funcs]
-        weights = [1.0] * len(self.funcs) if reward_weights is None else [float(w) for w in reward_weights]
-        if len(weights) != len(self.funcs):
-            raise ValueError(f"{len(weights)} reward weights for {len(self.funcs)} reward functions.")
-        self.weights = torch.tensor(weights, dtype=torch.float32)
+        names = reward_names if isinstance(reward_names, (list, tuple)) else [reward_names] * len(funcs)
+        if reward_names is not None and len(names) != len(funcs):
+            raise ValueError(f"{len(names)} reward names for {len(funcs)} reward functions.")
+        self.funcs: list[RewardSource] = [
+            load_reward(fn, name=name, processing_class=proc, model_init_kwargs=model_init_kwargs,
+                        batch_size=batch_size)  # fmt: skip
+            for fn, proc, name in zip(funcs, procs, names)
+        ]
+        self.names = [f.name for f in self.funcs]
+        weights = [1.0] * len(self.funcs) if reward_weights is None else list(reward_weights)
+        self.weights = check_reward_weights(weights, self.names)
+        check_unique_names(self.names)
 
     def __len__(self) -> int:
         return len(self.funcs)
 
-    def modules(self):
-        """Reward models (``torch.nn.Module``) held by the functions, e.g. to move them to a device."""
-        return [f.model for f in self.funcs if hasattr(f, "model") and isinstance(f.model, torch.nn.Module)]
+    def modules(self) -> list[torch.nn.Module]:
+        """Every module of every reward source (ensemble members included)."""
+        return [m for f in self.funcs for m in f.modules()]
+
+    def place(self, device, wrap=None) -> RewardFunctions:
+        """Put every reward source's modules on ``device`` (``wrap``: see ``RewardSource.place``)."""
+        place_rewards(self.funcs, device, wrap)
+        return self
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(f.needs_calibration for f in self.funcs)
+
+    def value_init_model(self):
+        """``(model, tokenizer)`` from the first source that can initialise a value model, else ``(None, None)``."""
+        for f in self.funcs:
+            found = f.value_init_model()
+            if found is not None:
+                return found
+        return None, None
 
     def __call__(self, prompts: list, completions: list, **kwargs) -> RewardOutput:
         """Score; ``kwargs`` (extra dataset columns, ``log_metric``, ``trainer_state``) reach every function."""
@@ -74,6 +130,19 @@ class RewardFunctions:
         for name, fn in zip(self.names, self.funcs):
             columns.append(check_rewards(name, fn(prompts=prompts, completions=completions, **kwargs), len(prompts)))
         per_function = torch.tensor(columns, dtype=torch.float32).T.reshape(len(prompts), len(self.funcs))
-        return RewardOutput(total=per_function @ self.weights, per_function=per_function, names=list(self.names))
+        total = per_function @ self.weights
+        check_reward_matrix(per_function, total, self.names, self.weights)
+        return RewardOutput(total=total, per_function=per_function, names=list(self.names))
 
 
+def check_unique_names(names: list[str], what: str = "reward") -> None:
+    """Distinct display names, else a clear error (metrics, completion tables and parquet columns are keyed by them)."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(
+                f"Two {what} functions are named {name!r} (names: {names}); metrics, completion tables and parquet "
+                f"columns are keyed by name. Give them distinct names (reward_names=[...]), or save the reward models "
+                "in folders with distinct last names."
+            )
+        seen.add(name)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import torch
 
 from ..modeling.generation import is_conversational_prompt
+from .source import RewardSource
 
 
 def reward_model_input_ids(tokenizer, prompt, completion) -> list[int]:
@@ -78,41 +80,65 @@ def score_with_reward_model(
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
-class RewardModelScorer:
-    """A reward model as a TRL reward function: ``scorer(prompts, completions, **kwargs) -> list[float]``.
+class RewardModelScorer(RewardSource):
+    """A reward model as a TRL reward function: ``scorer(prompts, completions, **kwargs) -> list[float]``, and a
+    :class:`~trl_extras.rewards.source.RewardSource`.
 
     Args:
-        model: a ``PreTrainedModel`` (sequence classification, ``num_labels=1``; PEFT models work) or a path.
+        model: a ``PreTrainedModel`` (sequence classification, ``num_labels=1``; PEFT models work) or a path: a
+            full checkpoint, or a LoRA adapter folder (loaded as a ``PeftModel`` on its base, see
+            :func:`~trl_extras.rewards.source.load_adapter_reward_model`).
         processing_class: its tokenizer; loaded from the path (or ``config._name_or_path``) when omitted.
         batch_size: sequences per forward pass.
+        model_init_kwargs: ``from_pretrained`` kwargs for a path.
+        name: display name (default: the path's last folder, or that of the model's ``config._name_or_path``).
     """
 
-    def __init__(self, model, processing_class=None, batch_size: int = 64, model_init_kwargs: dict | None = None):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def __init__(self, model, processing_class=None, batch_size: int = 64, model_init_kwargs: dict | None = None,
+                 name: str | None = None):  # fmt: skip
+        from transformers import AutoTokenizer
 
-        if isinstance(model, str):
-            from ..utils.validation import check_model_path
+        from .source import _model_name, load_reward_model, name_from_path
 
-            path = model
-            check_model_path(path, "reward model path")
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **(model_init_kwargs or {}))
-            processing_class = processing_class or AutoTokenizer.from_pretrained(path)
+        self.path = None
+        self._model_init_kwargs = dict(model_init_kwargs or {})
+        if isinstance(model, (str, os.PathLike)):
+            self.path = str(model)
+            model, loaded_tokenizer = load_reward_model(self.path, model_init_kwargs)
+            processing_class = processing_class or loaded_tokenizer
         if processing_class is None:
-            name = getattr(model.config, "_name_or_path", None)
-            if not name:
+            path = getattr(model.config, "_name_or_path", None)
+            if not path:
                 raise ValueError("Pass `processing_class` for a reward model instance that was not loaded from a path.")
-            processing_class = AutoTokenizer.from_pretrained(name)
+            processing_class = AutoTokenizer.from_pretrained(path)
         self.model = model
         self.processing_class = processing_class
         self.batch_size = batch_size
         self.config = model.config  # TRL's telemetry and utilities read `.config`
-        self.__name__ = getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.name = name or (name_from_path(self.path) if self.path else _model_name(model)) or type(model).__name__
 
     def score(self, prompts, completions) -> torch.Tensor:
         return score_with_reward_model(self.model, self.processing_class, prompts, completions, self.batch_size)
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
         return self.score(prompts, completions).tolist()
+
+    def modules(self) -> list:
+        return [self.model]
+
+    def place(self, device, wrap=None) -> None:
+        """To ``device``; with ``wrap`` (e.g. a DeepSpeed inference engine) the model is replaced by ``wrap(model)``."""
+        self.model = wrap(self.model) if wrap is not None else self.model.to(device)
+
+    def value_init_model(self):
+        from .source import value_init_copy
+
+        # a quantized/partitioned full model is reloaded from its path (an adapter in that state is refused)
+        path = self.path or getattr(self.model.config, "_name_or_path", None) or None
+        return value_init_copy(self.model, path, self._model_init_kwargs), self.processing_class
+
+    def __repr__(self) -> str:
+        return f"RewardModelScorer({self.name!r})"
 
 
 def check_rewards(name: str, values, expected: int) -> list[float]:

@@ -33,6 +33,8 @@ from ..modeling.generation import checkpoint_generation_config_hidden
 from ..modeling.lm import exact_kl_to_reference
 from ..modeling.quantization import keep_4bit_layers_differentiable
 from ..modeling.reference import resolve_reference
+from ..rewards.functions import check_unique_names
+from ..rewards.source import RewardSource, as_grpo_reward_funcs, place_rewards
 
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
 
@@ -96,7 +98,23 @@ class ExactKLGRPOTrainer(GRPOTrainer):
                 f"ExactKLGRPOTrainer does not know how GRPO aggregates loss_type={args.loss_type!r}; supported: "
                 f"{_SUPPORTED_LOSS_TYPES}."
             )
-        super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        # The reward contract: paths (full, LoRA adapter folder, ensemble directory), PeftModels and ensembles become
+        # reward sources (named after their folder, scored as RewardTrainer tokenized them) and are placed below.
+        if pos:  # GRPOTrainer's later arguments given by position: by name, to reach reward_processing_classes
+            import inspect
+
+            kwargs.update(zip(list(inspect.signature(GRPOTrainer.__init__).parameters)[4:], pos))
+        reward_funcs, kwargs["reward_processing_classes"] = as_grpo_reward_funcs(
+            reward_funcs, kwargs.get("reward_processing_classes"), model_init_kwargs=args.model_init_kwargs
+        )
+        super().__init__(model, reward_funcs, args, **kwargs)
+        check_unique_names(self.reward_func_names)
+        wrap = None
+        if self.is_deepspeed_enabled:
+            from trl.models import prepare_deepspeed
+
+            wrap = lambda module: prepare_deepspeed(module, self.accelerator)  # noqa: E731
+        place_rewards([f for f in self.reward_funcs if isinstance(f, RewardSource)], self.accelerator.device, wrap)
         # evaluate() runs no-grad eval-mode forwards between training steps (see keep_4bit_layers_differentiable)
         keep_4bit_layers_differentiable(self.model)
         self.exact_kl_coef = args.exact_kl_coef

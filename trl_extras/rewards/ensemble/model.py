@@ -317,6 +317,39 @@ class RewardEnsemble:
             log_metric("ensemble/std", float(scores.std.mean()))
         return scores.penalized(self.penalty, self.coef).tolist()
 
+    @property
+    def needs_calibration(self) -> bool:
+        """True while a variance/std penalty has no calibration (``__call__`` refuses to score, or with
+        ``allow_uncalibrated`` scores the members' offsets): call :meth:`calibrate` first."""
+        return self.calibration is None and self.penalty in ("variance", "std")
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The modules the ensemble scores with: its K member models, or the one PeftModel holding the K adapters."""
+        return list(self.models) + ([self.peft_model] if self.peft_model is not None else [])
+
+    def member_copy(self, k: int = 0):
+        """An independent, trainable, plain copy of member ``k`` (its LoRA adapter merged into the copied base,
+        score head included), e.g. to initialise a PPO value model."""
+        from ..source import value_init_copy
+
+        if self.layout == "separate":
+            model = self.models[k]
+            return value_init_copy(model, getattr(model.config, "_name_or_path", None) or None)
+        from ...modeling.peft import merged_copy
+        from ..source import ValueInitUnavailable
+
+        base = self.peft_model.get_base_model()
+        if (any(hasattr(p, "ds_id") for p in self.peft_model.parameters()) or getattr(base, "is_loaded_in_4bit", False)
+                or getattr(base, "is_loaded_in_8bit", False)):  # fmt: skip
+            raise ValueInitUnavailable(
+                "A quantized or partitioned (DeepSpeed ZeRO-3) LoRA ensemble's adapter cannot be merged exactly into "
+                "a value model: pass `value_model`, or set value_model_init='policy'."
+            )
+        copied = merged_copy(self.peft_model, adapter_name=self.adapter_names[k])
+        copied.requires_grad_(True)
+        copied.train()
+        return copied
+
     def to(self, device):
         """Move every member (or the shared base with its adapters) to ``device``."""
         for m in self.models:

@@ -181,10 +181,9 @@ class CEMTrainer:
         if args.kl_coef > 0:
             self.ref_model = resolve_reference(model, make_copy=lambda: copy.deepcopy(model))
         self.model = model
-        self.reward_funcs = RewardFunctions(reward_funcs, reward_processing_classes)
-        for module in self.reward_funcs.modules():
-            module.to(device)
-        self.eval_reward_funcs = RewardFunctions(eval_reward_funcs) if eval_reward_funcs is not None else None
+        # every reward source (ensemble members included) on this process's device, through the reward contract
+        self.reward_funcs = RewardFunctions(reward_funcs, reward_processing_classes).place(device)
+        self.eval_reward_funcs = RewardFunctions(eval_reward_funcs).place(device) if eval_reward_funcs is not None else None
         self.output_dir = Path(args.output_dir)
         self.history: list[dict] = []
         self.initial_eval: dict | None = None

@@ -81,9 +81,10 @@ class PPOConfig(_BaseConfig):
     value_model_init: str | None = field(
         default=None,
         metadata={
-            "help": "Where the value model comes from when `value_model` is not given: 'reward' (copy of the reward "
-            "model's weights, Huang et al.) or 'policy' (policy backbone with a fresh zero head). Default: 'reward' "
-            "when a reward model is among the reward functions, else 'policy'."
+            "help": "Where the value model comes from when `value_model` is not given: 'reward' (copy of the first "
+            "reward model's weights, Huang et al.; a LoRA reward model's adapter merged into it, its head kept; with "
+            "`peft_config` the copy then gets its own LoRA) or 'policy' (policy backbone with a fresh zero head). "
+            "Default: 'reward' when a reward model is among the reward functions, else 'policy'."
         },
     )
     value_learning_rate: float | None = field(
@@ -168,6 +169,13 @@ class PPOConfig(_BaseConfig):
     reward_weights: list[float] | None = field(
         default=None,
         metadata={"help": "One weight per reward function (default: all 1.0); the reward is their weighted sum."},
+    )
+    reward_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "One display name per reward function (metrics `rewards/<name>/mean`, completion tables). "
+            "Default: a reward-model path's last folder, a function's `__name__`. Names must be distinct."
+        },
     )
     missing_eos_penalty: float | None = field(
         default=None,

@@ -69,6 +69,13 @@ from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
 from ...modeling.value import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
 from ...rewards.functions import RewardFunctions
+from ...rewards.source import (
+    ValueInitUnavailable,
+    is_adapter_dir,
+    load_adapter_reward_model,
+    load_quietly_checking_missing,
+    value_init_copy,
+)
 from ...utils.completions import CompletionLog
 from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
 from .config import PPOConfig
@@ -84,20 +91,6 @@ def _model_path(model) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
-def _find_reward_model(reward_functions: RewardFunctions):
-    """First ``(sequence-classification model, tokenizer)`` among the reward functions (incl. ensembles)."""
-    for fn in reward_functions.funcs:
-        model = getattr(fn, "model", None)
-        if isinstance(model, nn.Module):
-            return model, getattr(fn, "processing_class", None)
-        models = getattr(fn, "models", None)  # a RewardEnsemble: its first member
-        if isinstance(models, (list, tuple, nn.ModuleList)) and len(models) and isinstance(models[0], nn.Module):
-            return models[0], getattr(fn, "processing_class", None)
-        if isinstance(getattr(fn, "peft_model", None), nn.Module):  # a K-LoRA ensemble: its first adapter
-            return fn.peft_model, getattr(fn, "processing_class", None)
-    return None, None
-
-
 def _same_vocab(tok_a, tok_b) -> bool:
     return tok_a is tok_b or (tok_a is not None and tok_b is not None and tok_a.get_vocab() == tok_b.get_vocab())
 
@@ -110,9 +103,11 @@ class PPOTrainer(_BaseTrainer):
 
     Args:
         model: policy, a path or a ``PreTrainedModel`` (causal LM).
-        reward_funcs: what :class:`~trl_extras.rewards.functions.RewardFunctions` accepts: reward-model paths or
-            instances, callables with GRPO's signature ``f(prompts, completions, **kwargs) -> list[float]``, a
-            ``RewardEnsemble``; several are summed with ``args.reward_weights``.
+        reward_funcs: what :class:`~trl_extras.rewards.functions.RewardFunctions` accepts (the reward contract,
+            :func:`trl_extras.rewards.source.load_reward`): reward-model paths (a full checkpoint, a LoRA adapter
+            folder, a saved ``RewardEnsemble`` directory) or instances, callables with GRPO's signature
+            ``f(prompts, completions, **kwargs) -> list[float]``, a ``RewardEnsemble``; several are summed with
+            ``args.reward_weights`` and named by ``args.reward_names``.
         args: :class:`PPOConfig`.
         train_dataset, eval_dataset: datasets with a ``prompt`` column (text or conversational); other columns
             are passed to the reward functions as keyword arguments (lists).
@@ -229,7 +224,8 @@ class PPOTrainer(_BaseTrainer):
 
         # Rewards: one path for paths, models, callables and ensembles
         self.reward_functions = RewardFunctions(
-            reward_funcs, reward_processing_classes=reward_processing_classes, reward_weights=args.reward_weights
+            reward_funcs, reward_processing_classes=reward_processing_classes, reward_weights=args.reward_weights,
+            reward_names=args.reward_names,
         )
         self.log_reward_functions = RewardFunctions(log_reward_funcs) if log_reward_funcs else None
 
@@ -320,25 +316,17 @@ class PPOTrainer(_BaseTrainer):
             self.policy.add_model_tags(self._tag_names)
 
     def _place_reward_models(self) -> None:
-        """Reward models to the device; under DeepSpeed each becomes an inference engine, as in TRL's GRPO (ZeRO-3
-        shards it like the policy -- a model loaded under ZeRO-3 is partitioned and has no forward without one)."""
-        for functions in (self.reward_functions, self.log_reward_functions):
-            for fn in functions.funcs if functions is not None else []:
-                if isinstance(getattr(fn, "model", None), nn.Module):
-                    if self.is_deepspeed_enabled:
-                        from trl.models.utils import prepare_deepspeed
+        """Reward models to the device through the reward contract; under DeepSpeed a reward model becomes an
+        inference engine, as in TRL's GRPO (ZeRO-3 shards it like the policy -- a model loaded under ZeRO-3 is
+        partitioned and has no forward without one)."""
+        wrap = None
+        if self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
 
-                        fn.model = prepare_deepspeed(fn.model, self.accelerator)
-                    else:
-                        fn.model.to(self.accelerator.device)
-                elif hasattr(fn, "models") and hasattr(fn, "to"):  # RewardEnsemble
-                    members = list(fn.models) + ([fn.peft_model] if getattr(fn, "peft_model", None) is not None else [])
-                    if any(hasattr(p, "ds_id") for m in members for p in m.parameters()):
-                        raise NotImplementedError(
-                            "A RewardEnsemble whose members were loaded under DeepSpeed ZeRO-3 is partitioned and "
-                            "cannot score: use ZeRO-2 (recipes/accelerate/zero2.yaml) or DDP for ensemble rewards."
-                        )
-                    fn.to(self.accelerator.device)
+            wrap = lambda module: prepare_deepspeed(module, self.accelerator)  # noqa: E731
+        for functions in (self.reward_functions, self.log_reward_functions):
+            if functions is not None:
+                functions.place(self.accelerator.device, wrap)
 
     @property
     def policy(self) -> nn.Module:
@@ -411,33 +399,23 @@ class PPOTrainer(_BaseTrainer):
     def _build_value_model(self, value_model, args, policy, policy_path, tokenizer, value_peft_config, peft_config):
         from transformers import AutoModelForSequenceClassification
 
-        if isinstance(value_model, str):
+        if isinstance(value_model, str) and is_adapter_dir(value_model):  # a LoRA reward model's folder
+            value_model = value_init_copy(load_adapter_reward_model(value_model, self._model_init_kwargs)[0])
+        elif isinstance(value_model, str):
             value_model = AutoModelForSequenceClassification.from_pretrained(
                 value_model, num_labels=1, **self._model_init_kwargs
             )
         elif value_model is None:
-            rm, rm_tok = _find_reward_model(self.reward_functions)
-            init = args.value_model_init or ("reward" if rm is not None else "policy")
-            if init == "reward":
-                if rm is None:
-                    raise ValueError("value_model_init='reward' but no reward model is among the reward functions.")
-                if not _same_vocab(rm_tok, tokenizer):
-                    if args.value_model_init == "reward":
-                        raise ValueError(
-                            "value_model_init='reward': the reward model's tokenizer differs from the policy's; the "
-                            "value model reads policy tokens. Pass `value_model` or use value_model_init='policy'."
-                        )
-                    logger.warning("Reward model tokenizer differs from the policy's: value model initialised from the policy.")
-                    init = "policy"
-                else:
-                    value_model = self._copy_model(rm)
-            if init == "policy":
+            value_model = self._value_from_reward(args, tokenizer)
+            if value_model is None:
                 value_model = self._value_from_policy(policy, policy_path)
         if getattr(value_model.config, "num_labels", 1) != 1:
             raise ValueError(f"The value model must have num_labels == 1, got {value_model.config.num_labels}.")
         if value_peft_config is None and peft_config is not None and not is_peft_model(value_model):
             value_peft_config = copy.deepcopy(peft_config)
             value_peft_config.task_type = "SEQ_CLS"
+            # get_peft_model wrote the policy's path into peft_config; the value model may start from another model
+            value_peft_config.base_model_name_or_path = None
         if value_peft_config is not None:
             from peft import get_peft_model
 
@@ -448,19 +426,32 @@ class PPOTrainer(_BaseTrainer):
             value_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return TokenValueModel(value_model)
 
-    def _copy_model(self, model):
-        """An independent trainable copy of a reward model (weights copied; PEFT adapters merged into it)."""
-        path = _model_path(model)
-        partitioned = any(hasattr(p, "ds_id") for p in model.parameters())  # loaded under DeepSpeed ZeRO-3
-        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False) or partitioned:
-            from transformers import AutoModelForSequenceClassification
-
-            return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **self._model_init_kwargs)
-        # a K-LoRA ensemble's PeftModel: its first member
-        copied = merged_copy(model, adapter_name=list(model.peft_config)[0] if is_peft_model(model) else None)
-        copied.requires_grad_(True)
-        copied.train()
-        return copied
+    def _value_from_reward(self, args, tokenizer):
+        """The value model per ``args.value_model_init`` from the reward contract
+        (``RewardFunctions.value_init_model``: the first reward model, adapter merged, head kept), or None for
+        "start from the policy"."""
+        if args.value_model_init == "policy":
+            return None
+        try:
+            rm, rm_tok = self.reward_functions.value_init_model()
+        except ValueInitUnavailable as err:  # e.g. a 4-bit LoRA reward model: its adapter cannot be merged exactly
+            if args.value_model_init == "reward":
+                raise
+            logger.warning("%s Value model initialised from the policy.", err)
+            return None
+        if rm is None:
+            if args.value_model_init == "reward":
+                raise ValueError("value_model_init='reward' but no reward model is among the reward functions.")
+            return None
+        if not _same_vocab(rm_tok, tokenizer):
+            if args.value_model_init == "reward":
+                raise ValueError(
+                    "value_model_init='reward': the reward model's tokenizer differs from the policy's; the "
+                    "value model reads policy tokens. Pass `value_model` or use value_model_init='policy'."
+                )
+            logger.warning("Reward model tokenizer differs from the policy's: value model initialised from the policy.")
+            return None
+        return rm
 
     def _value_from_policy(self, policy, policy_path):
         """The policy's backbone, as given, with a fresh zero-initialised scalar head (values start at 0).
@@ -484,7 +475,12 @@ class PPOTrainer(_BaseTrainer):
                 )
             policy_path = _model_path(base)
         if policy_path is not None:
-            value = AutoModelForSequenceClassification.from_pretrained(policy_path, num_labels=1, **self._model_init_kwargs)
+            # transformers would report the head as "MISSING … newly initialized": it is, on purpose (zeroed below);
+            # any other missing weight is reported
+            value = load_quietly_checking_missing(
+                AutoModelForSequenceClassification, policy_path, expected_missing=("score", "classifier"),
+                num_labels=1, **self._model_init_kwargs,
+            )
         else:
             base = merged_copy(policy) if is_peft_model(policy) else policy
             config = copy.deepcopy(base.config)
