@@ -294,7 +294,7 @@ class RewardEnsemble:
         ``completion_ids``, ``trainer_state``) are ignored; ``log_metric(name, value)`` when given receives the
         batch's mean ensemble reward and mean member std."""
         # a penalty that measures disagreement needs calibrated members (core.ensemble.ENSEMBLE_PENALTIES)
-        uncalibrated = self.calibration is None and ENSEMBLE_PENALTIES.get(self.penalty).needs_calibration
+        uncalibrated = self.needs_calibration
         if uncalibrated and not self.allow_uncalibrated:
             raise ValueError(
                 f"RewardEnsemble (penalty={self.penalty!r}) is not calibrated: Bradley–Terry rewards are "
@@ -319,9 +319,10 @@ class RewardEnsemble:
 
     @property
     def needs_calibration(self) -> bool:
-        """True while a variance/std penalty has no calibration (``__call__`` refuses to score, or with
-        ``allow_uncalibrated`` scores the members' offsets): call :meth:`calibrate` first."""
-        return self.calibration is None and self.penalty in ("variance", "std")
+        """True while a penalty that declares ``needs_calibration`` (``core.ensemble.ENSEMBLE_PENALTIES``: variance,
+        std) has no calibration (``__call__`` refuses to score, or with ``allow_uncalibrated`` scores the members'
+        offsets): call :meth:`calibrate` first."""
+        return self.calibration is None and ENSEMBLE_PENALTIES.get(self.penalty).needs_calibration
 
     def modules(self) -> list[torch.nn.Module]:
         """The modules the ensemble scores with: its K member models, or the one PeftModel holding the K adapters."""
