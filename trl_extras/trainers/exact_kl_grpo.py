@@ -32,6 +32,7 @@ from ..modeling.generation import checkpoint_generation_config_hidden
 from ..modeling.lm import exact_kl_to_reference
 from ..modeling.quantization import keep_4bit_layers_differentiable
 from ..modeling.reference import resolve_reference
+from ..utils.finite import NONFINITE_ACTION_HELP, NonFiniteGuardMixin
 
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
 
@@ -58,7 +59,14 @@ class ExactKLGRPOConfig(GRPOConfig):
         },
     )
 
+    nonfinite_action: str = field(default="error", metadata={"help": NONFINITE_ACTION_HELP})
+
     def __post_init__(self):
+        from ..utils.finite import check_nonfinite_action
+        from ..utils.validation import check_finite_fields
+
+        check_finite_fields(self)  # every float, GRPO's and the Trainer's own (beta, epsilon, max_grad_norm...)
+        check_nonfinite_action(self.nonfinite_action)
         super().__post_init__()
         if self.exact_kl_coef < 0:
             raise ValueError(f"exact_kl_coef must be >= 0, got {self.exact_kl_coef}.")
@@ -66,7 +74,7 @@ class ExactKLGRPOConfig(GRPOConfig):
             raise ValueError(f"exact_kl_chunk_size must be a positive integer, got {self.exact_kl_chunk_size}.")
 
 
-class ExactKLGRPOTrainer(GRPOTrainer):
+class ExactKLGRPOTrainer(NonFiniteGuardMixin, GRPOTrainer):
     """``GRPOTrainer`` whose KL penalty is the exact per-position KL to the reference (see module docstring).
 
     Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be an :class:`ExactKLGRPOConfig` with
@@ -168,6 +176,7 @@ class ExactKLGRPOTrainer(GRPOTrainer):
         loss = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+        self.note_loss_terms(grpo=loss)  # a non-finite loss names its term (utils.finite)
         if self.exact_kl_coef == 0:
             return loss
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
@@ -186,6 +195,7 @@ class ExactKLGRPOTrainer(GRPOTrainer):
         )
         mode = "train" if self.model.training else "eval"
         kl_term = self._aggregate_like_grpo(per_token_kl, mask, inputs, mode)
+        self.note_loss_terms(kl=kl_term.detach())
         # metric: mean per-token exact KL over the global batch
         stats = torch.stack([(per_token_kl.detach() * mask).sum(), mask.sum()])
         stats = self.accelerator.gather(stats.unsqueeze(0)).sum(0)

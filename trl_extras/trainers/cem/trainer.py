@@ -498,6 +498,12 @@ class CEMTrainer:
         from ...utils.atomic import publish_dir
         from ...utils.distributed import barrier
 
+        from ...utils.finite import NonFiniteError, check_finite_state
+
+        bad = check_finite_state(self.model)  # a round model is what a resume loads: never write broken weights
+        if bad:
+            raise NonFiniteError(f"CEM round {r}: not saving the model, {', '.join(bad)} hold NaN/inf; the previous "
+                                 "round's model is kept (resume=True continues from it).")
         path = self.round_dir(r) / "model"
         tmp = path.with_name("model.tmp")
         if self._is_main and tmp.exists():

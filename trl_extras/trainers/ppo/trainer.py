@@ -70,6 +70,7 @@ from ...modeling.reference import resolve_reference
 from ...modeling.value import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
 from ...rewards.functions import RewardFunctions
 from ...utils.completions import CompletionLog
+from ...utils.finite import NonFiniteGuardMixin
 from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
 from .config import PPOConfig
 
@@ -105,7 +106,7 @@ def _same_vocab(tok_a, tok_b) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------------------------
-class PPOTrainer(_BaseTrainer):
+class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
     """Proximal Policy Optimization (Schulman et al. 2017) for language models, in the Trainer loop.
 
     Args:
@@ -339,6 +340,10 @@ class PPOTrainer(_BaseTrainer):
                             "cannot score: use ZeRO-2 (recipes/accelerate/zero2.yaml) or DDP for ensemble rewards."
                         )
                     fn.to(self.accelerator.device)
+
+    def nonfinite_models(self) -> dict[str, nn.Module]:
+        """What the non-finite guard checks and what a checkpoint holds: the policy and the value model."""
+        return {"policy": self.policy, "value_model": self.accelerator.unwrap_model(self.value_model)}
 
     @property
     def policy(self) -> nn.Module:
@@ -799,6 +804,7 @@ class PPOTrainer(_BaseTrainer):
         # 12. Clipped value loss (Huang et al. detail: clip the new value around the rollout value).
         vf_losses, vf_clipped = value_loss(new_values, inputs["old_values"], inputs["returns"], args.cliprange_value)
         vf_loss = self._aggregate(vf_losses, mask, inputs)
+        self.note_loss_terms(value=vf_loss)  # a non-finite loss names its term (utils.finite)
         metrics["loss/value"].append(float(masked_mean(vf_losses.detach(), mask)))
         metrics["value/clipfrac"].append(float(masked_mean(vf_clipped.float(), mask)))
 
@@ -818,6 +824,8 @@ class PPOTrainer(_BaseTrainer):
             per_token = per_token + inputs["kl_coef"][:, None] * out["exact_kl"]
             metrics["loss/kl"].append(float(masked_mean(out["exact_kl"].detach(), mask)))
         pg_loss = self._aggregate(per_token, mask, inputs)
+        self.note_loss_terms(policy=(pg_losses.detach() * mask).sum(),
+                             kl=(out["exact_kl"].detach() * mask).sum() if with_kl else None)
 
         # 14. Approximate KL(old || new) (k3 on the rollout's samples), averaged over the minibatch on all
         #     processes: past `kl_early_stop_target` the rest of this rollout batch's updates are skipped (14a).
@@ -882,6 +890,7 @@ class PPOTrainer(_BaseTrainer):
 
         from ...utils.atomic import atomic_write_json, atomic_writer, fsync_tree, kill_point
 
+        self.check_finite_before_save()  # never write (nor rotate in) a checkpoint of NaN/inf policy or value weights
         model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name)
         limit = self.args.save_total_limit
