@@ -91,10 +91,12 @@ class RewardModelScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if isinstance(model, str):
+            from ..modeling.checks import check_reward_checkpoint
             from ..utils.validation import check_model_path
 
             path = model
             check_model_path(path, "reward model path")
+            check_reward_checkpoint(path, "reward model path")  # a causal LM would get a random score head
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **(model_init_kwargs or {}))
             processing_class = processing_class or AutoTokenizer.from_pretrained(path)
         if processing_class is None:
@@ -119,7 +121,7 @@ def check_rewards(name: str, values, expected: int) -> list[float]:
     """Validate one reward function's output: a list of ``expected`` finite floats, else a clear error."""
     if values is None:
         raise ValueError(f"Reward function {name!r} returned None instead of a list of {expected} floats.")
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):  # a dict would be read as its keys
         raise ValueError(
             f"Reward function {name!r} returned {type(values).__name__} {values!r:.80}; expected a list of {expected} "
             "floats (one per completion)."

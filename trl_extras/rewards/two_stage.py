@@ -175,6 +175,9 @@ class TwoStageRewardTrainer(NonFiniteGuardMixin, RewardTrainer):
         self._stage: int | None = None
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         keep_4bit_layers_differentiable(self.model)  # stage evaluations run no-grad forwards between training steps
+        for name, data in (("pretrain_dataset", pretrain_dataset), ("train_dataset", train_dataset),
+                           ("eval_dataset", eval_dataset)):  # as the model reads them: distinct texts, same tokens?
+            validate_preference_dataset(data, name, processing_class=self.processing_class)
         self.pretrain_dataset = self._prepare_dataset(pretrain_dataset, self.processing_class, self.args, "pretrain")
         if hasattr(self.pretrain_dataset, "__len__") and len(self.pretrain_dataset) == 0:
             raise ValueError("`pretrain_dataset` is empty after preparation (all pairs longer than max_length?).")

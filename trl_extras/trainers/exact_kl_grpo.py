@@ -104,6 +104,7 @@ class ExactKLGRPOTrainer(NonFiniteGuardMixin, GRPOTrainer):
                 f"{_SUPPORTED_LOSS_TYPES}."
             )
         super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        self._check_inputs_fit(args)
         # evaluate() runs no-grad eval-mode forwards between training steps (see keep_4bit_layers_differentiable)
         keep_4bit_layers_differentiable(self.model)
         self.exact_kl_coef = args.exact_kl_coef
@@ -116,6 +117,23 @@ class ExactKLGRPOTrainer(NonFiniteGuardMixin, GRPOTrainer):
                 self.accelerator.unwrap_model(self.model),
                 make_copy=lambda: self._load_reference(kwargs.get("quantization_config")),
             )
+
+    def _check_inputs_fit(self, args) -> None:
+        """Prompts that are not text/chat, a dataset smaller than one generation batch (GRPO's sampler drops it:
+        0 steps) or prompts + completions past the model's positions: refused before training."""
+        from ..modeling.checks import check_enough_prompts, check_fits_positions, check_prompt_column
+
+        data = self.train_dataset
+        if data is None or not hasattr(data, "__len__") or "prompt" not in getattr(data, "column_names", []):
+            return
+        check_prompt_column(data["prompt"], "train")
+        check_enough_prompts(data, args.generation_batch_size // args.num_generations,
+                             f"generation_batch_size {args.generation_batch_size} / num_generations "
+                             f"{args.num_generations}")  # fmt: skip
+        model = self.accelerator.unwrap_model(self.model)
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        check_fits_positions(model.config, tokenizer, data["prompt"], None, args.max_completion_length,
+                             "ExactKLGRPOTrainer")  # fmt: skip
 
     # ---- reference ------------------------------------------------------------------------------------------
 

@@ -127,6 +127,8 @@ def train_reward_ensemble(
     model_path = str(Path(model).resolve()) if Path(model).exists() else str(model)
     if processing_class is None:
         processing_class = AutoTokenizer.from_pretrained(model_path)
+    for name, data in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        validate_preference_dataset(data, name, processing_class=processing_class)  # distinct texts, same tokens?
 
     layout = "separate" if peft_config is None else "lora"
     if lora_last_layers is not None:

@@ -165,6 +165,13 @@ class CEMTrainer:
                 raise ValueError("Pass `processing_class` for a model instance that was not loaded from a path.")
             processing_class = AutoTokenizer.from_pretrained(name)
         self.processing_class = ensure_pad_token(processing_class)
+        from ...modeling.checks import check_fits_positions, check_prompt_column
+
+        for split, ds in (("train", train_dataset), ("eval", eval_dataset)):
+            if ds is not None:
+                check_prompt_column(ds["prompt"], split)  # ints, messages without a (known) role
+        check_fits_positions(model.config, self.processing_class, train_dataset["prompt"], args.max_prompt_length,
+                             args.max_completion_length, "CEMTrainer")  # fmt: skip
         device = args.device  # this process's device (cpu with use_cpu, else its GPU under accelerate launch)
         model = model.to(device)
         self.peft_config = peft_config

@@ -216,6 +216,7 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
         for split, ds in (("train", train_dataset), ("eval", eval_dataset)):
             for d in (ds.values() if isinstance(ds, dict) else [ds]) if ds is not None else []:
                 self._check_dataset(d, tokenizer, split)
+        self._check_inputs_fit(args, model, tokenizer, train_dataset)
 
         if peft_config is not None:
             from peft import get_peft_model
@@ -368,6 +369,25 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
         for i, p in enumerate(prompts):
             if p is None or (not is_conversational_prompt(p) and not str(p).strip()) or (isinstance(p, list) and not p):
                 raise ValueError(f"The {split} dataset has an empty prompt at row {i}.")
+        from ...modeling.checks import check_prompt_column
+
+        check_prompt_column(prompts, split)  # ints, messages without a (known) role
+
+    @staticmethod
+    def _check_inputs_fit(args, model, tokenizer, train_dataset) -> None:
+        """Settings that would train nothing or past the model's positions, silently: refused at construction."""
+        from ...modeling.checks import check_enough_prompts, check_fits_positions
+
+        layout = (
+            f"generation_batch_size {args.generation_batch_size} = per_device_train_batch_size "
+            f"{args.per_device_train_batch_size} x {args.world_size} process(es) x steps_per_generation "
+            f"{args.steps_per_generation} (gradient_accumulation_steps {args.gradient_accumulation_steps} x "
+            f"num_mini_batches {args.num_mini_batches}), / num_generations {args.num_generations}"
+        )
+        check_enough_prompts(train_dataset, args.generation_batch_size // args.num_generations, layout)
+        prompts = train_dataset["prompt"] if hasattr(train_dataset, "__len__") else None
+        check_fits_positions(model.config, tokenizer, prompts, args.max_prompt_length, args.max_completion_length,
+                             "PPOTrainer")  # fmt: skip
 
     @staticmethod
     def _sampling_kwargs(args) -> dict:
