@@ -26,8 +26,9 @@ What happens on a non-finite loss or gradient is the config field ``nonfinite_ac
   the run: a skip cannot undo an update that was already applied.
 
 Under ``accelerate launch`` the decision is taken on all processes together (one scalar all-reduce per optimizer
-step), so no process steps while another stops. Under DeepSpeed the engine owns the gradients: ``"skip"`` is not
-available there and acts as ``"error"``.
+step), so no process steps while another stops. Under DeepSpeed the engine owns the gradients and applies its step
+inside ``backward``: the guard then sees the step afterwards, ``"skip"`` acts as ``"error"`` and the run stops one
+step late (the checkpoint check still keeps the broken weights off disk).
 """
 
 from __future__ import annotations
