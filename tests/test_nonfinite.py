@@ -6,7 +6,6 @@ that breaks a weight), never by timing and never through an environment hook in 
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from helpers import cpu_config

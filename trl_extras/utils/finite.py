@@ -222,9 +222,11 @@ class NonFiniteGuardMixin:
             logger.warning("Optimizer step %d skipped (nonfinite_action='skip'): %s.", step, where)
             return
         reason = (
-            f" ({MAX_CONSECUTIVE_SKIPS} steps in a row; nonfinite_action='skip' gives up)" if skip
+            f" ({MAX_CONSECUTIVE_SKIPS} steps in a row; nonfinite_action='skip' gives up)"
+            if skip
             else " (nonfinite_action='skip' is not available under DeepSpeed)"
-            if self.nonfinite_action == "skip" else ""
+            if self.nonfinite_action == "skip"
+            else ""
         )
         raise NonFiniteError(
             f"Non-finite values at optimizer step {step}: {where}{reason}. The step was not applied and no checkpoint "

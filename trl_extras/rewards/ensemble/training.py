@@ -86,19 +86,18 @@ def train_reward_ensemble(
     from transformers import AutoConfig, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from ...utils.progress import progress_bar
-
     from ...utils.finite import NonFiniteGuardMixin
+    from ...utils.progress import progress_bar
     from ...utils.validation import check_finite_fields
+
+    class GuardedRewardTrainer(NonFiniteGuardMixin, RewardTrainer):
+        """TRL's RewardTrainer with the package's non-finite guard (utils.finite; action: ``error``)."""
 
     if k < 2:
         raise ValueError(f"An ensemble needs k >= 2 members, got k={k}.")
     if args is None:
         args = RewardConfig(output_dir=str(output_dir or "reward_ensemble"))
     check_finite_fields(args)  # a plain RewardConfig checks none of its floats (max_grad_norm=nan...)
-
-    class GuardedRewardTrainer(NonFiniteGuardMixin, RewardTrainer):
-        """TRL's RewardTrainer with the package's non-finite guard (utils.finite; action: ``error``)."""
     output_dir = Path(output_dir or args.output_dir)
     seeds = [args.seed + i for i in range(k)] if seeds is None else [int(s) for s in seeds]
     if len(seeds) != k or len(set(seeds)) != k:

@@ -504,7 +504,6 @@ class CEMTrainer:
         """Write ``round_{r}/model`` (main process; every process calls this, and returns once it is written)."""
         from ...utils.atomic import publish_dir
         from ...utils.distributed import barrier
-
         from ...utils.finite import NonFiniteError, check_finite_state
 
         bad = check_finite_state(self.model)  # a round model is what a resume loads: never write broken weights
