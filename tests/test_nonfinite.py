@@ -303,3 +303,26 @@ def test_every_trainer_stops_on_a_nan_loss_naming_step_and_term(name, run, base,
     _poison(monkeypatch, base(), at_global_step=1)
     with pytest.raises(NonFiniteError, match=words):
         run(tiny_paths, tmp_path / "out")
+
+
+def test_cem_never_writes_a_round_model_of_nan_weights(tiny_paths, tmp_path):
+    """A round whose fine-tuning ends with broken weights: its model (what a resume loads) is not written."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from trl_extras.trainers.cem import CEMConfig, CEMTrainer
+
+    class BreakWeights(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kw):
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = NAN
+
+    out = tmp_path / "cem"
+    args = cpu_config(CEMConfig, out, num_rounds=1, num_generations=4, max_completion_length=4, elite_top_k=2,
+                      max_steps=1, plot=False)  # fmt: skip
+    trainer = CEMTrainer(tiny_paths["policy"], reward_funcs=lambda prompts, completions, **k: [0.0] * len(prompts),
+                         args=args, train_dataset=Dataset.from_dict({"prompt": ["1 2 >", "3 1 >"]}),
+                         callbacks=[BreakWeights()])  # fmt: skip
+    with pytest.raises(NonFiniteError, match=r"CEM round 0: not saving the model, model\.model\.embed_tokens\.weight"):
+        trainer.train()
+    assert not (out / "round_0" / "model").exists() and not (out / "round_0" / "metrics.json").exists()
