@@ -77,9 +77,13 @@ def pair_columns(dataset, id_column: str = "id", allow_identical: bool = False) 
     return prompts, chosen, rejected
 
 
-def validate_preference_dataset(dataset, name: str = "dataset", allow_identical: bool = False) -> None:
+def validate_preference_dataset(dataset, name: str = "dataset", allow_identical: bool = False,
+                                processing_class=None) -> None:  # fmt: skip
     """The one check every preference-data entry point runs before any training: :func:`pair_columns`' rules
     (``chosen``/``rejected`` columns, no empty or identical responses) with the dataset's ``name`` in the message.
+    With ``processing_class`` (the reward model's tokenizer) responses are also compared as the model sees them
+    (:func:`identical_after_tokenization`): two different texts can tokenize alike (characters the vocabulary
+    lacks all become the unknown token).
 
     ``None`` passes (optional datasets); pre-tokenized (``chosen_input_ids``...) and streamed (no ``len``)
     datasets are left to the trainer.
@@ -92,9 +96,29 @@ def validate_preference_dataset(dataset, name: str = "dataset", allow_identical:
     if not hasattr(dataset, "__len__"):
         return
     try:
-        pair_columns(dataset, allow_identical=allow_identical)
+        prompts, chosen, rejected = pair_columns(dataset, allow_identical=allow_identical)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
+    if processing_class is not None and not allow_identical:
+        row = identical_after_tokenization(processing_class, prompts, chosen, rejected)
+        if row is not None:
+            raise ValueError(
+                f"{name}: row {row} has chosen {chosen[row]!r:.60} and rejected {rejected[row]!r:.60}, which differ as "
+                "text but tokenize identically (e.g. characters the tokenizer maps to its unknown token): the pair "
+                "carries no preference the model can see. Remove such rows."
+            )
+
+
+def identical_after_tokenization(processing_class, prompts, chosen, rejected) -> int | None:
+    """Index of the first pair whose chosen and rejected token ids are equal as the reward model reads them
+    (:func:`~trl_extras.rewards.scoring.reward_model_input_ids`, RewardTrainer's tokenization); None if none."""
+    from .scoring import reward_model_input_ids
+
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected)):
+        if c != r and reward_model_input_ids(tokenizer, p, c) == reward_model_input_ids(tokenizer, p, r):
+            return i
+    return None
 
 
 def check_pad_pooling(model, processing_class) -> None:

@@ -145,7 +145,7 @@ def check_rewards(name: str, values, expected: int) -> list[float]:
     """Validate one reward function's output: a list of ``expected`` finite floats, else a clear error."""
     if values is None:
         raise ValueError(f"Reward function {name!r} returned None instead of a list of {expected} floats.")
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):  # a dict would be read as its keys
         raise ValueError(
             f"Reward function {name!r} returned {type(values).__name__} {values!r:.80}; expected a list of {expected} "
             "floats (one per completion)."

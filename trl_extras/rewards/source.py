@@ -270,6 +270,9 @@ def load_reward_model(path, model_init_kwargs: dict | None = None):
     check_model_path(str(path), "reward model path")
     if is_adapter_dir(path):
         return load_adapter_reward_model(path, model_init_kwargs)
+    from ..modeling.checks import check_reward_checkpoint
+
+    check_reward_checkpoint(path, "reward model path")  # a causal LM would get a random score head
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, **(model_init_kwargs or {}))
     return model, AutoTokenizer.from_pretrained(str(path))
 

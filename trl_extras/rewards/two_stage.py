@@ -44,6 +44,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer
 
 from ..modeling.quantization import keep_4bit_layers_differentiable
+from ..utils.finite import NONFINITE_ACTION_HELP, NonFiniteGuardMixin
 
 STAGE_FILE = "two_stage.json"
 
@@ -73,7 +74,14 @@ class TwoStageRewardConfig(RewardConfig):
         default=True, metadata={"help": "Evaluate on `eval_dataset` (clean pairs) at the end of each stage."}
     )
 
+    nonfinite_action: str = field(default="error", metadata={"help": NONFINITE_ACTION_HELP})
+
     def __post_init__(self):
+        from ..utils.finite import check_nonfinite_action
+        from ..utils.validation import check_finite_fields
+
+        check_finite_fields(self)  # every float, the Trainer's own (max_grad_norm, adam_epsilon, ...) included
+        check_nonfinite_action(self.nonfinite_action)
         super().__post_init__()
         if self.pretrain_max_steps <= 0 and self.pretrain_num_train_epochs <= 0:
             raise ValueError("Stage 1 needs pretrain_max_steps > 0 or pretrain_num_train_epochs > 0.")
@@ -108,7 +116,7 @@ def read_stage_marker(path: str) -> dict | None:
         return json.load(f)
 
 
-class TwoStageRewardTrainer(RewardTrainer):
+class TwoStageRewardTrainer(NonFiniteGuardMixin, RewardTrainer):
     """A ``RewardTrainer`` whose ``train()`` runs stage 1 on ``pretrain_dataset``, then stage 2 on ``train_dataset``.
 
     Args:
@@ -167,6 +175,9 @@ class TwoStageRewardTrainer(RewardTrainer):
         self._stage: int | None = None
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         keep_4bit_layers_differentiable(self.model)  # stage evaluations run no-grad forwards between training steps
+        for name, data in (("pretrain_dataset", pretrain_dataset), ("train_dataset", train_dataset),
+                           ("eval_dataset", eval_dataset)):  # as the model reads them: distinct texts, same tokens?
+            validate_preference_dataset(data, name, processing_class=self.processing_class)
         self.pretrain_dataset = self._prepare_dataset(pretrain_dataset, self.processing_class, self.args, "pretrain")
         if hasattr(self.pretrain_dataset, "__len__") and len(self.pretrain_dataset) == 0:
             raise ValueError("`pretrain_dataset` is empty after preparation (all pairs longer than max_length?).")
@@ -291,6 +302,7 @@ class TwoStageRewardTrainer(RewardTrainer):
                 self.stage_metrics["stage1"] = marker["eval_metrics"]
 
     def _save_checkpoint(self, model, trial):
+        self.check_finite_before_save()  # never write (nor rotate in) a checkpoint of NaN/inf weights
         super()._save_checkpoint(model, trial)
         if self._stage is not None and self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")

@@ -23,7 +23,7 @@ def parse_args(dataclass_types, argv: list[str] | None, prog: str):
 
     from ..utils.progress import disable_tqdm_default, quiet_library_bars
 
-    parser = TrlParser(dataclass_types, prog=f"trl-extras {prog}")
+    parser = recipe_parser(TrlParser)(dataclass_types, prog=f"trl-extras {prog}")  # strict recipes (load_recipe)
     quiet_library_bars()
     if disable_tqdm_default() and any(a.dest == "disable_tqdm" for a in parser._actions):
         parser.set_defaults(disable_tqdm=True)  # below the recipe's values and the flags (TrlParser's order)
@@ -40,6 +40,76 @@ def parse_args(dataclass_types, argv: list[str] | None, prog: str):
         return tuple(parsed)
     finally:
         sys.argv = old
+
+
+def load_recipe(path: str) -> dict:
+    """A recipe's YAML mapping, read strictly: a duplicate key (YAML silently keeps the last one), an alias
+    (``*name``: a few lines of them expand to gigabytes, the "billion laughs") and an ``env:`` entry setting the
+    crash-test hook (:data:`trl_extras.utils.atomic.KILL_ENV`) raise ``ValueError`` naming the line."""
+    import yaml
+
+    from ..utils.atomic import KILL_ENV
+
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise ValueError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                                 "supported in recipes; write the value out")  # fmt: skip
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise ValueError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (YAML would keep only "
+                                     "the last value)")  # fmt: skip
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.load(f, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        raise ValueError(f"not valid YAML ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"must contain a YAML mapping, got {type(config).__name__}")
+    env = config.get("env") or {}
+    if isinstance(env, dict) and KILL_ENV in env:
+        raise ValueError(f"env: {KILL_ENV} is the crash-test hook of the test suite; a recipe cannot set it")
+    if "output_dir" in config and config["output_dir"] in (None, ""):
+        shown = "null" if config["output_dir"] is None else "''"
+        raise ValueError(f"output_dir: {shown} is not a directory; give a path (or leave the key out)")
+    return config
+
+
+def recipe_parser(parser_cls):
+    """``parser_cls`` (``trl.TrlParser``) whose ``--config`` recipe goes through :func:`load_recipe` first, whose
+    recipe values for list fields may be a single string (``reward_model_path: out/rm`` is ``[out/rm]``, not its
+    characters), and which refuses an empty ``--output_dir``. Errors exit like argparse's, naming the file."""
+
+    class RecipeParser(parser_cls):
+        def parse_args_and_config(self, args=None, *pos, **kwargs):
+            argv = list(args) if args is not None else sys.argv[1:]
+            if "--config" in argv and argv.index("--config") + 1 < len(argv):
+                path = argv[argv.index("--config") + 1]
+                try:
+                    load_recipe(path)
+                except (OSError, ValueError) as err:
+                    self.error(f"--config {path}: {err}")
+            output = super().parse_args_and_config(args, *pos, **kwargs)
+            for parsed in output:
+                if getattr(parsed, "output_dir", None) == "":
+                    self.error("--output_dir '' is not a directory; give a path")
+            return output
+
+        def set_defaults_with_config(self, **config):
+            list_fields = {a.dest for a in self._actions if a.nargs in ("+", "*")}
+            config = {k: [v] if k in list_fields and isinstance(v, str) else v for k, v in config.items()}
+            return super().set_defaults_with_config(**config)
+
+    return RecipeParser
 
 
 def load_eval_split(name: str, config: str | None, split: str | None, flag: str = "--dataset_test_split"):

@@ -35,6 +35,7 @@ from ..modeling.quantization import keep_4bit_layers_differentiable
 from ..modeling.reference import resolve_reference
 from ..rewards.functions import check_unique_names
 from ..rewards.source import RewardSource, as_grpo_reward_funcs, place_rewards
+from ..utils.finite import NONFINITE_ACTION_HELP, NonFiniteGuardMixin
 
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
 
@@ -61,7 +62,14 @@ class ExactKLGRPOConfig(GRPOConfig):
         },
     )
 
+    nonfinite_action: str = field(default="error", metadata={"help": NONFINITE_ACTION_HELP})
+
     def __post_init__(self):
+        from ..utils.finite import check_nonfinite_action
+        from ..utils.validation import check_finite_fields
+
+        check_finite_fields(self)  # every float, GRPO's and the Trainer's own (beta, epsilon, max_grad_norm...)
+        check_nonfinite_action(self.nonfinite_action)
         super().__post_init__()
         if self.exact_kl_coef < 0:
             raise ValueError(f"exact_kl_coef must be >= 0, got {self.exact_kl_coef}.")
@@ -69,7 +77,7 @@ class ExactKLGRPOConfig(GRPOConfig):
             raise ValueError(f"exact_kl_chunk_size must be a positive integer, got {self.exact_kl_chunk_size}.")
 
 
-class ExactKLGRPOTrainer(GRPOTrainer):
+class ExactKLGRPOTrainer(NonFiniteGuardMixin, GRPOTrainer):
     """``GRPOTrainer`` whose KL penalty is the exact per-position KL to the reference (see module docstring).
 
     Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be an :class:`ExactKLGRPOConfig` with
@@ -115,6 +123,7 @@ class ExactKLGRPOTrainer(GRPOTrainer):
 
             wrap = lambda module: prepare_deepspeed(module, self.accelerator)  # noqa: E731
         place_rewards([f for f in self.reward_funcs if isinstance(f, RewardSource)], self.accelerator.device, wrap)
+        self._check_inputs_fit(args)
         # evaluate() runs no-grad eval-mode forwards between training steps (see keep_4bit_layers_differentiable)
         keep_4bit_layers_differentiable(self.model)
         self.exact_kl_coef = args.exact_kl_coef
@@ -127,6 +136,23 @@ class ExactKLGRPOTrainer(GRPOTrainer):
                 self.accelerator.unwrap_model(self.model),
                 make_copy=lambda: self._load_reference(kwargs.get("quantization_config")),
             )
+
+    def _check_inputs_fit(self, args) -> None:
+        """Prompts that are not text/chat, a dataset smaller than one generation batch (GRPO's sampler drops it:
+        0 steps) or prompts + completions past the model's positions: refused before training."""
+        from ..modeling.checks import check_enough_prompts, check_fits_positions, check_prompt_column
+
+        data = self.train_dataset
+        if data is None or not hasattr(data, "__len__") or "prompt" not in getattr(data, "column_names", []):
+            return
+        check_prompt_column(data["prompt"], "train")
+        check_enough_prompts(data, args.generation_batch_size // args.num_generations,
+                             f"generation_batch_size {args.generation_batch_size} / num_generations "
+                             f"{args.num_generations}")  # fmt: skip
+        model = self.accelerator.unwrap_model(self.model)
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        check_fits_positions(model.config, tokenizer, data["prompt"], None, args.max_completion_length,
+                             "ExactKLGRPOTrainer")  # fmt: skip
 
     # ---- reference ------------------------------------------------------------------------------------------
 
@@ -184,6 +210,7 @@ class ExactKLGRPOTrainer(GRPOTrainer):
         loss = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+        self.note_loss_terms(grpo=loss)  # a non-finite loss names its term (utils.finite)
         if self.exact_kl_coef == 0:
             return loss
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
@@ -202,6 +229,7 @@ class ExactKLGRPOTrainer(GRPOTrainer):
         )
         mode = "train" if self.model.training else "eval"
         kl_term = self._aggregate_like_grpo(per_token_kl, mask, inputs, mode)
+        self.note_loss_terms(kl=kl_term.detach())
         # metric: mean per-token exact KL over the global batch
         stats = torch.stack([(per_token_kl.detach() * mask).sum(), mask.sum()])
         stats = self.accelerator.gather(stats.unsqueeze(0)).sum(0)

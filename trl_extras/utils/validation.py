@@ -7,7 +7,7 @@ import math
 import numbers
 import os
 
-__all__ = ["check_model_path", "check_number"]
+__all__ = ["check_finite_fields", "check_model_path", "check_number"]
 
 
 def check_number(
@@ -64,3 +64,26 @@ def check_model_path(value, field: str) -> None:
         return
     if _looks_local(text):
         raise ValueError(f"{field}: {text!r} does not exist. Expected a model directory (or a Hub id 'org/name').")
+
+
+def check_finite_fields(config, allow_inf: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
+    """Raise ``ValueError`` naming the field when any float field of the dataclass ``config`` is NaN (anywhere) or
+    ±inf (except the fields in ``allow_inf``, where inf means "no limit"). One check for every config float -- the
+    package's own fields and the inherited Trainer/TRL ones (``max_grad_norm``, ``adam_epsilon``, ``warmup_ratio``,
+    ``beta``, ``epsilon`` ...): ``max_grad_norm=nan`` would otherwise silently turn clipping off (``nan > 0`` is
+    False) and a NaN coefficient reaches every loss. ``skip``: fields validated elsewhere. Call it first thing in a
+    config's ``__post_init__``."""
+    import dataclasses
+
+    for f in dataclasses.fields(config):
+        if f.name in skip or not hasattr(config, f.name):
+            continue
+        value = getattr(config, f.name)
+        if not isinstance(value, float) or math.isfinite(value):
+            continue
+        if math.isinf(value) and f.name in allow_inf:
+            continue
+        raise ValueError(
+            f"{type(config).__name__}.{f.name} must be a finite number, got {value!r}"
+            + (" (inf is allowed: it means no limit)." if f.name in allow_inf else ".")
+        )

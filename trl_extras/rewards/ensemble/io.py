@@ -80,6 +80,19 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     return read_json(path, what="Reward-ensemble manifest")
 
 
+def check_member_path(directory: Path, rel, manifest_path) -> None:
+    """Raise unless the manifest's member path ``rel`` is relative and stays inside ``directory``: a manifest
+    (downloaded, hand-edited) must not load models from elsewhere on the machine."""
+    text = str(rel)
+    resolved = (Path(directory) / text).resolve()
+    if (not isinstance(rel, str) or not text or os.path.isabs(text) or ".." in Path(text).parts
+            or not resolved.is_relative_to(Path(directory).resolve())):  # fmt: skip
+        raise ValueError(
+            f"{manifest_path}: member path {rel!r} is not a relative path inside the ensemble directory; refusing to "
+            "load members from outside it."
+        )
+
+
 def ensemble_from_manifest(cls, directory, manifest, penalty, coef, batch_size, model_init_kwargs, device,
                            allow_uncalibrated=False):  # fmt: skip
     """A ``cls`` (``RewardEnsemble``) from a manifest dict read from ``directory``."""
@@ -89,6 +102,8 @@ def ensemble_from_manifest(cls, directory, manifest, penalty, coef, batch_size, 
     path = directory / MANIFEST_NAME
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a RewardEnsemble manifest (format={manifest.get('format')!r}).")
+    for rel in manifest.get("members") or []:
+        check_member_path(directory, rel, path)
     penalty = penalty or manifest.get("penalty", "variance")
     coef = manifest.get("coef", 0.1) if coef is None else coef
     kwargs = dict(model_init_kwargs or {})

@@ -86,12 +86,18 @@ def train_reward_ensemble(
     from transformers import AutoConfig, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
+    from ...utils.finite import NonFiniteGuardMixin
     from ...utils.progress import progress_bar
+    from ...utils.validation import check_finite_fields
+
+    class GuardedRewardTrainer(NonFiniteGuardMixin, RewardTrainer):
+        """TRL's RewardTrainer with the package's non-finite guard (utils.finite; action: ``error``)."""
 
     if k < 2:
         raise ValueError(f"An ensemble needs k >= 2 members, got k={k}.")
     if args is None:
         args = RewardConfig(output_dir=str(output_dir or "reward_ensemble"))
+    check_finite_fields(args)  # a plain RewardConfig checks none of its floats (max_grad_norm=nan...)
     output_dir = Path(output_dir or args.output_dir)
     seeds = [args.seed + i for i in range(k)] if seeds is None else [int(s) for s in seeds]
     if len(seeds) != k or len(set(seeds)) != k:
@@ -120,6 +126,8 @@ def train_reward_ensemble(
     model_path = str(Path(model).resolve()) if Path(model).exists() else str(model)
     if processing_class is None:
         processing_class = AutoTokenizer.from_pretrained(model_path)
+    for name, data in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        validate_preference_dataset(data, name, processing_class=processing_class)  # distinct texts, same tokens?
 
     layout = "separate" if peft_config is None else "lora"
     if lora_last_layers is not None:
@@ -166,7 +174,7 @@ def train_reward_ensemble(
         if bootstrap:
             rng = np.random.default_rng(seed)
             data = train_dataset.select(rng.integers(0, len(train_dataset), size=len(train_dataset)).tolist())
-        trainer = RewardTrainer(
+        trainer = GuardedRewardTrainer(
             model=model_path,
             args=member_args,
             train_dataset=data,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from ...utils.completions import LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
+from ...utils.finite import NONFINITE_ACTION_HELP
 
 
 @dataclass
@@ -129,9 +130,16 @@ class CEMConfig(SFTConfig):
     )
     num_completions_to_print: int | None = field(default=None, metadata={"help": NUM_COMPLETIONS_TO_PRINT_HELP})
     log_unique_prompts: bool = field(default=False, metadata={"help": LOG_UNIQUE_PROMPTS_HELP})
+    nonfinite_action: str = field(
+        default="error", metadata={"help": NONFINITE_ACTION_HELP + " Applies to each round's fine-tuning."}
+    )
 
     def __post_init__(self):
-        from ...utils.validation import check_number
+        from ...utils.finite import check_nonfinite_action
+        from ...utils.validation import check_finite_fields, check_number
+
+        check_finite_fields(self)  # every float, the Trainer's own (max_grad_norm, adam_epsilon, ...) included
+        check_nonfinite_action(self.nonfinite_action)
 
         # types and ranges first, so a YAML list/string fails here and not inside a comparison or the Trainer
         for name in ("temperature", "temperature_end", "elite_quantile", "elite_quantile_end", "reward_threshold",

@@ -9,9 +9,10 @@ from trl import SFTTrainer
 
 from ...core.kl import entropy_from_logits, exact_kl
 from ...modeling.reference import reference_context
+from ...utils.finite import NonFiniteGuardMixin
 
 
-class RegularizedSFTTrainer(SFTTrainer):
+class RegularizedSFTTrainer(NonFiniteGuardMixin, SFTTrainer):
     """``SFTTrainer`` whose loss adds ``kl_coef·KL(π‖π_ref) − entropy_coef·H(π)`` on completion tokens.
 
     Both terms are exact over the vocabulary (``trl_extras.core.kl``) and are normalised like SFT's own NLL
@@ -30,9 +31,10 @@ class RegularizedSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
+        loss, outputs = result if return_outputs else (result, None)
+        self.note_loss_terms(nll=loss)  # a non-finite loss names its term (utils.finite)
         if not (self.kl_coef or self.entropy_coef):
             return result
-        loss, outputs = result if return_outputs else (result, None)
         mode = "train" if self.model.training else "eval"
         fwd = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
         mask = inputs["labels"][:, 1:] != -100  # logits at t predict label t + 1
@@ -42,10 +44,12 @@ class RegularizedSFTTrainer(SFTTrainer):
             with torch.no_grad():
                 ref_logits = self._ref_logits(model, fwd)[:, :-1]
             kl = exact_kl(logits, ref_logits, mask=mask)
+            self.note_loss_terms(kl=(kl.detach() * mask).sum())
             reg = reg + self.kl_coef * kl
             self._metrics[mode]["kl_to_ref"].append(float((kl.detach() * mask).sum() / mask.sum().clamp(min=1)))
         if self.entropy_coef:
             entropy = entropy_from_logits(logits)
+            self.note_loss_terms(entropy=(entropy.detach() * mask).sum())
             reg = reg - self.entropy_coef * entropy
             self._metrics[mode]["entropy_bonus"].append(
                 float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))

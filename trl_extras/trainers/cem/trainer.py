@@ -166,6 +166,13 @@ class CEMTrainer:
                 raise ValueError("Pass `processing_class` for a model instance that was not loaded from a path.")
             processing_class = AutoTokenizer.from_pretrained(name)
         self.processing_class = ensure_pad_token(processing_class)
+        from ...modeling.checks import check_fits_positions, check_prompt_column
+
+        for split, ds in (("train", train_dataset), ("eval", eval_dataset)):
+            if ds is not None:
+                check_prompt_column(ds["prompt"], split)  # ints, messages without a (known) role
+        check_fits_positions(model.config, self.processing_class, train_dataset["prompt"], args.max_prompt_length,
+                             args.max_completion_length, "CEMTrainer")  # fmt: skip
         device = args.device  # this process's device (cpu with use_cpu, else its GPU under accelerate launch)
         model = model.to(device)
         self.peft_config = peft_config
@@ -497,7 +504,12 @@ class CEMTrainer:
         """Write ``round_{r}/model`` (main process; every process calls this, and returns once it is written)."""
         from ...utils.atomic import publish_dir
         from ...utils.distributed import barrier
+        from ...utils.finite import NonFiniteError, check_finite_state
 
+        bad = check_finite_state(self.model)  # a round model is what a resume loads: never write broken weights
+        if bad:
+            raise NonFiniteError(f"CEM round {r}: not saving the model, {', '.join(bad)} hold NaN/inf; the previous "
+                                 "round's model is kept (resume=True continues from it).")
         path = self.round_dir(r) / "model"
         tmp = path.with_name("model.tmp")
         if self._is_main and tmp.exists():

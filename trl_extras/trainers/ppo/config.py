@@ -27,6 +27,7 @@ from ...core.advantages import ADVANTAGE_NORMALIZATIONS
 from ...core.kl import KL_ESTIMATORS
 from ...core.ppo import LOSS_TYPES
 from ...utils.completions import LOG_COMPLETIONS_HELP, LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
+from ...utils.finite import NONFINITE_ACTION_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -286,10 +287,17 @@ class PPOConfig(_BaseConfig):
     num_completions_to_print: int | None = field(default=None, metadata={"help": NUM_COMPLETIONS_TO_PRINT_HELP})
     log_unique_prompts: bool = field(default=False, metadata={"help": LOG_UNIQUE_PROMPTS_HELP})
 
+    # Reliability
+    nonfinite_action: str = field(default="error", metadata={"help": NONFINITE_ACTION_HELP})
+
     def __post_init__(self):
         # Types and ranges first, before anything compares them (a YAML list or string would otherwise fail deep
         # inside the Trainer or silently train nonsense).
-        from ...utils.validation import check_number
+        from ...utils.finite import check_nonfinite_action
+        from ...utils.validation import check_finite_fields, check_number
+
+        check_finite_fields(self)  # every float, the Trainer's own (max_grad_norm, adam_epsilon, ...) included
+        check_nonfinite_action(self.nonfinite_action)
 
         for name in ("learning_rate", "value_learning_rate", "kl_coef", "target_kl", "vf_coef", "missing_eos_penalty",
                      "reward_clip", "kl_early_stop_target", "kl_budget", "top_p"):  # fmt: skip

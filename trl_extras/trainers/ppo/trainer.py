@@ -77,6 +77,7 @@ from ...rewards.source import (
     value_init_copy,
 )
 from ...utils.completions import CompletionLog
+from ...utils.finite import NonFiniteGuardMixin
 from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
 from .config import PPOConfig
 
@@ -98,7 +99,7 @@ def _same_vocab(tok_a, tok_b) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------------------------
-class PPOTrainer(_BaseTrainer):
+class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
     """Proximal Policy Optimization (Schulman et al. 2017) for language models, in the Trainer loop.
 
     Args:
@@ -210,6 +211,7 @@ class PPOTrainer(_BaseTrainer):
         for split, ds in (("train", train_dataset), ("eval", eval_dataset)):
             for d in (ds.values() if isinstance(ds, dict) else [ds]) if ds is not None else []:
                 self._check_dataset(d, tokenizer, split)
+        self._check_inputs_fit(args, model, tokenizer, train_dataset)
 
         if peft_config is not None:
             from peft import get_peft_model
@@ -328,6 +330,10 @@ class PPOTrainer(_BaseTrainer):
             if functions is not None:
                 functions.place(self.accelerator.device, wrap)
 
+    def nonfinite_models(self) -> dict[str, nn.Module]:
+        """What the non-finite guard checks and what a checkpoint holds: the policy and the value model."""
+        return {"policy": self.policy, "value_model": self.accelerator.unwrap_model(self.value_model)}
+
     @property
     def policy(self) -> nn.Module:
         """The policy module (unwrapped from DDP/DeepSpeed and from :class:`PolicyAndValueModel`)."""
@@ -351,6 +357,25 @@ class PPOTrainer(_BaseTrainer):
         for i, p in enumerate(prompts):
             if p is None or (not is_conversational_prompt(p) and not str(p).strip()) or (isinstance(p, list) and not p):
                 raise ValueError(f"The {split} dataset has an empty prompt at row {i}.")
+        from ...modeling.checks import check_prompt_column
+
+        check_prompt_column(prompts, split)  # ints, messages without a (known) role
+
+    @staticmethod
+    def _check_inputs_fit(args, model, tokenizer, train_dataset) -> None:
+        """Settings that would train nothing or past the model's positions, silently: refused at construction."""
+        from ...modeling.checks import check_enough_prompts, check_fits_positions
+
+        layout = (
+            f"generation_batch_size {args.generation_batch_size} = per_device_train_batch_size "
+            f"{args.per_device_train_batch_size} x {args.world_size} process(es) x steps_per_generation "
+            f"{args.steps_per_generation} (gradient_accumulation_steps {args.gradient_accumulation_steps} x "
+            f"num_mini_batches {args.num_mini_batches}), / num_generations {args.num_generations}"
+        )
+        check_enough_prompts(train_dataset, args.generation_batch_size // args.num_generations, layout)
+        prompts = train_dataset["prompt"] if hasattr(train_dataset, "__len__") else None
+        check_fits_positions(model.config, tokenizer, prompts, args.max_prompt_length, args.max_completion_length,
+                             "PPOTrainer")  # fmt: skip
 
     @staticmethod
     def _sampling_kwargs(args) -> dict:
@@ -795,6 +820,7 @@ class PPOTrainer(_BaseTrainer):
         # 12. Clipped value loss (Huang et al. detail: clip the new value around the rollout value).
         vf_losses, vf_clipped = value_loss(new_values, inputs["old_values"], inputs["returns"], args.cliprange_value)
         vf_loss = self._aggregate(vf_losses, mask, inputs)
+        self.note_loss_terms(value=vf_loss)  # a non-finite loss names its term (utils.finite)
         metrics["loss/value"].append(float(masked_mean(vf_losses.detach(), mask)))
         metrics["value/clipfrac"].append(float(masked_mean(vf_clipped.float(), mask)))
 
@@ -814,6 +840,8 @@ class PPOTrainer(_BaseTrainer):
             per_token = per_token + inputs["kl_coef"][:, None] * out["exact_kl"]
             metrics["loss/kl"].append(float(masked_mean(out["exact_kl"].detach(), mask)))
         pg_loss = self._aggregate(per_token, mask, inputs)
+        self.note_loss_terms(policy=(pg_losses.detach() * mask).sum(),
+                             kl=(out["exact_kl"].detach() * mask).sum() if with_kl else None)
 
         # 14. Approximate KL(old || new) (k3 on the rollout's samples), averaged over the minibatch on all
         #     processes: past `kl_early_stop_target` the rest of this rollout batch's updates are skipped (14a).
@@ -878,6 +906,7 @@ class PPOTrainer(_BaseTrainer):
 
         from ...utils.atomic import atomic_write_json, atomic_writer, fsync_tree, kill_point
 
+        self.check_finite_before_save()  # never write (nor rotate in) a checkpoint of NaN/inf policy or value weights
         model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name)
         limit = self.args.save_total_limit
