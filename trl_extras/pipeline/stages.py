@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..utils.imports import import_object  # noqa: F401  (re-exported: its old home; refresh imported it here)
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -81,14 +82,6 @@ class Context:
         if getattr(self.model_args, "dtype", None) not in (None, "auto"):
             kwargs["dtype"] = getattr(torch, self.model_args.dtype)
         return kwargs
-
-
-def import_object(path: str):
-    """``"package.module:name"`` → the object."""
-    import importlib
-
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def save_model(model, tokenizer, path: Path) -> str:

@@ -187,7 +187,7 @@ class Iteration:
         return None
 
     def judge(self):
-        from ..pipeline.stages import import_object
+        from ..utils.imports import import_object
         from .labeling import RewardJudge
 
         spec = self.config.judge

@@ -92,15 +92,14 @@ def train_and_eval_datasets(script_args: RewardScriptArguments):
 
 
 def resolve_model(model_args, training_args) -> str:
-    """Model path (the testbed SFT policy for 'testbed'/unset) and TRL-style ``model_init_kwargs``."""
-    from ..utils.validation import check_model_path
+    """Model path (the testbed SFT policy for 'testbed'/unset, SmolLM2 for 'testbed:smollm2') and TRL-style
+    ``model_init_kwargs``."""
+    from .utils import resolve_model_name
 
     name = model_args.model_name_or_path
-    check_model_path(name, "--model_name_or_path")
-    if name in (None, "", TESTBED):
-        from ..testbed import build_sft_policy
-
-        name = build_sft_policy()
+    if name in (None, ""):
+        name = TESTBED  # callers refuse an unset model with the user's own data first (scripts.utils.require)
+    name = resolve_model_name(name, "--model_name_or_path")  # testbed / testbed:smollm2 -> their cached paths
     kwargs = dict(
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,
