@@ -89,11 +89,9 @@ def main(argv=None) -> int:
     require(script_args.reward_funcs, "--reward_funcs", "ppo", "what PPO optimizes: a reward-model path, "
             "a RewardEnsemble folder, module:function, or the testbed's gold / heuristic")  # fmt: skip
     testbed = testbed_asked({"--dataset_name": script_args.dataset_name})
-    if not testbed:
-        require(model_args.model_name_or_path, "--model_name_or_path", "ppo", "the policy to train")
     check_reward_weights(training_args.reward_weights, len(script_args.reward_funcs))
     script_args.value_model_path = resolve_model_name(script_args.value_model_path, "--value_model_path")
-    model = resolve_model(model_args, training_args)  # 'testbed' -> the SFT policy; fills model_init_kwargs
+    model = resolve_model(model_args, training_args, testbed, "ppo")  # 'testbed' -> the SFT policy; model_init_kwargs
     quantization_config = get_quantization_config(model_args)
     load_kwargs = dict(training_args.model_init_kwargs or {})
     if quantization_config is not None:

@@ -96,13 +96,14 @@ def main(argv=None) -> int:
     from trl import ModelConfig, RewardConfig, get_peft_config, get_quantization_config
 
     from ..rewards.ensemble import train_reward_ensemble
-    from .utils import parse_args, report_metrics
+    from .utils import parse_args, report_metrics, testbed_asked
 
     script_args, training_args, model_args = parse_args(
         [EnsembleScriptArguments, RewardConfig, ModelConfig], argv, "reward-ensemble"
     )
+    testbed = testbed_asked({"--dataset_name": script_args.dataset_name})
+    model = resolve_model(model_args, training_args, testbed, "reward-ensemble")
     train, evaluation = ensemble_datasets(script_args)
-    model = resolve_model(model_args, training_args)
     ensemble = train_reward_ensemble(
         model,
         train,

@@ -180,7 +180,7 @@ class CEMTrainer:
         if args.kl_coef > 0:
             self.ref_model = resolve_reference(model, make_copy=lambda: copy.deepcopy(model))
         self.model = model
-        self.reward_funcs = RewardFunctions(reward_funcs, reward_processing_classes)
+        self.reward_funcs = RewardFunctions(reward_funcs, reward_processing_classes, args.reward_weights)
         for module in self.reward_funcs.modules():
             module.to(device)
         self.eval_reward_funcs = RewardFunctions(eval_reward_funcs) if eval_reward_funcs is not None else None
