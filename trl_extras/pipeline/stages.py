@@ -38,7 +38,16 @@ class Context:
             return None
         from ..rewards.functions import RewardFunctions
 
-        return RewardFunctions(import_object(self.config.gold_reward))
+        return RewardFunctions(self.reward(self.config.gold_reward, "gold_reward"))
+
+    def reward(self, spec: str, flag: str):
+        """A reward spec of the recipe (the CLI's vocabulary): the task's 'gold' / 'heuristic', ``module:function``
+        (imported, from the working directory too), else a reward-model path."""
+        from ..testbed.names import TESTBED_REWARDS, testbed_rewards
+        from ..utils.imports import resolve_reward_spec
+
+        named = testbed_rewards(self.config.task) if spec in TESTBED_REWARDS else None
+        return resolve_reward_spec(spec, named, flag)
 
     def trainer_kwargs(self) -> dict:
         """Common ``TrainingArguments`` for every stage."""
@@ -118,7 +127,7 @@ def stage_sft(ctx: Context) -> dict:
     # Gold is logged, never used to choose.
     callbacks, callback = [], None
     if cfg.sft_reward is not None:
-        reward = import_object(cfg.sft_reward) if ":" in cfg.sft_reward else cfg.sft_reward
+        reward = ctx.reward(cfg.sft_reward, "sft_reward")
         extra = {"gold": ctx.gold.funcs[0]} if ctx.gold is not None else None
         callback = RewardEarlyStoppingCallback(
             reward, eval_prompts, processing_class=tokenizer, patience=cfg.sft_patience,

@@ -61,8 +61,14 @@ def build_trainer(script_args: CEMScriptArguments, cem_args, model_args):
     from ..testbed import TestbedConfig, gold_reward_fn, prompt_dataset
     from ..testbed import sft_dataset as testbed_sft
     from ..trainers.cem import CEMTrainer
-    from .utils import (check_reward_weights, deprecated_reward_flags, require, resolve_model_name,
-                        resolve_reward_funcs, testbed_asked)  # fmt: skip
+    from .utils import (
+        check_reward_weights,
+        deprecated_reward_flags,
+        require,
+        resolve_model_name,
+        resolve_reward_funcs,  # fmt: skip
+        testbed_asked,
+    )
 
     deprecated_reward_flags(script_args, "cem", {"reward_model": lambda v: [v], "reward": lambda v: [v],
                                                  "reward_ensemble": None})  # fmt: skip

@@ -51,8 +51,14 @@ def build_trainer(script_args: ExactKLGRPOScriptArguments, args, model_args):
     from ..rewards.scoring import RewardModelScorer
     from ..testbed import prompt_dataset
     from ..trainers.exact_kl_grpo import ExactKLGRPOTrainer
-    from .utils import (check_reward_weights, deprecated_reward_flags, require, resolve_model_name,
-                        resolve_reward_funcs, testbed_asked)  # fmt: skip
+    from .utils import (
+        check_reward_weights,
+        deprecated_reward_flags,
+        require,
+        resolve_model_name,
+        resolve_reward_funcs,  # fmt: skip
+        testbed_asked,
+    )
 
     deprecated_reward_flags(script_args, "grpo-exact-kl", {"reward_model": lambda v: [v], "reward": lambda v: [v]})
     testbed = testbed_asked({"--dataset_name": script_args.dataset_name})

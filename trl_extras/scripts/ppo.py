@@ -20,7 +20,6 @@ Deprecated: ``--reward_model_path`` (use ``--reward_funcs``; still accepted with
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from trl import ScriptArguments
@@ -81,8 +80,16 @@ def main(argv=None) -> int:
     from ..rewards.scoring import RewardModelScorer
     from ..trainers.ppo import PPOConfig, PPOTrainer
     from .reward_two_stage import resolve_model, resume_arg
-    from .utils import (check_reward_weights, deprecated_reward_flags, parse_args, require, resolve_model_name,
-                        resolve_reward_funcs, save_evaluate_report, testbed_asked)  # fmt: skip
+    from .utils import (
+        check_reward_weights,
+        deprecated_reward_flags,
+        parse_args,
+        require,
+        resolve_model_name,
+        resolve_reward_funcs,  # fmt: skip
+        save_evaluate_report,
+        testbed_asked,
+    )
 
     script_args, training_args, model_args = parse_args([PPOScriptArguments, PPOConfig, ModelConfig], argv, "ppo")
     deprecated_reward_flags(script_args, "ppo", {"reward_model_path": list})

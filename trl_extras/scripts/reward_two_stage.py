@@ -98,9 +98,7 @@ def train_and_eval_datasets(script_args: RewardScriptArguments):
 def resolve_model(model_args, training_args, testbed: bool = True, prog: str = "") -> str:
     """Model path (the testbed SFT policy for 'testbed'/unset, SmolLM2 for 'testbed:smollm2') and TRL-style
     ``model_init_kwargs``. Unset on the user's own data (``testbed`` False) is an error naming the flag."""
-    from .utils import resolve_model_name
-
-    from .utils import require
+    from .utils import require, resolve_model_name
 
     name = model_args.model_name_or_path
     if name in (None, ""):

@@ -92,9 +92,9 @@ def save_evaluate_report(trainer, output_dir: str, filename: str, extra: dict | 
     when it has one (``final_eval``), then :func:`report_metrics` ``global_step``, ``extra``, the last logged value
     of every metric (``final_metrics``, from ``trainer.state.log_history``) and the evaluation, printing a short
     human summary: the ending shared by the trainer subcommands."""
-    from .model_card import write_model_card
-
     import os
+
+    from .model_card import write_model_card
 
     trainer.save_model(output_dir)
     metrics = {"global_step": trainer.state.global_step, **(extra or {}),
