@@ -66,7 +66,7 @@ def build_trainer(script_args: CEMScriptArguments, cem_args, model_args):
         deprecated_reward_flags,
         require,
         resolve_model_name,
-        resolve_reward_funcs,  # fmt: skip
+        resolve_reward_funcs,
         testbed_asked,
     )
 

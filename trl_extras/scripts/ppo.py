@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         parse_args,
         require,
         resolve_model_name,
-        resolve_reward_funcs,  # fmt: skip
+        resolve_reward_funcs,
         save_evaluate_report,
         testbed_asked,
     )
@@ -104,8 +104,13 @@ def main(argv=None) -> int:
     if quantization_config is not None:
         load_kwargs["quantization_config"] = quantization_config
 
-    def loaded(rewards):  # model paths load with the policy's dtype / quantization
-        return [RewardModelScorer(r, model_init_kwargs=load_kwargs) if isinstance(r, str) else r for r in rewards]
+    special = quantization_config is not None or load_kwargs.get("dtype") not in (None, "auto", "float32")
+
+    def loaded(rewards):
+        """Model paths reach the trainer as paths (it loads full RMs, adapter folders and ensembles alike), except
+        when the policy's dtype / quantization must apply to them too: then they are loaded here with those."""
+        return [RewardModelScorer(r, model_init_kwargs=load_kwargs) if isinstance(r, str) and special else r
+                for r in rewards]  # fmt: skip
 
     rewards = loaded(resolve_reward_funcs(script_args.reward_funcs))
     tracked = loaded(resolve_reward_funcs(script_args.track_reward_funcs, "--track_reward_funcs")) or None

@@ -51,7 +51,7 @@ def resolve_judge(args, prog: str):
         deprecated_reward_flags,
         require,
         resolve_reward_funcs,
-        weighted_reward,  # fmt: skip
+        weighted_reward,
     )
 
     deprecated_reward_flags(args, prog, {"reward_model": lambda v: [v], "judge": lambda v: [v]})

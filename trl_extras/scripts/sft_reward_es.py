@@ -86,7 +86,7 @@ def build_trainer(script_args: RewardEarlyStoppingArguments, training_args):
         deprecated_reward_flags,
         require,
         resolve_model_name,
-        resolve_reward_funcs,  # fmt: skip
+        resolve_reward_funcs,
     )
 
     prog = "sft-reward-es"
