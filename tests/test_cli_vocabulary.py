@@ -312,9 +312,7 @@ def test_own_data_without_a_reward_or_model_is_an_error_naming_the_flag(command,
     values = {"POLICY": tiny_paths["policy"], "PROMPTS": prompts_file, "PAIRS": pairs_file,
               "REWARD": tiny_paths["reward"]}  # fmt: skip
     argv = [values.get(a, a) for a in argv]
-    extra = ["--output_dir", str(tmp_path / "out")]
-    if command not in ("sbs", "iterate"):
-        extra += CPU
+    extra = [] if command == "sbs" else ["--output_dir", str(tmp_path / "out"), *CPU]
     with pytest.raises(ValueError, match=f"{flag} is required with your own data"):
         main([command, *argv, *extra])
 

@@ -68,9 +68,10 @@ def build_trainer(script_args: CEMScriptArguments, cem_args, model_args):
         resolve_model_name,
         resolve_reward_funcs,
         testbed_asked,
+        testbed_reward_name,
     )
 
-    deprecated_reward_flags(script_args, "cem", {"reward_model": lambda v: [v], "reward": lambda v: [v],
+    deprecated_reward_flags(script_args, "cem", {"reward_model": lambda v: [v], "reward": testbed_reward_name("--reward"),
                                                  "reward_ensemble": None})  # fmt: skip
     testbed = testbed_asked({"--dataset_name": script_args.dataset_name})
     on_testbed_data = (script_args.dataset_name or "testbed") == "testbed"

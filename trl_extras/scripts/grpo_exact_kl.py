@@ -58,9 +58,10 @@ def build_trainer(script_args: ExactKLGRPOScriptArguments, args, model_args):
         resolve_model_name,
         resolve_reward_funcs,
         testbed_asked,
+        testbed_reward_name,
     )
 
-    deprecated_reward_flags(script_args, "grpo-exact-kl", {"reward_model": lambda v: [v], "reward": lambda v: [v]})
+    deprecated_reward_flags(script_args, "grpo-exact-kl", {"reward_model": lambda v: [v], "reward": testbed_reward_name("--reward")})
     testbed = testbed_asked({"--dataset_name": script_args.dataset_name})
     if not testbed:
         require(script_args.reward_funcs, "--reward_funcs", "grpo-exact-kl", "what GRPO optimizes: a reward-model "

@@ -94,9 +94,11 @@ def main(argv=None) -> int:
     script_args, training_args, model_args = parse_args([PPOScriptArguments, PPOConfig, ModelConfig], argv, "ppo")
     deprecated_reward_flags(script_args, "ppo", {"reward_model_path": list})
     require(script_args.reward_funcs, "--reward_funcs", "ppo", "what PPO optimizes: a reward-model path, "
-            "a RewardEnsemble folder, module:function, or the testbed's gold / heuristic")  # fmt: skip
+            "a RewardEnsemble folder, module:function, or the testbed's gold / heuristic", own_data=False)  # fmt: skip
     testbed = testbed_asked({"--dataset_name": script_args.dataset_name})
     check_reward_weights(training_args.reward_weights, len(script_args.reward_funcs))
+    resolved = resolve_reward_funcs(script_args.reward_funcs)  # paths checked before any model loads
+    resolved_tracked = resolve_reward_funcs(script_args.track_reward_funcs, "--track_reward_funcs")
     script_args.value_model_path = resolve_model_name(script_args.value_model_path, "--value_model_path")
     model = resolve_model(model_args, training_args, testbed, "ppo")  # 'testbed' -> the SFT policy; model_init_kwargs
     quantization_config = get_quantization_config(model_args)
@@ -112,8 +114,7 @@ def main(argv=None) -> int:
         return [RewardModelScorer(r, model_init_kwargs=load_kwargs) if isinstance(r, str) and special else r
                 for r in rewards]  # fmt: skip
 
-    rewards = loaded(resolve_reward_funcs(script_args.reward_funcs))
-    tracked = loaded(resolve_reward_funcs(script_args.track_reward_funcs, "--track_reward_funcs")) or None
+    rewards, tracked = loaded(resolved), loaded(resolved_tracked) or None
     train, evaluation = datasets_for(script_args)
     peft_config = get_peft_config(model_args)
     trainer = PPOTrainer(

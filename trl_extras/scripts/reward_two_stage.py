@@ -143,10 +143,10 @@ def main(argv=None) -> int:
         [TwoStageScriptArguments, TwoStageRewardConfig, ModelConfig], argv, "reward-two-stage"
     )
     testbed = testbed_asked({"--dataset_name": script_args.dataset_name})
+    train, evaluation = train_and_eval_datasets(script_args)  # the user's pairs are checked first
     if not testbed:  # the user's clean pairs: stage 1 on 3000 testbed digit-sorting pairs would be a wrong result
         require(script_args.pretrain_dataset_name, "--pretrain_dataset_name", "reward-two-stage",
                 "the stage-1 (dirty) pairs; 'testbed' for the testbed's")
-    train, evaluation = train_and_eval_datasets(script_args)
     if (script_args.pretrain_dataset_name or TESTBED) == TESTBED:
         pretrain = testbed_datasets(script_args)["dirty"]
     else:

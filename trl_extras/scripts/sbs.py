@@ -51,12 +51,13 @@ def resolve_judge(args, prog: str):
         deprecated_reward_flags,
         require,
         resolve_reward_funcs,
+        testbed_reward_name,
         weighted_reward,
     )
 
-    deprecated_reward_flags(args, prog, {"reward_model": lambda v: [v], "judge": lambda v: [v]})
+    deprecated_reward_flags(args, prog, {"reward_model": lambda v: [v], "judge": testbed_reward_name("--judge")})
     require(args.reward_funcs, "--reward_funcs", prog, "the judge: a reward-model path, a RewardEnsemble folder, "
-            "module:function, or the testbed's gold / heuristic")  # fmt: skip
+            "module:function, or the testbed's gold / heuristic", own_data=False)  # fmt: skip
     check_reward_weights(args.reward_weights, len(args.reward_funcs))
     return weighted_reward(resolve_reward_funcs(args.reward_funcs), args.reward_weights)
 

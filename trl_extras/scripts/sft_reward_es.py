@@ -90,7 +90,9 @@ def build_trainer(script_args: RewardEarlyStoppingArguments, training_args):
     )
 
     prog = "sft-reward-es"
-    deprecated_reward_flags(script_args, prog, {"reward_model": lambda v: [v], "judge": lambda v: [v]})
+    from .utils import testbed_reward_name
+
+    deprecated_reward_flags(script_args, prog, {"reward_model": lambda v: [v], "judge": testbed_reward_name("--judge")})
     testbed = script_args.dataset_name in (None, "", "testbed")
     if not testbed:  # the testbed's fresh model, holdout prompts or heuristic on the user's data: wrong results
         require(script_args.model_name_or_path, "--model_name_or_path", prog, "the model to fine-tune")

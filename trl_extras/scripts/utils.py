@@ -140,12 +140,29 @@ def testbed_asked(data: dict, named: tuple = ()) -> bool:
     return not given or is_testbed_spec(given) or is_testbed_spec(list(named))
 
 
-def require(value, flag: str, prog: str, what: str):
-    """``value``, or a ``ValueError`` naming ``flag``: with the user's own data the testbed does not fill it in."""
+def require(value, flag: str, prog: str, what: str, own_data: bool = True):
+    """``value``, or a ``ValueError`` naming ``flag``; ``own_data``: the reason is that the testbed does not fill
+    it in for the user's own data (else the flag is always required)."""
     if value in (None, "", []):
+        if not own_data:
+            raise ValueError(f"trl-extras {prog}: {flag} is required ({what}).")
         raise ValueError(f"trl-extras {prog}: {flag} is required with your own data ({what}). The testbed stands "
                          "in only when asked for: no data flags at all, or 'testbed' / a testbed reward named.")  # fmt: skip
     return value
+
+
+def testbed_reward_name(flag: str):
+    """``convert`` for :func:`deprecated_reward_flags` of an old flag that took only the testbed's reward names."""
+
+    def convert(value):
+        from ..testbed.names import TESTBED_REWARDS
+
+        if value not in TESTBED_REWARDS:
+            raise ValueError(f"{flag} must be one of {TESTBED_REWARDS}, got {value!r} (deprecated flag: use "
+                             "--reward_funcs, which also takes model paths and module:function).")  # fmt: skip
+        return [value]
+
+    return convert
 
 
 def deprecated_reward_flags(args, prog: str, old_flags: dict, target: str = "reward_funcs") -> None:
