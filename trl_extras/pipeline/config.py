@@ -177,6 +177,17 @@ class PipelineConfig:
             raise ValueError(f"ppo_reward must be 'ensemble' or 'gold', got {self.ppo_reward!r}.")
         if self.ensemble_size < 2:
             raise ValueError("ensemble_size must be >= 2 (an ensemble of one has no disagreement to penalize).")
+        self.resolve_auto_rewards()  # here, so settings fingerprints never see 'auto' on a testbed run
+
+    def resolve_auto_rewards(self) -> None:
+        """'auto' rewards → the testbed task's, spelled as import paths of its module (as the defaults were before
+        'auto', so earlier runs keep their fingerprints), on a testbed run; gold → None with the user's data (sft
+        stays 'auto' there: :meth:`check_models` refuses it when the SFT stage runs)."""
+        module = "trl_extras.testbed.arithmetic" if self.task == "arithmetic" else "trl_extras.testbed"
+        if self.gold_reward == AUTO:
+            self.gold_reward = f"{module}:gold_reward_fn" if self.testbed_run else None
+        if self.sft_reward == AUTO and self.testbed_run:
+            self.sft_reward = f"{module}:heuristic_reward_fn"
 
     @property
     def testbed_run(self) -> bool:
@@ -201,14 +212,9 @@ class PipelineConfig:
             if isinstance(value, str) and value.lower() in ("testbed", "testbed:tiny"):
                 value = None  # the task's own starting policy (seeded, per task), as when unset
             setattr(self, name, testbed_model_path(value))  # testbed:smollm2 -> converted once, cached
-        # the testbed's rewards, spelled as import paths of the task's module (as the defaults were before 'auto')
-        module = "trl_extras.testbed.arithmetic" if self.task == "arithmetic" else "trl_extras.testbed"
-        if self.gold_reward == AUTO:
-            self.gold_reward = f"{module}:gold_reward_fn" if self.testbed_run else None
+        self.resolve_auto_rewards()
         if self.sft_reward == AUTO:
-            if self.testbed_run:
-                self.sft_reward = f"{module}:heuristic_reward_fn"
-            elif "sft" in self.stages:
+            if "sft" in self.stages:
                 raise ValueError(
                     f"sft_reward is required with your own data {self.user_datasets()} (the testbed's heuristic "
                     "would pick your SFT checkpoint): a reward-model path, an import path module:function, or null "
