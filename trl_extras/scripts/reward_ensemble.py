@@ -119,7 +119,16 @@ def main(argv=None) -> int:
         coef=script_args.coef,
         quantization_config=get_quantization_config(model_args),
     )
+    import os
+
     metrics = {"ensemble": repr(ensemble), "eval": evaluate_ensemble(ensemble, evaluation)}
-    report_metrics(metrics, training_args.output_dir, script_args.metrics_file)
-    print(f"Ensemble saved to {training_args.output_dir} (load with RewardEnsemble.from_pretrained).")
+    ev = metrics["eval"]
+    lines = []
+    if ev:
+        lines.append(f"Final: eval accuracy of the penalized reward {ev['penalized_accuracy']:.4g}, of the mean "
+                     f"{ev['mean_accuracy']:.4g}, members {', '.join(f'{a:.3g}' for a in ev['member_accuracy'])} "
+                     f"(on {len(evaluation)} pairs)")  # fmt: skip
+    lines += [f"Ensemble saved to {training_args.output_dir} (load with RewardEnsemble.from_pretrained)",
+              f"Metrics saved to {os.path.join(training_args.output_dir, script_args.metrics_file)}"]  # fmt: skip
+    report_metrics(metrics, training_args.output_dir, script_args.metrics_file, summary=lines)
     return 0

@@ -127,10 +127,8 @@ def finish(trainer, script_args, training_args, extra: dict) -> dict:
     metrics."""
     from .utils import save_evaluate_report
 
-    metrics = save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file, extra,
-                                   dataset_name=getattr(script_args, "dataset_name", None))
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
-    return metrics
+    return save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file, extra,
+                                dataset_name=getattr(script_args, "dataset_name", None))  # prints where it went
 
 
 def main(argv=None) -> int:
