@@ -322,16 +322,27 @@ def test_pipeline_on_own_data_needs_sft_reward_and_has_no_testbed_gold(tiny_path
     from trl_extras.pipeline.config import PipelineConfig
 
     def config(**kw):
-        return PipelineConfig(output_dir=str(tmp_path), prompt_dataset=prompts_file, policy_model=tiny_paths["policy"],
-                              **kw)  # fmt: skip
+        data = dict(prompt_dataset=prompts_file, eval_prompt_dataset=prompts_file, sft_dataset="my/sft",
+                    dirty_pairs_dataset="my/dirty", clean_pairs_dataset="my/clean", real_pairs_dataset=None)  # fmt: skip
+        return PipelineConfig(output_dir=str(tmp_path), **{"policy_model": tiny_paths["policy"], **data, **kw})
 
     with pytest.raises(ValueError, match="sft_reward is required with your own data"):
         config().check_models()
+    # before: the testbed's dirty and clean pairs trained the reward model of the user's task without a word
+    partial = PipelineConfig(output_dir=str(tmp_path), policy_model="x", prompt_dataset=prompts_file, sft_reward=None)
+    with pytest.raises(ValueError, match=r"name every dataset: \['eval_prompt_dataset', 'sft_dataset', "
+                                         r"'dirty_pairs_dataset', 'clean_pairs_dataset', 'real_pairs_dataset'\] unset"):
+        partial.check_models()
+    from trl_extras.pipeline.data import pipeline_datasets
+
+    with pytest.raises(ValueError, match="name every dataset"):
+        pipeline_datasets(partial)
+    assert PipelineConfig(output_dir=str(tmp_path)).clean_pairs_dataset == "testbed"  # nothing given: the testbed
     ok = config(sft_reward=None)
     ok.check_models()
     assert ok.sft_reward is None and ok.gold_reward is None
     with pytest.raises(ValueError, match="policy_model .* is required with your own data"):
-        PipelineConfig(output_dir=str(tmp_path), sft_dataset=prompts_file, sft_reward=None).check_models()
+        config(policy_model=None, sft_reward=None).check_models()
 
 
 @pytest.mark.parametrize("task,module", [("sort_digits", "trl_extras.testbed"), ("arithmetic", "trl_extras.testbed.arithmetic")])

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 
 #: Default of ``gold_reward`` / ``sft_reward``: the testbed's rewards on a testbed run, see ``check_models``.
 AUTO = "auto"
-#: The dataset fields: a run is a testbed run when each is "testbed" (or None where that skips a stage).
+#: The dataset fields: a run is a testbed run when none is the user's data ("testbed", unset, or None = skip).
 DATASET_FIELDS = ("prompt_dataset", "eval_prompt_dataset", "sft_dataset", "dirty_pairs_dataset", "clean_pairs_dataset",
                   "real_pairs_dataset")  # fmt: skip
+_DATA_AUTO = ("'testbed', your data (a Hub id, folder or file, `name[:split]`), or unset ('auto'): the testbed's "
+              "when no dataset is your own, else an error naming it.")
 ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo_single", "ppo", "ppo_refresh", "dpo", "evaluate")
 
 
@@ -45,13 +47,13 @@ class PipelineConfig:
         metadata={"help": "Task of the 'testbed' datasets: sort_digits or sort_hard (tiny models; sort_hard's SFT "
                   "demonstrations have a systematic wrong mode that RL can fix) or arithmetic (real chat models)."},
     )
-    prompt_dataset: str = field(default="testbed", metadata={"help": "Train prompts (`prompt` column)."})
-    eval_prompt_dataset: str = field(default="testbed", metadata={"help": "Holdout prompts for evaluation."})
-    sft_dataset: str = field(default="testbed", metadata={"help": "SFT prompt/completion data."})
-    dirty_pairs_dataset: str = field(default="testbed", metadata={"help": "Many cheap preference pairs (stage 1)."})
-    clean_pairs_dataset: str = field(default="testbed", metadata={"help": "Clean preference pairs (stage 2)."})
+    prompt_dataset: str = field(default=AUTO, metadata={"help": "Train prompts (`prompt` column). " + _DATA_AUTO})
+    eval_prompt_dataset: str = field(default=AUTO, metadata={"help": "Holdout prompts for evaluation. " + _DATA_AUTO})
+    sft_dataset: str = field(default=AUTO, metadata={"help": "SFT prompt/completion data. " + _DATA_AUTO})
+    dirty_pairs_dataset: str = field(default=AUTO, metadata={"help": "Many cheap preference pairs (stage 1). " + _DATA_AUTO})
+    clean_pairs_dataset: str = field(default=AUTO, metadata={"help": "Clean preference pairs (stage 2). " + _DATA_AUTO})
     real_pairs_dataset: str | None = field(
-        default="testbed", metadata={"help": "Real pairs for the second DPO stage (None skips it)."}
+        default=AUTO, metadata={"help": "Real pairs for the second DPO stage (None skips it). " + _DATA_AUTO}
     )
     gold_reward: str | None = field(
         default=AUTO,
@@ -177,7 +179,26 @@ class PipelineConfig:
             raise ValueError(f"ppo_reward must be 'ensemble' or 'gold', got {self.ppo_reward!r}.")
         if self.ensemble_size < 2:
             raise ValueError("ensemble_size must be >= 2 (an ensemble of one has no disagreement to penalize).")
-        self.resolve_auto_rewards()  # here, so settings fingerprints never see 'auto' on a testbed run
+        self.resolve_auto_datasets()  # here, so settings fingerprints never see 'auto' on a testbed run
+        self.resolve_auto_rewards()
+
+    def resolve_auto_datasets(self) -> None:
+        """Unset ('auto') datasets → 'testbed' when no dataset is the user's (a testbed run, spelled as before so
+        earlier runs keep their fingerprints); with the user's data they stay 'auto' and :meth:`check_datasets`
+        refuses them (the testbed's pairs would otherwise train the user's reward model without a word)."""
+        if not self.user_datasets():
+            for name in DATASET_FIELDS:
+                if getattr(self, name) == AUTO:
+                    setattr(self, name, "testbed")
+
+    def check_datasets(self) -> None:
+        unset = [n for n in DATASET_FIELDS if getattr(self, n) == AUTO]
+        if unset:
+            raise ValueError(
+                f"With your own data {self.user_datasets()} name every dataset: {unset} unset. Give your data (a Hub "
+                "id, folder or file), or 'testbed' for the testbed's (real_pairs_dataset: null skips DPO's second "
+                "stage)."
+            )
 
     def resolve_auto_rewards(self) -> None:
         """'auto' rewards → the testbed task's, spelled as import paths of its module (as the defaults were before
@@ -192,10 +213,10 @@ class PipelineConfig:
     @property
     def testbed_run(self) -> bool:
         """Every dataset is the testbed's: only then do the testbed's policy and rewards fill in what is unset."""
-        return all(getattr(self, name) in ("testbed", None) for name in DATASET_FIELDS)
+        return not self.user_datasets()
 
     def user_datasets(self) -> dict:
-        return {n: getattr(self, n) for n in DATASET_FIELDS if getattr(self, n) not in ("testbed", None)}
+        return {n: getattr(self, n) for n in DATASET_FIELDS if getattr(self, n) not in ("testbed", None, AUTO)}
 
     def check_models(self) -> None:
         """Called when the run starts (after `--model_name_or_path` has been merged into `policy_model`): resolves
@@ -203,6 +224,7 @@ class PipelineConfig:
         if self.policy_model is None and not self.testbed_run:
             raise ValueError(f"policy_model (or --model_name_or_path) is required with your own data "
                              f"{self.user_datasets()}: the testbed's tiny policy stands in only on a testbed run.")  # fmt: skip
+        self.check_datasets()
         from ..testbed.names import testbed_model_path
 
         for name in ("policy_model", "reward_base_model"):

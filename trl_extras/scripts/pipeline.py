@@ -2,7 +2,7 @@
 stopping → two-stage reward model → reward ensemble → CEM → PPO → DPO on synthetic pairs → side-by-side
 evaluation), resumable: a stage with a ``result.json`` is skipped on the next run. Datasets are ``testbed`` or your
 own (a Hub id, a folder or a data file, ``name[:split]``). The testbed's policy and rewards stand in only on a testbed
-run (every dataset ``testbed``): with your own data set ``policy_model`` (or ``--model_name_or_path``; ``testbed:smollm2``
+run (no dataset of your own): with your own data name every dataset (yours or ``testbed``), set ``policy_model`` (or ``--model_name_or_path``; ``testbed:smollm2``
 is SmolLM2-135M-Instruct offline) and ``sft_reward`` (a reward-model path, ``module:function``, or null for
 eval_loss); ``gold_reward`` (measuring only) takes ``gold`` / ``heuristic``, ``module:function`` or a path.
 
