@@ -30,8 +30,8 @@ def write_model_card(trainer, training_args, dataset_name: str | None, metrics: 
     if getattr(training_args, "push_to_hub", False):
         trainer.push_to_hub(dataset_name=name)
         return
-    is_main = getattr(trainer, "is_world_process_zero", None)
-    if is_main is not None and not is_main():
+    is_main = getattr(trainer, "is_world_process_zero", None)  # a Trainer; CEMTrainer keeps `_is_main`
+    if not (is_main() if is_main is not None else getattr(trainer, "_is_main", True)):
         return
     hub_model_id = getattr(training_args, "hub_model_id", None)
     model_name = hub_model_id.split("/")[-1] if hub_model_id else Path(training_args.output_dir).name
