@@ -489,3 +489,26 @@ def test_report_rates_carry_n_and_ci(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| two-stage"))
     assert "1.000 (n=2, 95% CI [0.342, 1.000])" in row  # 2 pairs: a wide interval
     assert "1.000 (n=1, 95% CI [0.207, 1.000])" in row and "0.200 (n=2)" in row
+
+
+def test_report_win_rates_carry_n_ties_and_ci(tmp_path):
+    from trl_extras.pipeline.report import write_report
+
+    row = {"stage": "ppo", "method": "ppo", "gold": 0.5, "kl_to_sft": 0.1, "length": 3.0, "win_rate": 0.75, "win_rate_ci": [0.3, 0.95],
+           "p_value": 0.6, "wins": 3, "losses": 1, "ties": 2}  # fmt: skip
+    text = write_report({"evaluate": {"table": [row], "judge": "gold", "num_prompts": 6}}, tmp_path).read_text()
+    assert "| PPO | sampled | 0.750 (n=4, 95% CI [0.300, 0.950]) | 2 | 6.0e-01 |" in text
+
+
+def test_reward_two_stage_ends_with_summary_and_final_metrics(tiny_paths, tmp_path, capsys):
+    out = tmp_path / "rm"
+    rc = main(["reward-two-stage", "--model_name_or_path", tiny_paths["reward"], "--output_dir", str(out),
+               "--testbed_clean_pairs", "8", "--testbed_dirty_pairs", "8", "--testbed_eval_pairs", "8",
+               "--max_steps", "1", "--pretrain_max_steps", "1", "--per_device_train_batch_size", "4",
+               "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true", *CPU])  # fmt: skip
+    assert rc == 0
+    metrics = json.loads((out / "reward_metrics.json").read_text())
+    assert "eval_accuracy" in metrics["final_eval"] and any(k.endswith("train_loss") for k in metrics["final_metrics"])
+    printed = capsys.readouterr().out
+    assert "Final: " in printed and "eval accuracy" in printed and f"Metrics saved to {out / 'reward_metrics.json'}" in printed
+    assert printed.count(f"Model saved to {out}") == 1

@@ -153,6 +153,27 @@ def make_plots(results: dict, out: Path) -> list[str]:
 TABLE_FILE = "table.md"
 
 
+def side_by_side_markdown(results: dict) -> str:
+    """Each win rate of the final table with its counts: n = wins + losses (ties excluded), the ties, and the 95%
+    Wilson interval the evaluation computed; "" without side-by-side rows."""
+    rows = [r for r in (results.get("evaluate") or {}).get("table") or [] if r.get("win_rate") is not None]
+    if not rows:
+        return ""
+    lines = ["| method | decoding | win rate vs SFT (n = wins + losses, 95% CI) | ties | p-value |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        for suffix, decoding in (("", "sampled"), ("_greedy", "greedy")):
+            if r.get(f"win_rate{suffix}") is None:
+                continue
+            wins, losses, ties = r.get(f"wins{suffix}"), r.get(f"losses{suffix}"), r.get(f"ties{suffix}")
+            n = (wins or 0) + (losses or 0) if wins is not None else None
+            ci = r.get(f"win_rate_ci{suffix}")
+            cell = f"{fmt(r[f'win_rate{suffix}'])} (n={n}" + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else ")")
+            p = r.get(f"p_value{suffix}")
+            lines.append(f"| {_label(r)} | {decoding} | {cell} | {ties if ties is not None else '–'} | "
+                         f"{f'{p:.1e}' if p is not None else '–'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def table_markdown(results: dict) -> str:
     """The final evaluation table as Markdown (a caption line and a fenced fixed-width table, no heading: README
     embeds it inside its own sections); "" without one."""
@@ -181,6 +202,9 @@ def write_report(results: dict, out: Path, title: str = "trl-extras pipeline rep
     if table_md:
         md += ["## Final table", "", table_md, ""]
         (out / TABLE_FILE).write_text(table_md)
+    sbs_md = side_by_side_markdown(results)
+    if sbs_md:
+        md += ["## Side-by-side against the SFT model", "", sbs_md, ""]
     if "reward_vs_kl.png" in plots:
         md += ["## Reward against KL to the SFT model", "", "![reward vs KL](reward_vs_kl.png)", ""]
     sft = results.get("sft")
