@@ -512,3 +512,14 @@ def test_reward_two_stage_ends_with_summary_and_final_metrics(tiny_paths, tmp_pa
     printed = capsys.readouterr().out
     assert "Final: " in printed and "eval accuracy" in printed and f"Metrics saved to {out / 'reward_metrics.json'}" in printed
     assert printed.count(f"Model saved to {out}") == 1
+
+
+def test_a_recipe_may_give_one_reward_as_a_scalar(tiny_paths, prompts_file, tmp_path, monkeypatch):
+    from trl_extras.testbed import heuristic_reward_fn
+
+    module, name, pick, argv = _consumers(tiny_paths, prompts_file, tmp_path / "out")["cem"]
+    _record(monkeypatch, module, name)
+    recipe = tmp_path / "cem.yaml"
+    recipe.write_text("reward_funcs: heuristic\nreward_weights: [2.0]\n")
+    captured = _run(["cem", "--config", recipe, *argv])
+    assert pick(captured) is heuristic_reward_fn and captured.args[2].reward_weights == [2.0]

@@ -171,6 +171,8 @@ def deprecated_reward_flags(args, prog: str, old_flags: dict, target: str = "rew
     to only warn, e.g. a flag that is no longer needed). Old flags still work; the new one is what --help shows."""
     import warnings
 
+    if isinstance(getattr(args, target, None), str):  # a recipe's `reward_funcs: out/rm` (a scalar, not a list)
+        setattr(args, target, [getattr(args, target)])
     for old, convert in old_flags.items():
         value = getattr(args, old, None)
         if value in (None, False, "", []):
