@@ -141,6 +141,8 @@ def test_pipeline_datasets_from_local_files(tmp_path):
         eval_prompt_dataset=str(tmp_path / "prompts.jsonl:train"),
         clean_pairs_dataset=str(tmp_path / "clean.jsonl"),
         real_pairs_dataset=None,
+        sft_dataset="testbed",  # with the user's data every dataset is named (the testbed's only when asked for)
+        dirty_pairs_dataset="testbed",
     )
     data = pipeline_datasets(config)
     assert len(data["prompts"]) == 8 and data["real_pairs"] is None

@@ -427,7 +427,7 @@ def test_qlora_recipe_parses():
         "ppo",
     )
     assert model_args.load_in_4bit and model_args.use_peft and model_args.lora_r == 16
-    assert args.kl_estimator == "exact" and script_args.reward_model_path
+    assert args.kl_estimator == "exact" and script_args.reward_funcs
 
 
 def test_reward_ensemble_reward_logs_std_and_initialises_value(tiny_paths, tmp_path):

@@ -167,5 +167,5 @@ def test_cli_sbs(tiny_paths, tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["n"] == 4 and data["ties"] == 4 and data["p_value"] == 1.0  # greedy, same weights
     assert "4 ties" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="--reward_funcs is required"):
         main(["sbs", "--model_a", tiny_paths["policy"], "--model_b", tiny_paths["policy"]])

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: Default of ``gold_reward`` / ``sft_reward``: the testbed's rewards on a testbed run, see ``check_models``.
+AUTO = "auto"
+#: The dataset fields: a run is a testbed run when none is the user's data ("testbed", unset, or None = skip).
+DATASET_FIELDS = ("prompt_dataset", "eval_prompt_dataset", "sft_dataset", "dirty_pairs_dataset", "clean_pairs_dataset",
+                  "real_pairs_dataset")  # fmt: skip
+_DATA_AUTO = ("'testbed', your data (a Hub id, folder or file, `name[:split]`), or unset ('auto'): the testbed's "
+              "when no dataset is your own, else an error naming it.")
 ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo_single", "ppo", "ppo_refresh", "dpo", "evaluate")
 
 
@@ -28,7 +35,7 @@ class PipelineConfig:
         default=None,
         metadata={
             "help": "Starting (pretrained) policy path or hub id; None on the testbed builds the tiny kit policy; "
-            "'smollm2' is SmolLM2-135M-Instruct offline (trl_extras.testbed.smollm2_path)."
+            "'testbed:smollm2' (or 'smollm2') is SmolLM2-135M-Instruct offline (trl_extras.testbed.smollm2_path)."
         },
     )
     reward_base_model: str | None = field(
@@ -40,27 +47,30 @@ class PipelineConfig:
         metadata={"help": "Task of the 'testbed' datasets: sort_digits or sort_hard (tiny models; sort_hard's SFT "
                   "demonstrations have a systematic wrong mode that RL can fix) or arithmetic (real chat models)."},
     )
-    prompt_dataset: str = field(default="testbed", metadata={"help": "Train prompts (`prompt` column)."})
-    eval_prompt_dataset: str = field(default="testbed", metadata={"help": "Holdout prompts for evaluation."})
-    sft_dataset: str = field(default="testbed", metadata={"help": "SFT prompt/completion data."})
-    dirty_pairs_dataset: str = field(default="testbed", metadata={"help": "Many cheap preference pairs (stage 1)."})
-    clean_pairs_dataset: str = field(default="testbed", metadata={"help": "Clean preference pairs (stage 2)."})
+    prompt_dataset: str = field(default=AUTO, metadata={"help": "Train prompts (`prompt` column). " + _DATA_AUTO})
+    eval_prompt_dataset: str = field(default=AUTO, metadata={"help": "Holdout prompts for evaluation. " + _DATA_AUTO})
+    sft_dataset: str = field(default=AUTO, metadata={"help": "SFT prompt/completion data. " + _DATA_AUTO})
+    dirty_pairs_dataset: str = field(default=AUTO, metadata={"help": "Many cheap preference pairs (stage 1). " + _DATA_AUTO})
+    clean_pairs_dataset: str = field(default=AUTO, metadata={"help": "Clean preference pairs (stage 2). " + _DATA_AUTO})
     real_pairs_dataset: str | None = field(
-        default="testbed", metadata={"help": "Real pairs for the second DPO stage (None skips it)."}
+        default=AUTO, metadata={"help": "Real pairs for the second DPO stage (None skips it). " + _DATA_AUTO}
     )
     gold_reward: str | None = field(
-        default="trl_extras.testbed:gold_reward_fn",
+        default=AUTO,
         metadata={
-            "help": "Import path `module:function` of a gold reward function (testbed only); None for real tasks. "
-            "The module is imported and run: a recipe can run code, like any Python config -- use trusted recipes."
+            "help": "Gold reward, for measuring only: 'gold' (the testbed task's), an import path `module:function`, "
+            "a reward-model path, or None (real tasks: no gold). 'auto': the task's gold on a testbed run (every "
+            "dataset 'testbed'), None with your own data. An import path runs that module's code (a recipe can run "
+            "code, like any Python config -- use trusted recipes)."
         },
     )
     sft_reward: str | None = field(
-        default="trl_extras.testbed:heuristic_reward_fn",
+        default=AUTO,
         metadata={
-            "help": "Reward for SFT early stopping: an import path `module:function` or a reward-model path. The "
-            "testbed default is the cheap dirty heuristic (no RM exists before SFT); None selects by eval_loss. "
-            "An import path runs that module's code (a recipe can run code: use trusted recipes)."
+            "help": "Reward that picks the SFT checkpoint (early stopping): 'heuristic' / 'gold' (the testbed task's), "
+            "an import path `module:function` or a reward-model path; None selects by eval_loss. 'auto': the "
+            "testbed's cheap dirty heuristic on a testbed run (no RM exists before SFT); with your own data it is "
+            "required (a path, module:function, or None). An import path runs that module's code."
         },
     )
     num_eval_prompts: int = field(default=256, metadata={"help": "Holdout prompts used by evaluations."})
@@ -169,14 +179,70 @@ class PipelineConfig:
             raise ValueError(f"ppo_reward must be 'ensemble' or 'gold', got {self.ppo_reward!r}.")
         if self.ensemble_size < 2:
             raise ValueError("ensemble_size must be >= 2 (an ensemble of one has no disagreement to penalize).")
+        self.resolve_auto_datasets()  # here, so settings fingerprints never see 'auto' on a testbed run
+        self.resolve_auto_rewards()
+
+    def resolve_auto_datasets(self) -> None:
+        """Unset ('auto') datasets → 'testbed' when no dataset is the user's (a testbed run, spelled as before so
+        earlier runs keep their fingerprints); with the user's data they stay 'auto' and :meth:`check_datasets`
+        refuses them (the testbed's pairs would otherwise train the user's reward model without a word)."""
+        if not self.user_datasets():
+            for name in DATASET_FIELDS:
+                if getattr(self, name) == AUTO:
+                    setattr(self, name, "testbed")
+
+    def check_datasets(self) -> None:
+        unset = [n for n in DATASET_FIELDS if getattr(self, n) == AUTO]
+        if unset:
+            raise ValueError(
+                f"With your own data {self.user_datasets()} name every dataset: {unset} unset. Give your data (a Hub "
+                "id, folder or file), or 'testbed' for the testbed's (real_pairs_dataset: null skips DPO's second "
+                "stage)."
+            )
+
+    def resolve_auto_rewards(self) -> None:
+        """'auto' rewards → the testbed task's, spelled as import paths of its module (as the defaults were before
+        'auto', so earlier runs keep their fingerprints), on a testbed run; gold → None with the user's data (sft
+        stays 'auto' there: :meth:`check_models` refuses it when the SFT stage runs)."""
+        module = "trl_extras.testbed.arithmetic" if self.task == "arithmetic" else "trl_extras.testbed"
+        if self.gold_reward == AUTO:
+            self.gold_reward = f"{module}:gold_reward_fn" if self.testbed_run else None
+        if self.sft_reward == AUTO and self.testbed_run:
+            self.sft_reward = f"{module}:heuristic_reward_fn"
+
+    @property
+    def testbed_run(self) -> bool:
+        """Every dataset is the testbed's: only then do the testbed's policy and rewards fill in what is unset."""
+        return not self.user_datasets()
+
+    def user_datasets(self) -> dict:
+        return {n: getattr(self, n) for n in DATASET_FIELDS if getattr(self, n) not in ("testbed", None, AUTO)}
 
     def check_models(self) -> None:
-        """Called when the run starts (after `--model_name_or_path` has been merged into `policy_model`)."""
-        if self.policy_model is None and self.prompt_dataset != "testbed":
-            raise ValueError("policy_model (or --model_name_or_path) is required outside the testbed.")
-        if self.policy_model == "smollm2":  # the offline real model: converted once, cached
-            from ..testbed.smollm2 import smollm2_path
+        """Called when the run starts (after `--model_name_or_path` has been merged into `policy_model`): resolves
+        testbed model names and the 'auto' rewards; with the user's own data nothing falls back to the testbed."""
+        if self.policy_model is None and not self.testbed_run:
+            raise ValueError(f"policy_model (or --model_name_or_path) is required with your own data "
+                             f"{self.user_datasets()}: the testbed's tiny policy stands in only on a testbed run.")  # fmt: skip
+        self.check_datasets()
+        from ..testbed.names import testbed_model_path
 
-            self.policy_model = smollm2_path(progress=True)
+        for name in ("policy_model", "reward_base_model"):
+            value = getattr(self, name)
+            if value == "smollm2":  # the older spelling of testbed:smollm2
+                value = "testbed:smollm2"
+            if isinstance(value, str) and value.lower() in ("testbed", "testbed:tiny"):
+                value = None  # the task's own starting policy (seeded, per task), as when unset
+            setattr(self, name, testbed_model_path(value))  # testbed:smollm2 -> converted once, cached
+        self.resolve_auto_rewards()
+        if self.sft_reward == AUTO:
+            if "sft" in self.stages:
+                raise ValueError(
+                    f"sft_reward is required with your own data {self.user_datasets()} (the testbed's heuristic "
+                    "would pick your SFT checkpoint): a reward-model path, an import path module:function, or null "
+                    "to pick the checkpoint by eval_loss."
+                )
+            else:
+                self.sft_reward = None
         if self.ppo_reward == "gold" and self.gold_reward is None:
             raise ValueError("ppo_reward='gold' needs gold_reward (an import path of the gold reward function).")

@@ -56,7 +56,11 @@ def pipeline_datasets(config: PipelineConfig) -> dict:
         "real_pairs": config.real_pairs_dataset,
         "rm_test": config.clean_pairs_dataset,
     }
+    from .config import AUTO
+
     for role, spec in specs.items():
+        if spec == AUTO:
+            config.check_datasets()  # the user's data with this one unset: an error naming every unset field
         if spec is None:
             out[role] = None
         elif spec == "testbed":
@@ -67,7 +71,6 @@ def pipeline_datasets(config: PipelineConfig) -> dict:
                 n = len(data)
                 data = data.select(range(int(0.9 * n), n) if role == "rm_test" else range(int(0.9 * n)))
             out[role] = data
-    for role in ("prompts", "eval_prompts"):
-        if out[role] is not None and "prompt" not in out[role].column_names:
+        if role in ("prompts", "eval_prompts") and out[role] is not None and "prompt" not in out[role].column_names:
             raise ValueError(f"The {role} dataset has no 'prompt' column (columns: {out[role].column_names}).")
     return out

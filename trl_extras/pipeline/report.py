@@ -19,6 +19,34 @@ def _ci(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
 
 
+def rate_with_count(rate, n) -> str:
+    """``"0.812 (n=200, 95% CI [0.752, 0.860])"``: a proportion with its count and Wilson interval (``"–"`` when
+    unknown); a rate on 2 pairs shows how little it says."""
+    if rate is None:
+        return "–"
+    if not n:
+        return f"{fmt(rate)} (n unknown)"
+    from ..core.stats import win_rate_interval
+
+    n = int(n)
+    low, high = win_rate_interval(int(round(float(rate) * n)), n)
+    return f"{fmt(rate)} (n={n}, 95% CI [{low:.3f}, {high:.3f}])"
+
+
+def reward_model_cells(m: dict) -> str:
+    """The reward-model row's cells: accuracy vs gold, hardest quartile (each with n and CI), ECE with n. Results
+    written before the counts were stored fall back to ``num_pairs`` (and a quarter of it for the quartile)."""
+    import math
+
+    gold = "gold_accuracy" in m
+    n = m.get("num_gold_pairs", m.get("num_pairs")) if gold else m.get("num_pairs")
+    hard_n = m.get("num_hard_pairs", math.ceil(0.25 * n) if n else None)
+    ece = m.get("gold_ece", m.get("ece"))
+    ece_cell = f"{fmt(ece)} (n={int(n)})" if ece is not None and n else fmt(ece) if ece is not None else "–"
+    return " | ".join([rate_with_count(m.get("gold_accuracy", m.get("accuracy")), n),
+                       rate_with_count(m.get("hard_quartile_gold_accuracy"), hard_n), ece_cell])  # fmt: skip
+
+
 def table_lines(rows: list[dict]) -> list[str]:
     """A fixed-width table: gold at the sampling temperature (95% CI) and greedy (95% CI), proxy, dirty RM, KL to
     SFT, length, and the side-by-side win rate vs SFT with its p-value, sampled and greedy."""
@@ -125,6 +153,27 @@ def make_plots(results: dict, out: Path) -> list[str]:
 TABLE_FILE = "table.md"
 
 
+def side_by_side_markdown(results: dict) -> str:
+    """Each win rate of the final table with its counts: n = wins + losses (ties excluded), the ties, and the 95%
+    Wilson interval the evaluation computed; "" without side-by-side rows."""
+    rows = [r for r in (results.get("evaluate") or {}).get("table") or [] if r.get("win_rate") is not None]
+    if not rows:
+        return ""
+    lines = ["| method | decoding | win rate vs SFT (n = wins + losses, 95% CI) | ties | p-value |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        for suffix, decoding in (("", "sampled"), ("_greedy", "greedy")):
+            if r.get(f"win_rate{suffix}") is None:
+                continue
+            wins, losses, ties = r.get(f"wins{suffix}"), r.get(f"losses{suffix}"), r.get(f"ties{suffix}")
+            n = (wins or 0) + (losses or 0) if wins is not None else None
+            ci = r.get(f"win_rate_ci{suffix}")
+            cell = f"{fmt(r[f'win_rate{suffix}'])} (n={n}" + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else ")")
+            p = r.get(f"p_value{suffix}")
+            lines.append(f"| {_label(r)} | {decoding} | {cell} | {ties if ties is not None else '–'} | "
+                         f"{f'{p:.1e}' if p is not None else '–'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def table_markdown(results: dict) -> str:
     """The final evaluation table as Markdown (a caption line and a fenced fixed-width table, no heading: README
     embeds it inside its own sections); "" without one."""
@@ -153,6 +202,9 @@ def write_report(results: dict, out: Path, title: str = "trl-extras pipeline rep
     if table_md:
         md += ["## Final table", "", table_md, ""]
         (out / TABLE_FILE).write_text(table_md)
+    sbs_md = side_by_side_markdown(results)
+    if sbs_md:
+        md += ["## Side-by-side against the SFT model", "", sbs_md, ""]
     if "reward_vs_kl.png" in plots:
         md += ["## Reward against KL to the SFT model", "", "![reward vs KL](reward_vs_kl.png)", ""]
     sft = results.get("sft")
@@ -172,9 +224,12 @@ def write_report(results: dict, out: Path, title: str = "trl-extras pipeline rep
         md.append("")
     rm = results.get("reward")
     if rm:
-        md += ["## Reward models (accuracy on held-out gold-labelled pairs)", "", "| model | accuracy vs gold | hardest quartile | ECE |", "|---|---:|---:|---:|"]
+        md += ["## Reward models (accuracy on held-out gold-labelled pairs)", "",
+               "Each accuracy with its number of pairs n and a 95% Wilson interval; ECE over the same n pairs "
+               "(σ(margin) against the gold label; few pairs make it noisy).", "",
+               "| model | accuracy vs gold (n, 95% CI) | hardest quartile (n, 95% CI) | ECE (n) |", "|---|---:|---:|---:|"]  # fmt: skip
         for name, m in rm.get("accuracies", {}).items():
-            md.append(f"| {name} | {fmt(m.get('gold_accuracy', m.get('accuracy')))} | {fmt(m.get('hard_quartile_gold_accuracy'))} | {fmt(m.get('gold_ece', m.get('ece')))} |")
+            md.append(f"| {name} | {reward_model_cells(m)} |")
         filt = rm.get("filtering") or {}
         if filt:
             md += ["", f"Easy-pair filtering: {json.dumps({k: v for k, v in filt.items() if k in ('num_pairs', 'num_kept', 'num_dropped_easy', 'num_dropped_suspect', 'num_input', 'num_dropped')}, default=str)}"]

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..utils.imports import import_object  # noqa: F401  (re-exported: its old home; refresh imported it here)
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,16 @@ class Context:
             return None
         from ..rewards.functions import RewardFunctions
 
-        return RewardFunctions(import_object(self.config.gold_reward))
+        return RewardFunctions(self.reward(self.config.gold_reward, "gold_reward"))
+
+    def reward(self, spec: str, flag: str):
+        """A reward spec of the recipe (the CLI's vocabulary): the task's 'gold' / 'heuristic', ``module:function``
+        (imported, from the working directory too), else a reward-model path."""
+        from ..testbed.names import TESTBED_REWARDS, testbed_rewards
+        from ..utils.imports import resolve_reward_spec
+
+        named = testbed_rewards(self.config.task) if spec in TESTBED_REWARDS else None
+        return resolve_reward_spec(spec, named, flag)
 
     def trainer_kwargs(self) -> dict:
         """Common ``TrainingArguments`` for every stage."""
@@ -83,14 +93,6 @@ class Context:
         return kwargs
 
 
-def import_object(path: str):
-    """``"package.module:name"`` → the object."""
-    import importlib
-
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def save_model(model, tokenizer, path: Path) -> str:
     """Save a (possibly PEFT) model as a standalone checkpoint: adapters merged, so later stages load it by path."""
     if hasattr(model, "merge_and_unload"):
@@ -125,7 +127,7 @@ def stage_sft(ctx: Context) -> dict:
     # Gold is logged, never used to choose.
     callbacks, callback = [], None
     if cfg.sft_reward is not None:
-        reward = import_object(cfg.sft_reward) if ":" in cfg.sft_reward else cfg.sft_reward
+        reward = ctx.reward(cfg.sft_reward, "sft_reward")
         extra = {"gold": ctx.gold.funcs[0]} if ctx.gold is not None else None
         callback = RewardEarlyStoppingCallback(
             reward, eval_prompts, processing_class=tokenizer, patience=cfg.sft_patience,

@@ -21,12 +21,13 @@ settings is refused (naming the fields that changed) instead of silently mixing 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .labeling import read_jsonl, write_jsonl
 
+# the judge of a testbed run (spelled as before, so runs started earlier keep their settings fingerprint)
+_TESTBED_JUDGE = "trl_extras.testbed:gold_reward_fn"
 # settings that do not change what a run computes (excluded from the fingerprint)
 _UNFINGERPRINTED = ("output_dir", "min_labeled_fraction", "use_cpu")
 
@@ -52,10 +53,11 @@ class IterateConfig:
         metadata={"help": "The reward model's earlier pairs to replay (a datasets spec); the testbed uses its dirty pairs."},
     )
     labeler: str = field(default="judge", metadata={"help": "'judge' (labels at once) or 'people' (files to fill in)."})
-    judge: str = field(
-        default="trl_extras.testbed:gold_reward_fn",
-        metadata={"help": "labeler=judge: a reward-model path, or an import path `module:name` of a pairwise judge "
-                  "(has `.judge`) or of a reward function (wrapped in RewardJudge)."},
+    judge: str | None = field(
+        default=None,
+        metadata={"help": "labeler=judge: the testbed's 'gold' / 'heuristic', a reward-model path, or an import path "
+                  "`module:name` of a pairwise judge (has `.judge`) or of a reward function (wrapped in RewardJudge). "
+                  "Unset: the testbed's gold reward on the testbed; required with your own prompt_dataset."},
     )
     judge_flip_rate: float = field(default=0.0, metadata={"help": "Flip this share of a reward judge's labels (noise)."})
     export_format: str = field(default="jsonl", metadata={"help": "labeler=people: 'jsonl' or 'csv'."})
@@ -79,6 +81,8 @@ class IterateConfig:
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when CUDA is available."})
 
     def __post_init__(self):
+        if self.judge is None and self.prompt_dataset == "testbed":
+            self.judge = _TESTBED_JUDGE  # the testbed's default only on the testbed's prompts
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}.")
         if self.labeler not in ("judge", "people"):
@@ -142,6 +146,12 @@ class Iteration:
         self.testbed = config.prompt_dataset == "testbed"
         if not self.testbed and (config.policy_model is None or config.reward_model is None):
             raise ValueError("Outside the testbed, policy_model and reward_model are required.")
+        if not self.testbed and config.labeler == "judge" and not config.judge:
+            raise ValueError(
+                f"judge is required with your own prompt_dataset {config.prompt_dataset!r} and labeler 'judge' (the "
+                "testbed's gold judge stands in only on the testbed): a reward-model path, module:function, or "
+                "'gold' / 'heuristic' to label with the testbed's rewards; or labeler 'people'."
+            )
 
     # ------------------------------------------------------------------------------------------------ inputs
     def trainer_kwargs(self) -> dict:
@@ -189,13 +199,15 @@ class Iteration:
         return None
 
     def judge(self):
-        from ..pipeline.stages import import_object
+        from ..testbed.names import TESTBED_REWARDS, testbed_rewards
+        from ..utils.imports import resolve_reward_spec
         from .labeling import RewardJudge
 
         spec = self.config.judge
-        if os.path.isdir(spec):
-            return RewardJudge(spec, flip_rate=self.config.judge_flip_rate, seed=self.config.seed)
-        obj = import_object(spec)
+        named = testbed_rewards() if spec in TESTBED_REWARDS else None
+        obj = resolve_reward_spec(spec, named, "judge")  # the CLI's vocabulary: testbed names, module:fn, paths
+        if isinstance(obj, str):  # a reward-model path (folder or Hub id)
+            return RewardJudge(obj, flip_rate=self.config.judge_flip_rate, seed=self.config.seed)
         if callable(getattr(obj, "judge", None)):
             return obj
         return RewardJudge(obj, flip_rate=self.config.judge_flip_rate, seed=self.config.seed)

@@ -109,7 +109,8 @@ def evaluate_reward_model(
 
     Always: ``num_pairs``, ``accuracy`` (dataset labels), ``mean_margin``, ``ece`` (σ(margin) vs the dataset label).
     When the gold columns exist (the testbed): ``gold_accuracy``, ``hard_quartile_gold_accuracy``, ``gold_ece``
-    (σ(margin) vs the 0/1 gold label of the pair as stored).
+    (σ(margin) vs the 0/1 gold label of the pair as stored), and their counts ``num_gold_pairs`` /
+    ``num_hard_pairs`` (reports show every rate with its n).
     """
     from .pairs import gold_margins, pair_margins
 
@@ -125,5 +126,7 @@ def evaluate_reward_model(
         out["gold_accuracy"] = pairwise_accuracy(margins, g)
         out["hard_quartile_gold_accuracy"] = hard_quartile_accuracy(margins, g)
         decided = g != 0
+        out["num_gold_pairs"] = float(decided.sum())  # the n of the gold rates (pairs gold prefers one side of)
+        out["num_hard_pairs"] = float(math.ceil(0.25 * int(decided.sum())))  # hard_quartile_accuracy's k
         out["gold_ece"] = calibration_error(margins[decided], (g[decided] > 0).float(), n_bins=n_bins)
     return out

@@ -1,10 +1,14 @@
-"""``trl-extras demo``: the seed's whole pipeline on the built-in testbed with tiny models, on a CPU in minutes.
+"""``trl-extras demo``: the article's whole pipeline on the built-in testbed with tiny models, on a CPU in minutes.
 
 On the ``sort_hard`` task (the SFT model's greedy answer is its demonstrators' systematic mistake): SFT with
 reward-based early stopping → reward model (dirty → clean, easy-pair filtering) → reward ensemble → CEM → PPO on one
 fixed RM without KL (over-optimization baseline) → PPO (advantage-normalized, exact KL, ensemble uncertainty penalty)
 → the same PPO with the reward ensemble refreshed on its own answers → DPO on reward-synthesized pairs → side-by-side
 evaluation of every model against the SFT model with binomial tests, judged by the gold reward, sampled and greedy.
+
+examples:
+  trl-extras demo
+  trl-extras demo --output_dir outputs/demo --seed 1
 """
 
 from __future__ import annotations

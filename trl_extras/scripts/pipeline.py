@@ -1,4 +1,16 @@
-"""``trl-extras pipeline --config recipes/pipeline_*.yaml``: the whole pipeline, stage by stage, resumable."""
+"""``trl-extras pipeline``: the whole alignment pipeline from a recipe, stage by stage (SFT with reward early
+stopping → two-stage reward model → reward ensemble → CEM → PPO → DPO on synthetic pairs → side-by-side
+evaluation), resumable: a stage with a ``result.json`` is skipped on the next run. Datasets are ``testbed`` or your
+own (a Hub id, a folder or a data file, ``name[:split]``). The testbed's policy and rewards stand in only on a testbed
+run (no dataset of your own): with your own data name every dataset (yours or ``testbed``), set ``policy_model`` (or ``--model_name_or_path``; ``testbed:smollm2``
+is SmolLM2-135M-Instruct offline) and ``sft_reward`` (a reward-model path, ``module:function``, or null for
+eval_loss); ``gold_reward`` (measuring only) takes ``gold`` / ``heuristic``, ``module:function`` or a path.
+
+examples:
+  trl-extras pipeline --config recipes/pipeline_testbed.yaml
+  trl-extras pipeline --config recipes/pipeline_smollm2.yaml --output_dir out/smollm2
+  trl-extras pipeline --config recipes/pipeline_real.yaml --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct
+"""
 
 from __future__ import annotations
 

@@ -1,22 +1,30 @@
-"""``trl-extras ppo``: PPO with a separate value model, advantage normalization and an exact KL penalty.
+"""``trl-extras ppo``: PPO with a separate value model (initialised from the reward model or the policy), advantage
+normalization and an exact full-vocabulary KL penalty to the reference policy, on TRL's Trainer. Rewards come from
+``--reward_funcs`` (reward-model paths, LoRA adapter folders, RewardEnsemble folders, ``module:function`` import
+paths, the testbed's ``gold`` / ``heuristic``), summed with ``--reward_weights``; ``--track_reward_funcs`` (same
+vocabulary) are logged as ``rewards/<name>/mean`` but not optimized. ``dataset_name`` takes ``testbed`` (the built-in
+prompts), a Hub dataset, a ``save_to_disk`` directory or a data file with a ``prompt`` column;
+``model_name_or_path`` takes a path, a Hub id, ``testbed`` (the testbed's SFT policy) or ``testbed:smollm2``. The
+testbed fills in the model only when the data is the testbed's.
 
-    trl-extras ppo --config recipes/ppo_testbed.yaml                                  # testbed, tiny models, CPU
-    trl-extras ppo --config recipes/ppo_qlora.yaml --reward_model_path my-org/my-rm   # 0.5B instruct, QLoRA
-    accelerate launch --config_file recipes/accelerate/ddp.yaml -m trl_extras.cli ppo --config ...
+examples:
+  trl-extras ppo --config recipes/ppo_testbed.yaml                                  # testbed, tiny models, CPU
+  trl-extras ppo --model_name_or_path out/sft --dataset_name prompts.jsonl --reward_funcs out/rm \\
+      --output_dir out/ppo --use_peft --lora_task_type CAUSAL_LM
+  trl-extras ppo --config recipes/ppo_qlora.yaml --reward_funcs my-org/my-rm myrewards:length_penalty \\
+      --reward_weights 1.0 0.1
+  accelerate launch --config_file recipes/accelerate/ddp.yaml -m trl_extras.cli ppo --config ...
 
-Rewards: ``--reward_model_path`` (one or several reward-model paths; a directory saved by ``RewardEnsemble`` is
-loaded as an ensemble with its penalty), and/or ``--reward_funcs gold`` / ``heuristic`` (the testbed's Python
-rewards). ``--track_reward_funcs gold`` logs a reward without optimizing it (e.g. gold while optimizing a proxy).
-``dataset_name`` takes ``testbed`` (the built-in prompts), a Hub dataset, a ``save_to_disk`` directory or a data
-file with a ``prompt`` column. ``model_name_or_path`` ``testbed`` (or unset) is the testbed's SFT policy.
+Deprecated: ``--reward_model_path`` (use ``--reward_funcs``; still accepted with a warning).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from trl import ScriptArguments
+
+from .utils import REWARD_FUNCS_HELP
 
 TESTBED = "testbed"
 PYTHON_REWARDS = ("gold", "heuristic")
@@ -26,15 +34,14 @@ PYTHON_REWARDS = ("gold", "heuristic")
 class PPOScriptArguments(ScriptArguments):
     """Data and reward selection for ``trl-extras ppo`` (TRL's ``ScriptArguments`` plus rewards and testbed sizes)."""
 
-    reward_model_path: list[str] | None = field(
-        default=None,
-        metadata={"help": "Reward model path(s); a RewardEnsemble directory is loaded as an ensemble (its penalty)."},
-    )
-    reward_funcs: list[str] | None = field(
-        default=None, metadata={"help": "Built-in Python rewards to optimize: 'gold' and/or 'heuristic' (testbed)."}
-    )
+    reward_funcs: list[str] | None = field(default=None, metadata={"help": REWARD_FUNCS_HELP})
     track_reward_funcs: list[str] | None = field(
-        default=None, metadata={"help": "Built-in rewards logged as rewards/<name>/mean but not optimized, e.g. gold."}
+        default=None,
+        metadata={"help": "Rewards logged as rewards/<name>/mean but not optimized (same forms as --reward_funcs), "
+                  "e.g. gold while optimizing a proxy."},
+    )
+    reward_model_path: list[str] | None = field(
+        default=None, metadata={"help": "Deprecated: use --reward_funcs (takes the same paths)."}
     )
     value_model_path: str | None = field(
         default=None, metadata={"help": "Value model path (default: copy of the reward model, else the policy)."}
@@ -44,31 +51,6 @@ class PPOScriptArguments(ScriptArguments):
     testbed_conversational: bool = field(default=False, metadata={"help": "Testbed: conversational (message) prompts."})
     testbed_seed: int = field(default=0, metadata={"help": "Testbed: seed of the prompt pool."})
     metrics_file: str = field(default="ppo_metrics.json", metadata={"help": "File under output_dir for final metrics."})
-
-
-def _python_reward(name: str):
-    from ..testbed import gold_reward_fn, heuristic_reward_fn
-
-    if name not in PYTHON_REWARDS:
-        raise ValueError(f"Unknown built-in reward {name!r}; choose from {PYTHON_REWARDS} or pass --reward_model_path.")
-    return {"gold": gold_reward_fn, "heuristic": heuristic_reward_fn}[name]
-
-
-def _reward_model(path: str, model_init_kwargs: dict):
-    """A reward-model path, or a RewardEnsemble when the directory is one."""
-    from ..rewards.ensemble import MANIFEST_NAME, RewardEnsemble, interrupted_ensemble_dir
-
-    if os.path.isfile(os.path.join(path, MANIFEST_NAME)):
-        return RewardEnsemble.from_pretrained(path)
-    if interrupted_ensemble_dir(path):
-        raise ValueError(
-            f"--reward_model_path {path} holds reward-ensemble members but no {MANIFEST_NAME}: its training or "
-            "calibration was interrupted. Rerun `trl-extras reward-ensemble` with the same settings (finished "
-            "members are reused)."
-        )
-    from ..rewards.scoring import RewardModelScorer
-
-    return RewardModelScorer(path, model_init_kwargs=model_init_kwargs)
 
 
 def datasets_for(script_args: PPOScriptArguments):
@@ -95,26 +77,44 @@ def datasets_for(script_args: PPOScriptArguments):
 def main(argv=None) -> int:
     from trl import ModelConfig, get_peft_config, get_quantization_config
 
+    from ..rewards.scoring import RewardModelScorer
     from ..trainers.ppo import PPOConfig, PPOTrainer
     from .reward_two_stage import resolve_model, resume_arg
-    from .utils import parse_args, save_evaluate_report
+    from .utils import (
+        check_reward_weights,
+        deprecated_reward_flags,
+        parse_args,
+        require,
+        resolve_model_name,
+        resolve_reward_funcs,
+        save_evaluate_report,
+        testbed_asked,
+    )
 
     script_args, training_args, model_args = parse_args([PPOScriptArguments, PPOConfig, ModelConfig], argv, "ppo")
-    from ..utils.validation import check_model_path
-
-    for path in script_args.reward_model_path or []:  # before any model loads
-        check_model_path(path, "--reward_model_path")
-    check_model_path(script_args.value_model_path, "--value_model_path")
-    model = resolve_model(model_args, training_args)  # 'testbed' -> the SFT policy; fills model_init_kwargs
+    deprecated_reward_flags(script_args, "ppo", {"reward_model_path": list})
+    require(script_args.reward_funcs, "--reward_funcs", "ppo", "what PPO optimizes: a reward-model path, "
+            "a RewardEnsemble folder, module:function, or the testbed's gold / heuristic", own_data=False)  # fmt: skip
+    testbed = testbed_asked({"--dataset_name": script_args.dataset_name})
+    check_reward_weights(training_args.reward_weights, len(script_args.reward_funcs))
+    resolved = resolve_reward_funcs(script_args.reward_funcs)  # paths checked before any model loads
+    resolved_tracked = resolve_reward_funcs(script_args.track_reward_funcs, "--track_reward_funcs")
+    script_args.value_model_path = resolve_model_name(script_args.value_model_path, "--value_model_path")
+    model = resolve_model(model_args, training_args, testbed, "ppo")  # 'testbed' -> the SFT policy; model_init_kwargs
     quantization_config = get_quantization_config(model_args)
     load_kwargs = dict(training_args.model_init_kwargs or {})
     if quantization_config is not None:
         load_kwargs["quantization_config"] = quantization_config
-    rewards = [_reward_model(p, load_kwargs) for p in script_args.reward_model_path or []]
-    rewards += [_python_reward(n) for n in script_args.reward_funcs or []]
-    if not rewards:
-        raise ValueError("No reward: pass --reward_model_path and/or --reward_funcs gold|heuristic.")
-    tracked = [_python_reward(n) for n in script_args.track_reward_funcs or []] or None
+
+    special = quantization_config is not None or load_kwargs.get("dtype") not in (None, "auto", "float32")
+
+    def loaded(rewards):
+        """Model paths reach the trainer as paths (it loads full RMs, adapter folders and ensembles alike), except
+        when the policy's dtype / quantization must apply to them too: then they are loaded here with those."""
+        return [RewardModelScorer(r, model_init_kwargs=load_kwargs) if isinstance(r, str) and special else r
+                for r in rewards]  # fmt: skip
+
+    rewards, tracked = loaded(resolved), loaded(resolved_tracked) or None
     train, evaluation = datasets_for(script_args)
     peft_config = get_peft_config(model_args)
     trainer = PPOTrainer(
@@ -130,5 +130,5 @@ def main(argv=None) -> int:
     )
     trainer.train(resume_from_checkpoint=resume_arg(training_args.resume_from_checkpoint))
     save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file,
-                         {"global_step": trainer.state.global_step}, dataset_name=script_args.dataset_name)
+                         dataset_name=script_args.dataset_name)
     return 0

@@ -96,13 +96,14 @@ def main(argv=None) -> int:
     from trl import ModelConfig, RewardConfig, get_peft_config, get_quantization_config
 
     from ..rewards.ensemble import train_reward_ensemble
-    from .utils import parse_args, report_metrics
+    from .utils import parse_args, report_metrics, testbed_asked
 
     script_args, training_args, model_args = parse_args(
         [EnsembleScriptArguments, RewardConfig, ModelConfig], argv, "reward-ensemble"
     )
+    testbed = testbed_asked({"--dataset_name": script_args.dataset_name})
+    model = resolve_model(model_args, training_args, testbed, "reward-ensemble")
     train, evaluation = ensemble_datasets(script_args)
-    model = resolve_model(model_args, training_args)
     ensemble = train_reward_ensemble(
         model,
         train,
@@ -118,7 +119,16 @@ def main(argv=None) -> int:
         coef=script_args.coef,
         quantization_config=get_quantization_config(model_args),
     )
+    import os
+
     metrics = {"ensemble": repr(ensemble), "eval": evaluate_ensemble(ensemble, evaluation)}
-    report_metrics(metrics, training_args.output_dir, script_args.metrics_file)
-    print(f"Ensemble saved to {training_args.output_dir} (load with RewardEnsemble.from_pretrained).")
+    ev = metrics["eval"]
+    lines = []
+    if ev:
+        lines.append(f"Final: eval accuracy of the penalized reward {ev['penalized_accuracy']:.4g}, of the mean "
+                     f"{ev['mean_accuracy']:.4g}, members {', '.join(f'{a:.3g}' for a in ev['member_accuracy'])} "
+                     f"(on {len(evaluation)} pairs)")  # fmt: skip
+    lines += [f"Ensemble saved to {training_args.output_dir} (load with RewardEnsemble.from_pretrained)",
+              f"Metrics saved to {os.path.join(training_args.output_dir, script_args.metrics_file)}"]  # fmt: skip
+    report_metrics(metrics, training_args.output_dir, script_args.metrics_file, summary=lines)
     return 0

@@ -36,14 +36,16 @@ def main(argv=None) -> int:
     from trl import ModelConfig, RewardConfig, get_peft_config, get_quantization_config
 
     from ..rewards.filtering import train_with_easy_pair_filtering
-    from .utils import parse_args
+    from .utils import parse_args, testbed_asked
 
     script_args, training_args, model_args = parse_args(
         [FilterArguments, RewardConfig, ModelConfig], argv, "reward-filter"
     )
+    testbed = testbed_asked({"--dataset_name": script_args.dataset_name})
+    model = resolve_model(model_args, training_args, testbed, "reward-filter")
     train, evaluation = train_and_eval_datasets(script_args)
     result = train_with_easy_pair_filtering(
-        resolve_model(model_args, training_args),
+        model,
         train,
         args=training_args,
         eval_dataset=evaluation,

@@ -1,14 +1,16 @@
-"""``trl-extras reward-two-stage``: train a reward model on dirty pairs (stage 1), then on clean pairs (stage 2).
+"""``trl-extras reward-two-stage``: train a reward model on many cheap, noisy (dirty) pairs first (stage 1), then
+continue on the clean pairs (stage 2), the article's recipe. ``dataset_name`` (the clean pairs) and
+``pretrain_dataset_name`` (the dirty pairs) take ``testbed`` (the built-in sort-the-digits pairs), a Hub dataset
+name, a directory saved with ``Dataset.save_to_disk``, or a ``.json``/``.jsonl``/``.parquet``/``.csv`` file; with your
+own ``dataset_name`` both ``pretrain_dataset_name`` and ``model_name_or_path`` are required (the testbed fills them
+in only for a testbed run). ``model_name_or_path`` ``testbed`` (or unset on the testbed) initialises the reward
+model from the testbed SFT policy with a new score head; ``testbed:smollm2`` is SmolLM2-135M-Instruct offline.
 
-    trl-extras reward-two-stage --config recipes/reward_two_stage.yaml                      # testbed, tiny models
-    trl-extras reward-two-stage --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \\
-        --pretrain_dataset_name my-org/dirty-pairs --dataset_name trl-lib/ultrafeedback_binarized \\
-        --use_peft --lora_task_type SEQ_CLS --load_in_4bit --output_dir out/rm-two-stage
-
-``dataset_name`` / ``pretrain_dataset_name`` take ``testbed`` (the built-in sort-the-digits pairs), a Hub dataset
-name, a directory saved with ``Dataset.save_to_disk``, or a ``.json``/``.jsonl``/``.parquet``/``.csv`` file.
-``model_name_or_path`` ``testbed`` (or unset) initialises the reward model from the testbed SFT policy with a
-new score head — the seed's recipe. Parsed with ``trl.TrlParser``: flags, or a YAML recipe through ``--config``.
+examples:
+  trl-extras reward-two-stage --config recipes/reward_two_stage.yaml                      # testbed, tiny models
+  trl-extras reward-two-stage --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \\
+      --pretrain_dataset_name my-org/dirty-pairs --dataset_name trl-lib/ultrafeedback_binarized \\
+      --use_peft --lora_task_type SEQ_CLS --load_in_4bit --output_dir out/rm-two-stage
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class RewardScriptArguments(ScriptArguments):
 @dataclass
 class TwoStageScriptArguments(RewardScriptArguments):
     pretrain_dataset_name: str | None = field(
-        default=TESTBED, metadata={"help": "Stage-1 (dirty) pairs: 'testbed', a Hub name, a directory or a file."}
+        default=None,
+        metadata={"help": "Stage-1 (dirty) pairs: 'testbed', a Hub name, a directory or a file. Unset: the testbed's "
+                  "dirty pairs when dataset_name is the testbed; required with your own dataset_name."},
     )
     pretrain_dataset_config: str | None = field(default=None, metadata={"help": "Config name of the stage-1 dataset."})
     pretrain_dataset_split: str = field(default="train", metadata={"help": "Split of the stage-1 dataset."})
@@ -91,16 +95,16 @@ def train_and_eval_datasets(script_args: RewardScriptArguments):
     return train, evaluation
 
 
-def resolve_model(model_args, training_args) -> str:
-    """Model path (the testbed SFT policy for 'testbed'/unset) and TRL-style ``model_init_kwargs``."""
-    from ..utils.validation import check_model_path
+def resolve_model(model_args, training_args, testbed: bool = True, prog: str = "") -> str:
+    """Model path (the testbed SFT policy for 'testbed'/unset, SmolLM2 for 'testbed:smollm2') and TRL-style
+    ``model_init_kwargs``. Unset on the user's own data (``testbed`` False) is an error naming the flag."""
+    from .utils import require, resolve_model_name
 
     name = model_args.model_name_or_path
-    check_model_path(name, "--model_name_or_path")
-    if name in (None, "", TESTBED):
-        from ..testbed import build_sft_policy
-
-        name = build_sft_policy()
+    if name in (None, ""):
+        # the testbed's policy stands in only for a testbed run (``testbed``: see scripts.utils.testbed_asked)
+        name = TESTBED if testbed else require(name, "--model_name_or_path", prog, "the model to train")
+    name = resolve_model_name(name, "--model_name_or_path")  # testbed / testbed:smollm2 -> their cached paths
     kwargs = dict(
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,
@@ -123,22 +127,24 @@ def finish(trainer, script_args, training_args, extra: dict) -> dict:
     metrics."""
     from .utils import save_evaluate_report
 
-    metrics = save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file, extra,
-                                   dataset_name=getattr(script_args, "dataset_name", None))
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
-    return metrics
+    return save_evaluate_report(trainer, training_args.output_dir, script_args.metrics_file, extra,
+                                dataset_name=getattr(script_args, "dataset_name", None))  # prints where it went
 
 
 def main(argv=None) -> int:
     from trl import ModelConfig, get_peft_config, get_quantization_config
 
     from ..rewards.two_stage import TwoStageRewardConfig, TwoStageRewardTrainer
-    from .utils import parse_args
+    from .utils import parse_args, require, testbed_asked
 
     script_args, training_args, model_args = parse_args(
         [TwoStageScriptArguments, TwoStageRewardConfig, ModelConfig], argv, "reward-two-stage"
     )
-    train, evaluation = train_and_eval_datasets(script_args)
+    testbed = testbed_asked({"--dataset_name": script_args.dataset_name})
+    train, evaluation = train_and_eval_datasets(script_args)  # the user's pairs are checked first
+    if not testbed:  # the user's clean pairs: stage 1 on 3000 testbed digit-sorting pairs would be a wrong result
+        require(script_args.pretrain_dataset_name, "--pretrain_dataset_name", "reward-two-stage",
+                "the stage-1 (dirty) pairs; 'testbed' for the testbed's")
     if (script_args.pretrain_dataset_name or TESTBED) == TESTBED:
         pretrain = testbed_datasets(script_args)["dirty"]
     else:
@@ -146,7 +152,7 @@ def main(argv=None) -> int:
             script_args.pretrain_dataset_name, script_args.pretrain_dataset_config, script_args.pretrain_dataset_split
         )
     trainer = TwoStageRewardTrainer(
-        model=resolve_model(model_args, training_args),
+        model=resolve_model(model_args, training_args, testbed, "reward-two-stage"),
         args=training_args,
         pretrain_dataset=pretrain,
         train_dataset=train,

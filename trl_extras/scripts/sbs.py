@@ -1,7 +1,15 @@
-"""``trl-extras sbs``: side-by-side comparison of two models with a binomial test.
+"""``trl-extras sbs``: side-by-side comparison of two models: both answer the same prompts, a reward (or the sum of
+several, ``--reward_funcs`` / ``--reward_weights``: reward-model paths, adapter or RewardEnsemble folders,
+``module:function``, the testbed's ``gold`` / ``heuristic``) judges each pair, and a binomial test with a confidence
+interval says whether A beats B. On the testbed (a testbed reward named, or no models and no prompts given) a missing
+model is the testbed SFT policy and the prompts are the testbed holdout; otherwise ``--model_a``, ``--model_b`` and
+``--prompts_file`` are required.
 
-    trl-extras sbs --model_a out/sft_v2 --model_b out/sft_v1 --reward_model out/rm
-    trl-extras sbs --model_a out/ppo --judge gold            # testbed: B defaults to the testbed SFT policy
+examples:
+  trl-extras sbs --model_a out/sft_v2 --model_b out/sft_v1 --prompts_file prompts.jsonl --reward_funcs out/rm
+  trl-extras sbs --model_a out/ppo --reward_funcs gold        # testbed: B is the testbed SFT policy
+
+Deprecated: ``--reward_model``, ``--judge`` (use ``--reward_funcs``).
 """
 
 from __future__ import annotations
@@ -10,17 +18,17 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_TESTBED_JUDGES = ("gold", "heuristic")
+from .utils import REWARD_FUNCS_HELP, REWARD_WEIGHTS_HELP
 
 
 @dataclass
 class SideBySideArguments:
     model_a: str | None = field(default=None, metadata={"help": "Model A (path). Default: the testbed SFT policy."})
     model_b: str | None = field(default=None, metadata={"help": "Model B, the baseline (path). Default: the testbed SFT policy."})
-    reward_model: str | None = field(default=None, metadata={"help": "Reward-model path used as the judge (score difference)."})
-    judge: str | None = field(
-        default=None, metadata={"help": "Built-in testbed judge instead of a reward model: 'gold' or 'heuristic'."}
-    )
+    reward_funcs: list[str] | None = field(default=None, metadata={"help": REWARD_FUNCS_HELP + " The judge."})
+    reward_weights: list[float] | None = field(default=None, metadata={"help": REWARD_WEIGHTS_HELP})
+    reward_model: str | None = field(default=None, metadata={"help": "Deprecated: use --reward_funcs PATH."})
+    judge: str | None = field(default=None, metadata={"help": "Deprecated: use --reward_funcs gold|heuristic."})
     prompts_file: str | None = field(
         default=None, metadata={"help": "JSON/JSONL file with a 'prompt' column. Default: the testbed holdout prompts."}
     )
@@ -35,17 +43,23 @@ class SideBySideArguments:
     output_json: str | None = field(default=None, metadata={"help": "Write the result (with per-prompt records) here."})
 
 
-def resolve_judge(reward_model: str | None, judge: str | None):
-    """A reward-model path, or the testbed's gold / heuristic reward function; exactly one must be given."""
-    if (reward_model is None) == (judge is None):
-        raise ValueError("Give exactly one of --reward_model PATH or --judge {gold,heuristic}.")
-    if reward_model is not None:
-        return reward_model
-    if judge not in _TESTBED_JUDGES:
-        raise ValueError(f"--judge must be one of {_TESTBED_JUDGES}, got {judge!r}")
-    from ..testbed import gold_reward_fn, heuristic_reward_fn
+def resolve_judge(args, prog: str):
+    """The one reward of ``--reward_funcs`` / ``--reward_weights`` (deprecated ``--reward_model`` / ``--judge``
+    folded in with a warning), through the CLI's resolver; required."""
+    from .utils import (
+        check_reward_weights,
+        deprecated_reward_flags,
+        require,
+        resolve_reward_funcs,
+        testbed_reward_name,
+        weighted_reward,
+    )
 
-    return gold_reward_fn if judge == "gold" else heuristic_reward_fn
+    deprecated_reward_flags(args, prog, {"reward_model": lambda v: [v], "judge": testbed_reward_name("--judge")})
+    require(args.reward_funcs, "--reward_funcs", prog, "the judge: a reward-model path, a RewardEnsemble folder, "
+            "module:function, or the testbed's gold / heuristic", own_data=False)  # fmt: skip
+    check_reward_weights(args.reward_weights, len(args.reward_funcs))
+    return weighted_reward(resolve_reward_funcs(args.reward_funcs), args.reward_weights)
 
 
 def resolve_prompts(prompts_file: str | None, num_prompts: int | None, split: str = "holdout") -> list:
@@ -73,15 +87,17 @@ def resolve_prompts(prompts_file: str | None, num_prompts: int | None, split: st
 
 def main(argv=None) -> int:
     from ..evaluation.side_by_side import side_by_side
-    from .utils import parse_args
+    from .utils import parse_args, require, resolve_model_name, testbed_asked
 
     (args,) = parse_args([SideBySideArguments], argv, "sbs")
-    judge = resolve_judge(args.reward_model, args.judge)
-    if args.model_a is None or args.model_b is None:
-        from ..testbed import build_sft_policy
-
-        sft = build_sft_policy()
-        args.model_a, args.model_b = args.model_a or sft, args.model_b or sft
+    judge = resolve_judge(args, "sbs")
+    testbed = testbed_asked({"--model_a": args.model_a, "--model_b": args.model_b, "--prompts_file": args.prompts_file},
+                            named=tuple(args.reward_funcs))  # fmt: skip
+    if not testbed:
+        for flag in ("model_a", "model_b", "prompts_file"):
+            require(getattr(args, flag), f"--{flag}", "sbs", "what to compare on your data")
+    args.model_a = resolve_model_name(args.model_a or "testbed", "--model_a")
+    args.model_b = resolve_model_name(args.model_b or "testbed", "--model_b")
     result = side_by_side(
         args.model_a, args.model_b, resolve_prompts(args.prompts_file, args.num_prompts), judge,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, tie_tolerance=args.tie_tolerance,

@@ -1,19 +1,27 @@
-"""``trl-extras sft-reward-es``: TRL's ``SFTTrainer`` with reward-based evaluation and early stopping.
+"""``trl-extras sft-reward-es``: TRL's ``SFTTrainer`` with reward-based evaluation and early stopping: at every
+evaluation the model answers holdout prompts, a reward scores the answers (``eval_reward``), and training stops
+after ``patience`` evaluations without improvement (keep the best with ``load_best_model_at_end``). The reward is
+``--reward_funcs`` (reward-model paths, adapter or RewardEnsemble folders, ``module:function``, the testbed's
+``gold`` / ``heuristic``; summed with ``--reward_weights``). Without ``--dataset_name`` it runs on the built-in
+testbed: a freshly initialised tiny Llama is fine-tuned on sorted-digit answers, scored on holdout prompts by the
+biased ``heuristic`` labeller (a stand-in for a reward model) unless ``--reward_funcs`` says otherwise, with the gold
+reward logged alongside as ``eval_reward_gold``. With your own ``--dataset_name``, ``--model_name_or_path``,
+``--eval_prompts_file`` and ``--reward_funcs`` are required.
 
-    trl-extras sft-reward-es --config recipes/sft_reward_early_stopping.yaml
-    trl-extras sft-reward-es --model_name_or_path out/base --dataset_name data.jsonl --eval_prompts_file holdout.jsonl \\
-        --reward_model out/rm --output_dir out/sft_es
+examples:
+  trl-extras sft-reward-es --config recipes/sft_reward_early_stopping.yaml
+  trl-extras sft-reward-es --model_name_or_path out/base --dataset_name data.jsonl --eval_prompts_file holdout.jsonl \\
+      --reward_funcs out/rm --output_dir out/sft_es
 
-Without ``--model_name_or_path`` / ``--dataset_name`` it runs on the built-in testbed: a freshly initialised tiny
-Llama is fine-tuned on sorted-digit answers, scored on holdout prompts by ``--judge`` (the biased heuristic
-labeller by default, a stand-in for a reward model) with the gold reward logged alongside as
-``eval_reward_gold``.
+Deprecated: ``--reward_model``, ``--judge`` (use ``--reward_funcs``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .utils import REWARD_FUNCS_HELP, REWARD_WEIGHTS_HELP
 
 
 @dataclass
@@ -31,10 +39,10 @@ class RewardEarlyStoppingArguments:
         default=None, metadata={"help": "JSON/JSONL with a 'prompt' column for reward evaluation. Default: testbed holdout."}
     )
     num_eval_prompts: int = field(default=128, metadata={"help": "Prompts answered at each evaluation."})
-    reward_model: str | None = field(default=None, metadata={"help": "Reward-model path to early-stop on."})
-    judge: str | None = field(
-        default="heuristic", metadata={"help": "Testbed reward when no --reward_model: 'heuristic' or 'gold'."}
-    )
+    reward_funcs: list[str] | None = field(default=None, metadata={"help": REWARD_FUNCS_HELP + " Early-stops on it."})
+    reward_weights: list[float] | None = field(default=None, metadata={"help": REWARD_WEIGHTS_HELP})
+    reward_model: str | None = field(default=None, metadata={"help": "Deprecated: use --reward_funcs PATH."})
+    judge: str | None = field(default=None, metadata={"help": "Deprecated: use --reward_funcs gold|heuristic."})
     log_gold: bool = field(default=True, metadata={"help": "Testbed: also log the gold reward as eval_reward_gold."})
     patience: int = field(default=3, metadata={"help": "Evaluations without improvement before stopping (0: never)."})
     threshold: float = field(default=0.0, metadata={"help": "Minimum improvement that resets the patience counter."})
@@ -72,10 +80,28 @@ def build_trainer(script_args: RewardEarlyStoppingArguments, training_args):
 
     from ..callbacks.reward_early_stopping import RewardEarlyStoppingCallback
     from ..testbed import TestbedConfig, build_causal_lm, build_tokenizer, gold_reward_fn, prompt_dataset, save_tiny
-    from .sbs import resolve_judge, resolve_prompts
+    from .sbs import resolve_prompts
+    from .utils import (
+        check_reward_weights,
+        deprecated_reward_flags,
+        require,
+        resolve_model_name,
+        resolve_reward_funcs,
+    )
 
-    testbed = script_args.dataset_name is None
-    model_path = script_args.model_name_or_path
+    prog = "sft-reward-es"
+    from .utils import testbed_reward_name
+
+    deprecated_reward_flags(script_args, prog, {"reward_model": lambda v: [v], "judge": testbed_reward_name("--judge")})
+    testbed = script_args.dataset_name in (None, "", "testbed")
+    if not testbed:  # the testbed's fresh model, holdout prompts or heuristic on the user's data: wrong results
+        require(script_args.model_name_or_path, "--model_name_or_path", prog, "the model to fine-tune")
+        require(script_args.eval_prompts_file, "--eval_prompts_file", prog, "the prompts answered at evaluation")
+        require(script_args.reward_funcs, "--reward_funcs", prog, "the reward to early-stop on: a reward-model path, "
+                "module:function, or the testbed's gold / heuristic")  # fmt: skip
+    specs = script_args.reward_funcs or ["heuristic"]  # the testbed's documented default: the biased proxy
+    check_reward_weights(script_args.reward_weights, len(specs))
+    model_path = resolve_model_name(script_args.model_name_or_path, "--model_name_or_path")
     if model_path is None:
         tok = build_tokenizer()
         model_path = save_tiny(
@@ -96,11 +122,12 @@ def build_trainer(script_args: RewardEarlyStoppingArguments, training_args):
     else:
         # the first holdout prompts; the eval-loss set uses the last ones, so the two do not overlap
         prompts = prompt_dataset("holdout", TestbedConfig(seed=training_args.seed))["prompt"][: script_args.num_eval_prompts]
-    reward = resolve_judge(script_args.reward_model, None if script_args.reward_model else script_args.judge)
+    reward = resolve_reward_funcs(specs)
     extra = {"gold": gold_reward_fn} if (testbed and script_args.log_gold) else None
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     callback = RewardEarlyStoppingCallback(
-        reward, prompts, processing_class=tokenizer, patience=script_args.patience or None,
+        reward, prompts, processing_class=tokenizer, reward_weights=script_args.reward_weights,
+        patience=script_args.patience or None,
         threshold=script_args.threshold, max_new_tokens=script_args.max_new_tokens,
         temperature=script_args.generation_temperature, num_generations=script_args.num_generations,
         batch_size=script_args.generation_chunk_size, extra_reward_funcs=extra, seed=training_args.seed,
@@ -117,7 +144,7 @@ def main(argv=None) -> int:
     from trl import SFTConfig
 
     from .model_card import write_model_card
-    from .utils import parse_args, report_metrics
+    from .utils import parse_args, report_metrics, summary_lines
 
     script_args, training_args = parse_args([RewardEarlyStoppingArguments, SFTConfig], argv, "sft-reward-es")
     trainer, callback = build_trainer(script_args, training_args)
@@ -131,6 +158,13 @@ def main(argv=None) -> int:
         "best_model_checkpoint": trainer.state.best_model_checkpoint,
         "evaluations": callback.history,
     }
+    import os
+
+    path = os.path.join(training_args.output_dir, "reward_early_stopping.json")
+    best = "none" if callback.best is None else f"{callback.best:.4g}"
+    lines = [f"Final: best eval_reward {best} at step {callback.best_step} (stopped at step "
+             f"{trainer.state.global_step}; best checkpoint {trainer.state.best_model_checkpoint})"]  # fmt: skip
+    lines += summary_lines({}, training_args.output_dir, path)
     report_metrics(summary, training_args.output_dir, "reward_early_stopping.json", trainer.args.should_save,
-                   printed={k: v for k, v in summary.items() if k != "evaluations"})  # fmt: skip
+                   summary=lines)
     return 0

@@ -1,13 +1,18 @@
-"""``trl-extras synth-pairs``: DPO preference pairs from a policy's samples ranked by a reward model, and
-optionally the seed's two-stage DPO on them (synthetic pairs first, then real pairs).
+"""``trl-extras synth-pairs``: DPO preference pairs from a policy's own samples ranked by a reward (chosen = best of
+``n``, rejected = worst), and optionally the article's two-stage DPO on them (synthetic pairs first, then real
+pairs). ``--reward_funcs`` takes reward-model paths, adapter or RewardEnsemble folders, ``module:function`` and the
+testbed's ``gold`` / ``heuristic`` (summed with ``--reward_weights``). On the testbed (a testbed reward named, or no
+policy and no prompts given) the policy is the testbed SFT policy, prompts and real pairs the testbed's; otherwise
+``--policy``, ``--prompts_file`` (and with ``--two_stage_dpo`` ``--real_pairs_file``) are required.
 
-    trl-extras synth-pairs --policy out/sft --reward_model out/rm --n 4 --output_dir out/synth
-    trl-extras synth-pairs --judge gold --n 4 --output_dir out/synth                   # testbed
-    trl-extras synth-pairs --config recipes/dpo_two_stage.yaml                         # pairs + two DPO stages
+examples:
+  trl-extras synth-pairs --policy out/sft --prompts_file prompts.jsonl --reward_funcs out/rm --n 4 --output_dir out/synth
+  trl-extras synth-pairs --reward_funcs gold --n 4 --output_dir out/synth                 # testbed
+  trl-extras synth-pairs --config recipes/dpo_two_stage.yaml                             # pairs + two DPO stages
 
 Sampling is seeded by ``--seed`` (shared with DPO's ``seed``). Pairs go to ``<output_dir>/pairs.jsonl``, counts to
 ``<output_dir>/synthesis_stats.json``; with ``--two_stage_dpo`` the stages train into
-``<output_dir>/stage1_synthetic`` and ``<output_dir>/stage2_real``.
+``<output_dir>/stage1_synthetic`` and ``<output_dir>/stage2_real``. Deprecated: ``--reward_model``, ``--judge``.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .utils import REWARD_FUNCS_HELP, REWARD_WEIGHTS_HELP
+
 
 @dataclass
 class SynthPairsArguments:
     policy: str | None = field(default=None, metadata={"help": "Policy path. Default: the testbed SFT policy."})
-    reward_model: str | None = field(default=None, metadata={"help": "Reward-model path that ranks the samples."})
-    judge: str | None = field(default=None, metadata={"help": "Testbed reward instead: 'gold' or 'heuristic'."})
+    reward_funcs: list[str] | None = field(default=None, metadata={"help": REWARD_FUNCS_HELP + " Ranks the samples."})
+    reward_weights: list[float] | None = field(default=None, metadata={"help": REWARD_WEIGHTS_HELP})
+    reward_model: str | None = field(default=None, metadata={"help": "Deprecated: use --reward_funcs PATH."})
+    judge: str | None = field(default=None, metadata={"help": "Deprecated: use --reward_funcs gold|heuristic."})
     prompts_file: str | None = field(
         default=None, metadata={"help": "JSON/JSONL with a 'prompt' column. Default: the testbed train prompts."}
     )
@@ -45,14 +54,17 @@ def main(argv=None) -> int:
 
     from ..evaluation.synthetic_pairs import run_two_stage_dpo, synthesize_preference_pairs
     from .sbs import resolve_judge, resolve_prompts
-    from .utils import parse_args
+    from .utils import parse_args, require, resolve_model_name, testbed_asked
 
     args, dpo_args = parse_args([SynthPairsArguments, DPOConfig], argv, "synth-pairs")
-    reward = resolve_judge(args.reward_model, args.judge)
-    if args.policy is None:
-        from ..testbed import build_sft_policy
-
-        args.policy = build_sft_policy()
+    reward = resolve_judge(args, "synth-pairs")
+    testbed = testbed_asked({"--policy": args.policy, "--prompts_file": args.prompts_file}, named=tuple(args.reward_funcs))
+    if not testbed:
+        require(args.policy, "--policy", "synth-pairs", "the policy whose samples become pairs")
+        require(args.prompts_file, "--prompts_file", "synth-pairs", "the prompts to sample on")
+        if args.two_stage_dpo:
+            require(args.real_pairs_file, "--real_pairs_file", "synth-pairs", "the real pairs of DPO's second stage")
+    args.policy = resolve_model_name(args.policy or "testbed", "--policy")
     dataset, stats = synthesize_preference_pairs(
         args.policy, reward, resolve_prompts(args.prompts_file, args.num_prompts, split="train"), n=args.n,
         min_margin=args.min_margin, max_new_tokens=args.max_new_tokens, temperature=args.sampling_temperature,

@@ -1,4 +1,11 @@
-"""``trl-extras testbed``: build the testbed's SFT policy and datasets, print its numbers."""
+"""``trl-extras testbed``: build the testbed's SFT policy (a tiny Llama trained on the "sort the digits" task,
+cached) and its datasets (prompts, SFT data, dirty and clean preference pairs) into a directory, and print the
+policy's numbers (gold reward on holdout prompts), so the other commands' testbed runs start from something known.
+
+examples:
+  trl-extras testbed --output_dir outputs/testbed
+  trl-extras testbed --output_dir outputs/testbed --num_dirty_pairs 1000 --num_clean_pairs 300
+"""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ def parse_args(dataclass_types, argv: list[str] | None, prog: str):
 
     from ..utils.progress import disable_tqdm_default, quiet_library_bars
 
-    parser = recipe_parser(TrlParser)(dataclass_types, prog=f"trl-extras {prog}")  # strict recipes (load_recipe)
+    parser = recipe_parser(TrlParser)(dataclass_types, prog=f"trl-extras {prog}", **help_kwargs(prog))  # strict recipes
+    apply_help_overrides(parser, prog)
     quiet_library_bars()
     if disable_tqdm_default() and any(a.dest == "disable_tqdm" for a in parser._actions):
         parser.set_defaults(disable_tqdm=True)  # below the recipe's values and the flags (TrlParser's order)
@@ -135,9 +136,10 @@ def load_preference_split(name: str, config: str | None, split: str | None, flag
 
 
 def report_metrics(metrics: dict, output_dir: str, filename: str, should_save: bool = True, printer=print,
-                   printed: dict | None = None) -> dict:  # fmt: skip
+                   printed: dict | None = None, summary: list[str] | None = None) -> dict:  # fmt: skip
     """The subcommands' one ending: write ``metrics`` as JSON to ``output_dir/filename`` (atomically, when
-    ``should_save``: the main process) and print ``printed`` (default: ``metrics``) as JSON."""
+    ``should_save``: the main process) and print the ``summary`` lines (a human summary, see
+    :func:`summary_lines`), or, without one, ``printed`` (default: ``metrics``) as JSON."""
     import json
     import os
 
@@ -146,7 +148,10 @@ def report_metrics(metrics: dict, output_dir: str, filename: str, should_save: b
 
         os.makedirs(output_dir, exist_ok=True)
         atomic_write_json(os.path.join(output_dir, filename), metrics, default=str)
-    printer(json.dumps(metrics if printed is None else printed, indent=2, default=str))
+    if summary is not None:
+        printer("\n".join(summary))
+    else:
+        printer(json.dumps(metrics if printed is None else printed, indent=2, default=str))
     return metrics
 
 
@@ -154,13 +159,252 @@ def save_evaluate_report(trainer, output_dir: str, filename: str, extra: dict | 
                          dataset_name: str | None = None) -> dict:
     """Save the model (and tokenizer) and its model card naming ``dataset_name`` (or push both with
     ``push_to_hub``, see :func:`~trl_extras.scripts.model_card.write_model_card`), evaluate on the trainer's eval set
-    when it has one (``final_eval``), then :func:`report_metrics` ``extra`` + the evaluation: the ending shared by
-    the trainer subcommands."""
+    when it has one (``final_eval``), then :func:`report_metrics` ``global_step``, ``extra``, the last logged value
+    of every metric (``final_metrics``, from ``trainer.state.log_history``) and the evaluation, printing a short
+    human summary: the ending shared by the trainer subcommands."""
+    import os
+
     from .model_card import write_model_card
 
     trainer.save_model(output_dir)
-    write_model_card(trainer, trainer.args, dataset_name)
-    metrics = dict(extra or {})
+    metrics = {"global_step": trainer.state.global_step, **(extra or {}),
+               "final_metrics": final_metrics(trainer.state.log_history)}  # fmt: skip
     if trainer.eval_dataset is not None:
         metrics["final_eval"] = trainer.evaluate()
-    return report_metrics(metrics, output_dir, filename, trainer.args.should_save, trainer.accelerator.print)
+    write_model_card(trainer, trainer.args, dataset_name, metrics=metrics)
+    flat = {**metrics["final_metrics"], **metrics.get("final_eval", {})}
+    summary = summary_lines(flat, output_dir, os.path.join(output_dir, filename))
+    return report_metrics(metrics, output_dir, filename, trainer.args.should_save, trainer.accelerator.print,
+                          summary=summary)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One CLI vocabulary: rewards, testbed defaults, deprecated flags, --help, the final summary
+# ---------------------------------------------------------------------------------------------------------------
+REWARD_FUNCS_HELP = (
+    "Rewards, in one list: reward-model paths or Hub ids (a full reward model, a LoRA adapter folder), "
+    "RewardEnsemble folders, import paths 'module:function' (a GRPO-style reward function; modules are found on "
+    "sys.path and in the current folder) and the testbed's 'gold' / 'heuristic'. Several are summed with "
+    "--reward_weights."
+)
+REWARD_WEIGHTS_HELP = "One weight per --reward_funcs entry (default: all 1.0)."
+
+
+def is_testbed_spec(value) -> bool:
+    """``value`` names the testbed ('testbed', 'testbed:...', or a testbed reward name)."""
+    from ..testbed.names import TESTBED_REWARDS
+
+    if isinstance(value, (list, tuple)):
+        return any(is_testbed_spec(v) for v in value)
+    return isinstance(value, str) and (value.lower() == "testbed" or value.lower().startswith("testbed:")
+                                       or value in TESTBED_REWARDS)  # fmt: skip
+
+
+def testbed_asked(data: dict, named: tuple = ()) -> bool:
+    """Whether the testbed may fill in what is missing: the user gave none of the ``data`` flags
+    (``{"--flag": value}``), or named the testbed in one of them or in ``named`` (rewards, models).
+
+    The rule of every subcommand: a testbed default stands in only when the user asked for the testbed; with the
+    user's own data a missing reward, model or dataset is an error naming its flag (:func:`require`)."""
+    given = [v for v in data.values() if v not in (None, "", [])]
+    return not given or is_testbed_spec(given) or is_testbed_spec(list(named))
+
+
+def require(value, flag: str, prog: str, what: str, own_data: bool = True):
+    """``value``, or a ``ValueError`` naming ``flag``; ``own_data``: the reason is that the testbed does not fill
+    it in for the user's own data (else the flag is always required)."""
+    if value in (None, "", []):
+        if not own_data:
+            raise ValueError(f"trl-extras {prog}: {flag} is required ({what}).")
+        raise ValueError(f"trl-extras {prog}: {flag} is required with your own data ({what}). The testbed stands "
+                         "in only when asked for: no data flags at all, or 'testbed' / a testbed reward named.")  # fmt: skip
+    return value
+
+
+def testbed_reward_name(flag: str):
+    """``convert`` for :func:`deprecated_reward_flags` of an old flag that took only the testbed's reward names."""
+
+    def convert(value):
+        from ..testbed.names import TESTBED_REWARDS
+
+        if value not in TESTBED_REWARDS:
+            raise ValueError(f"{flag} must be one of {TESTBED_REWARDS}, got {value!r} (deprecated flag: use "
+                             "--reward_funcs, which also takes model paths and module:function).")  # fmt: skip
+        return [value]
+
+    return convert
+
+
+def deprecated_reward_flags(args, prog: str, old_flags: dict, target: str = "reward_funcs") -> None:
+    """Fold deprecated reward flags into ``args.<target>`` (a list), each with a ``FutureWarning`` naming the new
+    spelling. ``old_flags``: ``{old_field: convert}``; ``convert(value)`` gives the entries to add (or ``None``
+    to only warn, e.g. a flag that is no longer needed). Old flags still work; the new one is what --help shows."""
+    import warnings
+
+    if isinstance(getattr(args, target, None), str):  # a recipe's `reward_funcs: out/rm` (a scalar, not a list)
+        setattr(args, target, [getattr(args, target)])
+    for old, convert in old_flags.items():
+        value = getattr(args, old, None)
+        if value in (None, False, "", []):
+            continue
+        added = convert(value) if convert is not None else None
+        example = " ".join(map(str, added)) if added else None
+        hint = f"use --{target} {example}" if example else f"--{target} detects this by itself"
+        warnings.warn(f"trl-extras {prog}: --{old} is deprecated; {hint}.", FutureWarning, stacklevel=2)
+        if added:
+            setattr(args, target, [*(getattr(args, target, None) or []), *added])
+        setattr(args, old, None if not isinstance(value, bool) else False)
+
+
+def _path_reward(path: str, flag: str):
+    """A reward-model path as the trainers take it. A RewardEnsemble folder is loaded here until
+    ``RewardFunctions`` loads ensemble folders itself (then this returns the path as is)."""
+    import os
+
+    from ..rewards.ensemble import MANIFEST_NAME, RewardEnsemble, interrupted_ensemble_dir
+    from ..utils.validation import check_model_path
+
+    if os.path.isfile(os.path.join(path, MANIFEST_NAME)):
+        return RewardEnsemble.from_pretrained(path)
+    if os.path.isdir(path) and interrupted_ensemble_dir(path):
+        raise ValueError(
+            f"{flag} {path} holds reward-ensemble members but no {MANIFEST_NAME}: its training or calibration was "
+            "interrupted. Rerun `trl-extras reward-ensemble` with the same settings (finished members are reused)."
+        )
+    check_model_path(path, flag)
+    return path
+
+
+def resolve_reward_funcs(specs, flag: str = "--reward_funcs", task: str = "sort_digits") -> list:
+    """The CLI's one reward resolver: each entry of ``specs`` → what the trainers accept.
+
+    ``gold`` / ``heuristic`` → the testbed task's reward functions; ``module:function`` → the imported callable
+    (from sys.path or the current folder, :func:`~trl_extras.utils.imports.import_object`); anything else → a
+    model path string (full reward model, LoRA adapter folder, Hub id), a RewardEnsemble folder loaded as one."""
+    from ..testbed.names import TESTBED_REWARDS
+    from ..utils.imports import resolve_reward_spec
+
+    specs = [specs] if isinstance(specs, str) else list(specs or [])
+    named = None
+    if any(s in TESTBED_REWARDS for s in specs):
+        from ..testbed.names import testbed_rewards
+
+        named = testbed_rewards(task)
+    out = []
+    for spec in specs:
+        reward = resolve_reward_spec(spec, named, flag)
+        out.append(_path_reward(reward, flag) if isinstance(reward, str) else reward)
+    return out
+
+
+def check_reward_weights(weights, num_funcs: int, flag: str = "--reward_weights") -> None:
+    if weights is not None and len(weights) != num_funcs:
+        raise ValueError(f"{flag}: {len(weights)} weight(s) {list(weights)} for {num_funcs} --reward_funcs entries; "
+                         "give one weight per reward (or none: all 1.0).")  # fmt: skip
+
+
+def weighted_reward(rewards: list, weights=None):
+    """One reward for a consumer that takes a single one: itself when alone and unweighted; else a GRPO-style
+    callable returning the weighted sum (named ``weighted_reward``)."""
+    if len(rewards) == 1 and (weights is None or list(weights) == [1.0]):
+        return rewards[0]
+    from ..rewards.functions import RewardFunctions
+
+    functions = RewardFunctions(rewards, reward_weights=weights)
+
+    def weighted_reward(prompts, completions, **kwargs):
+        return functions(prompts, completions, **kwargs).total.tolist()
+
+    weighted_reward.modules = functions.modules  # so the reward models can still be placed on the device
+    return weighted_reward
+
+
+def resolve_model_name(name, flag: str):
+    """A model flag's value: a testbed name (``testbed``, ``testbed:tiny``, ``testbed:smollm2``) → its cached
+    local path; anything else is checked as a path (a missing local folder names ``flag``) and returned."""
+    from ..testbed.names import is_testbed_model, testbed_model_path
+    from ..utils.validation import check_model_path
+
+    if isinstance(name, str) and (is_testbed_model(name) or name.lower().startswith("testbed:")):
+        return testbed_model_path(name)
+    check_model_path(name, flag)
+    return name
+
+
+#: What ``--resume_from_checkpoint`` does in each subcommand (replaces TrainingArguments' generic help).
+RESUME_HELP = {
+    "ppo": "Continue a stopped run: 'true' = the latest checkpoint-N under output_dir, or a checkpoint folder. "
+           "Restores policy, value model, optimizers, schedulers, RNG and the data order.",
+    "cem": "CEM resumes by itself from output_dir (finished rounds are loaded, an interrupted round's saved "
+           "generations reused): 'false' starts over (existing rounds are overwritten); 'true' or unset resumes.",
+    "reward-two-stage": "Continue a stopped run: 'true' = the latest checkpoint-N under output_dir, or a checkpoint "
+                        "folder (a finished stage 1 is not retrained).",
+}
+
+
+def help_kwargs(prog: str) -> dict:
+    """``description`` (the subcommand module's docstring: one paragraph and example commands, as ``trl <cmd>
+    --help`` starts) and a formatter keeping its layout, for ``TrlParser``."""
+    import argparse
+    import importlib
+
+    from ..cli import COMMANDS
+
+    doc = None
+    if prog in COMMANDS:
+        doc = importlib.import_module(COMMANDS[prog][0]).__doc__
+
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
+    # a one-line usage: argparse's own lists every flag (hundreds of lines for a TRL config) before the description
+    return {"usage": f"trl-extras {prog} [--config recipe.yaml] [--flag value ...]",
+            "description": (doc or "").strip() or None, "formatter_class": Formatter}  # fmt: skip
+
+
+def apply_help_overrides(parser, prog: str) -> None:
+    """Subcommand-specific help of inherited flags (``--resume_from_checkpoint``)."""
+    for action in parser._actions:
+        if action.dest == "resume_from_checkpoint" and prog in RESUME_HELP:
+            action.help = RESUME_HELP[prog]
+
+
+def final_metrics(log_history: list[dict]) -> dict:
+    """The last logged value of every metric (train and eval) in a Trainer's ``state.log_history``."""
+    out: dict = {}
+    for entry in log_history or []:
+        for key, value in entry.items():
+            if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = value
+    return out
+
+
+# the numbers a human reads first, in this order: (label, exact keys tried first, then a substring of a key)
+_SUMMARY_KEYS = (
+    ("reward", ("reward", "reward_mean", "eval_reward", "eval_reward_mean"), None),
+    ("KL", ("kl/exact", "exact_kl", "objective/kl", "kl"), None),
+    ("gold", ("gold_mean", "eval_gold_mean", "eval_reward_gold"), "gold"),
+    ("eval accuracy", ("eval_accuracy",), None),
+    ("eval loss", ("eval_loss",), None),
+    ("train loss", ("train_loss", "loss"), None),
+)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def summary_lines(metrics: dict, output_dir: str, metrics_path: str | None = None) -> list[str]:
+    """A short human summary: the headline numbers found in ``metrics`` (flat), where the model and metrics went."""
+    parts = []
+    for label, keys, fragment in _SUMMARY_KEYS:
+        found = next((k for k in keys if _number(metrics.get(k))), None)
+        if found is None and fragment:
+            found = next((k for k, v in metrics.items() if fragment in k and k.endswith("/mean") and _number(v)), None)
+        if found is not None:
+            parts.append(f"{label} {metrics[found]:.4g} ({found})")
+    lines = ["Final: " + ", ".join(parts)] if parts else []
+    lines.append(f"Model saved to {output_dir}")
+    if metrics_path:
+        lines.append(f"Metrics saved to {metrics_path}")
+    return lines

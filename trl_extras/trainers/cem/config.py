@@ -81,6 +81,11 @@ class CEMConfig(SFTConfig):
         default=True, metadata={"help": "Drop duplicate answers within a prompt before selecting elites."}
     )
 
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weights of the reward functions (one per function; default all 1.0), as GRPOConfig's."},
+    )
+
     # diversity controls
     sft_mix_ratio: float = field(
         default=0.0,

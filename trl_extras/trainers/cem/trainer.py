@@ -189,7 +189,7 @@ class CEMTrainer:
             self.ref_model = resolve_reference(model, make_copy=lambda: copy.deepcopy(model))
         self.model = model
         # every reward source (ensemble members included) on this process's device, through the reward contract
-        self.reward_funcs = RewardFunctions(reward_funcs, reward_processing_classes).place(device)
+        self.reward_funcs = RewardFunctions(reward_funcs, reward_processing_classes, args.reward_weights).place(device)
         self.eval_reward_funcs = RewardFunctions(eval_reward_funcs).place(device) if eval_reward_funcs is not None else None
         self.output_dir = Path(args.output_dir)
         self.history: list[dict] = []
