@@ -137,7 +137,7 @@ CASES = [
     ("yaml env sets the crash-test hook", lambda e: cli("ppo", "--config", _yaml(e, "env:\n  TRL_EXTRAS_KILL_AT: cem_round_done:0\n")),
      r"TRL_EXTRAS_KILL_AT is the crash-test hook.*cannot set it"),
     ("yaml string for a list", lambda e: cli("ppo", "--config", _yaml(e, f"reward_model_path: {e.tmp / 'no_rm'}\n"),
-                                             "--output_dir", str(e.tmp / "o")), r"--reward_model_path: '.*no_rm' does not exist"),
+                                             "--output_dir", str(e.tmp / "o")), r"--reward_(model_path|funcs): '.*no_rm' does not exist"),
     # ---------------------------------------------------------------- ensemble manifests pointing outside their directory
     ("ensemble manifest absolute member", lambda e: _manifest(e, [e.tiny["reward"], e.tiny["reward"]]),
      r"member path '/.*' is not a relative path inside the ensemble directory"),

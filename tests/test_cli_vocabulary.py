@@ -121,7 +121,7 @@ CASES = [(c, k) for c in ("ppo", "cem", "grpo-exact-kl", "sft-reward-es", "sbs",
 def test_every_command_takes_every_reward_kind(command, kind, tiny_paths, reward_dirs, user_module, prompts_file,
                                                tmp_path, monkeypatch):  # fmt: skip
     from trl_extras.rewards.ensemble import RewardEnsemble
-    from trl_extras.rewards.scoring import RewardModelScorer
+    from trl_extras.rewards.source import load_reward
     from trl_extras.testbed import gold_reward_fn
 
     module, name, pick, argv = _consumers(tiny_paths, prompts_file, tmp_path / "out")[command]
@@ -133,10 +133,10 @@ def test_every_command_takes_every_reward_kind(command, kind, tiny_paths, reward
         assert reward is gold_reward_fn
     elif kind == "import":
         assert reward.__name__ == "length_reward" and reward([""], ["abc"]) == [3.0]
-    elif kind == "ensemble":
-        assert isinstance(reward, RewardEnsemble)
-    else:  # a path reaches the consumer as the path (grpo-exact-kl: scored as RewardTrainer trained it)
-        assert reward == spec or (command == "grpo-exact-kl" and isinstance(reward, RewardModelScorer))
+    elif kind == "ensemble":  # the folder reaches the consumer, whose reward contract loads it as the ensemble
+        assert isinstance(load_reward(reward).ensemble, RewardEnsemble)
+    else:  # a path reaches the consumer as the path (the contract scores it as RewardTrainer trained it)
+        assert reward == spec
 
 
 @pytest.mark.parametrize("command", ["ppo", "cem", "grpo-exact-kl", "sft-reward-es", "sbs", "synth-pairs"])
@@ -185,7 +185,7 @@ DEPRECATED = {
 def test_old_reward_flags_work_with_a_deprecation_naming_the_new_one(case, tiny_paths, reward_dirs, prompts_file,
                                                                      tmp_path, monkeypatch):  # fmt: skip
     from trl_extras.rewards.ensemble import RewardEnsemble
-    from trl_extras.rewards.scoring import RewardModelScorer
+    from trl_extras.rewards.source import load_reward
     from trl_extras.testbed import gold_reward_fn, heuristic_reward_fn
 
     command, old, kind = DEPRECATED[case]
@@ -200,10 +200,10 @@ def test_old_reward_flags_work_with_a_deprecation_naming_the_new_one(case, tiny_
     expected = {"gold": gold_reward_fn, "heuristic": heuristic_reward_fn}.get(kind)
     if expected is not None:
         assert reward is expected
-    elif kind == "ensemble":
-        assert isinstance(reward, RewardEnsemble)
+    elif kind == "ensemble":  # the folder reaches the consumer, whose reward contract loads it as the ensemble
+        assert isinstance(load_reward(reward).ensemble, RewardEnsemble)
     else:
-        assert reward == tiny_paths["reward"] or isinstance(reward, RewardModelScorer)
+        assert reward == tiny_paths["reward"]
 
 
 def test_iterate_takes_reward_funcs_and_warns_on_reward_model(tiny_paths, tmp_path, monkeypatch):
@@ -362,7 +362,7 @@ def test_pipeline_reward_names_resolve_with_the_task(tmp_path):
     from trl_extras.testbed import arithmetic
 
     ctx = Context(config=PipelineConfig(output_dir=str(tmp_path), task="arithmetic", gold_reward="gold"), data={})
-    assert ctx.gold.funcs[0] is arithmetic.gold_reward_fn
+    assert ctx.gold.funcs[0].__wrapped__ is arithmetic.gold_reward_fn  # a FunctionReward of the reward contract
     assert ctx.reward("heuristic", "sft_reward") is arithmetic.heuristic_reward_fn
 
 
@@ -376,7 +376,7 @@ def test_iterate_on_own_prompts_needs_a_judge(tiny_paths, prompts_file, tmp_path
     from trl_extras.testbed import heuristic_reward_fn
 
     judge = Iteration(IterateConfig(output_dir=str(tmp_path), judge="heuristic")).judge()
-    assert judge.rewards.funcs[0] is heuristic_reward_fn
+    assert judge.rewards.funcs[0].__wrapped__ is heuristic_reward_fn  # a FunctionReward of the reward contract
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -135,6 +135,32 @@ class RewardFunctions:
         return RewardOutput(total=total, per_function=per_function, names=list(self.names))
 
 
+class WeightedReward(RewardSource):
+    """Several reward sources as ONE source returning their weighted sum, for consumers that take a single reward
+    (side-by-side, SFT reward early stopping): the sum is scored by :class:`RewardFunctions` (validated in float32)
+    and the modules of every part are placed through the contract."""
+
+    def __init__(self, functions: RewardFunctions, name: str = "weighted_reward"):
+        self.functions = functions
+        self.name = name
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        return self.functions(prompts, completions, **kwargs).total.tolist()
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self.functions.modules()
+
+    def place(self, device, wrap=None) -> None:
+        self.functions.place(device, wrap)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.functions.needs_calibration
+
+    def __repr__(self) -> str:
+        return f"WeightedReward({list(zip(self.functions.names, self.functions.weights.tolist()))})"
+
+
 def check_unique_names(names: list[str], what: str = "reward") -> None:
     """Distinct display names, else a clear error (metrics, completion tables and parquet columns are keyed by them)."""
     seen = set()

@@ -48,7 +48,6 @@ def build_trainer(script_args: ExactKLGRPOScriptArguments, args, model_args):
     """An :class:`ExactKLGRPOTrainer` from parsed arguments, testbed defaults filled in only for a testbed run."""
     from trl import get_peft_config, get_quantization_config
 
-    from ..rewards.scoring import RewardModelScorer
     from ..testbed import prompt_dataset
     from ..trainers.exact_kl_grpo import ExactKLGRPOTrainer
     from .utils import (
@@ -75,8 +74,9 @@ def build_trainer(script_args: ExactKLGRPOScriptArguments, args, model_args):
         train = train.select(range(min(script_args.num_train_prompts, len(train))))
     specs = script_args.reward_funcs or ["gold"]  # the testbed's documented default
     check_reward_weights(args.reward_weights, len(specs))
-    # model paths are scored as RewardTrainer trained them (chat template, truncation) rather than by GRPO's loader
-    rewards = [RewardModelScorer(r) if isinstance(r, str) else r for r in resolve_reward_funcs(specs)]
+    # model paths reach the trainer as paths: the reward contract loads them (full, adapter folder, ensemble folder)
+    # and scores them as RewardTrainer trained them (chat template, truncation) rather than by GRPO's loader
+    rewards = resolve_reward_funcs(specs)
     reward = rewards if len(rewards) > 1 else rewards[0]
     model = resolve_model_name(model_args.model_name_or_path or "testbed", "--model_name_or_path")
     quantization_config = get_quantization_config(model_args)

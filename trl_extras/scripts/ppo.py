@@ -77,7 +77,7 @@ def datasets_for(script_args: PPOScriptArguments):
 def main(argv=None) -> int:
     from trl import ModelConfig, get_peft_config, get_quantization_config
 
-    from ..rewards.scoring import RewardModelScorer
+    from ..rewards.source import load_reward
     from ..trainers.ppo import PPOConfig, PPOTrainer
     from .reward_two_stage import resolve_model, resume_arg
     from .utils import (
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     def loaded(rewards):
         """Model paths reach the trainer as paths (it loads full RMs, adapter folders and ensembles alike), except
         when the policy's dtype / quantization must apply to them too: then they are loaded here with those."""
-        return [RewardModelScorer(r, model_init_kwargs=load_kwargs) if isinstance(r, str) and special else r
+        return [load_reward(r, model_init_kwargs=load_kwargs) if isinstance(r, str) and special else r
                 for r in rewards]  # fmt: skip
 
     rewards, tracked = loaded(resolved), loaded(resolved_tracked) or None

@@ -257,21 +257,23 @@ def deprecated_reward_flags(args, prog: str, old_flags: dict, target: str = "rew
 
 
 def _path_reward(path: str, flag: str):
-    """A reward-model path as the trainers take it. A RewardEnsemble folder is loaded here until
-    ``RewardFunctions`` loads ensemble folders itself (then this returns the path as is)."""
+    """A reward-model path checked before any model loads, returned as the trainers take it (the reward contract,
+    ``trl_extras.rewards.source.load_reward``, loads full models, LoRA adapter folders and RewardEnsemble folders)."""
     import os
 
-    from ..rewards.ensemble import MANIFEST_NAME, RewardEnsemble, interrupted_ensemble_dir
+    from ..modeling.checks import check_reward_checkpoint
+    from ..rewards.ensemble import MANIFEST_NAME, interrupted_ensemble_dir
     from ..utils.validation import check_model_path
 
     if os.path.isfile(os.path.join(path, MANIFEST_NAME)):
-        return RewardEnsemble.from_pretrained(path)
+        return path
     if os.path.isdir(path) and interrupted_ensemble_dir(path):
         raise ValueError(
             f"{flag} {path} holds reward-ensemble members but no {MANIFEST_NAME}: its training or calibration was "
             "interrupted. Rerun `trl-extras reward-ensemble` with the same settings (finished members are reused)."
         )
     check_model_path(path, flag)
+    check_reward_checkpoint(path, flag)  # a causal LM would get a random score head
     return path
 
 
@@ -308,15 +310,9 @@ def weighted_reward(rewards: list, weights=None):
     callable returning the weighted sum (named ``weighted_reward``)."""
     if len(rewards) == 1 and (weights is None or list(weights) == [1.0]):
         return rewards[0]
-    from ..rewards.functions import RewardFunctions
+    from ..rewards.functions import RewardFunctions, WeightedReward
 
-    functions = RewardFunctions(rewards, reward_weights=weights)
-
-    def weighted_reward(prompts, completions, **kwargs):
-        return functions(prompts, completions, **kwargs).total.tolist()
-
-    weighted_reward.modules = functions.modules  # so the reward models can still be placed on the device
-    return weighted_reward
+    return WeightedReward(RewardFunctions(rewards, reward_weights=weights))
 
 
 def resolve_model_name(name, flag: str):
