@@ -98,6 +98,15 @@ def _find_reward_model(reward_functions: RewardFunctions):
     return None, None
 
 
+def _window_reduce(key: str, values: list[float]) -> float:
+    """One logged value from a logging window's entries: min for ``*_min``, max for ``*_max``, else the mean."""
+    if key.endswith("_min"):
+        return min(values)
+    if key.endswith("_max"):
+        return max(values)
+    return sum(values) / len(values)
+
+
 def _same_vocab(tok_a, tok_b) -> bool:
     return tok_a is tok_b or (tok_a is not None and tok_b is not None and tok_a.get_vocab() == tok_b.get_vocab())
 
@@ -307,6 +316,7 @@ class PPOTrainer(_BaseTrainer):
         )
         self.reward_moments = RunningMoments()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._last_rollout_metrics: dict[str, float] = {}  # see `log`
         # `log_completions`: the rollouts' (prompt, completion, rewards) rows since the last log, as GRPO logs them
         self._completion_log = CompletionLog.from_args(
             args, maxlen=args.generation_batch_size, parquet_dir=Path(args.output_dir) / "completions"
@@ -579,6 +589,24 @@ class PPOTrainer(_BaseTrainer):
     def _gather_mean(self, t: torch.Tensor) -> float:
         return self.accelerator.gather(t.detach().float().reshape(-1).to(self.accelerator.device)).mean().item()
 
+    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
+        """Mean of ``x`` ``(B, T)`` over the valid tokens of every process (one all-reduce of sum and count)."""
+        return float(masked_mean(x.detach().float(), mask, accelerator=self.accelerator))
+
+    def _log_ratio(self, ratio: torch.Tensor, mask: torch.Tensor, metrics) -> None:
+        """``policy/ratio_mean|min|max``: the importance ratio pi/pi_old over the valid tokens of all processes (TRL's
+        GRPO logs its clip-ratio statistics the same way). At the first update of a rollout batch it is exactly 1;
+        ``log`` reports the min of the ``_min`` and the max of the ``_max`` entries of its logging window."""
+        valid = ratio[mask.bool()].float()
+        if valid.numel():
+            local = torch.stack([valid.min(), -valid.max()])
+        else:  # no valid token on this process: neutral for min/max
+            local = torch.full((2,), float("inf"), device=ratio.device)
+        extremes = self.accelerator.gather(local.reshape(1, 2).to(self.accelerator.device)).reshape(-1, 2)
+        metrics["policy/ratio_mean"].append(self._global_masked_mean(ratio, mask))
+        metrics["policy/ratio_min"].append(extremes[:, 0].min().item())
+        metrics["policy/ratio_max"].append(-extremes[:, 1].min().item())
+
     @torch.no_grad()
     def _rollout(self, rows: list[dict], mode: str) -> dict:
         """Sample, score, and (in training) compute KL-penalized rewards, values, GAE advantages and returns."""
@@ -705,8 +733,11 @@ class PPOTrainer(_BaseTrainer):
         metrics["score"].append(self._gather_mean(scores))
         metrics["penalized_reward"].append(self._gather_mean(rewards.sum(1)))
         metrics["entropy"].append(self._gather_mean(masked_mean(stats["entropy"], mask, dim=1)))
-        metrics["value/explained_variance"].append(float(explained_variance(values, returns, mask)))
-        metrics["advantages/mean"].append(float(masked_mean(advantages, mask)))
+        # global, like the rollout metrics above: rank 0's share alone is not normalized (its mean is not 0)
+        metrics["value/explained_variance"].append(
+            float(explained_variance(values, returns, mask, accelerator=self.accelerator))
+        )
+        metrics["advantages/mean"].append(self._global_masked_mean(advantages, mask))
 
         batch.update(
             old_logprobs=logprobs, old_values=values, advantages=advantages, returns=returns, group_index=group_index,
@@ -723,7 +754,12 @@ class PPOTrainer(_BaseTrainer):
         bs, ga = args.per_device_train_batch_size, args.gradient_accumulation_steps
         if position == 0 or self._buffer is None:
             # A new rollout batch: on schedule, or after a resume.
+            before = {k: len(v) for k, v in self._metrics["train"].items()}
             self._buffer = self._rollout(generation_batch, "train")
+            # what this rollout logged: repeated by `log` at every logged step trained on this rollout batch
+            self._last_rollout_metrics = {
+                k: v[-1] for k, v in self._metrics["train"].items() if len(v) > before.get(k, 0)
+            }
             self._stop_batch_updates = False
             n = len(generation_batch)
             gen = torch.Generator().manual_seed(args.seed + self.state.global_step)
@@ -799,8 +835,9 @@ class PPOTrainer(_BaseTrainer):
         # 12. Clipped value loss (Huang et al. detail: clip the new value around the rollout value).
         vf_losses, vf_clipped = value_loss(new_values, inputs["old_values"], inputs["returns"], args.cliprange_value)
         vf_loss = self._aggregate(vf_losses, mask, inputs)
-        metrics["loss/value"].append(float(masked_mean(vf_losses.detach(), mask)))
-        metrics["value/clipfrac"].append(float(masked_mean(vf_clipped.float(), mask)))
+        # Update metrics are means over the valid tokens of all processes' micro-batches (not rank 0's share)
+        metrics["loss/value"].append(self._global_masked_mean(vf_losses, mask))
+        metrics["value/clipfrac"].append(self._global_masked_mean(vf_clipped.float(), mask))
 
         if not with_policy:
             # 12a. Value warm-up: the policy is frozen (no forward, so its grads stay None and AdamW skips it;
@@ -811,12 +848,13 @@ class PPOTrainer(_BaseTrainer):
         #     with the exact KL the direct term beta * KL_t, aggregated together.
         logratio = out["logprobs"] - inputs["old_logprobs"]
         pg_losses, pg_clipped = policy_loss(out["logprobs"], inputs["old_logprobs"], inputs["advantages"], args.cliprange)
-        metrics["policy/clipfrac"].append(float(masked_mean(pg_clipped.float(), mask)))
-        metrics["loss/policy"].append(float(masked_mean(pg_losses.detach(), mask)))
+        metrics["policy/clipfrac"].append(self._global_masked_mean(pg_clipped.float(), mask))
+        metrics["loss/policy"].append(self._global_masked_mean(pg_losses, mask))
+        self._log_ratio(torch.exp(logratio.detach()), mask, metrics)
         per_token = pg_losses
         if with_kl:
             per_token = per_token + inputs["kl_coef"][:, None] * out["exact_kl"]
-            metrics["loss/kl"].append(float(masked_mean(out["exact_kl"].detach(), mask)))
+            metrics["loss/kl"].append(self._global_masked_mean(out["exact_kl"], mask))
         pg_loss = self._aggregate(per_token, mask, inputs)
 
         # 14. Approximate KL(old || new) (k3 on the rollout's samples), averaged over the minibatch on all
@@ -843,8 +881,15 @@ class PPOTrainer(_BaseTrainer):
         return None, None, None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Each metric's mean over the optimizer steps since the last log (``*_min``: their min, ``*_max``: their
+        max). In training, the metrics of the rollout batch (reward, rewards/*, kl/*, entropy, completions/*,
+        score, value/explained_variance, advantages/mean, ...) are measured once per rollout and repeated at every
+        logged step that trains on that rollout batch, so each logged step carries the rollout it learns from."""
         mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        metrics = {k: _window_reduce(k, v) for k, v in self._metrics[mode].items() if v}
+        if mode == "train" and metrics:  # a window with training steps (not the end-of-training summary)
+            for key, value in self._last_rollout_metrics.items():
+                metrics.setdefault(key, value)
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
         # in place: `evaluate()` returns this dict, so eval_reward reaches callbacks and metric_for_best_model
