@@ -23,6 +23,7 @@ GRPO's internals are private and change between releases: this subclass override
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,8 @@ from ..modeling.quantization import keep_4bit_layers_differentiable
 from ..modeling.reference import resolve_reference
 
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
+
+logger = logging.getLogger(__name__)
 
 # loss types whose aggregation of a per-token term we mirror (GRPOTrainer._compute_loss, TRL 1.16)
 _SUPPORTED_LOSS_TYPES = ("grpo", "sapo", "bnpo", "dr_grpo", "dapo", "cispo", "vespo", "luspo")
@@ -96,6 +99,7 @@ class ExactKLGRPOTrainer(GRPOTrainer):
                 f"{_SUPPORTED_LOSS_TYPES}."
             )
         super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        self._warn_plain_prompts_to_chat_model()
         # evaluate() runs no-grad eval-mode forwards between training steps (see keep_4bit_layers_differentiable)
         keep_4bit_layers_differentiable(self.model)
         self.exact_kl_coef = args.exact_kl_coef
@@ -108,6 +112,21 @@ class ExactKLGRPOTrainer(GRPOTrainer):
                 self.accelerator.unwrap_model(self.model),
                 make_copy=lambda: self._load_reference(kwargs.get("quantization_config")),
             )
+
+    def _warn_plain_prompts_to_chat_model(self) -> None:
+        """Warn (main process) when plain-text prompts meet a chat template and the policy answers them with EOS
+        (see ``trl_extras.modeling.prompt_checks``). The policy is probed with one small forward where that is
+        cheap and local (one process, no FSDP sharding); otherwise the template alone decides."""
+        from ..modeling.prompt_checks import NUM_PROBE_PROMPTS, plain_prompts_to_chat_model_message
+
+        dataset = self.train_dataset
+        if not self.accelerator.is_main_process or not hasattr(dataset, "select") or len(dataset) == 0:
+            return
+        prompts = list(dataset.select(range(min(NUM_PROBE_PROMPTS, len(dataset))))["prompt"])
+        model = None if self.is_fsdp_enabled else self.accelerator.unwrap_model(self.model)
+        message = plain_prompts_to_chat_model_message(model, self.processing_class, prompts, "ExactKLGRPOTrainer")
+        if message:
+            logger.warning(message)
 
     # ---- reference ------------------------------------------------------------------------------------------
 

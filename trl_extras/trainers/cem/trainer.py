@@ -40,6 +40,12 @@ from ...core.diversity import completion_entropies, grouped_distinct_n, unique_f
 from ...core.selection import quantile_schedule, select_elites
 from ...modeling.generation import ensure_pad_token, generate_rollouts, prompt_text
 from ...modeling.peft import is_peft_model
+from ...modeling.prompt_checks import (
+    NUM_PROBE_PROMPTS,
+    ShortCompletionWarning,
+    has_chat_template,
+    plain_prompts_to_chat_model_message,
+)
 from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
 from ...rewards.functions import RewardFunctions
@@ -165,6 +171,11 @@ class CEMTrainer:
                 raise ValueError("Pass `processing_class` for a model instance that was not loaded from a path.")
             processing_class = AutoTokenizer.from_pretrained(name)
         self.processing_class = ensure_pad_token(processing_class)
+        first = list(train_dataset.select(range(min(NUM_PROBE_PROMPTS, len(train_dataset))))["prompt"])
+        message = plain_prompts_to_chat_model_message(model, self.processing_class, first, "CEMTrainer")
+        if message and self._is_main:  # once, not once per process
+            logger.warning(message)
+        self._short_completions = ShortCompletionWarning("CEMTrainer")
         device = args.device  # this process's device (cpu with use_cpu, else its GPU under accelerate launch)
         model = model.to(device)
         self.peft_config = peft_config
@@ -598,6 +609,8 @@ class CEMTrainer:
                     self._save_dataset(Dataset.from_dict(columns), gen_path)
             metrics = {"round": r, "temperature": temperature, "elite_quantile": quantile}
             metrics.update(self._measure(columns))
+            if main:
+                self._short_completions.check(metrics["completion_tokens_mean"], has_chat_template(self.processing_class))
             metrics.update({f"reward_log/{k}": v for k, v in self._reward_logs.items()})
             if args.log_completions and main:
                 self._log_completions(columns, r)

@@ -65,6 +65,12 @@ from ...modeling.generation import (
 )
 from ...modeling.lm import completion_token_stats
 from ...modeling.peft import is_peft_model, merged_copy
+from ...modeling.prompt_checks import (
+    NUM_PROBE_PROMPTS,
+    ShortCompletionWarning,
+    has_chat_template,
+    plain_prompts_to_chat_model_message,
+)
 from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
 from ...modeling.value import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
@@ -96,6 +102,15 @@ def _find_reward_model(reward_functions: RewardFunctions):
         if isinstance(getattr(fn, "peft_model", None), nn.Module):  # a K-LoRA ensemble: its first adapter
             return fn.peft_model, getattr(fn, "processing_class", None)
     return None, None
+
+
+def _first_prompts(dataset, n: int = NUM_PROBE_PROMPTS) -> list:
+    """The first ``n`` prompts of a map-style dataset (none for an iterable one: it is not read ahead)."""
+    if not hasattr(dataset, "__len__") or len(dataset) == 0:
+        return []
+    return list(dataset.select(range(min(n, len(dataset))))["prompt"]) if hasattr(dataset, "select") else [
+        dataset[i]["prompt"] for i in range(min(n, len(dataset)))
+    ]
 
 
 def _window_reduce(key: str, values: list[float]) -> float:
@@ -224,6 +239,9 @@ class PPOTrainer(_BaseTrainer):
         for split, ds in (("train", train_dataset), ("eval", eval_dataset)):
             for d in (ds.values() if isinstance(ds, dict) else [ds]) if ds is not None else []:
                 self._check_dataset(d, tokenizer, split)
+        message = plain_prompts_to_chat_model_message(model, tokenizer, _first_prompts(train_dataset), "PPOTrainer")
+        if message and args.process_index == 0:  # once, not once per process
+            logger.warning(message)
 
         if peft_config is not None:
             from peft import get_peft_model
@@ -317,6 +335,7 @@ class PPOTrainer(_BaseTrainer):
         self.reward_moments = RunningMoments()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._last_rollout_metrics: dict[str, float] = {}  # see `log`
+        self._short_completions = ShortCompletionWarning("PPOTrainer")
         # `log_completions`: the rollouts' (prompt, completion, rewards) rows since the last log, as GRPO logs them
         self._completion_log = CompletionLog.from_args(
             args, maxlen=args.generation_batch_size, parquet_dir=Path(args.output_dir) / "completions"
@@ -654,7 +673,10 @@ class PPOTrainer(_BaseTrainer):
         metrics["reward"].append(all_raw.mean().item())
         metrics["reward_std"].append(all_raw.std().item() if all_raw.numel() > 1 else 0.0)
         lengths = mask.sum(1).float()
-        metrics["completions/mean_length"].append(self._gather_mean(lengths))
+        mean_length = self._gather_mean(lengths)
+        metrics["completions/mean_length"].append(mean_length)
+        if mode == "train" and self.accelerator.is_main_process:  # the mean is global: warned by one process
+            self._short_completions.check(mean_length, has_chat_template(self._tokenizer))
         metrics["completions/eos_rate"].append(self._gather_mean(is_eos.float()))
         if args.log_completions and mode == "train":
             self._record_completions(rollout, reward_out, tracked if self.log_reward_functions is not None else None)

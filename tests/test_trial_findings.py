@@ -1,0 +1,173 @@
+"""Findings of a new user's trial (issue 21, items 3 and 4): plain-text prompts to a chat model and empty completions
+are warned about, runs print no false alarms from optional backends, PPO logs the importance ratio and global
+(all-process) update metrics with the rollout's metrics at every logged step, and the consistency fixes."""
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from helpers import cpu_config, launch_two_processes
+
+from trl_extras.testbed import TestbedConfig, prompt_dataset
+
+
+def _length_reward(prompts, completions, **kwargs):
+    return [float(len(c)) / 10.0 for c in completions]
+
+
+def _ppo(policy, tmp_path, dataset=None, processing_class=None, **overrides):
+    from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
+
+    defaults = dict(per_device_train_batch_size=4, num_mini_batches=2, num_ppo_epochs=2, max_steps=4,
+                    max_completion_length=6, learning_rate=1e-3, seed=0)
+    args = cpu_config(PPOConfig, tmp_path / "ppo", **{**defaults, **overrides})
+    if dataset is None:
+        dataset = prompt_dataset("train", TestbedConfig(num_train_prompts=16, num_holdout_prompts=8, seed=0))
+    return PPOTrainer(policy, reward_funcs=_length_reward, args=args, train_dataset=dataset,
+                      processing_class=processing_class)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PPO metrics: the ratio, rollout metrics at every step of their rollout
+# ---------------------------------------------------------------------------------------------------------------
+def test_ppo_logs_ratio_and_rollout_metrics_at_every_optimizer_step(tiny_paths, tmp_path):
+    trainer = _ppo(tiny_paths["policy"], tmp_path)  # 2 epochs x 2 minibatches: 4 optimizer steps per rollout
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in steps] == [1, 2, 3, 4]
+    for h in steps:
+        for key in ("policy/ratio_mean", "policy/ratio_min", "policy/ratio_max", "reward", "kl/exact", "entropy",
+                    "completions/mean_length", "advantages/mean", "value/explained_variance"):
+            assert key in h, (h["step"], key)
+        assert h["policy/ratio_min"] <= h["policy/ratio_mean"] <= h["policy/ratio_max"]
+    # the first update of a rollout batch samples from the policy it updates: the ratio is exactly 1
+    first = steps[0]
+    assert first["policy/ratio_min"] == first["policy/ratio_max"] == 1.0
+    # later updates of the same rollout (lr 1e-3) move it, and all four steps report that one rollout's reward
+    assert steps[-1]["policy/ratio_min"] < 1.0 < steps[-1]["policy/ratio_max"]
+    assert len({h["reward"] for h in steps}) == 1
+
+
+def test_window_reduce_takes_min_and_max_of_extremes():
+    from trl_extras.trainers.ppo.trainer import _window_reduce
+
+    assert _window_reduce("policy/ratio_min", [0.9, 0.8, 1.0]) == 0.8
+    assert _window_reduce("policy/ratio_max", [1.1, 1.3, 1.0]) == 1.3
+    assert _window_reduce("reward", [1.0, 2.0]) == 1.5
+
+
+def test_max_steps_help_says_optimizer_steps():
+    from dataclasses import fields
+
+    from trl_extras.trainers.ppo import PPOConfig
+
+    help_text = {f.name: f.metadata.get("help", "") for f in fields(PPOConfig)}["max_steps"]
+    assert "optimizer" in help_text.lower() and "num_ppo_epochs" in help_text and "num_mini_batches" in help_text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DDP: update and advantage metrics are global, not rank 0's share
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.distributed
+def test_ddp_logs_global_advantage_and_update_metrics(tiny_paths, tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "ppo_ddp_metrics.py"
+    prefix = tmp_path / "metrics"
+    launch_two_processes(script, "ddp", tmp_path, tiny_paths["policy"], str(prefix), timeout=600)
+    ranks = [json.loads(Path(f"{prefix}.rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["num_processes"] == 2
+    logs = [[h for h in r["log_history"] if "loss" in h] for r in ranks]
+    assert len(logs[0]) == 2
+    for a, b in zip(*logs):
+        for key in ("advantages/mean", "value/explained_variance", "loss/policy", "loss/value", "policy/clipfrac",
+                    "policy/ratio_mean", "policy/ratio_min", "policy/ratio_max"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key  # every process logs the same global value
+        # batch normalization over the global batch (keep_mean=False): the global mean is 0, a shard's is not
+        assert abs(a["advantages/mean"]) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plain-text prompts to a chat model; completions that end at once
+# ---------------------------------------------------------------------------------------------------------------
+PLAIN_TO_CHAT = "plain text but the tokenizer has a chat template"
+SHORT = "mean completion length"
+
+
+def _eos_at_once_policy(policy_path):
+    """The tiny policy turned into a "chat model" that answers a bare string with EOS at once (its head's bias puts
+    all mass on EOS), as SmolLM2-Instruct did on plain prompts in the trial."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(policy_path)
+    tokenizer = AutoTokenizer.from_pretrained(policy_path, padding_side="left")
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-20.0)
+        head.bias[tokenizer.eos_token_id] = 20.0
+    model.lm_head = head
+    model.config.tie_word_embeddings = False
+    return model, tokenizer
+
+
+def _messages(caplog, text):
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def test_ppo_warns_at_construction_for_plain_prompts_to_a_chat_model_and_once_for_empty_rollouts(
+    tiny_paths, tmp_path, caplog
+):
+    model, tokenizer = _eos_at_once_policy(tiny_paths["policy"])
+    assert tokenizer.chat_template  # the testbed tokenizer has a template (for its conversational variant)
+    with caplog.at_level(logging.WARNING):
+        trainer = _ppo(model, tmp_path, processing_class=tokenizer, num_ppo_epochs=1, num_mini_batches=1, max_steps=3)
+    assert len(_messages(caplog, PLAIN_TO_CHAT)) == 1
+    assert "PPOTrainer" in _messages(caplog, PLAIN_TO_CHAT)[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        trainer.train()  # three rollouts of EOS-only answers: warned once
+    warned = _messages(caplog, SHORT)
+    assert len(warned) == 1 and "conversational" in warned[0]
+    assert all(h["completions/mean_length"] == 1.0 for h in trainer.state.log_history if "loss" in h)
+
+
+def test_no_warning_for_conversational_prompts_or_a_model_that_continues_plain_text(tiny_paths, tmp_path, caplog):
+    from datasets import Dataset
+
+    model, tokenizer = _eos_at_once_policy(tiny_paths["policy"])
+    chat = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"{i} 3 1 >"}] for i in range(8)]})
+    with caplog.at_level(logging.WARNING):
+        _ppo(model, tmp_path / "a", dataset=chat, processing_class=tokenizer)
+        _ppo(tiny_paths["policy"], tmp_path / "b")  # plain prompts, template present, but no EOS at once
+    assert not _messages(caplog, PLAIN_TO_CHAT)
+
+
+def test_cem_warns_for_plain_prompts_to_a_chat_model_and_for_empty_rollouts(tiny_paths, tmp_path, caplog):
+    from trl_extras.trainers.cem import CEMConfig, CEMTrainer
+
+    model, tokenizer = _eos_at_once_policy(tiny_paths["policy"])
+    args = cpu_config(CEMConfig, tmp_path / "cem", num_rounds=2, num_generations=2, max_completion_length=4,
+                      generation_chunk_size=8, per_device_train_batch_size=4, num_train_epochs=1, seed=0,
+                      prompts_per_round=4)
+    dataset = prompt_dataset("train", TestbedConfig(num_train_prompts=4, num_holdout_prompts=2))
+    with caplog.at_level(logging.WARNING):
+        trainer = CEMTrainer(model, _length_reward, args=args, train_dataset=dataset, processing_class=tokenizer)
+        assert len(_messages(caplog, PLAIN_TO_CHAT)) == 1
+        trainer.train()
+    assert len(_messages(caplog, SHORT)) == 1  # two rounds of empty answers: warned once
+
+
+def test_exact_kl_grpo_warns_for_plain_prompts_to_a_chat_model(tiny_paths, tmp_path, caplog):
+    from trl_extras.trainers.exact_kl_grpo import ExactKLGRPOConfig, ExactKLGRPOTrainer
+
+    model, tokenizer = _eos_at_once_policy(tiny_paths["policy"])
+    args = cpu_config(ExactKLGRPOConfig, tmp_path / "grpo", per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=4, max_steps=1, exact_kl_coef=0.0)
+    dataset = prompt_dataset("train", TestbedConfig(num_train_prompts=8, num_holdout_prompts=2))
+    with caplog.at_level(logging.WARNING):
+        ExactKLGRPOTrainer(model, reward_funcs=_length_reward, args=args, train_dataset=dataset,
+                           processing_class=tokenizer)
+    assert len(_messages(caplog, PLAIN_TO_CHAT)) == 1
