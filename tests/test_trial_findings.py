@@ -171,3 +171,68 @@ def test_exact_kl_grpo_warns_for_plain_prompts_to_a_chat_model(tiny_paths, tmp_p
         ExactKLGRPOTrainer(model, reward_funcs=_length_reward, args=args, train_dataset=dataset,
                            processing_class=tokenizer)
     assert len(_messages(caplog, PLAIN_TO_CHAT)) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# No false alarms: optional backends stay unimported/quiet, no load report for heads we initialise ourselves
+# ---------------------------------------------------------------------------------------------------------------
+NOISE = (
+    "gemm_4bit_forward",  # bitsandbytes' CPU kernel fetch at import (and its DNS lookups)
+    "kernels-community",
+    "Setting accelerator to CPU",  # DeepSpeed's auto-detection on a CPU machine
+)
+DOUBLE_WRAP = ("modify a model with PEFT for a second time", "multiple adapters")
+LOAD_REPORT = ("MISSING", "newly initialized")
+
+
+def _quiet_run(tmp_path, mode: str) -> tuple[str, list[str]]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "quiet_ppo_run.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    env.pop("DS_ACCELERATOR", None)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), mode], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    stderr = proc.stderr.split("=== run starts", 1)[-1]
+    imported = json.loads(proc.stderr.strip().splitlines()[-1].removeprefix("IMPORTED "))
+    return stderr, imported
+
+
+def test_plain_ppo_run_prints_no_false_alarms_and_imports_no_bitsandbytes(tmp_path):
+    stderr, imported = _quiet_run(tmp_path, "plain")
+    for text in NOISE + DOUBLE_WRAP + LOAD_REPORT:  # the value model's new head is no "MISSING" weight
+        assert text not in stderr, (text, stderr[-3000:])
+    assert "bitsandbytes" not in imported  # nothing is quantized: peft's eager import is skipped
+
+
+def test_lora_run_with_a_lora_reward_model_imports_no_bitsandbytes(tmp_path):
+    stderr, imported = _quiet_run(tmp_path, "lora_rm")
+    for text in NOISE:
+        assert text not in stderr, (text, stderr[-3000:])
+    assert "bitsandbytes" not in imported  # LoRA on an unquantized model needs no bitsandbytes
+    leftover = [text for text in DOUBLE_WRAP + LOAD_REPORT if text in stderr]
+    if leftover:  # passes by itself once the fix is in
+        pytest.xfail(f"{leftover}: with a LoRA reward model the value model wraps the RM's PeftModel a second time "
+                     "and the RM may load with a false 'MISSING' head report; that loading fix is helper "
+                     "`reward-contract`'s (issue 21 item 1), not merged into this branch.")
+
+
+def test_quantization_still_finds_bitsandbytes_after_the_quiet_peft_import():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trl_extras, peft, peft.helpers\n"
+        "assert 'bitsandbytes' not in sys.modules\n"
+        "from transformers.utils.import_utils import is_bitsandbytes_available\n"
+        "from peft.import_utils import is_bnb_4bit_available\n"
+        "print(is_bitsandbytes_available(), is_bnb_4bit_available(), hasattr(peft.helpers.bnb, 'functional'))\n"
+    )
+    pytest.importorskip("bitsandbytes")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["True", "True", "True"]

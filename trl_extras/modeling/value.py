@@ -7,6 +7,7 @@ update's forward shared by both layouts.
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 
 import torch
@@ -15,7 +16,47 @@ from torch import nn
 from .lm import policy_logprobs, trunk_hidden_states
 from .peft import is_peft_model
 
-__all__ = ["PolicyAndValueModel", "TokenValueModel", "gathered_for_update", "policy_and_values"]
+__all__ = [
+    "PolicyAndValueModel",
+    "TokenValueModel",
+    "classifier_with_new_head",
+    "gathered_for_update",
+    "policy_and_values",
+]
+
+#: attribute names of a sequence classifier's head (transformers' conventions)
+HEAD_NAMES = ("score", "classifier")
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+def classifier_with_new_head(path: str, **model_init_kwargs) -> nn.Module:
+    """``AutoModelForSequenceClassification(num_labels=1)`` on the trunk of the checkpoint at ``path`` (a causal LM),
+    for a caller that initialises the head itself (the value model's zero head).
+
+    transformers reports such a load as "score.weight MISSING ... newly initialized" and "lm_head.weight UNEXPECTED",
+    which is the intended outcome here, not a problem, and alarms users on every run: the report is silenced for
+    this one load and replaced by a check that means something -- any missing weight outside the head is an error
+    (a trunk that did not load).
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    report_logger, drop = hf_logging.get_logger("transformers.modeling_utils"), _DropLoadReport()
+    report_logger.addFilter(drop)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, output_loading_info=True, **model_init_kwargs
+        )
+    finally:
+        report_logger.removeFilter(drop)
+    missing = sorted(k for k in info.get("missing_keys", ()) if k.split(".")[0] not in HEAD_NAMES)
+    if missing:
+        raise ValueError(f"Loading {path} as a value model: weights missing outside the head: {missing[:5]}.")
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -73,7 +73,13 @@ from ...modeling.prompt_checks import (
 )
 from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
-from ...modeling.value import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
+from ...modeling.value import (
+    PolicyAndValueModel,
+    TokenValueModel,
+    classifier_with_new_head,
+    gathered_for_update,
+    policy_and_values,
+)
 from ...rewards.functions import RewardFunctions
 from ...utils.completions import CompletionLog
 from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
@@ -512,8 +518,8 @@ class PPOTrainer(_BaseTrainer):
                     "not merged into it (merging into 4/8-bit weights is not exact).", _model_path(base),
                 )
             policy_path = _model_path(base)
-        if policy_path is not None:
-            value = AutoModelForSequenceClassification.from_pretrained(policy_path, num_labels=1, **self._model_init_kwargs)
+        if policy_path is not None:  # the head is zeroed below: no "MISSING ... newly initialized" report for it
+            value = classifier_with_new_head(policy_path, **self._model_init_kwargs)
         else:
             base = merged_copy(policy) if is_peft_model(policy) else policy
             config = copy.deepcopy(base.config)
