@@ -236,3 +236,58 @@ def test_quantization_still_finds_bitsandbytes_after_the_quiet_peft_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RewardEarlyStoppingCallback samples from the adapter as it is at each evaluation
+# ---------------------------------------------------------------------------------------------------------------
+def test_reward_early_stopping_evaluates_the_current_lora_adapter(tiny_paths, tmp_path, capsys):
+    from peft import LoraConfig
+    from transformers import AutoTokenizer, TrainerControl
+    from trl import SFTConfig, SFTTrainer
+
+    from trl_extras.callbacks.reward_early_stopping import RewardEarlyStoppingCallback
+    from trl_extras.testbed import sft_dataset
+
+    seen = []  # the completions of every scoring call
+
+    def char_reward(prompts, completions, **kwargs):  # distinct texts -> (almost surely) distinct means
+        seen.append(list(completions))
+        return [sum(map(ord, c)) / 100.0 for c in completions]
+
+    tok = AutoTokenizer.from_pretrained(tiny_paths["tokenizer"])
+    tok.padding_side = "right"
+    data = sft_dataset(32).select_columns(["prompt", "completion"])
+    callback = RewardEarlyStoppingCallback(char_reward, prompt_dataset("holdout").select(range(6)), patience=None,
+                                           max_new_tokens=6, num_generations=2, seed=0)
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, eval_strategy="steps",
+                     eval_steps=2, logging_steps=2, save_strategy="no", use_cpu=True, bf16=False, report_to="none",
+                     learning_rate=5e-2, disable_tqdm=True)
+    trainer = SFTTrainer(model=tiny_paths["policy"], args=args, train_dataset=data, eval_dataset=data.select(range(4)),
+                         processing_class=tok, callbacks=[callback],
+                         peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj", "o_proj"]))
+    callback.set_trainer(trainer)
+    trainer.train()
+    assert [h["step"] for h in callback.history] == [2, 4] and len(seen) == 2
+    # The trial's symptom, reproduced: eval_loss moved, eval_reward repeated to the last bit -- because the seeded
+    # sampling drew the very same answers from a policy that moved a little; the callback now says so.
+    assert seen[0] == seen[1] and callback.history[0]["eval_reward"] == callback.history[1]["eval_reward"]
+    assert "identical to the previous evaluation" in capsys.readouterr().out
+    model = trainer.model
+    # It sampled from the adapter as trained: re-evaluating the trained adapter reproduces it exactly, the model
+    # without the adapter (= the initial LoRA model, whose B matrices are zero) answers differently
+    callback._evaluate(model, tok)
+    with model.disable_adapter():
+        callback._evaluate(model, tok)
+    assert seen[2] == seen[1] and seen[3] != seen[1]
+    # A changed adapter changes the sampled answers and the score at the next evaluation
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)  # another adapter (a rescaled one would be normalized away by RMSNorm)
+    metrics = {}
+    trainer.state.global_step = 5
+    callback.on_evaluate(trainer.args, trainer.state, TrainerControl(), metrics=metrics, model=model,
+                         processing_class=tok)
+    assert seen[-1] != seen[1] and metrics["eval_reward"] != callback.history[1]["eval_reward"]
