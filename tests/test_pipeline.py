@@ -118,7 +118,7 @@ def test_pipeline_log_file_is_readable(tmp_path, sft_policy_path):
     text = log.read_text()
     stages = micro_config(tmp_path).stages
     _assert_log_lines((text, ""), stages)
-    assert "[cem] round 1/1, reward" in text and "[reward-eval] step 2:" in text and "[trajectory] step 2:" in text
+    assert "[cem] round 0 of 0..0, reward" in text and "[reward-eval] step 2:" in text and "[trajectory] step 2:" in text
 
 
 MICRO_FLAGS = ("output_dir", "num_eval_prompts", "num_train_prompts", "num_dirty_pairs", "num_clean_pairs",

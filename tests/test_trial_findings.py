@@ -291,3 +291,67 @@ def test_reward_early_stopping_evaluates_the_current_lora_adapter(tiny_paths, tm
     callback.on_evaluate(trainer.args, trainer.state, TrainerControl(), metrics=metrics, model=model,
                          processing_class=tok)
     assert seen[-1] != seen[1] and metrics["eval_reward"] != callback.history[1]["eval_reward"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Consistency: one naming scheme for rounds, stages, compared models; metrics that say what they measure
+# ---------------------------------------------------------------------------------------------------------------
+def test_cem_round_line_uses_the_folder_numbering():
+    from trl_extras.trainers.cem.trainer import _round_line
+
+    line = _round_line({"round": 0, "reward_mean": 0.5}, num_rounds=2)
+    assert line.startswith("round 0 of 0..1")  # the folder is round_0 and cem_history.json says round 0
+    assert "1/2" not in line
+
+
+def test_cem_fine_tunes_one_epoch_per_round_by_default_and_says_so():
+    from dataclasses import fields
+
+    from trl_extras.trainers.cem import CEMConfig
+
+    assert CEMConfig(output_dir="x", use_cpu=True, bf16=False).num_train_epochs == 1.0
+    help_text = {f.name: f.metadata.get("help", "") for f in fields(CEMConfig)}["num_train_epochs"]
+    assert "round" in help_text and "SFTConfig" in help_text
+
+
+def test_side_by_side_summary_names_the_models():
+    from trl_extras.evaluation.side_by_side import side_by_side
+    from trl_extras.testbed import gold_reward_fn
+
+    prompts = ["3 1 2 >", "9 8 7 >"]
+    result = side_by_side([" 1 2 3", " 7 8 9"], [" 3 2 1", " 9 8"], prompts, gold_reward_fn,
+                          name_a="ppo-final", name_b="sft")
+    summary = result.summary()
+    assert summary.startswith("ppo-final vs sft on 2 prompts") and "2 wins for ppo-final" in summary
+    assert result.to_dict()["name_a"] == "ppo-final"
+    # paths are named after their last folder; equal names are told apart
+    from trl_extras.evaluation.side_by_side import model_names
+
+    assert model_names("out/run1/ppo/model", "out/sft/model/") == ("model (A)", "model (B)")
+    assert model_names("out/ppo", "out/sft") == ("ppo", "sft")
+    assert model_names([" 1"], [" 2"]) == ("A", "B")
+
+
+def test_two_stage_evaluate_returns_the_logged_names(tiny_paths, tmp_path):
+    from trl_extras.rewards.two_stage import TwoStageRewardConfig, TwoStageRewardTrainer
+    from trl_extras.testbed import clean_pairs, dirty_pairs
+
+    args = cpu_config(TwoStageRewardConfig, tmp_path / "rm", per_device_train_batch_size=4,
+                      per_device_eval_batch_size=8, max_steps=1, pretrain_max_steps=1, learning_rate=1e-3)
+    trainer = TwoStageRewardTrainer(tiny_paths["reward"], args=args, pretrain_dataset=dirty_pairs(8),
+                                    train_dataset=clean_pairs(8), eval_dataset=clean_pairs(8))
+    trainer.train()
+    for stage in ("stage1", "stage2"):
+        logged = {k for h in trainer.state.log_history if h.get("stage") == int(stage[-1]) for k in h
+                  if k.startswith("eval_")}
+        assert logged and logged <= set(trainer.stage_metrics[stage])  # every logged eval key is in evaluate()'s dict
+        assert f"eval_{stage}/accuracy" in trainer.stage_metrics[stage]
+        assert "eval_accuracy" in trainer.stage_metrics[stage]  # metric_for_best_model="accuracy" keeps working
+
+
+def test_reward_model_ece_says_what_it_is_calibrated_against():
+    from trl_extras.rewards.metrics import METRIC_HELP, calibration_error
+
+    assert "dataset" in METRIC_HELP["ece"].lower() and "gold" in METRIC_HELP["gold_ece"].lower()
+    margins = torch.tensor([2.0, -1.0, 0.5, 3.0])  # against y = 1 for every pair, ECE is 1 - mean sigma(margin)
+    assert calibration_error(margins, torch.ones(4)) == pytest.approx(1 - torch.sigmoid(margins).mean().item())

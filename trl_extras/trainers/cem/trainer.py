@@ -62,7 +62,8 @@ _RESERVED = {"prompt", "completion", "group", "is_eos", "num_tokens", "token_ent
 
 def _round_line(metrics: dict, num_rounds: int) -> str:
     """The one progress line of a finished round (the log-file record; the full metrics go to ``metrics.json``)."""
-    parts = [f"round {metrics['round'] + 1}/{num_rounds}"]
+    # 0-based like the round_{r} folders and the history's `round`: "round 0 of 0..1" is folder round_0
+    parts = [f"round {metrics['round']} of 0..{num_rounds - 1}"]
     for key, label in (("reward_mean", "reward"), ("elite_reward_mean", "elite reward"), ("entropy", "entropy"),
                        ("eval_reward_mean", "eval reward"), ("eval_gold_mean", "eval gold")):
         if isinstance(metrics.get(key), (int, float)):
