@@ -355,3 +355,38 @@ def test_reward_model_ece_says_what_it_is_calibrated_against():
     assert "dataset" in METRIC_HELP["ece"].lower() and "gold" in METRIC_HELP["gold_ece"].lower()
     margins = torch.tensor([2.0, -1.0, 0.5, 3.0])  # against y = 1 for every pair, ECE is 1 - mean sigma(margin)
     assert calibration_error(margins, torch.ones(4)) == pytest.approx(1 - torch.sigmoid(margins).mean().item())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Progress in a log file: long steps announce their start; the reward-vs-KL plot stays readable
+# ---------------------------------------------------------------------------------------------------------------
+def test_building_the_testbed_policy_prints_a_line_when_it_starts(tmp_path, capsys, monkeypatch):
+    from trl_extras.testbed import TinyModelSpec
+    from trl_extras.testbed.policy import SFTBuildConfig, build_sft_policy
+
+    monkeypatch.delenv("TRL_EXTRAS_PROGRESS", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    spec = TinyModelSpec(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    build_sft_policy(SFTBuildConfig(num_examples=16, steps=2, batch_size=4, spec=spec), cache_dir=tmp_path)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[testbed]")]
+    assert len(lines) == 2 and "building the SFT starting policy" in lines[0] and "built" in lines[1]
+
+
+def test_reward_vs_kl_plot_names_close_methods_in_a_legend(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from trl_extras.pipeline.report import make_plots
+
+    figures = []
+    original = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, *a, **k: (figures.append(self), original(self, *a, **k))[1])
+    # three methods within 0.05 nats and 0.01 reward of each other (text beside each point would overlap)
+    table = [dict(method=m, gold=0.78 + 0.004 * i, proxy=0.9 + 0.01 * i, kl_to_sft=2.8 + 0.02 * i)
+             for i, m in enumerate(["PPO (refreshed RM)", "PPO (ensemble variance)", "DPO (synthetic pairs)"])]
+    assert make_plots({"evaluate": {"table": table}}, tmp_path) == ["reward_vs_kl.png"]
+    (fig,) = figures
+    assert not any(ax.texts for ax in fig.axes)  # no labels drawn on top of each other
+    legend = {t.get_text() for lg in fig.legends for t in lg.get_texts()}
+    assert {row["method"] for row in table} <= legend
