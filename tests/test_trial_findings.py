@@ -322,7 +322,7 @@ def test_side_by_side_summary_names_the_models():
     result = side_by_side([" 1 2 3", " 7 8 9"], [" 3 2 1", " 9 8"], prompts, gold_reward_fn,
                           name_a="ppo-final", name_b="sft")
     summary = result.summary()
-    assert summary.startswith("ppo-final vs sft on 2 prompts") and "2 wins for ppo-final" in summary
+    assert summary.startswith("ppo-final vs sft on 2 prompts") and "ppo-final has 2 wins, 0 losses" in summary
     assert result.to_dict()["name_a"] == "ppo-final"
     # paths are named after their last folder; equal names are told apart
     from trl_extras.evaluation.side_by_side import model_names

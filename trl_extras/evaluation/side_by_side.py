@@ -93,7 +93,7 @@ class SideBySideResult:
         significant = "significant" if self.p_value < 1 - self.confidence else "not significant"
         a, b = self.name_a, self.name_b
         text = (
-            f"{a} vs {b} on {self.n} prompts: {self.wins} wins for {a}, {self.losses} for {b}, {self.ties} ties; "
+            f"{a} vs {b} on {self.n} prompts: {a} has {self.wins} wins, {self.losses} losses, {self.ties} ties; "
             f"{a}'s win rate {self.win_rate:.3f} ({self.confidence:.0%} {self.ci_method} CI {low:.3f}-{high:.3f}); "
             f"binomial p = {self.p_value:.3g} ({significant} at {1 - self.confidence:.2g})"
         )
