@@ -76,7 +76,8 @@ def test_ddp_logs_global_advantage_and_update_metrics(tiny_paths, tmp_path):
 
     script = Path(__file__).parent / "scripts" / "ppo_ddp_metrics.py"
     prefix = tmp_path / "metrics"
-    launch_two_processes(script, "ddp", tmp_path, tiny_paths["policy"], str(prefix), timeout=600)
+    proc = launch_two_processes(script, "ddp", tmp_path, tiny_paths["policy"], str(prefix), timeout=600)
+    assert proc.stderr.count("Sampling with top_k=50") == 1  # a warning printed once, not once per process
     ranks = [json.loads(Path(f"{prefix}.rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["num_processes"] == 2
     logs = [[h for h in r["log_history"] if "loss" in h] for r in ranks]
@@ -390,3 +391,19 @@ def test_reward_vs_kl_plot_names_close_methods_in_a_legend(tmp_path, monkeypatch
     assert not any(ax.texts for ax in fig.axes)  # no labels drawn on top of each other
     legend = {t.get_text() for lg in fig.legends for t in lg.get_texts()}
     assert {row["method"] for row in table} <= legend
+
+
+def test_replicas_print_and_warn_nothing_the_main_process_prints(monkeypatch, capsys):
+    from trl_extras.utils.progress import print_main, quiet_replica_logs
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    name = "trl_extras.test_replica_probe"
+    logging.getLogger(name).setLevel(logging.NOTSET)
+    monkeypatch.setenv("RANK", "0")
+    print_main("final history")
+    quiet_replica_logs(name)
+    assert capsys.readouterr().out == "final history\n" and logging.getLogger(name).level == logging.NOTSET
+    monkeypatch.setenv("RANK", "1")
+    print_main("final history")
+    quiet_replica_logs(name)
+    assert capsys.readouterr().out == "" and logging.getLogger(name).level == logging.ERROR

@@ -28,6 +28,7 @@ def main(policy_path: str, out_prefix: str) -> None:
         disable_tqdm=True, logging_steps=1, per_device_train_batch_size=4, num_mini_batches=1, num_ppo_epochs=2,
         max_steps=2, max_completion_length=6, learning_rate=1e-2, advantage_normalization="batch",
         advantage_keep_mean=False, value_warmup_steps=0, seed=0,
+        top_k=50,  # an off-policy sampling setting: PPOTrainer warns at construction (the test counts the warnings)
     )
     trainer = PPOTrainer(policy_path, reward_funcs=length_reward, args=args,
                          train_dataset=Dataset.from_dict({"prompt": prompts}))

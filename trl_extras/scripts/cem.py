@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from trl import ModelConfig
 
     from ..trainers.cem import CEMConfig
+    from ..utils.progress import print_main
     from .utils import parse_args
 
     script_args, cem_args, model_args = parse_args((CEMScriptArguments, CEMConfig, ModelConfig), argv, "cem")
@@ -107,6 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("round", "reward_mean", "elite_reward_mean", "gold_mean", "entropy", "distinct_2", "eval_reward_mean",
             "eval_gold_mean", "stopped")
     for h in history:
-        print(json.dumps({k: h[k] for k in keys if k in h}))
-    print(f"History: {cem_args.output_dir}/cem_history.json, plot: {cem_args.output_dir}/cem_history.png")
+        print_main(json.dumps({k: h[k] for k in keys if k in h}))  # once, not once per process
+    print_main(f"History: {cem_args.output_dir}/cem_history.json, plot: {cem_args.output_dir}/cem_history.png")
     return 0

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from trl import ModelConfig
 
     from ..trainers.exact_kl_grpo import ExactKLGRPOConfig
+    from ..utils.progress import print_main
     from .model_card import write_model_card
     from .utils import parse_args
 
@@ -98,6 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     write_model_card(trainer, args, script_args.dataset_name)
     kl = [h["exact_kl"] for h in trainer.state.log_history if "exact_kl" in h]
     if kl:
-        print(f"exact KL to the reference: first {kl[0]:.4f}, last {kl[-1]:.4f} (mean per token)")
-    print(f"Saved to {args.output_dir}")
+        print_main(f"exact KL to the reference: first {kl[0]:.4f}, last {kl[-1]:.4f} (mean per token)")
+    print_main(f"Saved to {args.output_dir}")  # once, not once per process
     return 0

@@ -98,6 +98,9 @@ class ExactKLGRPOTrainer(GRPOTrainer):
                 f"ExactKLGRPOTrainer does not know how GRPO aggregates loss_type={args.loss_type!r}; supported: "
                 f"{_SUPPORTED_LOSS_TYPES}."
             )
+        from ..utils.progress import quiet_replica_logs
+
+        quiet_replica_logs()  # under accelerate launch each warning is printed once, by the main process
         super().__init__(model, reward_funcs, args, *pos, **kwargs)
         self._warn_plain_prompts_to_chat_model()
         # evaluate() runs no-grad eval-mode forwards between training steps (see keep_4bit_layers_differentiable)

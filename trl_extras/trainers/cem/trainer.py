@@ -49,7 +49,7 @@ from ...modeling.prompt_checks import (
 from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
 from ...rewards.functions import RewardFunctions
-from ...utils.progress import log_line, progress_bar
+from ...utils.progress import log_line, progress_bar, quiet_replica_logs
 from .config import CEMConfig
 from .plots import plot_history
 from .settings import SETTINGS_FILE, cem_settings
@@ -133,6 +133,7 @@ class CEMTrainer:
         # fine-tuning is TRL's SFTTrainer (DDP / DeepSpeed), and the main process writes the round files.
         self._process_index, self._num_processes = args.process_index, args.world_size
         self._is_main = args.process_index == 0
+        quiet_replica_logs()  # under accelerate launch each warning is printed once, by the main process
         self.args = args
         if train_dataset is None or "prompt" not in getattr(train_dataset, "column_names", []):
             columns = getattr(train_dataset, "column_names", None)

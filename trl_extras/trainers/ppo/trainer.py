@@ -82,6 +82,7 @@ from ...modeling.value import (
 )
 from ...rewards.functions import RewardFunctions
 from ...utils.completions import CompletionLog
+from ...utils.progress import quiet_replica_logs
 from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
 from .config import PPOConfig
 
@@ -211,6 +212,7 @@ class PPOTrainer(_BaseTrainer):
         if not isinstance(args, PPOConfig):
             raise TypeError(f"`args` must be a PPOConfig, got {type(args).__name__}.")
         set_seed(args.seed)  # PEFT and fresh value heads initialise randomly
+        quiet_replica_logs()  # under accelerate launch each warning is printed once, by the main process
 
         # Model kwargs shared by everything loaded from a path
         model_init_kwargs = dict(args.model_init_kwargs or {})
