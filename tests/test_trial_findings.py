@@ -4,7 +4,6 @@ are warned about, runs print no false alarms from optional backends, PPO logs th
 
 import json
 import logging
-import math
 
 import pytest
 import torch
