@@ -46,13 +46,15 @@ def test_config_validation(tmp_path):
 
 
 def _assert_log_lines(captured, stages):
-    """A log file's view of a run: no carriage-return progress frames, exactly one ``[pipeline] stage X`` line per
-    stage (its end), and a bounded number of lines overall."""
+    """A log file's view of a run: no carriage-return progress frames, two ``[pipeline] stage X`` lines per stage
+    (its start, then its end), and a bounded number of lines overall."""
     out, err = captured
     assert "\r" not in out and "\r" not in err, "progress-bar frames in a non-terminal run"
     lines = out.splitlines()
     for stage in stages:
-        assert sum(line.startswith(f"[pipeline] stage {stage}:") for line in lines) == 1, (stage, lines)
+        mine = [i for i, line in enumerate(lines) if line.startswith(f"[pipeline] stage {stage}:")]
+        assert len(mine) == 2, (stage, lines)
+        assert lines[mine[0]].endswith("running ...") and " done in " in lines[mine[1]], (stage, lines)
     assert len(lines) < 40 * len(stages), lines
 
 
@@ -118,7 +120,7 @@ def test_pipeline_log_file_is_readable(tmp_path, sft_policy_path):
     text = log.read_text()
     stages = micro_config(tmp_path).stages
     _assert_log_lines((text, ""), stages)
-    assert "[cem] round 1/1, reward" in text and "[reward-eval] step 2:" in text and "[trajectory] step 2:" in text
+    assert "[cem] round 0 of 0..0, reward" in text and "[reward-eval] step 2:" in text and "[trajectory] step 2:" in text
 
 
 MICRO_FLAGS = ("output_dir", "num_eval_prompts", "num_train_prompts", "num_dirty_pairs", "num_clean_pairs",

@@ -91,8 +91,9 @@ def test_ppo_steps_log_metrics_and_evaluate(tiny_paths, tmp_path):
         "completions/eos_rate", "rewards/_length_reward/mean", "rewards/reward/mean", "rewards/gold_reward/mean",
     ):
         assert key in logged, key
-    # a rollout every num_mini_batches * num_ppo_epochs = 4 steps: one rollout in 4 steps
-    assert len(_history(trainer, "reward")) == 1
+    # a rollout every num_mini_batches * num_ppo_epochs = 4 steps: one rollout in 4 steps, whose metrics are logged
+    # at each of the 4 steps that train on it
+    assert len(_history(trainer, "reward")) == 4 and len(set(_history(trainer, "reward"))) == 1
     metrics = trainer.evaluate()
     assert "eval_reward" in metrics and "eval_rewards/gold_reward/mean" in metrics
     assert math.isfinite(metrics["eval_reward"])

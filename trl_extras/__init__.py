@@ -11,6 +11,11 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# bitsandbytes (imported by peft) and DeepSpeed's CPU notice only when used: one-shot import hooks, nothing imported
+from .utils.optional_backends import quiet_optional_backends  # noqa: E402
+
+quiet_optional_backends()
+
 # public name -> module that defines it. Each issue's work registers its names here.
 _LAZY = {
     # core math

@@ -131,6 +131,7 @@ class RewardEarlyStoppingCallback(TrainerCallback):
             model, tokenizer, self.eval_prompts, scored, seed=self.seed, accelerator=self._accelerator(),
             desc="Reward evaluation", progress=PartialState().is_main_process, **self.generation_kwargs,
         )
+        self._answers = list(m.completions)  # for the "identical answers" note of on_evaluate
         return {**{key: m.mean(key) for key in scored}, f"{self.metric_name}_empty_share": m.empty_share}
 
     def _log(self, args, state, metrics: dict) -> None:
@@ -167,7 +168,14 @@ class RewardEarlyStoppingCallback(TrainerCallback):
             raise ValueError("RewardEarlyStoppingCallback needs a tokenizer: pass processing_class.")
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # processors wrap their tokenizer
         check_chat_template(tokenizer, self.eval_prompts)
+        previous = getattr(self, "_answers", None)
         new = self._evaluate(model, tokenizer)
+        if previous is not None and previous == self._answers:
+            # Sampling reuses the same random numbers at every evaluation (`seed`), so a policy that moved a little
+            # draws exactly the same answers and the reward repeats to the last bit: say so, it looks like a bug.
+            log_line("reward-eval", f"step {state.global_step}: the answers are identical to the previous "
+                     f"evaluation's (sampled with the same seed={self.seed}: the model's change did not flip any "
+                     "sampled token), so the reward repeats exactly")
         value = new[self.metric_name]
         if not math.isfinite(value):
             raise ValueError(f"{self.metric_name} is {value}: the reward returned non-finite values.")

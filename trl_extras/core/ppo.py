@@ -231,11 +231,14 @@ def approx_kl(logratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_mean(torch.expm1(logratio) - logratio, mask)
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, accelerator=None
+) -> torch.Tensor:
     """``1 − Var(returns − values) / Var(returns)`` over valid tokens of ``(B, T)`` tensors (1 = perfect critic,
-    ≤ 0 = useless)."""
-    var_returns = masked_var(returns, mask)
-    return 1.0 - masked_var(returns - values, mask) / var_returns.clamp_min(1e-8)
+    ≤ 0 = useless). With ``accelerator`` both variances are over the valid tokens of all processes (the global
+    batch), not this process's share."""
+    var_returns = masked_var(returns, mask, accelerator=accelerator)
+    return 1.0 - masked_var(returns - values, mask, accelerator=accelerator) / var_returns.clamp_min(1e-8)
 
 
 class AdaptiveKLController:

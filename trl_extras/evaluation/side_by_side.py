@@ -27,6 +27,7 @@ import inspect
 import json
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from ..core.stats import binomial_test, win_rate_interval
 from ._common import load_policy, prompts_from
@@ -68,6 +69,8 @@ class SideBySideResult:
     order: str = "random"
     inconsistent: int = 0
     records: list[SideBySideRecord] = field(default_factory=list)
+    name_a: str = "A"  # how the summary names the models (see `side_by_side`'s name_a / name_b)
+    name_b: str = "B"
 
     @property
     def tie_rate(self) -> float:
@@ -88,9 +91,10 @@ class SideBySideResult:
     def summary(self) -> str:
         low, high = self.win_rate_ci
         significant = "significant" if self.p_value < 1 - self.confidence else "not significant"
+        a, b = self.name_a, self.name_b
         text = (
-            f"A vs B on {self.n} prompts: {self.wins} wins, {self.losses} losses, {self.ties} ties; "
-            f"win rate {self.win_rate:.3f} ({self.confidence:.0%} {self.ci_method} CI {low:.3f}-{high:.3f}); "
+            f"{a} vs {b} on {self.n} prompts: {a} has {self.wins} wins, {self.losses} losses, {self.ties} ties; "
+            f"{a}'s win rate {self.win_rate:.3f} ({self.confidence:.0%} {self.ci_method} CI {low:.3f}-{high:.3f}); "
             f"binomial p = {self.p_value:.3g} ({significant} at {1 - self.confidence:.2g})"
         )
         if self.judge_kind == "pairwise" and self.order == "both":
@@ -110,6 +114,26 @@ def summarize_verdicts(
     win_rate = wins / decisive if decisive else 0.5
     ci = win_rate_interval(wins, decisive, method=ci_method, confidence=confidence)
     return wins, losses, len(verdicts) - decisive, win_rate, ci, binomial_test(wins, losses)
+
+
+def model_name(model, default: str) -> str:
+    """A readable name for a compared model: a path's last folder, a model instance's ``name_or_path`` last folder,
+    else ``default`` (precomputed answers, an unnamed instance)."""
+    path = model if isinstance(model, (str, Path)) else getattr(model, "name_or_path", None)
+    if not path and getattr(model, "config", None) is not None:
+        path = getattr(model.config, "_name_or_path", None)
+    name = str(path).rstrip("/").split("/")[-1] if path else ""
+    return name or default
+
+
+def model_names(model_a, model_b, name_a: str | None = None, name_b: str | None = None) -> tuple[str, str]:
+    """``(name_a, name_b)`` for the summary: the given names, else :func:`model_name`; equal names are told apart
+    with " (A)" / " (B)"."""
+    a = name_a or model_name(model_a, "A")
+    b = name_b or model_name(model_b, "B")
+    if a == b:
+        a, b = f"{a} (A)", f"{b} (B)"
+    return a, b
 
 
 def reward_verdict(score_a: float, score_b: float, tie_tolerance: float = 0.0) -> str:
@@ -192,6 +216,8 @@ def side_by_side(
     judge_kind: str = "auto",
     reward_processing_classes=None,
     progress: bool = False,
+    name_a: str | None = None,
+    name_b: str | None = None,
 ) -> SideBySideResult:
     """Compare model A with model B on ``prompts`` and test whether A is better (or worse) than B.
 
@@ -210,6 +236,8 @@ def side_by_side(
         ci_method: "wilson" or "clopper-pearson"; ``confidence`` its level (and the significance level reported).
         judge_kind: "auto" (a callable without a ``completions`` parameter is pairwise), "reward" or "pairwise".
         reward_processing_classes: tokenizers of reward-model instances given as ``judge``.
+        name_a, name_b: the models' names in the summary; default: the last folder of a path (or of a model
+            instance's ``name_or_path``), else "A" / "B"; equal names get " (A)" / " (B)" appended.
 
     Returns:
         :class:`SideBySideResult` with counts for A vs B, win rate and CI, p-value and per-prompt records.
@@ -271,6 +299,7 @@ def side_by_side(
             records.append(SideBySideRecord(p, a, b, None, None, verdict, judgments))
 
     wins, losses, ties, win_rate, ci, p_value = summarize_verdicts([r.verdict for r in records], ci_method, confidence)
+    name_a, name_b = model_names(model_a, model_b, name_a, name_b)
     return SideBySideResult(
         wins=wins,
         losses=losses,
@@ -285,4 +314,6 @@ def side_by_side(
         order=order,
         inconsistent=inconsistent,
         records=records,
+        name_a=name_a,
+        name_b=name_b,
     )

@@ -15,7 +15,34 @@ from torch import nn
 from .lm import policy_logprobs, trunk_hidden_states
 from .peft import is_peft_model
 
-__all__ = ["PolicyAndValueModel", "TokenValueModel", "gathered_for_update", "policy_and_values"]
+__all__ = [
+    "PolicyAndValueModel",
+    "TokenValueModel",
+    "classifier_with_new_head",
+    "gathered_for_update",
+    "policy_and_values",
+]
+
+#: attribute names of a sequence classifier's head (transformers' conventions)
+HEAD_NAMES = ("score", "classifier")
+
+
+def classifier_with_new_head(path: str, **model_init_kwargs) -> nn.Module:
+    """``AutoModelForSequenceClassification(num_labels=1)`` on the trunk of the checkpoint at ``path`` (a causal LM),
+    for a caller that initialises the head itself (the value model's zero head).
+
+    transformers reports such a load as "score.weight MISSING ... newly initialized" and "lm_head.weight UNEXPECTED",
+    which is the intended outcome here, not a problem, and alarms users on every run: the report is silenced for
+    this one load and replaced by a check that means something -- any missing weight outside the head is an error
+    (a trunk that did not load).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from .loading import load_checking_missing
+
+    return load_checking_missing(
+        AutoModelForSequenceClassification, path, HEAD_NAMES, on_missing="error", num_labels=1, **model_init_kwargs
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

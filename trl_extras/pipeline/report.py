@@ -81,7 +81,11 @@ def make_plots(results: dict, out: Path) -> list[str]:
     table = results.get("evaluate", {}).get("table", [])
     # 1. gold and proxy reward against KL to the SFT model
     if table:
+        # Methods often sit close together (several PPO variants at similar KL): text beside each point overlapped.
+        # Each method gets its own colour and marker, named once in a legend under both panels.
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        markers = "osD^vP*Xh<>p"
+        style = {i: dict(color=plt.get_cmap("tab10")(i % 10), marker=markers[i % len(markers)]) for i in range(len(table))}
         for ax, key, title in ((axes[0], "gold", "gold reward (truth)"), (axes[1], "proxy", "proxy reward (ensemble, penalized)")):
             traj = results.get("ppo", {}).get("trajectory") or []
             if traj and traj[0].get(key) is not None:
@@ -89,20 +93,23 @@ def make_plots(results: dict, out: Path) -> list[str]:
                         label="PPO during training")
             hist = results.get("cem", {}).get("history") or []
             cem_pts = [(h.get("eval_kl_to_sft"), h.get(f"eval_{key}")) for h in hist if h.get(f"eval_{key}") is not None]
-            for row in table:
+            for i, row in enumerate(table):
                 if row.get(key) is None:
                     continue
-                ax.scatter(row["kl_to_sft"], row[key], s=60, zorder=3)
-                ax.annotate(_label(row), (row["kl_to_sft"], row[key]),
-                            textcoords="offset points", xytext=(5, 5), fontsize=9)
+                ax.scatter(row["kl_to_sft"], row[key], s=60, zorder=3, edgecolors="black", linewidths=0.5,
+                           label=_label(row), **style[i])
             if cem_pts and all(x is not None for x, _ in cem_pts):
                 ax.plot(*zip(*cem_pts), "--s", ms=3, color="tab:green", alpha=0.6, label="CEM rounds")
             ax.set_xlabel("KL(π ‖ SFT), nats per answer")
             ax.set_title(title)
             ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8)
-        fig.tight_layout()
+        handles = {}
+        for ax in axes:  # one entry per label, from whichever panel has it
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        rows = -(-len(handles) // 4)
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
         fig.savefig(out / "reward_vs_kl.png", dpi=120)
         plt.close(fig)
         files.append("reward_vs_kl.png")

@@ -660,7 +660,7 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
     """
     from ..utils.atomic import atomic_write_json, read_json
     from ..utils.fingerprint import check_fingerprint
-    from ..utils.progress import log_line, quiet_library_bars, show_bars
+    from ..utils.progress import log_line, quiet_library_bars
     from .data import pipeline_datasets
 
     quiet_library_bars()
@@ -688,7 +688,7 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
             import shutil
 
             shutil.rmtree(path.parent)
-        if progress and show_bars():  # on a terminal, say what the bars belong to; a log file gets the one line below
+        if progress:  # the start too, not only the end: in a log file a stage is otherwise silent for minutes
             log_line("pipeline", f"stage {name}: running ...")
         start = time.perf_counter()
         result = STAGES[name](ctx)

@@ -96,6 +96,22 @@ def calibration_error(margins, labels_or_probs, n_bins: int = 10) -> float:
     return float(ece)
 
 
+#: What each key of :func:`evaluate_reward_model` measures (shown with the metrics; one definition)
+METRIC_HELP = {
+    "num_pairs": "Number of scored pairs.",
+    "accuracy": "Share of pairs where the reward model ranks the dataset's `chosen` above `rejected`.",
+    "mean_margin": "Mean r(chosen) - r(rejected) over the pairs.",
+    "ece": "Calibration of sigma(margin) against the DATASET's own labels, which say `chosen` is preferred with "
+           "probability 1 (y = 1 for every pair): so it equals 1 - mean sigma(margin) and falls as the model grows "
+           "more confident, right or wrong. A calibration error only where the dataset labels are the truth; "
+           "prefer `gold_ece` where gold labels exist.",
+    "gold_accuracy": "Share of pairs (gold ties excluded) ranked in the order of the gold margin.",
+    "hard_quartile_gold_accuracy": "gold_accuracy on the quarter of pairs with the smallest |gold margin|.",
+    "gold_ece": "Expected calibration error of sigma(margin) against the GOLD label of each pair (1 when the gold "
+                "reward prefers `chosen`, 0 when it prefers `rejected`; gold ties excluded): 0 = calibrated.",
+}
+
+
 def evaluate_reward_model(
     model,
     processing_class,
@@ -107,10 +123,13 @@ def evaluate_reward_model(
 ) -> dict[str, float]:
     """Score ``dataset`` and return a flat dict of metrics.
 
-    Always: ``num_pairs``, ``accuracy`` (dataset labels), ``mean_margin``, ``ece`` (σ(margin) vs the dataset label).
-    When the gold columns exist (the testbed): ``gold_accuracy``, ``hard_quartile_gold_accuracy``, ``gold_ece``
-    (σ(margin) vs the 0/1 gold label of the pair as stored), and their counts ``num_gold_pairs`` /
-    ``num_hard_pairs`` (reports show every rate with its n).
+    Always: ``num_pairs``, ``accuracy`` (dataset labels), ``mean_margin``, ``ece``: σ(margin) calibrated against
+    the dataset's own labels, i.e. against y = 1 for every pair (the dataset says `chosen` wins), which makes it
+    exactly ``1 − mean σ(margin)``: it measures confidence in the dataset's labels, and is a calibration error only
+    where those labels are the truth. When the gold columns exist (the testbed): ``gold_accuracy``,
+    ``hard_quartile_gold_accuracy``, ``gold_ece`` (σ(margin) against the 0/1 gold label of each pair, gold ties
+    excluded: the calibration error proper), and their counts ``num_gold_pairs`` / ``num_hard_pairs`` (reports
+    show every rate with its n). :data:`METRIC_HELP` describes each key.
     """
     from .pairs import gold_margins, pair_margins
 

@@ -27,10 +27,11 @@ import copy
 import json
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from ..modeling.loading import quiet_loading_report
 
 logger = logging.getLogger(__name__)
 
@@ -164,38 +165,6 @@ def is_ensemble_dir(path) -> bool:
     return (Path(path) / MANIFEST_NAME).is_file()
 
 
-class _DropLoadReport(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
-
-
-@contextmanager
-def _quiet_loading_report():
-    """Hold transformers' load report (MISSING/UNEXPECTED keys) back: the caller checks the keys itself. A filter,
-    not a higher level: transformers 5 runs an extra tensor-parallel check (and warns) when the level is raised."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logger = hf_logging.get_logger("transformers.modeling_utils")
-    report_filter = _DropLoadReport()
-    hf_logger.addFilter(report_filter)
-    try:
-        yield
-    finally:
-        hf_logger.removeFilter(report_filter)
-
-
-def load_quietly_checking_missing(auto_class, path, expected_missing=(), **kwargs):
-    """``auto_class.from_pretrained(path, **kwargs)`` without transformers' load report; weights missing from the
-    checkpoint other than the modules named in ``expected_missing`` (e.g. a head the caller initialises itself)
-    are still reported, as a warning."""
-    with _quiet_loading_report():
-        model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
-    missing = sorted(k for k in info.get("missing_keys", []) if k.split(".")[0] not in expected_missing)
-    if missing:
-        logger.warning("%s: %s MISSING from the checkpoint: newly initialized.", path, ", ".join(missing[:5]))
-    return model
-
-
 def _adapter_state_keys(path) -> set[str]:
     """Parameter names stored in an adapter folder, without PEFT's ``base_model.model.`` prefix."""
     path = Path(path)
@@ -240,7 +209,7 @@ def load_adapter_reward_model(path, model_init_kwargs: dict | None = None):
     if not base_path:
         raise ValueError(f"{path / ADAPTER_CONFIG_NAME} names no `base_model_name_or_path`; cannot load its base model.")
     check_model_path(base_path, f"base model of the reward adapter {path}")
-    with _quiet_loading_report():
+    with quiet_loading_report():
         base, info = AutoModelForSequenceClassification.from_pretrained(
             base_path, num_labels=1, output_loading_info=True, **(model_init_kwargs or {})
         )

@@ -19,11 +19,14 @@ leak from dirty to clean data); ``state.global_step`` counts steps *within* the 
 is evaluated on the clean ``eval_dataset``; after stage 1 the model is saved to ``<output_dir>/stage1`` with a
 ``two_stage.json`` marker (which also holds stage 1's log history and evaluation).
 
-Logged metrics are prefixed per stage: ``stage1/loss``, ``stage1/accuracy``, … for training and
-``eval_stage1/loss`` … for evaluation (reported as ``train/stage1/loss`` and ``eval/stage1/loss`` by the
-``report_to`` integrations), plus a ``stage`` field; each stage's curves thus have their own tag and step axis.
-``trainer.state.log_history`` holds both stages' entries after ``train()``; ``trainer.stage_metrics`` the
-post-stage evaluations.
+One naming scheme: a stage's metrics are ``stage1/loss``, ``stage1/accuracy``, … for training and
+``eval_stage1/loss`` … for evaluation, in the log history, the ``report_to`` integrations (as ``train/stage1/loss``
+and ``eval/stage1/loss``: each stage's curves have their own tag and step axis) and in what ``evaluate()`` returns
+during a stage (the post-stage evaluations in ``trainer.stage_metrics`` too). That dict also keeps the plain
+``eval_loss``, ``eval_accuracy``, … which the Trainer's ``metric_for_best_model`` and callbacks such as
+``EarlyStoppingCallback`` look up (``metric_for_best_model="accuracy"`` as for TRL's ``RewardTrainer``).
+``evaluate()`` called outside a stage (after ``train()``) logs and returns the plain names. Log entries carry a
+``stage`` field; ``trainer.state.log_history`` holds both stages' entries after ``train()``.
 
 Resuming: ``train(resume_from_checkpoint=True)`` continues the latest stage found on disk: a stage-2 checkpoint in
 ``output_dir``, else a finished stage 1 (start stage 2 from its weights), else the latest stage-1 checkpoint. A
@@ -322,4 +325,8 @@ class TwoStageRewardTrainer(NonFiniteGuardMixin, RewardTrainer):
         logs.update(metrics)
         self._metrics[mode].clear()
         out = stage_prefixed(logs, self._stage) if self._stage is not None else dict(logs)
+        if mode == "eval" and self._stage is not None:
+            # evaluate() returns `logs`: it carries the logged (stage-prefixed) names as well, so a key read in the
+            # log history is found in what evaluate() returns, and stage_metrics hold both
+            logs.update({key: value for key, value in out.items() if key.startswith("eval_stage")})
         super(RewardTrainer, self).log(out, start_time)

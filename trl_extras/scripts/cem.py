@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from trl import ModelConfig
 
     from ..trainers.cem import CEMConfig
+    from ..utils.progress import print_main
     from .model_card import write_model_card
     from .utils import parse_args, summary_lines
 
@@ -139,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("round", "reward_mean", "elite_reward_mean", "gold_mean", "entropy", "distinct_2", "eval_reward_mean",
             "eval_gold_mean", "stopped")
     for h in history:
-        print(json.dumps({k: h[k] for k in keys if k in h}))
+        print_main(json.dumps({k: h[k] for k in keys if k in h}))  # once, not once per process
     last = {k: v for k, v in (history[-1] if history else {}).items() if k in keys}
     history_path = f"{cem_args.output_dir}/cem_history.json"
-    print("\n".join(summary_lines(last, cem_args.output_dir, history_path)))
-    print(f"Plot: {cem_args.output_dir}/cem_history.png")
+    print_main("\n".join(summary_lines(last, cem_args.output_dir, history_path)))
+    print_main(f"Plot: {cem_args.output_dir}/cem_history.png")
     return 0

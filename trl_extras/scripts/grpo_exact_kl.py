@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from trl import ModelConfig
 
     from ..trainers.exact_kl_grpo import ExactKLGRPOConfig
+    from ..utils.progress import print_main
     from .utils import parse_args, save_evaluate_report
 
     script_args, args, model_args = parse_args(
@@ -108,6 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     trainer.train()
     kl = [h["exact_kl"] for h in trainer.state.log_history if "exact_kl" in h]
     if kl:
-        print(f"exact KL to the reference: first {kl[0]:.4f}, last {kl[-1]:.4f} (mean per token)")
+        print_main(f"exact KL to the reference: first {kl[0]:.4f}, last {kl[-1]:.4f} (mean per token)")
     save_evaluate_report(trainer, args.output_dir, "grpo_metrics.json", dataset_name=script_args.dataset_name)
     return 0

@@ -121,6 +121,9 @@ def build_sft_policy(
     if info.exists() and (path / "config.json").exists():
         return str(path)
     start = time.perf_counter()
+    if progress:  # a start line too: in a log file the build is otherwise silent for minutes on a loaded machine
+        log_line("testbed", f"building the SFT starting policy ({config.steps} steps, about 1 min on an idle CPU; "
+                            f"cached in {path}) ...")
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     train_sft_policy(config, tmp, progress=progress)
     from ..utils.atomic import atomic_write_json, publish_dir

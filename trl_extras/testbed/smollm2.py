@@ -163,13 +163,14 @@ def convert_smollm2(gguf: str | os.PathLike, output_dir: str | os.PathLike) -> s
     return str(output_dir)
 
 
-def smollm2_path(cache_dir: str | os.PathLike | None = None, progress: bool = False) -> str:
+def smollm2_path(cache_dir: str | os.PathLike | None = None, progress: bool = True) -> str:
     """Path of a cached HF checkpoint of SmolLM2-135M-Instruct (fp32 safetensors, tokenizer with chat template).
 
     The first call converts the installed GGUF (about a minute on two CPU cores); later calls return the cache.
     A cache that is missing files, truncated or unreadable is rebuilt. ``cache_dir`` defaults to
     ``$TRL_EXTRAS_CACHE/testbed``.
     """
+    from ..utils.progress import log_line
     from .policy import default_cache_dir
 
     gguf = smollm2_gguf_path()
@@ -186,8 +187,9 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None, progress: bool = Fa
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        if progress:
-            print(f"Converting {gguf} to an HF checkpoint (once) ...", flush=True)
+        if progress:  # the start of a minute-long step, also in a log file
+            log_line("testbed", f"converting SmolLM2 {gguf.name} to an HF checkpoint (once, about a minute; cached "
+                                f"in {path}) ...")
         convert_smollm2(gguf, tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         info = {"gguf": str(gguf), "key": path.name, "files": files, "build_seconds": time.perf_counter() - start}
@@ -201,6 +203,8 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None, progress: bool = Fa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Converted SmolLM2 to %s in %.1fs", path, time.perf_counter() - start)
+    if progress:
+        log_line("testbed", f"SmolLM2 converted in {time.perf_counter() - start:.0f} s")
     return str(path)
 
 

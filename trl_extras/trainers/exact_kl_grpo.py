@@ -23,6 +23,7 @@ GRPO's internals are private and change between releases: this subclass override
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +39,8 @@ from ..rewards.source import RewardSource, as_grpo_reward_funcs, place_rewards
 from ..utils.finite import NONFINITE_ACTION_HELP, NonFiniteGuardMixin
 
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
+
+logger = logging.getLogger(__name__)
 
 # loss types whose aggregation of a per-token term we mirror (GRPOTrainer._compute_loss, TRL 1.16)
 _SUPPORTED_LOSS_TYPES = tuple(GRPO_LOSS_AGGREGATION)
@@ -115,6 +118,9 @@ class ExactKLGRPOTrainer(NonFiniteGuardMixin, GRPOTrainer):
         reward_funcs, kwargs["reward_processing_classes"] = as_grpo_reward_funcs(
             reward_funcs, kwargs.get("reward_processing_classes"), model_init_kwargs=args.model_init_kwargs
         )
+        from ..utils.progress import quiet_replica_logs
+
+        quiet_replica_logs()  # under accelerate launch each warning is printed once, by the main process
         super().__init__(model, reward_funcs, args, **kwargs)
         check_unique_names(self.reward_func_names)
         wrap = None
@@ -124,6 +130,7 @@ class ExactKLGRPOTrainer(NonFiniteGuardMixin, GRPOTrainer):
             wrap = lambda module: prepare_deepspeed(module, self.accelerator)  # noqa: E731
         place_rewards([f for f in self.reward_funcs if isinstance(f, RewardSource)], self.accelerator.device, wrap)
         self._check_inputs_fit(args)
+        self._warn_plain_prompts_to_chat_model()
         # evaluate() runs no-grad eval-mode forwards between training steps (see keep_4bit_layers_differentiable)
         keep_4bit_layers_differentiable(self.model)
         self.exact_kl_coef = args.exact_kl_coef
@@ -153,6 +160,21 @@ class ExactKLGRPOTrainer(NonFiniteGuardMixin, GRPOTrainer):
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         check_fits_positions(model.config, tokenizer, data["prompt"], None, args.max_completion_length,
                              "ExactKLGRPOTrainer")  # fmt: skip
+
+    def _warn_plain_prompts_to_chat_model(self) -> None:
+        """Warn (main process) when plain-text prompts meet a chat template and the policy answers them with EOS
+        (see ``trl_extras.modeling.prompt_checks``). The policy is probed with one small forward where that is
+        cheap and local (one process, no FSDP sharding); otherwise the template alone decides."""
+        from ..modeling.prompt_checks import NUM_PROBE_PROMPTS, plain_prompts_to_chat_model_message
+
+        dataset = self.train_dataset
+        if not self.accelerator.is_main_process or not hasattr(dataset, "select") or len(dataset) == 0:
+            return
+        prompts = list(dataset.select(range(min(NUM_PROBE_PROMPTS, len(dataset))))["prompt"])
+        model = None if self.is_fsdp_enabled else self.accelerator.unwrap_model(self.model)
+        message = plain_prompts_to_chat_model_message(model, self.processing_class, prompts, "ExactKLGRPOTrainer")
+        if message:
+            logger.warning(message)
 
     # ---- reference ------------------------------------------------------------------------------------------
 

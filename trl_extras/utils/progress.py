@@ -82,12 +82,35 @@ def progress_bar(iterable=None, *, desc: str | None = None, total: int | None = 
     return _Silent(iterable)
 
 
+def is_main_process() -> bool:
+    """Whether this is the main process of an ``accelerate launch`` / torchrun run (``RANK`` and ``LOCAL_RANK`` 0 or
+    unset), read from the environment so that it works before any accelerator exists."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def print_main(*args, **kwargs) -> None:
+    """``print`` on the main process only: a final summary or history under ``accelerate launch`` is printed once,
+    not once per process."""
+    if is_main_process():
+        print(*args, **kwargs)
+
+
+def quiet_replica_logs(logger_name: str = "trl_extras") -> None:
+    """On processes other than the main one, show only errors from ``logger_name``: the package's warnings and
+    notices describe global state (metrics gathered over all processes, shared settings), so every process would
+    print the same line. (transformers does the same for its own logger through ``log_level_replica``.)"""
+    import logging
+
+    if not is_main_process():
+        logging.getLogger(logger_name).setLevel(logging.ERROR)
+
+
 def log_line(tag: str, message: str) -> None:
     """Print ``[tag] message`` as one line on stdout, flushed (through tqdm on a terminal so open bars stay intact).
 
     Only the main process prints under ``accelerate launch`` / torchrun (``RANK`` / ``LOCAL_RANK`` other than 0
     stay silent)."""
-    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+    if not is_main_process():
         return
     line = f"[{tag}] {message}"
     if show_bars():

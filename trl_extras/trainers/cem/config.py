@@ -14,8 +14,8 @@ from ...utils.finite import NONFINITE_ACTION_HELP
 class CEMConfig(SFTConfig):
     r"""Configuration for the cross-entropy method: sample N answers per prompt, keep the elites, fine-tune; repeat.
 
-    Inherits every [`~trl.SFTConfig`] argument: those (``learning_rate``, ``num_train_epochs``,
-    ``per_device_train_batch_size``, ...) configure the fine-tuning step of *each* round. ``output_dir`` holds
+    Inherits every [`~trl.SFTConfig`] argument: those (``learning_rate``, ``num_train_epochs`` -- default 1 here,
+    not SFTConfig's 3 -- ``per_device_train_batch_size``, ...) configure the fine-tuning step of *each* round. ``output_dir`` holds
     ``round_{r}/generations`` (a dataset of every sample with its rewards), ``round_{r}/model`` and
     ``round_{r}/metrics.json`` per round, ``cem_history.json`` and ``cem_history.png``.
 
@@ -26,7 +26,18 @@ class CEMConfig(SFTConfig):
     """
 
     # rounds and sampling
-    num_rounds: int = field(default=3, metadata={"help": "Number of sample -> select -> fine-tune rounds."})
+    num_rounds: int = field(
+        default=3,
+        metadata={"help": "Number of sample -> select -> fine-tune rounds. Rounds count from 0 everywhere: folders "
+                  "round_0, round_1, ..., the `round` of cem_history.json and the log line 'round 0 of 0..2'."},
+    )
+    num_train_epochs: float = field(
+        default=1.0,
+        metadata={"help": "Epochs of fine-tuning on EACH round's elites (and replayed SFT rows): 1 by default, so a "
+                  "round's elites are seen once and the next round samples again (the iterate-and-resample loop of "
+                  "ReST / trlx's RFT); SFTConfig's default of 3 would fit a few elites three times per round. "
+                  "`max_steps` > 0 overrides it, per round."},
+    )
     num_generations: int = field(
         default=8, metadata={"help": "Answers sampled per prompt (N of best-of-N). Must be >= 2: selection needs a choice."}
     )

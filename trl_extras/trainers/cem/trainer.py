@@ -41,10 +41,16 @@ from ...core.selection import quantile_schedule, select_elites
 from ...modeling.generation import ensure_pad_token, generate_rollouts, prompt_text
 from ...modeling.lm import completion_entropies
 from ...modeling.peft import is_peft_model
+from ...modeling.prompt_checks import (
+    NUM_PROBE_PROMPTS,
+    ShortCompletionWarning,
+    has_chat_template,
+    plain_prompts_to_chat_model_message,
+)
 from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
 from ...rewards.functions import RewardFunctions
-from ...utils.progress import log_line, progress_bar
+from ...utils.progress import log_line, progress_bar, quiet_replica_logs
 from .config import CEMConfig
 from .plots import plot_history
 from .settings import SETTINGS_FILE, cem_settings
@@ -57,7 +63,8 @@ _RESERVED = {"prompt", "completion", "group", "is_eos", "num_tokens", "token_ent
 
 def _round_line(metrics: dict, num_rounds: int) -> str:
     """The one progress line of a finished round (the log-file record; the full metrics go to ``metrics.json``)."""
-    parts = [f"round {metrics['round'] + 1}/{num_rounds}"]
+    # 0-based like the round_{r} folders and the history's `round`: "round 0 of 0..1" is folder round_0
+    parts = [f"round {metrics['round']} of 0..{num_rounds - 1}"]
     for key, label in (("reward_mean", "reward"), ("elite_reward_mean", "elite reward"), ("entropy", "entropy"),
                        ("eval_reward_mean", "eval reward"), ("eval_gold_mean", "eval gold")):
         if isinstance(metrics.get(key), (int, float)):
@@ -127,6 +134,7 @@ class CEMTrainer:
         # fine-tuning is TRL's SFTTrainer (DDP / DeepSpeed), and the main process writes the round files.
         self._process_index, self._num_processes = args.process_index, args.world_size
         self._is_main = args.process_index == 0
+        quiet_replica_logs()  # under accelerate launch each warning is printed once, by the main process
         self.args = args
         if train_dataset is None or "prompt" not in getattr(train_dataset, "column_names", []):
             columns = getattr(train_dataset, "column_names", None)
@@ -173,6 +181,11 @@ class CEMTrainer:
                 check_prompt_column(ds["prompt"], split)  # ints, messages without a (known) role
         check_fits_positions(model.config, self.processing_class, train_dataset["prompt"], args.max_prompt_length,
                              args.max_completion_length, "CEMTrainer")  # fmt: skip
+        first = list(train_dataset.select(range(min(NUM_PROBE_PROMPTS, len(train_dataset))))["prompt"])
+        message = plain_prompts_to_chat_model_message(model, self.processing_class, first, "CEMTrainer")
+        if message and self._is_main:  # once, not once per process
+            logger.warning(message)
+        self._short_completions = ShortCompletionWarning("CEMTrainer")
         device = args.device  # this process's device (cpu with use_cpu, else its GPU under accelerate launch)
         model = model.to(device)
         self.peft_config = peft_config
@@ -610,6 +623,8 @@ class CEMTrainer:
                     self._save_dataset(Dataset.from_dict(columns), gen_path)
             metrics = {"round": r, "temperature": temperature, "elite_quantile": quantile}
             metrics.update(self._measure(columns))
+            if main:
+                self._short_completions.check(metrics["completion_tokens_mean"], has_chat_template(self.processing_class))
             metrics.update({f"reward_log/{k}": v for k, v in self._reward_logs.items()})
             if args.log_completions and main:
                 self._log_completions(columns, r)

@@ -52,7 +52,19 @@ class PPOConfig(_BaseConfig):
         default=1e-6,
         metadata={"help": "Policy learning rate (AdamW). 1e-6 like TRL's GRPO for ~1B models; ~1e-4 for tiny models."},
     )
-    logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps (PPO metrics are noisy)."})
+    logging_steps: float = field(
+        default=1,
+        metadata={"help": "Log every X optimizer steps (PPO metrics are noisy). Update metrics (loss/*, policy/*, "
+                  "value/clipfrac) are averaged over the steps since the last log; rollout metrics (reward, rewards/*, "
+                  "kl/*, entropy, completions/*, value/explained_variance, advantages/mean) are measured once per "
+                  "rollout batch and logged at every step that trains on it. All are global over processes."},
+    )
+    max_steps: int = field(
+        default=-1,
+        metadata={"help": "Total number of OPTIMIZER steps (Trainer's global_step), not rollouts: each rollout batch "
+                  "gives num_ppo_epochs x num_mini_batches optimizer steps, so the run samples "
+                  "ceil(max_steps / (num_ppo_epochs * num_mini_batches)) rollout batches. -1: use num_train_epochs."},
+    )
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "Gradient checkpointing for the policy and value models (trades compute for memory)."},

@@ -65,19 +65,31 @@ from ...modeling.generation import (
 )
 from ...modeling.lm import completion_token_stats
 from ...modeling.peft import is_peft_model, merged_copy
+from ...modeling.prompt_checks import (
+    NUM_PROBE_PROMPTS,
+    ShortCompletionWarning,
+    has_chat_template,
+    plain_prompts_to_chat_model_message,
+)
 from ...modeling.quantization import keep_4bit_layers_differentiable
 from ...modeling.reference import resolve_reference
-from ...modeling.value import PolicyAndValueModel, TokenValueModel, gathered_for_update, policy_and_values
+from ...modeling.value import (
+    PolicyAndValueModel,
+    TokenValueModel,
+    classifier_with_new_head,
+    gathered_for_update,
+    policy_and_values,
+)
 from ...rewards.functions import RewardFunctions
 from ...rewards.source import (
     ValueInitUnavailable,
     is_adapter_dir,
     load_adapter_reward_model,
-    load_quietly_checking_missing,
     value_init_copy,
 )
 from ...utils.completions import CompletionLog
 from ...utils.finite import NonFiniteGuardMixin
+from ...utils.progress import quiet_replica_logs
 from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
 from .config import PPOConfig
 
@@ -90,6 +102,24 @@ logger = logging.getLogger(__name__)
 
 def _model_path(model) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+def _first_prompts(dataset, n: int = NUM_PROBE_PROMPTS) -> list:
+    """The first ``n`` prompts of a map-style dataset (none for an iterable one: it is not read ahead)."""
+    if not hasattr(dataset, "__len__") or len(dataset) == 0:
+        return []
+    return list(dataset.select(range(min(n, len(dataset))))["prompt"]) if hasattr(dataset, "select") else [
+        dataset[i]["prompt"] for i in range(min(n, len(dataset)))
+    ]
+
+
+def _window_reduce(key: str, values: list[float]) -> float:
+    """One logged value from a logging window's entries: min for ``*_min``, max for ``*_max``, else the mean."""
+    if key.endswith("_min"):
+        return min(values)
+    if key.endswith("_max"):
+        return max(values)
+    return sum(values) / len(values)
 
 
 def _same_vocab(tok_a, tok_b) -> bool:
@@ -177,6 +207,7 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
         if not isinstance(args, PPOConfig):
             raise TypeError(f"`args` must be a PPOConfig, got {type(args).__name__}.")
         set_seed(args.seed)  # PEFT and fresh value heads initialise randomly
+        quiet_replica_logs()  # under accelerate launch each warning is printed once, by the main process
 
         # Model kwargs shared by everything loaded from a path
         model_init_kwargs = dict(args.model_init_kwargs or {})
@@ -212,6 +243,9 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
             for d in (ds.values() if isinstance(ds, dict) else [ds]) if ds is not None else []:
                 self._check_dataset(d, tokenizer, split)
         self._check_inputs_fit(args, model, tokenizer, train_dataset)
+        message = plain_prompts_to_chat_model_message(model, tokenizer, _first_prompts(train_dataset), "PPOTrainer")
+        if message and args.process_index == 0:  # once, not once per process
+            logger.warning(message)
 
         if peft_config is not None:
             from peft import get_peft_model
@@ -305,6 +339,8 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
         )
         self.reward_moments = RunningMoments()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._last_rollout_metrics: dict[str, float] = {}  # see `log`
+        self._short_completions = ShortCompletionWarning("PPOTrainer")
         # `log_completions`: the rollouts' (prompt, completion, rewards) rows since the last log, as GRPO logs them
         self._completion_log = CompletionLog.from_args(
             args, maxlen=args.generation_batch_size, parquet_dir=Path(args.output_dir) / "completions"
@@ -499,13 +535,8 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
                     "not merged into it (merging into 4/8-bit weights is not exact).", _model_path(base),
                 )
             policy_path = _model_path(base)
-        if policy_path is not None:
-            # transformers would report the head as "MISSING … newly initialized": it is, on purpose (zeroed below);
-            # any other missing weight is reported
-            value = load_quietly_checking_missing(
-                AutoModelForSequenceClassification, policy_path, expected_missing=("score", "classifier"),
-                num_labels=1, **self._model_init_kwargs,
-            )
+        if policy_path is not None:  # the head is zeroed below: no "MISSING ... newly initialized" report for it
+            value = classifier_with_new_head(policy_path, **self._model_init_kwargs)
         else:
             base = merged_copy(policy) if is_peft_model(policy) else policy
             config = copy.deepcopy(base.config)
@@ -600,6 +631,24 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
     def _gather_mean(self, t: torch.Tensor) -> float:
         return self.accelerator.gather(t.detach().float().reshape(-1).to(self.accelerator.device)).mean().item()
 
+    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
+        """Mean of ``x`` ``(B, T)`` over the valid tokens of every process (one all-reduce of sum and count)."""
+        return float(masked_mean(x.detach().float(), mask, accelerator=self.accelerator))
+
+    def _log_ratio(self, ratio: torch.Tensor, mask: torch.Tensor, metrics) -> None:
+        """``policy/ratio_mean|min|max``: the importance ratio pi/pi_old over the valid tokens of all processes (TRL's
+        GRPO logs its clip-ratio statistics the same way). At the first update of a rollout batch it is exactly 1;
+        ``log`` reports the min of the ``_min`` and the max of the ``_max`` entries of its logging window."""
+        valid = ratio[mask.bool()].float()
+        if valid.numel():
+            local = torch.stack([valid.min(), -valid.max()])
+        else:  # no valid token on this process: neutral for min/max
+            local = torch.full((2,), float("inf"), device=ratio.device)
+        extremes = self.accelerator.gather(local.reshape(1, 2).to(self.accelerator.device)).reshape(-1, 2)
+        metrics["policy/ratio_mean"].append(self._global_masked_mean(ratio, mask))
+        metrics["policy/ratio_min"].append(extremes[:, 0].min().item())
+        metrics["policy/ratio_max"].append(-extremes[:, 1].min().item())
+
     @torch.no_grad()
     def _rollout(self, rows: list[dict], mode: str) -> dict:
         """Sample, score, and (in training) compute KL-penalized rewards, values, GAE advantages and returns."""
@@ -647,7 +696,10 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
         metrics["reward"].append(all_raw.mean().item())
         metrics["reward_std"].append(all_raw.std().item() if all_raw.numel() > 1 else 0.0)
         lengths = mask.sum(1).float()
-        metrics["completions/mean_length"].append(self._gather_mean(lengths))
+        mean_length = self._gather_mean(lengths)
+        metrics["completions/mean_length"].append(mean_length)
+        if mode == "train" and self.accelerator.is_main_process:  # the mean is global: warned by one process
+            self._short_completions.check(mean_length, has_chat_template(self._tokenizer))
         metrics["completions/eos_rate"].append(self._gather_mean(is_eos.float()))
         if args.log_completions and mode == "train":
             self._record_completions(rollout, reward_out, tracked if self.log_reward_functions is not None else None)
@@ -726,8 +778,11 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
         metrics["score"].append(self._gather_mean(scores))
         metrics["penalized_reward"].append(self._gather_mean(rewards.sum(1)))
         metrics["entropy"].append(self._gather_mean(masked_mean(stats["entropy"], mask, dim=1)))
-        metrics["value/explained_variance"].append(float(explained_variance(values, returns, mask)))
-        metrics["advantages/mean"].append(float(masked_mean(advantages, mask)))
+        # global, like the rollout metrics above: rank 0's share alone is not normalized (its mean is not 0)
+        metrics["value/explained_variance"].append(
+            float(explained_variance(values, returns, mask, accelerator=self.accelerator))
+        )
+        metrics["advantages/mean"].append(self._global_masked_mean(advantages, mask))
 
         batch.update(
             old_logprobs=logprobs, old_values=values, advantages=advantages, returns=returns, group_index=group_index,
@@ -744,7 +799,12 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
         bs, ga = args.per_device_train_batch_size, args.gradient_accumulation_steps
         if position == 0 or self._buffer is None:
             # A new rollout batch: on schedule, or after a resume.
+            before = {k: len(v) for k, v in self._metrics["train"].items()}
             self._buffer = self._rollout(generation_batch, "train")
+            # what this rollout logged: repeated by `log` at every logged step trained on this rollout batch
+            self._last_rollout_metrics = {
+                k: v[-1] for k, v in self._metrics["train"].items() if len(v) > before.get(k, 0)
+            }
             self._stop_batch_updates = False
             n = len(generation_batch)
             gen = torch.Generator().manual_seed(args.seed + self.state.global_step)
@@ -821,8 +881,9 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
         vf_losses, vf_clipped = value_loss(new_values, inputs["old_values"], inputs["returns"], args.cliprange_value)
         vf_loss = self._aggregate(vf_losses, mask, inputs)
         self.note_loss_terms(value=vf_loss)  # a non-finite loss names its term (utils.finite)
-        metrics["loss/value"].append(float(masked_mean(vf_losses.detach(), mask)))
-        metrics["value/clipfrac"].append(float(masked_mean(vf_clipped.float(), mask)))
+        # Update metrics are means over the valid tokens of all processes' micro-batches (not rank 0's share)
+        metrics["loss/value"].append(self._global_masked_mean(vf_losses, mask))
+        metrics["value/clipfrac"].append(self._global_masked_mean(vf_clipped.float(), mask))
 
         if not with_policy:
             # 12a. Value warm-up: the policy is frozen (no forward, so its grads stay None and AdamW skips it;
@@ -833,12 +894,13 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
         #     with the exact KL the direct term beta * KL_t, aggregated together.
         logratio = out["logprobs"] - inputs["old_logprobs"]
         pg_losses, pg_clipped = policy_loss(out["logprobs"], inputs["old_logprobs"], inputs["advantages"], args.cliprange)
-        metrics["policy/clipfrac"].append(float(masked_mean(pg_clipped.float(), mask)))
-        metrics["loss/policy"].append(float(masked_mean(pg_losses.detach(), mask)))
+        metrics["policy/clipfrac"].append(self._global_masked_mean(pg_clipped.float(), mask))
+        metrics["loss/policy"].append(self._global_masked_mean(pg_losses, mask))
+        self._log_ratio(torch.exp(logratio.detach()), mask, metrics)
         per_token = pg_losses
         if with_kl:
             per_token = per_token + inputs["kl_coef"][:, None] * out["exact_kl"]
-            metrics["loss/kl"].append(float(masked_mean(out["exact_kl"].detach(), mask)))
+            metrics["loss/kl"].append(self._global_masked_mean(out["exact_kl"], mask))
         pg_loss = self._aggregate(per_token, mask, inputs)
         self.note_loss_terms(policy=(pg_losses.detach() * mask).sum(),
                              kl=(out["exact_kl"].detach() * mask).sum() if with_kl else None)
@@ -867,8 +929,15 @@ class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
         return None, None, None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Each metric's mean over the optimizer steps since the last log (``*_min``: their min, ``*_max``: their
+        max). In training, the metrics of the rollout batch (reward, rewards/*, kl/*, entropy, completions/*,
+        score, value/explained_variance, advantages/mean, ...) are measured once per rollout and repeated at every
+        logged step that trains on that rollout batch, so each logged step carries the rollout it learns from."""
         mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        metrics = {k: _window_reduce(k, v) for k, v in self._metrics[mode].items() if v}
+        if mode == "train" and metrics:  # a window with training steps (not the end-of-training summary)
+            for key, value in self._last_rollout_metrics.items():
+                metrics.setdefault(key, value)
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
         # in place: `evaluate()` returns this dict, so eval_reward reaches callbacks and metric_for_best_model
