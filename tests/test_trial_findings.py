@@ -215,10 +215,7 @@ def test_lora_run_with_a_lora_reward_model_imports_no_bitsandbytes(tmp_path):
         assert text not in stderr, (text, stderr[-3000:])
     assert "bitsandbytes" not in imported  # LoRA on an unquantized model needs no bitsandbytes
     leftover = [text for text in DOUBLE_WRAP + LOAD_REPORT if text in stderr]
-    if leftover:  # passes by itself once the fix is in
-        pytest.xfail(f"{leftover}: with a LoRA reward model the value model wraps the RM's PeftModel a second time "
-                     "and the RM may load with a false 'MISSING' head report; that loading fix is helper "
-                     "`reward-contract`'s (issue 21 item 1), not merged into this branch.")
+    assert not leftover, f"{leftover} in the stderr of a LoRA run with a LoRA reward model:\n{stderr[-3000:]}"
 
 
 def test_quantization_still_finds_bitsandbytes_after_the_quiet_peft_import():
