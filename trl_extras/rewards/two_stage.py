@@ -48,6 +48,7 @@ from trl import RewardConfig, RewardTrainer
 
 from ..modeling.quantization import keep_4bit_layers_differentiable
 from ..utils.finite import NONFINITE_ACTION_HELP, NonFiniteGuardMixin
+from ..utils.offline import NoTelemetryMixin
 
 STAGE_FILE = "two_stage.json"
 
@@ -119,7 +120,7 @@ def read_stage_marker(path: str) -> dict | None:
         return json.load(f)
 
 
-class TwoStageRewardTrainer(NonFiniteGuardMixin, RewardTrainer):
+class TwoStageRewardTrainer(NoTelemetryMixin, NonFiniteGuardMixin, RewardTrainer):
     """A ``RewardTrainer`` whose ``train()`` runs stage 1 on ``pretrain_dataset``, then stage 2 on ``train_dataset``.
 
     Args:

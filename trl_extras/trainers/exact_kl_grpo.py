@@ -37,6 +37,7 @@ from ..modeling.reference import resolve_reference
 from ..rewards.functions import check_unique_names
 from ..rewards.source import RewardSource, as_grpo_reward_funcs, place_rewards
 from ..utils.finite import NONFINITE_ACTION_HELP, NonFiniteGuardMixin
+from ..utils.offline import NoTelemetryMixin
 
 __all__ = ["ExactKLGRPOConfig", "ExactKLGRPOTrainer"]
 
@@ -80,7 +81,7 @@ class ExactKLGRPOConfig(GRPOConfig):
             raise ValueError(f"exact_kl_chunk_size must be a positive integer, got {self.exact_kl_chunk_size}.")
 
 
-class ExactKLGRPOTrainer(NonFiniteGuardMixin, GRPOTrainer):
+class ExactKLGRPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, GRPOTrainer):
     """``GRPOTrainer`` whose KL penalty is the exact per-position KL to the reference (see module docstring).
 
     Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be an :class:`ExactKLGRPOConfig` with

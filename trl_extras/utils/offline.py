@@ -22,3 +22,16 @@ def use_offline_env() -> None:
     importing transformers/huggingface_hub: they read these variables at import time."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+class NoTelemetryMixin:
+    """First base of every trl_extras trainer: no telemetry ping at construction.
+
+    TRL's ``_BaseTrainer.__init__`` sends a usage ping to the Hub unless ``HF_HUB_DISABLE_TELEMETRY`` /
+    ``HF_HUB_OFFLINE`` is set; it reports any subclass outside ``trl.`` as ``"other"``, so for our trainers it
+    carries nothing but a network call, which a user training on local models does not expect (issue: import and
+    local training make no network call). TRL's own trainers keep their telemetry.
+    """
+
+    def _send_telemetry(self):
+        return None

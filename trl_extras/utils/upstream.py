@@ -49,6 +49,9 @@ PRIVATE_UPSTREAM_APIS: tuple[UpstreamAPI, ...] = (
     UpstreamAPI("trl.trainer.base_config", "_BaseConfig", "subclass", "trainers/ppo/config.py"),
     UpstreamAPI("trl.trainer.base_config", "_BaseConfig._VALID_DICT_FIELDS", "attribute", "trainers/ppo/config.py"),
     UpstreamAPI("trl.trainer.base_trainer", "_BaseTrainer", "subclass", "trainers/ppo/trainer.py"),
+    # -- TRL: the usage ping every TRL trainer sends at construction (our trainers skip it: utils/offline.py)
+    UpstreamAPI("trl.trainer.base_trainer", "_BaseTrainer._send_telemetry", "override",
+                "utils/offline.py (NoTelemetryMixin)", ()),  # fmt: skip
     # -- TRL: GRPO's generation step, wrapped by ExactKLGRPOTrainer
     UpstreamAPI("trl", "GRPOTrainer._generate", "override", "trainers/exact_kl_grpo.py", ("prompts",)),
     # -- transformers: Trainer hooks overridden by PPOTrainer / TwoStageRewardTrainer

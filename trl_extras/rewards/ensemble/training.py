@@ -87,10 +87,11 @@ def train_reward_ensemble(
     from trl import RewardConfig, RewardTrainer
 
     from ...utils.finite import NonFiniteGuardMixin
+    from ...utils.offline import NoTelemetryMixin
     from ...utils.progress import progress_bar
     from ...utils.validation import check_finite_fields
 
-    class GuardedRewardTrainer(NonFiniteGuardMixin, RewardTrainer):
+    class GuardedRewardTrainer(NoTelemetryMixin, NonFiniteGuardMixin, RewardTrainer):
         """TRL's RewardTrainer with the package's non-finite guard (utils.finite; action: ``error``)."""
 
     if k < 2:

@@ -89,6 +89,7 @@ from ...rewards.source import (
 )
 from ...utils.completions import CompletionLog
 from ...utils.finite import NonFiniteGuardMixin
+from ...utils.offline import NoTelemetryMixin
 from ...utils.progress import quiet_replica_logs
 from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
 from .config import PPOConfig
@@ -129,7 +130,7 @@ def _same_vocab(tok_a, tok_b) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------------------------
-class PPOTrainer(NonFiniteGuardMixin, _BaseTrainer):
+class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
     """Proximal Policy Optimization (Schulman et al. 2017) for language models, in the Trainer loop.
 
     Args:
