@@ -162,3 +162,32 @@ def test_configs_refuse_unregistered_names(tmp_path):
     for field, value in [("kl_estimator", "k4"), ("loss_type", "nope"), ("advantage_normalization", "rank")]:
         with pytest.raises(ValueError, match=field):
             cpu_config(PPOConfig, tmp_path / "out", **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "full_vocabulary", "direct"),
+    [("k3_in_loss", False, True), ("exact_in_reward_only", True, False)],
+)
+def test_a_registered_kl_penalty_runs_through_ppo_by_its_declared_axes(toy, tiny_paths, tmp_path, name,
+                                                                       full_vocabulary, direct):  # fmt: skip
+    """The two axes are read, not the name: a sampled k3 with a direct loss term (GRPO's choice) gets `loss/kl`
+    and its own `kl/<name>` curve; the exact KL in the reward only (no direct term) gets neither."""
+    from test_ppo import _history, _trainer
+
+    from trl_extras.core.kl import kl_exact, kl_k3
+
+    seen = []
+
+    def penalty(logprobs, ref_logprobs, exact_kl=None):
+        seen.append(torch.is_grad_enabled() and logprobs.requires_grad)
+        return kl_exact(logprobs, ref_logprobs, exact_kl) if full_vocabulary else kl_k3(logprobs, ref_logprobs)
+
+    toy(KL_PENALTIES, name, penalty, needs_full_vocabulary=full_vocabulary, direct_gradient=direct)
+    trainer = _trainer(tiny_paths, tmp_path, kl_estimator=name, max_steps=2, num_ppo_epochs=1, num_mini_batches=1,
+                       kl_coef=0.1)  # fmt: skip
+    trainer.train()
+    assert seen[0] is False  # the rollout's penalty, without gradient
+    assert any(seen[1:]) is direct  # the update's direct term, with gradient w.r.t. the policy
+    assert bool(_history(trainer, "loss/kl")) is direct
+    assert bool(_history(trainer, f"kl/{name}")) is (not full_vocabulary)
+    assert _history(trainer, "kl/exact")  # the exact KL is always measured

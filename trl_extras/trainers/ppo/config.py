@@ -212,10 +212,12 @@ class PPOConfig(_BaseConfig):
     kl_estimator: str = field(
         default="exact",
         metadata={
-            "help": "Per-token KL penalty: 'exact' (sum over the vocabulary, the seed's choice: -beta*KL_t in the "
-            "reward AND beta*KL_t with its gradient in the policy loss, i.e. the full Rao-Blackwellized KL gradient, "
-            "at the cost of a reference forward per update micro-batch), or in the reward only: 'k1' (log-ratio: the "
-            "KL's score-function gradient), 'k2' (squared log-ratio / 2) or 'k3' ((r - 1) - log r)."
+            "help": "Per-token KL penalty, a name in trl_extras.core.kl.KL_PENALTIES: 'exact' (sum over the "
+            "vocabulary, the article's choice: -beta*KL_t in the reward AND beta*KL_t with its gradient in the policy "
+            "loss, i.e. the full Rao-Blackwellized KL gradient, at the cost of a reference forward per update "
+            "micro-batch), or in the reward only: 'k1' (log-ratio: the KL's score-function gradient), 'k2' (squared "
+            "log-ratio / 2) or 'k3' ((r - 1) - log r). A registered penalty declares whether it needs the full "
+            "vocabulary and whether it adds its direct gradient to the loss."
         },
     )
     kl_coef: float = field(default=0.05, metadata={"help": "KL coefficient beta (initial value when adaptive)."})

@@ -42,7 +42,7 @@ from torch import nn
 from trl.trainer.base_trainer import _BaseTrainer
 
 from ...core.advantages import compute_gae, normalize_advantages
-from ...core.kl import kl_from_logprobs
+from ...core.kl import KL_PENALTIES
 from ...core.masked import masked_mean
 from ...core.ppo import (
     AdaptiveKLController,
@@ -743,13 +743,12 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1].float()
         logprobs, ref_logprobs = stats["logprobs"], stats["ref_logprobs"]
 
-        # 7. Per-token KL penalty: r_t = -beta * KL_t, plus the score at the last valid token. With 'exact' the
-        #    update also adds beta * KL_t of the current policy to the loss (step 13): the KL's direct gradient.
-        if args.kl_estimator == "exact":
-            kl = stats["exact_kl"]
-        else:
-            kl = kl_from_logprobs(logprobs, ref_logprobs, args.kl_estimator, mask=mask)
-        kl = kl * mask
+        # 7. Per-token KL penalty r_t = -beta * KL_t (`kl_estimator`, an entry of core.kl.KL_PENALTIES: a sampled-token
+        #    estimate k1/k2/k3 or the exact per-state KL), plus the score at the last valid token. A penalty that
+        #    declares `direct_gradient` (exact) also adds beta * KL_t of the current policy to the loss (step 13).
+        penalty = KL_PENALTIES.get(args.kl_estimator)
+        kl = penalty(logprobs, ref_logprobs, exact_kl=stats["exact_kl"])
+        kl = torch.where(mask.bool(), kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
         beta = self.kl_ctl.value
         rewards = scores_to_token_rewards(scores, kl, mask, beta)
 
@@ -768,7 +767,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         seq_exact_kl = (stats["exact_kl"] * mask).sum(1)
         mean_exact_kl = self._gather_mean(seq_exact_kl)
         metrics["kl/exact"].append(mean_exact_kl)
-        if args.kl_estimator != "exact":
+        if not penalty.needs_full_vocabulary:  # a sampled estimate: logged beside the exact KL it estimates
             metrics[f"kl/{args.kl_estimator}"].append(self._gather_mean(kl.sum(1)))
         metrics["kl/coef"].append(beta)
         self.kl_ctl.update(self._gather_mean(kl.sum(1)), args.rollout_batch_size)
@@ -787,6 +786,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
 
         batch.update(
             old_logprobs=logprobs, old_values=values, advantages=advantages, returns=returns, group_index=group_index,
+            ref_logprobs=ref_logprobs,  # a sampled-token penalty with a direct gradient needs them in the update
             kl_coef=torch.full((len(rows),), beta, device=device),  # the beta of this batch's rewards
         )
         return batch
@@ -864,9 +864,11 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         #     gradient, in the same chunked pass as the rollout's statistics (step 5) and under the same autocast.
         #     Under DeepSpeed `model` is the engine around PolicyAndValueModel.
         with_policy = self.state.global_step >= args.value_warmup_steps
-        with_kl = with_policy and args.kl_estimator == "exact"
+        penalty = KL_PENALTIES.get(args.kl_estimator)
+        with_kl = with_policy and penalty.direct_gradient
         forward_kwargs = dict(
-            with_policy=with_policy, chunk_size=args.exact_kl_chunk_size, with_exact_kl=with_kl,
+            with_policy=with_policy, chunk_size=args.exact_kl_chunk_size,
+            with_exact_kl=with_kl and penalty.needs_full_vocabulary,
             ref_model=None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model),
         )
         with self.accelerator.autocast():
@@ -898,13 +900,14 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         metrics["policy/clipfrac"].append(self._global_masked_mean(pg_clipped.float(), mask))
         metrics["loss/policy"].append(self._global_masked_mean(pg_losses, mask))
         self._log_ratio(torch.exp(logratio.detach()), mask, metrics)
-        per_token = pg_losses
-        if with_kl:
-            per_token = per_token + inputs["kl_coef"][:, None] * out["exact_kl"]
-            metrics["loss/kl"].append(self._global_masked_mean(out["exact_kl"], mask))
+        per_token, direct_kl = pg_losses, None
+        if with_kl:  # the penalty's direct term, with its gradient w.r.t. the current policy
+            direct_kl = penalty(out["logprobs"], inputs["ref_logprobs"], exact_kl=out.get("exact_kl"))
+            per_token = per_token + inputs["kl_coef"][:, None] * direct_kl
+            metrics["loss/kl"].append(self._global_masked_mean(direct_kl, mask))
         pg_loss = self._aggregate(per_token, mask, inputs)
         self.note_loss_terms(policy=(pg_losses.detach() * mask).sum(),
-                             kl=(out["exact_kl"].detach() * mask).sum() if with_kl else None)
+                             kl=(direct_kl.detach() * mask).sum() if with_kl else None)
 
         # 14. Approximate KL(old || new) (k3 on the rollout's samples), averaged over the minibatch on all
         #     processes: past `kl_early_stop_target` the rest of this rollout batch's updates are skipped (14a).
