@@ -27,6 +27,7 @@ from ...core.advantages import ADVANTAGE_NORMALIZATIONS
 from ...core.kl import KL_ESTIMATORS
 from ...core.ppo import LOSS_TYPES
 from ...utils.completions import LOG_COMPLETIONS_HELP, LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
+from ...utils.resume import RESUME_ALLOW_CHANGES_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +279,13 @@ class PPOConfig(_BaseConfig):
     num_completions_to_print: int | None = field(default=None, metadata={"help": NUM_COMPLETIONS_TO_PRINT_HELP})
     log_unique_prompts: bool = field(default=False, metadata={"help": LOG_UNIQUE_PROMPTS_HELP})
 
+    # Resume
+    resume_allow_changes: list[str] | None = field(default=None, metadata={"help": RESUME_ALLOW_CHANGES_HELP})
+
     def __post_init__(self):
+        from ...utils.resume import normalize_allow_changes
+
+        self.resume_allow_changes = normalize_allow_changes(self.resume_allow_changes)
         # Types and ranges first, before anything compares them (a YAML list or string would otherwise fail deep
         # inside the Trainer or silently train nonsense).
         from ...utils.validation import check_number
