@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from ...utils.completions import LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
+from ...utils.resume import RESUME_ALLOW_CHANGES_HELP, normalize_allow_changes
 
 
 @dataclass
@@ -113,6 +114,7 @@ class CEMConfig(SFTConfig):
                   "saved generations/scores of an interrupted round. False: start over (existing rounds are "
                   "overwritten)."},
     )
+    resume_allow_changes: list[str] | None = field(default=None, metadata={"help": RESUME_ALLOW_CHANGES_HELP})
     entropy_batch_size: int = field(
         default=64, metadata={"help": "Rows per forward pass when measuring the token entropy of samples."}
     )
@@ -132,6 +134,8 @@ class CEMConfig(SFTConfig):
 
     def __post_init__(self):
         from ...utils.validation import check_number
+
+        self.resume_allow_changes = normalize_allow_changes(self.resume_allow_changes)
 
         # types and ranges first, so a YAML list/string fails here and not inside a comparison or the Trainer
         for name in ("temperature", "temperature_end", "elite_quantile", "elite_quantile_end", "reward_threshold",
