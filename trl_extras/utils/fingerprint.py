@@ -276,7 +276,9 @@ def _content(value, depth: int = 0, seen: set | None = None):
         if hasattr(value, "peft_type") and hasattr(value, "to_dict"):
             return peft_settings(value)
         out = {"class": f"{type(value).__module__}:{type(value).__qualname__}"}
-        call = getattr(type(value), "__call__", None)
+        call = type(value).__dict__.get("__call__") or next(
+            (c.__dict__["__call__"] for c in type(value).__mro__ if "__call__" in c.__dict__), None
+        )
         if call is not None and hasattr(call, "__code__"):  # a callable instance: its __call__ code and its state
             out["call"] = _content(call, depth + 1, seen)
         state = getattr(value, "__dict__", None)
@@ -291,7 +293,7 @@ def _content(value, depth: int = 0, seen: set | None = None):
 
 def _cell_full(cell) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:
         return False
     return True

@@ -362,7 +362,7 @@ class OutputDirLock:
                         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner.get('since', 0)))}): two writers "
                         "would mix their files. Wait for it to finish, stop it, or use another output_dir. If that "
                         f"process is certainly gone (another host cannot be checked from here), delete {self.path}."
-                    )
+                    ) from None
                 logger.warning("Taking over the stale lock %s (%s).", self.path, why)
                 import warnings
 

@@ -10,7 +10,6 @@ last: the sha256 of every file, the settings fingerprint (:func:`ppo_fingerprint
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 
 logger = logging.getLogger(__name__)
