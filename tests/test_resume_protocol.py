@@ -5,6 +5,7 @@ the default ``num_ppo_epochs`` and SIGTERM / SIGINT stopping at a safe point."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -307,7 +308,8 @@ def test_resume_true_continues_the_current_branch_not_a_stale_later_checkpoint(t
     out = tmp_path / "run"
     _ppo(tiny_paths, out, max_steps=4).train()  # run A: checkpoints 1..4
     crashed = branch == "crashed_before_saving"
-    b = _ppo(tiny_paths, out, max_steps=4, callbacks=[_StopAt(3, error=crashed)()])  # run B branches at 1
+    # run B branches at checkpoint-1: it saves checkpoint-2 and -3 and stops, or crashes in its first step (step 2)
+    b = _ppo(tiny_paths, out, max_steps=4, callbacks=[_StopAt(2 if crashed else 3, error=crashed)()])
     if crashed:
         with pytest.raises(KeyboardInterrupt):
             b.train(resume_from_checkpoint=str(out / "checkpoint-1"))
@@ -486,27 +488,34 @@ def test_a_stale_lock_left_by_kill_9_is_taken_over(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # writability before work, a full disk names the file and the disk and keeps the previous checkpoint
 # ---------------------------------------------------------------------------------------------------------------
-def test_an_unwritable_output_dir_fails_before_any_step(tiny_paths, tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a directory")
-    trainer = _ppo(tiny_paths, blocker / "run", max_steps=1)
-    with pytest.raises(PermissionError, match=r"output_dir .*a_file/run is not writable.*nothing was trained"):
-        trainer.train()
-    assert trainer.state.global_step == 0
+@contextlib.contextmanager
+def _read_only(path: Path):
+    """Make ``path`` read-only for this process: chmod for a normal user; root ignores modes, so for root the
+    immutable attribute (``chattr +i``), or skip where the file system or the container does not allow it."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot make a directory read-only for root here (no chattr +i)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
 
 
-@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root writes to read-only dirs")
 def test_a_read_only_output_dir_fails_before_any_step(tiny_paths, tmp_path):
+    """Before: PPO trained every step and crashed at the first save, losing all of it."""
     out = tmp_path / "ro"
     out.mkdir()
-    out.chmod(0o555)
-    try:
-        trainer = _ppo(tiny_paths, out, max_steps=1)
-        with pytest.raises(PermissionError, match="not writable"):
+    trainer = _ppo(tiny_paths, out, max_steps=1)
+    with _read_only(out):
+        with pytest.raises(PermissionError, match=r"output_dir .*ro is not writable.*nothing was trained"):
             trainer.train()
-        assert trainer.state.global_step == 0
-    finally:
-        out.chmod(0o755)
+    assert trainer.state.global_step == 0
 
 
 def test_a_full_disk_names_the_checkpoint_and_the_disk_and_keeps_the_previous_one(tiny_paths, tmp_path, monkeypatch):
