@@ -149,7 +149,7 @@ def test_cem_refuses_a_resume_with_another_reward(tiny_paths, tmp_path, case):
         _cem(tiny_paths, tmp_path / "cem", b())._check_settings()
 
 
-@pytest.mark.parametrize("case", sorted(SAME_REWARDS))
+@pytest.mark.parametrize("case", ["one_vs_list_of_one", "reward_functions_wrapper"])  # refused before
 def test_cem_accepts_an_equivalent_spelling_of_the_reward(tiny_paths, tmp_path, case):
     a, b = SAME_REWARDS[case]
     _cem_with_a_round(tiny_paths, tmp_path / "cem", a())
@@ -582,11 +582,11 @@ def test_ppo_killed_at_default_num_ppo_epochs_resumes_exactly(tiny_paths, tmp_pa
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     resumed = _run([*args, "1", str(tmp_path / "r.json"), "default"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "[ppo] resuming from checkpoint" in resumed.stdout
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["global_step"] == 6
     a = ppo_default_epochs_reference
     assert (a["policy"], a["value"]) == (result["policy"], result["value"])  # identical to the uninterrupted run
+    assert "[ppo] resuming from checkpoint" in resumed.stdout
 
 
 _SIGNAL_RUN = """
