@@ -257,7 +257,10 @@ def select_checkpoint(output_dir: str | os.PathLike, kind: str, warn=None) -> st
             for step, path in found:
                 if link["upto"] is not None and step > link["upto"]:
                     continue
-                manifest = read_manifest(path) or {}
+                manifest = read_manifest(path)
+                if manifest is None:  # unfinished (killed while saving): belongs to no run yet; say it is skipped
+                    complete(path)
+                    continue
                 if link["run_id"] is None:
                     mine = path.name == link.get("checkpoint")
                 else:
