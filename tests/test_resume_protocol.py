@@ -631,3 +631,74 @@ def test_a_signal_stops_at_a_safe_point_with_a_complete_checkpoint(tiny_paths, t
     step = int(text.split("returned at step")[1].split()[0])
     assert 0 < step < 500
     assert checkpoint_problem(str(out / f"checkpoint-{step}")) is None  # a final, complete checkpoint
+
+
+_WORKER = """
+import os, sys
+from datasets import Dataset
+from trl_extras import PPOConfig, PPOTrainer
+
+def reward(prompts, completions, **kwargs):
+    return [float(len(c)) for c in completions]
+
+out, policy, value = sys.argv[1:4]
+args = PPOConfig(output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="steps", save_steps=1000,
+                 gradient_checkpointing=False, disable_tqdm=True, logging_steps=1, per_device_train_batch_size=2,
+                 num_mini_batches=1, max_steps=500, max_completion_length=4, seed=0)
+trainer = PPOTrainer(policy, reward_funcs=reward, args=args, value_model=value,
+                     train_dataset=Dataset.from_dict({"prompt": ["1 2 >"] * 16}))
+print("worker pid", os.getpid(), flush=True)
+trainer.train()
+print("worker returned at step", trainer.state.global_step, flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_kill_9_of_the_launchers_process_group_stops_the_workers_at_a_safe_point(tiny_paths, tmp_path):
+    """``kill -9 -<pgid>`` of ``accelerate launch``: the workers (own sessions) used to train on and write
+    checkpoints; now they get SIGTERM from the kernel when their parent dies and stop together after a step, with a
+    complete final checkpoint."""
+    from helpers import _free_port
+
+    from trl_extras.trainers.ppo import checkpoint_problem
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("the `accelerate` launcher is not installed")
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [launcher, "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"),
+           "--main_process_port", str(_free_port()), str(script), str(out), tiny_paths["policy"], tiny_paths["reward"]]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.time() + 300
+    while "'loss'" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+    text = log.read_text()
+    assert "'loss'" in text, text[-3000:]
+    workers = [int(line.split()[-1]) for line in text.splitlines() if line.startswith("worker pid")]
+    assert len(workers) == 2
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher's whole group (the workers are not in it)
+    proc.wait()
+    def running(pid):  # an exited worker may stay a zombie (its new parent, pid 1, need not reap it)
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        except OSError:
+            return False
+
+    deadline = time.time() + 180
+    while any(running(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(1)
+    alive = [pid for pid in workers if running(pid)]
+    for pid in alive:  # never leave them running, whatever the outcome
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    text = log.read_text()
+    assert not alive, text[-3000:]
+    assert "stopped by SIGTERM" in text, text[-3000:]
+    steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert steps and 0 < steps[-1] < 500
+    assert checkpoint_problem(str(out / f"checkpoint-{steps[-1]}")) is None  # the final checkpoint is complete
