@@ -119,6 +119,27 @@ def test_reward_identity_of_models_and_paths_is_by_content(tiny_paths, tmp_path,
     )
 
 
+def test_reward_identity_of_an_ensemble_is_its_members_and_penalty(tmp_path):
+    """A saved RewardEnsemble (duck-typed: ``metadata["directory"]``, ``penalty``, ``coef``) by its directory's
+    content and the penalty it applies: a retrained member or another coefficient changes it."""
+    from trl_extras.utils.fingerprint import reward_identity
+
+    class Ensemble:  # the attributes reward_identity reads from trl_extras.rewards.ensemble.RewardEnsemble
+        def __init__(self, directory, coef):
+            self.metadata, self.penalty, self.coef = {"directory": str(directory)}, "variance", coef
+
+        def __call__(self, prompts, completions, **kwargs):
+            return [0.0] * len(completions)
+
+    d = tmp_path / "ens"
+    (d / "member_0").mkdir(parents=True)
+    (d / "member_0" / "model.safetensors").write_bytes(b"a" * 100)
+    before = reward_identity(Ensemble(d, 0.1))
+    assert before == reward_identity(Ensemble(d, 0.1)) != reward_identity(Ensemble(d, 0.2))
+    (d / "member_0" / "model.safetensors").write_bytes(b"b" * 100)
+    assert reward_identity(Ensemble(d, 0.1)) != before
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # CEM: rewards by content, equivalent spellings, the override
 # ---------------------------------------------------------------------------------------------------------------
