@@ -191,10 +191,14 @@ def model_identity(model) -> str:
     label = f"{type(model).__name__}:{os.path.basename(str(name).rstrip('/'))}"
     if callable(state):
         try:
-            tensors = state()
-        except Exception:  # a partitioned (ZeRO-3) module: its local state
-            tensors = {n: p for n, p in model.named_parameters()}
-        return f"{label}@{_sha([(k, _tensor_sample(v)) for k, v in sorted(tensors.items()) if hasattr(v, 'reshape')])}"
+            try:
+                tensors = state()
+            except Exception:  # a partitioned (ZeRO-3) module: its local state
+                tensors = {n: p for n, p in model.named_parameters()}
+            samples = [(k, _tensor_sample(v)) for k, v in sorted(tensors.items()) if hasattr(v, "reshape")]
+        except Exception as err:  # weights not readable here (meta device...): the class and path only
+            return f"{label}@unreadable:{type(err).__name__}"
+        return f"{label}@{_sha(samples)}"
     return f"{label}@{_sha(_content(model))}"
 
 

@@ -228,11 +228,12 @@ def lineage_chain(output_dir: str | os.PathLike) -> list | None:
         return None
 
 
-def select_checkpoint(output_dir: str | os.PathLike, kind: str, warn=None) -> str:
+def select_checkpoint(output_dir: str | os.PathLike, kind: str, warn=None, problem=None) -> str:
     """The checkpoint ``resume_from_checkpoint=True`` continues: the newest COMPLETE ``checkpoint-N`` written by
     the current run, else by the run it branched from (up to the branch step), and so on up the chain in
     ``lineage.json``; checkpoints of abandoned branches are never picked. Incomplete ones are skipped, each with
-    ``warn(message)``. A directory without ``lineage.json`` (older runs): the newest complete checkpoint by step."""
+    ``warn(message)``. A directory without ``lineage.json`` (older runs): the newest complete checkpoint by step.
+    ``problem(path)``: the writer's own completeness check (default :func:`verify` of ``kind``)."""
     import re
 
     output_dir = Path(output_dir)
@@ -247,7 +248,7 @@ def select_checkpoint(output_dir: str | os.PathLike, kind: str, warn=None) -> st
 
     def complete(path):
         if path not in problems:
-            problems[path] = verify(path, kind)
+            problems[path] = problem(str(path)) if problem is not None else verify(path, kind)
             if problems[path] is not None and warn is not None:
                 warn(f"Skipping incomplete checkpoint {path}: {problems[path]}. Resuming from an older one.")
         return problems[path] is None

@@ -10,6 +10,7 @@ last: the sha256 of every file, the settings fingerprint (:func:`ppo_fingerprint
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 logger = logging.getLogger(__name__)
@@ -98,9 +99,34 @@ def ppo_fingerprint(args, inputs: dict) -> dict:
 def checkpoint_problem(path: str, hashes: bool = True) -> str | None:
     """Why ``path`` is not a complete PPOTrainer checkpoint (None when it is): no manifest (the save did not
     finish, or it is not a PPOTrainer checkpoint), or a file missing, truncated or corrupted (sha256)."""
-    from ...utils.resume import verify
+    from ...utils.resume import MANIFEST_FILE, verify
 
+    if not os.path.isfile(os.path.join(path, MANIFEST_FILE)) and os.path.isfile(os.path.join(path, PPO_STATE_FILE)):
+        legacy = _legacy_problem(path)
+        if legacy != "not legacy":
+            return legacy
     return verify(path, CHECKPOINT_KIND, hashes=hashes)
+
+
+def _legacy_problem(path: str) -> str | None:
+    """Checkpoints written before the manifest: ``ppo_state.json`` (written last) lists every file's size. Such a
+    checkpoint is accepted by that size check (it has no content hashes and no settings fingerprint to compare)."""
+    import json
+
+    try:
+        with open(os.path.join(path, PPO_STATE_FILE)) as f:
+            files = json.load(f).get("files")
+    except (OSError, ValueError):
+        return "not legacy"
+    if not isinstance(files, dict):
+        return "not legacy"
+    for name, size in files.items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{name} is missing"
+        if os.path.getsize(file) != size:
+            return f"{name} is truncated or changed ({os.path.getsize(file)} bytes, {size} when saved)"
+    return None
 
 
 def latest_complete_checkpoint(output_dir: str) -> str:
@@ -112,4 +138,4 @@ def latest_complete_checkpoint(output_dir: str) -> str:
         warnings.warn(message, stacklevel=4)
         logger.warning(message)
 
-    return select_checkpoint(output_dir, CHECKPOINT_KIND, warn=warn)
+    return select_checkpoint(output_dir, CHECKPOINT_KIND, warn=warn, problem=checkpoint_problem)
