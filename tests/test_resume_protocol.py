@@ -560,6 +560,23 @@ def test_a_full_disk_names_the_checkpoint_and_the_disk_and_keeps_the_previous_on
     assert latest_complete_checkpoint(str(out)).endswith("checkpoint-1")
 
 
+def test_cem_a_full_disk_names_the_round_and_the_disk_and_keeps_the_generations(tiny_paths, tmp_path, monkeypatch):
+    import errno
+
+    import trl_extras.utils.atomic as atomic
+
+    def no_space(tmp_dir, final_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(final_dir))
+
+    monkeypatch.setattr(atomic, "publish_dir", no_space)
+    out = tmp_path / "cem"
+    trainer = _cem(tiny_paths, out, _gold(), num_rounds=1)
+    monkeypatch.setattr(type(trainer), "_save_dataset", staticmethod(lambda ds, path: ds.save_to_disk(str(path))))
+    with pytest.raises(OSError, match=r"round 0 model .*model.tmp.*No space left.*GiB free.*generations .*kept"):
+        trainer.train()
+    assert (out / "round_0" / "generations").exists() and not (out / "round_0" / "model.tmp").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # real processes: kill -9 at named points with the DEFAULT num_ppo_epochs, SIGTERM stops at a safe point
 # ---------------------------------------------------------------------------------------------------------------

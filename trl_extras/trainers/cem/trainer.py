@@ -514,13 +514,19 @@ class CEMTrainer:
             shutil.rmtree(tmp)
         barrier()
         trainer, self._round_trainer = getattr(self, "_round_trainer", None), None
-        if trainer is not None:  # the round's SFT trainer saves what it trained (gathers ZeRO-3 shards)
-            trainer.save_model(str(tmp))
-        elif self._is_main:
-            self.model.save_pretrained(str(tmp))
-        if self._is_main:
-            self.processing_class.save_pretrained(str(tmp))
-            publish_dir(tmp, path)
+        from ...utils.resume import saving
+
+        # a failed write (full disk) names the file and the disk; the round's saved generations and the earlier
+        # rounds stay, so a rerun redoes only this round's fine-tuning
+        keep = f"Round {r}'s saved generations and the earlier rounds are kept: rerun to redo this round."
+        with saving(tmp, f"round {r} model", keep_hint=keep):
+            if trainer is not None:  # the round's SFT trainer saves what it trained (gathers ZeRO-3 shards)
+                trainer.save_model(str(tmp))
+            elif self._is_main:
+                self.model.save_pretrained(str(tmp))
+            if self._is_main:
+                self.processing_class.save_pretrained(str(tmp))
+                publish_dir(tmp, path)
         barrier()
         if self._zero3 and trainer is not None:  # the trained model is sharded: sample from a whole copy of it
             self._load_round_model(r)
