@@ -672,7 +672,8 @@ def test_a_signal_stops_at_a_safe_point_with_a_complete_checkpoint(tiny_paths, t
 
 
 _WORKER = """
-import os, sys
+import faulthandler, os, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test dumps the stacks of a worker that hangs
 from datasets import Dataset
 from trl_extras import PPOConfig, PPOTrainer
 
@@ -695,8 +696,8 @@ print("worker returned at step", trainer.state.global_step, flush=True)
 @pytest.mark.distributed
 def test_kill_9_of_the_launchers_process_group_stops_the_workers_at_a_safe_point(tiny_paths, tmp_path):
     """``kill -9 -<pgid>`` of ``accelerate launch``: the workers (own sessions) used to train on and write
-    checkpoints; now they get SIGTERM from the kernel when their parent dies and stop together after a step, with a
-    complete final checkpoint."""
+    checkpoints; now the kernel signals them when their parent dies (``utils.resume.exit_with_parent``) and they stop
+    together after a step, with a complete final checkpoint."""
     from helpers import _free_port
 
     from trl_extras.trainers.ppo import checkpoint_problem
@@ -731,12 +732,16 @@ def test_kill_9_of_the_launchers_process_group_stops_the_workers_at_a_safe_point
     while any(running(pid) for pid in workers) and time.time() < deadline:
         time.sleep(1)
     alive = [pid for pid in workers if running(pid)]
+    for pid in alive:  # a hanging worker: dump its stacks into the log
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+    time.sleep(2 if alive else 0)
     for pid in alive:  # never leave them running, whatever the outcome
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     text = log.read_text()
-    assert not alive, text[-3000:]
-    assert "stopped by SIGTERM" in text, text[-3000:]
+    assert not alive, f"workers still running: {alive}\n{text[-6000:]}"
+    assert "stopped by the launcher's exit" in text and "stopping now" not in text, text[-3000:]
     steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert steps and 0 < steps[-1] < 500
     assert checkpoint_problem(str(out / f"checkpoint-{steps[-1]}")) is None  # the final checkpoint is complete

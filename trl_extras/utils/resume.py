@@ -481,32 +481,48 @@ def saving(directory: str | os.PathLike, what: str = "checkpoint", keep_hint: st
 # ---------------------------------------------------------------------------------------------------------------
 # Stopping at a safe point
 # ---------------------------------------------------------------------------------------------------------------
+#: The signal the kernel sends a worker when its launcher dies (``exit_with_parent``): its own signal, because it can
+#: arrive more than once (after the launcher, each process the worker is re-parented to that exits sends it again)
+#: and must never count as the "second signal" that stops at once.
+PARENT_EXIT_SIGNAL = getattr(signal, "SIGRTMIN", None) and signal.SIGRTMIN + 2 or getattr(signal, "SIGUSR2", None)
+
+
+def _signal_name(signum: int) -> str:
+    if signum == PARENT_EXIT_SIGNAL:
+        return "the launcher's exit"
+    return signal.Signals(signum).name
+
+
 class StopSignals:
     """While active (``with StopSignals() as stop:``), SIGTERM and SIGINT set ``stop.requested`` instead of killing
     the process; the loop checks it at its safe points and ends there (PPO: after the optimizer step, saving a final
-    complete checkpoint; CEM: after the round in progress). A second signal restores the default behaviour and
-    re-raises it (stop now: the newest complete checkpoint stays the resume point). Only the main thread can
-    install handlers; elsewhere this is a no-op."""
+    complete checkpoint; CEM: after the round in progress). A second SIGTERM / SIGINT restores the default behaviour
+    and re-raises it (stop now: the newest complete checkpoint stays the resume point). The launcher's exit
+    (``PARENT_EXIT_SIGNAL``, see :func:`exit_with_parent`) asks for the same safe stop, any number of times. Only the
+    main thread can install handlers; elsewhere this is a no-op."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, PARENT_EXIT_SIGNAL) if s is not None)
 
     def __init__(self):
         self.requested: str | None = None
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
+        name = _signal_name(signum)
+        if self.requested is not None and signum == PARENT_EXIT_SIGNAL:
+            return  # already stopping; the launcher's exit is never an "at once"
         if self.requested is not None:  # the second signal: stop now
+            logger.warning("second %s: stopping now (the newest complete checkpoint stays the resume point).", name)
             self.restore()
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             os.kill(os.getpid(), signum)
             return
         self.requested = name
-        logger.warning("%s received: stopping at the next safe point (send it again to stop at once).", name)
+        logger.warning("%s: stopping at the next safe point (SIGTERM/SIGINT again stops at once).", name)
         from .progress import log_line
 
-        log_line("stop", f"{name} received: stopping at the next safe point (send it again to stop at once)")
+        log_line("stop", f"{name}: stopping at the next safe point (SIGTERM/SIGINT again stops at once)")
 
     def __enter__(self) -> StopSignals:
         import threading
@@ -525,15 +541,16 @@ class StopSignals:
         self.restore()
 
 
-def exit_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Linux: have the kernel send ``sig`` to this process when its parent dies. Workers of ``accelerate launch``
-    / torchrun run in their own sessions, so ``kill -9`` of the launcher (or of its process group) used to leave
-    them training and writing checkpoints; with this they get SIGTERM and stop at their next safe point. A no-op
-    where ``prctl`` is unavailable."""
+def exit_with_parent() -> None:
+    """Linux: have the kernel send ``PARENT_EXIT_SIGNAL`` to this process when its parent dies (inside
+    :class:`StopSignals`: stop at the next safe point; outside: the process ends). Workers of ``accelerate launch`` /
+    torchrun run in their own sessions, so ``kill -9`` of the launcher (or of its process group) used to leave them
+    training and writing checkpoints. A no-op where ``prctl`` is unavailable."""
     import ctypes
     import sys
 
-    if not sys.platform.startswith("linux"):
+    sig = PARENT_EXIT_SIGNAL
+    if not sys.platform.startswith("linux") or sig is None:
         return
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)

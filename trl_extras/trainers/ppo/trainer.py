@@ -1032,8 +1032,10 @@ class PPOTrainer(_BaseTrainer):
             finally:
                 self.remove_callback(callback)
                 self._stop_signals = None
-                if stop.requested:
-                    log_line("ppo", f"stopped by {stop.requested} at step {self.state.global_step}"
+                stopped_by = getattr(self, "_stopped_by", None)
+                self._stopped_by = None
+                if stopped_by:
+                    log_line("ppo", f"stopped by {stopped_by} at step {self.state.global_step}"
                              + ("" if self.args.save_strategy == "no" else
                                 "; its checkpoint is complete: resume with resume_from_checkpoint=True"))
 
@@ -1137,6 +1139,7 @@ class _StopAtSafePoint(TrainerCallback):
             flag = torch.tensor([1.0 if requested else 0.0], device=self.trainer.accelerator.device)
             requested = bool(self.trainer.accelerator.reduce(flag, reduction="sum").item() > 0)
         if requested:
+            self.trainer._stopped_by = stop.requested if stop is not None and stop.requested else "a signal to another process"
             control.should_training_stop = True
             if args.save_strategy != "no":
                 control.should_save = True
