@@ -167,7 +167,7 @@ CASES = [
     ("resume truncated rng_state.pth", lambda e: (lambda t, p: t.train(resume_from_checkpoint=p))(*e.checkpoint(_truncate("rng_state.pth"))),
      r"checkpoint-1: rng_state.pth is truncated"),  # was unclear
     ("resume incomplete checkpoint", lambda e: (lambda t, p: t.train(resume_from_checkpoint=p))(
-        *e.checkpoint(lambda c: (c / "ppo_state.json").unlink())), r"checkpoint-1: no ppo_state.json .*not finished"),  # was unclear
+        *e.checkpoint(lambda c: (c / "resume_manifest.json").unlink())), r"checkpoint-1: no resume_manifest.json .*did not finish"),  # was unclear
     # ---------------------------------------------------------------- issue 11: silent today
     ("two-stage chosen == rejected", lambda e: _two_stage(e, train_dataset=pairs({"rejected": " 1 3"})),
      r"train_dataset: row 0 has identical chosen and rejected"),  # was silent
@@ -276,6 +276,9 @@ def _pipeline_mismatch(env):
     stage = env.tmp / "pipe" / "sft"
     stage.mkdir(parents=True)
     (stage / "result.json").write_text(json.dumps({"model": "m", "settings": stage_settings(Context(config, {}), "sft")}))
+    from trl_extras.utils.resume import write_manifest
+
+    write_manifest(stage, "pipeline_stage")  # the completion marker, written last
     run_pipeline(micro_config(env.tmp, stages=["sft"], sft_max_steps=8), progress=False)
 
 

@@ -70,8 +70,10 @@ def _fake_checkpoint(root: Path, step: int, complete: bool, truncate: str | None
         (ckpt / name).write_bytes(data)
     (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     if complete:
-        sizes = {name: len(data) for name, data in files.items()} | {"trainer_state.json": (ckpt / "trainer_state.json").stat().st_size}
-        (ckpt / "ppo_state.json").write_text(json.dumps({"kl_coef": 0.1, "reward_moments": {}, "files": sizes}))
+        from trl_extras.utils.resume import write_manifest
+
+        (ckpt / "ppo_state.json").write_text(json.dumps({"kl_coef": 0.1, "reward_moments": {}}))
+        write_manifest(ckpt, "ppo_checkpoint", step=step)  # the completion marker (utils.resume), written last
     if truncate:
         (ckpt / truncate).write_bytes(b"x")
     return ckpt
@@ -83,11 +85,11 @@ def test_resume_selection_skips_incomplete_and_truncated_checkpoints(tmp_path):
     _fake_checkpoint(tmp_path, 1, complete=True)
     _fake_checkpoint(tmp_path, 2, complete=True, truncate="optimizer.pt")
     _fake_checkpoint(tmp_path, 3, complete=False)  # killed while writing the PPO extras
-    with pytest.warns(UserWarning, match=r"checkpoint-3: no ppo_state.json"):
+    with pytest.warns(UserWarning, match=r"checkpoint-3: no resume_manifest.json"):
         assert latest_complete_checkpoint(str(tmp_path)).endswith("checkpoint-1")
     assert "optimizer.pt is truncated" in checkpoint_problem(str(tmp_path / "checkpoint-2"))
-    (tmp_path / "checkpoint-1" / "trainer_state.json").write_text("{garbage")
-    assert "trainer_state.json" in checkpoint_problem(str(tmp_path / "checkpoint-1"))
+    (tmp_path / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": 7}')  # same size, other bytes
+    assert "trainer_state.json is corrupted" in checkpoint_problem(str(tmp_path / "checkpoint-1"))
     with pytest.raises(ValueError, match="No complete checkpoint"), pytest.warns(UserWarning):
         latest_complete_checkpoint(str(tmp_path))
 
@@ -213,6 +215,9 @@ def test_pipeline_refuses_a_finished_stage_made_under_other_settings(tmp_path):
     stage = tmp_path / "pipe" / "sft"
     stage.mkdir(parents=True)
     (stage / "result.json").write_text(json.dumps({"model": "m", "settings": stage_settings(ctx, "sft")}))
+    from trl_extras.utils.resume import write_manifest
+
+    write_manifest(stage, "pipeline_stage")  # the completion marker (utils.resume), written last
     assert run_pipeline(config, progress=False).results["sft"]["model"] == "m"  # same settings: skipped
     with pytest.raises(ValueError, match=r"Stage 'sft'.*sft_max_steps: 4 -> 8.*--overwrite"):
         run_pipeline(micro_config(tmp_path, stages=["sft"], sft_max_steps=8), progress=False)

@@ -1,7 +1,7 @@
 """Runs for tests/test_reliability.py's kill tests: a tiny PPO, reward-ensemble or CEM run that the test kills with
 ``TRL_EXTRAS_KILL_AT=<point>`` (the process SIGKILLs itself there) and then reruns to check the resume.
 
-    python kill_resume.py ppo <policy> <reward> <output_dir> <max_steps> <resume:0|1> <result.json>
+    python kill_resume.py ppo <policy> <reward> <output_dir> <max_steps> <resume:0|1> <result.json> [<num_ppo_epochs>|default]
     python kill_resume.py ensemble <base_model> <output_dir> <result.json>
     python kill_resume.py cem <policy> <output_dir> <num_rounds> <result.json>
 """
@@ -35,14 +35,14 @@ def prompts(n=16):
     return Dataset.from_dict({"prompt": [f"{i % 10} {(i * 7) % 10} {(i * 3) % 10} >" for i in range(n)]})
 
 
-def run_ppo(policy, reward, output_dir, max_steps, resume, result_path):
+def run_ppo(policy, reward, output_dir, max_steps, resume, result_path, num_ppo_epochs="1"):
     from trl_extras import PPOConfig, PPOTrainer
 
+    epochs = {} if num_ppo_epochs == "default" else {"num_ppo_epochs": int(num_ppo_epochs)}  # default: PPOConfig's (4)
     args = PPOConfig(
         output_dir=output_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="steps", save_steps=1,
         gradient_checkpointing=False, disable_tqdm=True, logging_steps=1, per_device_train_batch_size=4,
-        num_mini_batches=1, num_ppo_epochs=1, max_steps=int(max_steps), max_completion_length=6, learning_rate=1e-2,
-        seed=0,
+        num_mini_batches=1, max_steps=int(max_steps), max_completion_length=6, learning_rate=1e-2, seed=0, **epochs,
     )
     trainer = PPOTrainer(policy, reward_funcs=length_reward, args=args, train_dataset=prompts(),
                          value_model=reward)  # fmt: skip

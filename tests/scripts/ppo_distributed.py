@@ -129,8 +129,9 @@ def main(policy_path: str, out: str, use_peft: bool, reward_model: str | None, c
         result["final_dir"] = final_dir
         result["checkpoint_files"] = sorted(os.listdir(os.path.join(work, "ppo", "checkpoint-2")))
 
-    # resume from checkpoint-2 in a fresh trainer and go on to step 4
-    resumed = make_trainer(policy_path, os.path.join(work, "ppo"), max_steps=4, use_peft=use_peft, reward_model=reward_model,
+    # resume from checkpoint-2 in a fresh trainer and go on to the end (step 3): the same max_steps, since a resume
+    # with another schedule length is refused (the restored learning-rate schedule was built for the old one)
+    resumed = make_trainer(policy_path, os.path.join(work, "ppo"), max_steps=3, use_peft=use_peft, reward_model=reward_model,
                            compare=compare, checkpointing=checkpointing, bf16=bf16)
     restored = []
     load = resumed._load_ppo_state

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..utils.resume import RESUME_ALLOW_CHANGES_HELP
+
 #: Default of ``gold_reward`` / ``sft_reward``: the testbed's rewards on a testbed run, see ``check_models``.
 AUTO = "auto"
 #: The dataset fields: a run is a testbed run when none is the user's data ("testbed", unset, or None = skip).
@@ -29,6 +31,7 @@ class PipelineConfig:
         default_factory=lambda: list(ALL_STAGES), metadata={"help": f"Stages to run, in order, from {ALL_STAGES}."}
     )
     overwrite: bool = field(default=False, metadata={"help": "Re-run stages whose outputs already exist."})
+    resume_allow_changes: list[str] | None = field(default=None, metadata={"help": RESUME_ALLOW_CHANGES_HELP})
     seed: int = field(default=0, metadata={"help": "Global seed."})
     # ----- models
     policy_model: str | None = field(
@@ -147,6 +150,9 @@ class PipelineConfig:
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (CUDA)."})
 
     def __post_init__(self):
+        from ..utils.resume import normalize_allow_changes
+
+        self.resume_allow_changes = normalize_allow_changes(self.resume_allow_changes)
         unknown = [s for s in self.stages if s not in ALL_STAGES]
         if unknown:
             raise ValueError(f"Unknown stages {unknown}; choose from {ALL_STAGES}.")

@@ -585,7 +585,7 @@ STAGES = {
 _COMMON = ("task", "seed", "max_prompt_length", "max_completion_length", "temperature", "bf16")
 #: Fields that do not shape any stage's outputs (where and which stages run, hardware); every other PipelineConfig
 #: field must be in some stage's STAGE_SETTINGS (a test checks it), or changing it would silently reuse stale stages.
-NON_SHAPING_SETTINGS = ("output_dir", "stages", "overwrite", "use_cpu")
+NON_SHAPING_SETTINGS = ("output_dir", "stages", "overwrite", "use_cpu", "resume_allow_changes")
 STAGE_SETTINGS = {
     "sft": (*_COMMON, "policy_model", "sft_dataset", "num_sft_examples", "eval_prompt_dataset", "sft_reward",
             "sft_max_steps", "sft_eval_steps", "sft_learning_rate", "sft_patience", "train_batch_size"),
@@ -658,9 +658,36 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
     and stores the stage's settings; a finished stage made under other settings is refused with the changed
     fields named, unless ``overwrite`` re-runs it.
     """
-    from ..utils.atomic import atomic_write_json, read_json
+    from ..utils.resume import OutputDirLock, check_writable
+
+    check_writable(config.output_dir)  # before any work: a read-only output_dir fails now, not after a stage
+    with OutputDirLock(config.output_dir, "pipeline"):  # a second pipeline on this directory is refused
+        return _run_stages(config, model_args, progress)
+
+
+STAGE_KIND = "pipeline_stage"
+
+
+def _finished_stage(path: Path, name: str, hashes: bool) -> dict | None:
+    """The stage's ``result.json`` when the stage is complete (its manifest, written last, verifies: sha256 when
+    ``hashes``, sizes otherwise); None for a stage that did not finish or was damaged (it runs again)."""
+    from ..utils.atomic import read_json
+    from ..utils.resume import verify
+
+    if not (path / "result.json").exists():
+        return None
+    problem = verify(path, STAGE_KIND, hashes=hashes)
+    if problem is not None:
+        logger.warning("Pipeline stage %s in %s is not complete (%s): it runs again.", name, path, problem)
+        return None
+    return read_json(path / "result.json", what=f"Pipeline stage {name!r} result")
+
+
+def _run_stages(config: PipelineConfig, model_args, progress: bool) -> Context:
+    from ..utils.atomic import atomic_write_json
     from ..utils.fingerprint import check_fingerprint
-    from ..utils.progress import log_line, quiet_library_bars
+    from ..utils.progress import log_line, quiet_library_bars, show_bars
+    from ..utils.resume import write_manifest
     from .data import pipeline_datasets
 
     quiet_library_bars()
@@ -668,17 +695,20 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
     ctx = Context(config=config, data=pipeline_datasets(config), model_args=model_args)
     ctx.root.mkdir(parents=True, exist_ok=True)
     for name in STAGES:  # results of earlier runs feed later stages even when not re-run
-        path = ctx.root / name / "result.json"
-        if path.exists():
-            ctx.results[name] = read_json(path, what=f"Pipeline stage {name!r} result")
+        # stages this run may skip are verified by content (sha256); the others only feed settings downstream. A
+        # stage without a complete manifest runs again in its directory (a CEM stage resumes its complete rounds).
+        result = _finished_stage(ctx.root / name, name, hashes=name in config.stages and not config.overwrite)
+        if result is not None:
+            ctx.results[name] = result
     for name in config.stages:
         path = ctx.root / name / "result.json"
-        if path.exists() and not config.overwrite:
+        if name in ctx.results and not config.overwrite:
             check_fingerprint(
                 ctx.results[name].get("settings"), stage_settings(ctx, name),
                 f"Stage {name!r} in {path.parent}",
                 "Pass --overwrite true to re-run the stages (later stages that read it are then refused too until "
                 "re-run), or use another --output_dir.",
+                allow=config.resume_allow_changes,
             )
             logger.info("stage %s: outputs exist, skipped", name)
             if progress:
@@ -696,7 +726,8 @@ def run_pipeline(config: PipelineConfig, model_args=None, progress: bool = True)
         result["settings"] = stage_settings(ctx, name)
         ctx.results[name] = result
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, _jsonable(result))  # last: the stage is finished
+        atomic_write_json(path, _jsonable(result))
+        write_manifest(path.parent, STAGE_KIND, fingerprint=result["settings"])  # last: the stage is finished
         if progress:
             log_line("pipeline", f"stage {name}: done in {result['seconds']:.0f} s{stage_summary(name, result)}")
     return ctx

@@ -24,12 +24,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..utils.resume import RESUME_ALLOW_CHANGES_HELP
 from .labeling import read_jsonl, write_jsonl
 
 # the judge of a testbed run (spelled as before, so runs started earlier keep their settings fingerprint)
 _TESTBED_JUDGE = "trl_extras.testbed:gold_reward_fn"
 # settings that do not change what a run computes (excluded from the fingerprint)
-_UNFINGERPRINTED = ("output_dir", "min_labeled_fraction", "use_cpu")
+_UNFINGERPRINTED = ("output_dir", "min_labeled_fraction", "use_cpu", "resume_allow_changes")
 
 
 @dataclass
@@ -79,10 +80,15 @@ class IterateConfig:
     rm_batch_size: int = field(default=32, metadata={"help": "Reward-model batch size (pairs)."})
     seed: int = field(default=0, metadata={"help": "Global seed."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when CUDA is available."})
+    resume_allow_changes: list[str] | None = field(default=None, metadata={"help": RESUME_ALLOW_CHANGES_HELP})
 
     def __post_init__(self):
         if self.judge is None and self.prompt_dataset == "testbed":
             self.judge = _TESTBED_JUDGE  # the testbed's default only on the testbed's prompts
+
+        from ..utils.resume import normalize_allow_changes
+
+        self.resume_allow_changes = normalize_allow_changes(self.resume_allow_changes)
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}.")
         if self.labeler not in ("judge", "people"):
@@ -107,33 +113,52 @@ def settings_fingerprint(config) -> tuple[str, dict]:
 
 
 def check_settings(config, root: Path) -> None:
-    """Write ``settings.json`` on the first run; refuse a different fingerprint later (naming what changed)."""
+    """Write ``settings.json`` on the first run; refuse a different fingerprint later, naming what changed, unless
+    ``resume_allow_changes`` accepts it (``utils.fingerprint.check_fingerprint``, the check every resume uses)."""
     from ..utils.atomic import atomic_write_json, read_json
-    from ..utils.fingerprint import changed_fields
+    from ..utils.fingerprint import check_fingerprint
 
     digest, settings = settings_fingerprint(config)
     path = root / "settings.json"
     if path.is_file():
         saved = read_json(path, "The iterate settings file")
-        if saved["fingerprint"] != digest:
-            changed = sorted(changed_fields(saved["settings"], settings))
-            raise ValueError(
-                f"{root} was started with different settings (changed: {changed}). Use the original settings to "
-                "continue, or a new output_dir for a new run."
-            )
-        return
+        check_fingerprint(
+            saved.get("settings"), settings, f"{root}",
+            "Use the original settings to continue, or a new output_dir for a new run.",
+            allow=config.resume_allow_changes,
+        )
+        if saved.get("fingerprint") == digest:
+            return
     atomic_write_json(path, {"fingerprint": digest, "settings": settings})
 
 
+STEP_KIND = "iterate_step"
+
+
 def _done(path: Path) -> dict | None:
+    """The result of a finished step: its ``result.json``, when the step's manifest (``utils.resume``, written last)
+    verifies by sha256; None for a step that did not finish (it runs again)."""
+    from ..utils.resume import verify
+
     file = path / "result.json"
-    return json.loads(file.read_text()) if file.is_file() else None
+    if not file.is_file():
+        return None
+    problem = verify(path, STEP_KIND)
+    if problem is not None:
+        import logging
+
+        logging.getLogger(__name__).warning("Step %s is redone: %s", path, problem)
+        return None
+    return json.loads(file.read_text())
 
 
-def _finish(path: Path, result: dict) -> dict:
+def _finish(path: Path, result: dict, manifest: bool = True) -> dict:
     from ..utils.atomic import atomic_write_text
+    from ..utils.resume import write_manifest
 
     atomic_write_text(path / "result.json", json.dumps(result, indent=2, default=str))
+    if manifest:
+        write_manifest(path, STEP_KIND)  # last: the step is complete
     return result
 
 
@@ -332,11 +357,17 @@ class Iteration:
 
     # ------------------------------------------------------------------------------------------------ the loop
     def run(self) -> dict:
+        from ..utils.resume import OutputDirLock, check_writable
+
+        check_writable(self.root)  # before any work
+        with OutputDirLock(self.root, "iterate run"):  # a second run on this directory is refused while this one runs
+            return self._run()
+
+    def _run(self) -> dict:
         from datasets import concatenate_datasets
 
         from .labeling import to_preference_pairs
 
-        self.root.mkdir(parents=True, exist_ok=True)
         check_settings(self.config, self.root)
         c = self.config
         rl_prompts, fresh = self.prompts()
@@ -370,7 +401,7 @@ class Iteration:
             rounds.append({"round": k, "policy": policy, "reward_model": reward_model,
                            **(_done(self.root / f"round_{k}" / "reward_model") or {})})
         summary = {"status": "done", "rounds": rounds, "policy": policy, "reward_model": reward_model}
-        _finish(self.root, summary)
+        _finish(self.root, summary, manifest=False)  # the summary: read by people, never to skip work
         print(f"\nDone: {c.rounds} rounds. Final policy {policy}; final reward model {reward_model}.", flush=True)
         return summary
 

@@ -82,17 +82,9 @@ def train_reward_ensemble(
     Returns:
         The saved ensemble, reloaded from ``output_dir`` (manifest: members, layout, seeds, calibration).
     """
-    import numpy as np
-    from transformers import AutoConfig, AutoTokenizer
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardConfig
 
-    from ...utils.finite import NonFiniteGuardMixin
-    from ...utils.offline import NoTelemetryMixin
-    from ...utils.progress import progress_bar
     from ...utils.validation import check_finite_fields
-
-    class GuardedRewardTrainer(NoTelemetryMixin, NonFiniteGuardMixin, RewardTrainer):
-        """TRL's RewardTrainer with the package's non-finite guard (utils.finite; action: ``error``)."""
 
     if k < 2:
         raise ValueError(f"An ensemble needs k >= 2 members, got k={k}.")
@@ -116,7 +108,31 @@ def train_reward_ensemble(
 
     validate_preference_dataset(train_dataset, "train_dataset")
     validate_preference_dataset(eval_dataset, "eval_dataset")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    from ...utils.resume import OutputDirLock, check_writable
+
+    check_writable(output_dir)  # before any training: a read-only directory fails now, not after the first member
+    with OutputDirLock(output_dir, "reward-ensemble training"):  # a second writer is refused while this one runs
+        return _train_members(model, train_dataset, args, k, processing_class, peft_config, bootstrap, seeds,
+                              output_dir, lora_last_layers, eval_dataset, calibration_size, penalty, coef, callbacks,
+                              quantization_config, progress)
+
+
+MEMBER_KIND = "ensemble_member"
+
+
+def _train_members(model, train_dataset, args, k, processing_class, peft_config, bootstrap, seeds, output_dir,
+                   lora_last_layers, eval_dataset, calibration_size, penalty, coef, callbacks, quantization_config,
+                   progress) -> RewardEnsemble:  # fmt: skip
+    import numpy as np
+    from transformers import AutoConfig, AutoTokenizer
+    from trl import RewardTrainer
+
+    from ...utils.finite import NonFiniteGuardMixin
+    from ...utils.offline import NoTelemetryMixin
+    from ...utils.progress import progress_bar
+
+    class GuardedRewardTrainer(NoTelemetryMixin, NonFiniteGuardMixin, RewardTrainer):
+        """TRL's RewardTrainer with the package's non-finite guard (utils.finite; action: ``error``)."""
 
     if not isinstance(model, (str, os.PathLike)):
         if processing_class is None:
@@ -139,13 +155,14 @@ def train_reward_ensemble(
         peft_config.layers_to_transform = list(range(num_layers - lora_last_layers, num_layers))
 
     from ...utils.atomic import atomic_write_json, fsync_tree, kill_point
-    from ...utils.fingerprint import settings_fingerprint
+    from ...utils.fingerprint import model_identity, settings_fingerprint
+    from ...utils.resume import invalidate, read_manifest, verify, write_manifest
 
     # The manifest is written last (after calibration): remove a stale one first, so an interrupted rerun never
     # leaves a directory that loads as a finished ensemble.
     (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
     shared_settings = settings_fingerprint(
-        model=model_path, layout=layout, data=train_dataset, bootstrap=bootstrap, peft=peft_config,
+        model=model_identity(model_path), layout=layout, data=train_dataset, bootstrap=bootstrap, peft=peft_config,
         learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.per_device_train_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps, max_length=getattr(args, "max_length", None),
@@ -156,18 +173,22 @@ def train_reward_ensemble(
         rel = f"member_{i}" if layout == "separate" else f"adapters/member_{i}"
         marker = output_dir / rel / MEMBER_MARKER
         settings = {**shared_settings, "seed": seed}
-        if marker.exists():  # a member finished by an earlier (interrupted) run with the same settings: reuse it
+        # a member finished by an earlier (interrupted) run with the same settings: reuse it when its manifest
+        # (utils.resume, written last) verifies by sha256 and holds these settings
+        if verify(output_dir / rel, MEMBER_KIND) is None:
             try:
                 done = json.loads(marker.read_text())
             except (OSError, json.JSONDecodeError):
                 done = {}
-            if done.get("settings") == settings:
+            if (read_manifest(output_dir / rel) or {}).get("fingerprint") == settings:
                 logger.info("Reward ensemble member %d: reusing the finished member in %s", i, output_dir / rel)
                 histories.append(done.get("metrics", {}))
                 members.append(rel)
                 pad_token_id = done.get("pad_token_id", pad_token_id)
                 continue
-            marker.unlink()
+        if (output_dir / rel).exists():
+            invalidate(output_dir / rel)
+            marker.unlink(missing_ok=True)
         member_args = dataclasses.replace(
             args, seed=seed, data_seed=seed, output_dir=str(output_dir / "runs" / f"member_{i}")
         )
@@ -196,6 +217,7 @@ def train_reward_ensemble(
         metrics = {key: v for key, v in trainer.state.log_history[-1].items() if isinstance(v, (int, float))}
         fsync_tree(output_dir / rel)
         atomic_write_json(marker, {"settings": settings, "metrics": metrics, "pad_token_id": pad_token_id})
+        write_manifest(output_dir / rel, MEMBER_KIND, fingerprint=settings)  # last: the member is complete
         kill_point(f"ensemble_member_saved:{i}")
         histories.append(metrics)
         members.append(rel)

@@ -8,6 +8,7 @@ from trl import SFTConfig
 
 from ...utils.completions import LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
 from ...utils.finite import NONFINITE_ACTION_HELP
+from ...utils.resume import RESUME_ALLOW_CHANGES_HELP, normalize_allow_changes
 
 
 @dataclass
@@ -130,6 +131,7 @@ class CEMConfig(SFTConfig):
                   "saved generations/scores of an interrupted round. False: start over (existing rounds are "
                   "overwritten)."},
     )
+    resume_allow_changes: list[str] | None = field(default=None, metadata={"help": RESUME_ALLOW_CHANGES_HELP})
     entropy_batch_size: int = field(
         default=64, metadata={"help": "Rows per forward pass when measuring the token entropy of samples."}
     )
@@ -156,6 +158,8 @@ class CEMConfig(SFTConfig):
 
         check_finite_fields(self)  # every float, the Trainer's own (max_grad_norm, adam_epsilon, ...) included
         check_nonfinite_action(self.nonfinite_action)
+
+        self.resume_allow_changes = normalize_allow_changes(self.resume_allow_changes)
 
         # types and ranges first, so a YAML list/string fails here and not inside a comparison or the Trainer
         for name in ("temperature", "temperature_end", "elite_quantile", "elite_quantile_end", "reward_threshold",

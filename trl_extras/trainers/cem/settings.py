@@ -1,10 +1,12 @@
-"""The fingerprint of a CEM run's settings (``cem_settings.json``): a resumed run must shape rounds the same way."""
+"""The fingerprint of a CEM run's settings (``cem_settings.json``, and each round's ``resume_manifest.json``): a
+resumed run must shape rounds the same way."""
 
 from __future__ import annotations
 
+ROUND_KIND = "cem_round"
 SETTINGS_FILE = "cem_settings.json"
 # CEMConfig / SFTConfig fields that do not change what a round samples, selects or trains on
-_NON_SHAPING = {"resume", "plot", "eval_num_generations", "entropy_batch_size", "log_completions",
+_NON_SHAPING = {"resume", "resume_allow_changes", "plot", "eval_num_generations", "entropy_batch_size", "log_completions",
                 "num_completions_to_print", "log_unique_prompts"}
 _TRAINING_FIELDS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -19,7 +21,7 @@ def cem_settings(args, model, reward_funcs, train_dataset, sft_dataset, peft_con
 
     from trl import SFTConfig
 
-    from ...utils.fingerprint import settings_fingerprint
+    from ...utils.fingerprint import model_identity, rewards_identity, settings_fingerprint
     from .config import CEMConfig
 
     own = {f.name for f in fields(CEMConfig)} - {f.name for f in fields(SFTConfig)} - _NON_SHAPING
@@ -29,7 +31,11 @@ def cem_settings(args, model, reward_funcs, train_dataset, sft_dataset, peft_con
         own.discard("num_rounds")
     values = {name: getattr(args, name) for name in sorted(own)}
     values.update({name: getattr(args, name, None) for name in _TRAINING_FIELDS})
-    return settings_fingerprint(
-        model=model, reward_funcs=reward_funcs, train_dataset=train_dataset, sft_dataset=sft_dataset,
-        peft_config=peft_config, **values,
+    fingerprint = settings_fingerprint(
+        train_dataset=train_dataset, sft_dataset=sft_dataset, peft_config=peft_config, **values,
     )
+    # the initial model and the rewards by content: two closures of one factory (the testbed's gold and heuristic
+    # rewards) differ, `gold` and `[gold]` are the same, a retrained model at the same path differs
+    fingerprint["model"] = model_identity(model)
+    fingerprint["reward_funcs"] = rewards_identity(reward_funcs)
+    return dict(sorted(fingerprint.items()))

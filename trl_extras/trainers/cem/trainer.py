@@ -53,7 +53,7 @@ from ...rewards.functions import RewardFunctions
 from ...utils.progress import log_line, progress_bar, quiet_replica_logs
 from .config import CEMConfig
 from .plots import plot_history
-from .settings import SETTINGS_FILE, cem_settings
+from .settings import ROUND_KIND, SETTINGS_FILE, cem_settings
 
 logger = logging.getLogger(__name__)
 
@@ -219,19 +219,29 @@ class CEMTrainer:
 
         path = self.output_dir / SETTINGS_FILE
         has_state = any(self.round_dir(r).exists() for r in range(max(self.args.num_rounds, self._finished_rounds())))
+        stored = None
         if self.args.resume and path.exists() and has_state:
-            check_fingerprint(
-                read_json(path, what="CEM settings file"), self._settings, f"The CEM state in {self.output_dir}",
+            stored = read_json(path, what="CEM settings file")
+            accepted = check_fingerprint(
+                stored, self._settings, f"The CEM state in {self.output_dir}",
                 "Use the original settings to resume, or pass --resume false (resume=False) to start over "
                 "(deletes the saved rounds), or another output_dir.",
+                allow=self.args.resume_allow_changes,
             )
+            if accepted:
+                logger.warning("Resuming CEM with changed settings accepted by resume_allow_changes: %s",
+                               sorted(accepted))
         if self._is_main:
             atomic_write_json(path, self._settings)
 
     def _finished_rounds(self) -> int:
-        """Number of consecutive rounds (from 0) whose model and metrics were saved."""
+        """Number of consecutive rounds (from 0) that are complete: their ``resume_manifest.json`` (written last,
+        after the model and metrics) lists every file with its size (the round a resume loads is then verified by
+        sha256, see `train`)."""
+        from ...utils.resume import verify
+
         r = 0
-        while (self.round_dir(r) / "metrics.json").exists() and (self.round_dir(r) / "model").exists():
+        while verify(self.round_dir(r), ROUND_KIND, hashes=False) is None:
             r += 1
         return r
 
@@ -529,13 +539,19 @@ class CEMTrainer:
             shutil.rmtree(tmp)
         barrier()
         trainer, self._round_trainer = getattr(self, "_round_trainer", None), None
-        if trainer is not None:  # the round's SFT trainer saves what it trained (gathers ZeRO-3 shards)
-            trainer.save_model(str(tmp))
-        elif self._is_main:
-            self.model.save_pretrained(str(tmp))
-        if self._is_main:
-            self.processing_class.save_pretrained(str(tmp))
-            publish_dir(tmp, path)
+        from ...utils.resume import saving
+
+        # a failed write (full disk) names the file and the disk; the round's saved generations and the earlier
+        # rounds stay, so a rerun redoes only this round's fine-tuning
+        keep = f"Round {r}'s saved generations and the earlier rounds are kept: rerun to redo this round."
+        with saving(tmp, f"round {r} model", keep_hint=keep):
+            if trainer is not None:  # the round's SFT trainer saves what it trained (gathers ZeRO-3 shards)
+                trainer.save_model(str(tmp))
+            elif self._is_main:
+                self.model.save_pretrained(str(tmp))
+            if self._is_main:
+                self.processing_class.save_pretrained(str(tmp))
+                publish_dir(tmp, path)
         barrier()
         if self._zero3 and trainer is not None:  # the trained model is sharded: sample from a whole copy of it
             self._load_round_model(r)
@@ -557,11 +573,24 @@ class CEMTrainer:
     # ------------------------------------------------------------------ main loop
     def train(self) -> list[dict]:
         """Run the rounds; returns the history (one dict of metrics per round) and writes ``cem_history.json``."""
+        import contextlib
+
+        from ...utils.resume import OutputDirLock, StopSignals, check_writable
+
+        lock = contextlib.nullcontext()
+        if self._is_main:  # before any work: a read-only output_dir fails now; a second run on it is refused
+            check_writable(self.output_dir)
+            lock = OutputDirLock(self.output_dir, "CEM run")
+        with lock, StopSignals() as stop:
+            return self._train(stop)
+
+    def _train(self, stop) -> list[dict]:
         from datasets import Dataset, load_from_disk
         from transformers import set_seed
 
         from ...utils.atomic import atomic_write_json, kill_point, read_json
         from ...utils.distributed import barrier
+        from ...utils.resume import verify, write_manifest
 
         args = self.args
         main = self._is_main
@@ -574,7 +603,14 @@ class CEMTrainer:
             for r in range(start):
                 self.history.append(read_json(self.round_dir(r) / "metrics.json", what=f"CEM round {r} metrics"))
             if start > 0:
+                problem = verify(self.round_dir(start - 1), ROUND_KIND)  # the round we continue from, by sha256
+                if problem is not None:
+                    raise ValueError(
+                        f"CEM round {start - 1} in {self.round_dir(start - 1)} is damaged ({problem}); delete that "
+                        "round directory to redo it from its saved generations, or pass --resume false."
+                    )
                 logger.info("Resuming CEM after %d finished round(s) from %s", start, self.output_dir)
+                log_line("cem", f"resuming from {self.round_dir(start - 1)}: {start} of {args.num_rounds} rounds done")
                 self._load_round_model(start - 1)
             initial = self.output_dir / "initial_eval.json"
             if initial.exists():
@@ -663,16 +699,36 @@ class CEMTrainer:
             metrics.update(self.evaluate(r))
             self.history.append(metrics)
             if main:
-                atomic_write_json(rdir / "metrics.json", metrics)  # last: marks the round finished
+                atomic_write_json(rdir / "metrics.json", metrics)
+                kill_point(f"cem_round_manifest:{r}")
+                write_manifest(rdir, ROUND_KIND, fingerprint=self._settings, step=r)  # last: the round is complete
             self._log_round(metrics)
             log_line("cem", _round_line(metrics, args.num_rounds))
             self._write_history()
             kill_point(f"cem_round_done:{r}")
+            if self._stop_requested(stop) and r + 1 < args.num_rounds:
+                stop_reason = f"stopped by {stop.requested or 'a signal to another process'} after round {r}"
+                log_line("cem", f"{stop_reason}; rounds 0..{r} are complete: rerun the same command to continue")
+                break
 
         self._write_history(stop_reason)
         self._stop_reason = stop_reason
         self.create_model_card()
         return self.history
+
+    def _stop_requested(self, stop) -> bool:
+        """SIGTERM / SIGINT seen by this process or (under several processes) any other one."""
+        requested = stop.requested is not None
+        from ...utils.distributed import is_distributed
+
+        if is_distributed():
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if requested else 0.0], device=self.args.device)
+            dist.all_reduce(flag)
+            requested = bool(flag.item() > 0)
+        return requested
 
     def _log_completions(self, columns: dict, r: int) -> None:
         """The round's rows through the shared completion log (rich table, wandb/trackio tables), step = round."""

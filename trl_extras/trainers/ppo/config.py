@@ -28,6 +28,7 @@ from ...core.kl import KL_ESTIMATORS
 from ...core.ppo import LOSS_TYPES
 from ...utils.completions import LOG_COMPLETIONS_HELP, LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
 from ...utils.finite import NONFINITE_ACTION_HELP
+from ...utils.resume import RESUME_ALLOW_CHANGES_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +305,13 @@ class PPOConfig(_BaseConfig):
     # Reliability
     nonfinite_action: str = field(default="error", metadata={"help": NONFINITE_ACTION_HELP})
 
+    # Resume
+    resume_allow_changes: list[str] | None = field(default=None, metadata={"help": RESUME_ALLOW_CHANGES_HELP})
+
     def __post_init__(self):
+        from ...utils.resume import normalize_allow_changes
+
+        self.resume_allow_changes = normalize_allow_changes(self.resume_allow_changes)
         # Types and ranges first, before anything compares them (a YAML list or string would otherwise fail deep
         # inside the Trainer or silently train nonsense).
         from ...utils.finite import check_nonfinite_action

@@ -34,11 +34,13 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import TrainerCallback
 from trl.trainer.base_trainer import _BaseTrainer
 
 from ...core.advantages import compute_gae, normalize_advantages
@@ -91,7 +93,17 @@ from ...utils.completions import CompletionLog
 from ...utils.finite import NonFiniteGuardMixin
 from ...utils.offline import NoTelemetryMixin
 from ...utils.progress import quiet_replica_logs
-from .checkpoint import PPO_STATE_FILE, VALUE_STATE_FILE, checkpoint_problem, latest_complete_checkpoint
+from .checkpoint import (
+    CHECKPOINT_KIND,
+    FIXED_ON_RESUME,
+    PPO_STATE_FILE,
+    VALUE_STATE_FILE,
+    checkpoint_problem,
+    latest_complete_checkpoint,
+    ppo_fingerprint,
+    ppo_inputs_identity,
+    rollout_buffer_file,
+)
 from .config import PPOConfig
 
 logger = logging.getLogger(__name__)
@@ -209,6 +221,12 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             raise TypeError(f"`args` must be a PPOConfig, got {type(args).__name__}.")
         set_seed(args.seed)  # PEFT and fresh value heads initialise randomly
         quiet_replica_logs()  # under accelerate launch each warning is printed once, by the main process
+        # What the run is built from, by content, before anything is loaded or moved: stored in every checkpoint, and
+        # a resume from other inputs (another reward, initial policy or reference) is refused (see `train`)
+        self._resume_inputs = ppo_inputs_identity(
+            model, reward_funcs, ref_model, value_model, peft_config, value_peft_config, train_dataset,
+            args.reward_weights,
+        )
 
         # Model kwargs shared by everything loaded from a path
         model_init_kwargs = dict(args.model_init_kwargs or {})
@@ -972,42 +990,77 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
     # DeepSpeed the engine's own checkpoint holds the value model; the PPO state file is written either way)
     # ------------------------------------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
-        """The Trainer's checkpoint plus the value model and PPO state, complete or absent: the extra files are
-        written atomically and ``ppo_state.json`` (with every file's size) is written last, as the completion marker;
-        old checkpoints are rotated out only after the new one is complete."""
+        """The Trainer's checkpoint plus the value model, the PPO state and (inside a rollout batch's epochs) that
+        batch, complete or absent (``utils.resume``): ``resume_manifest.json`` with every file's sha256, the settings
+        fingerprint and the run's lineage is written last; old checkpoints are rotated out only after the new one is
+        complete. A failed write (full disk) removes the unfinished checkpoint and names the file and the disk."""
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-        from ...utils.atomic import atomic_write_json, atomic_writer, fsync_tree, kill_point
+        from ...utils.atomic import atomic_write_json, atomic_writer, kill_point
+        from ...utils.resume import invalidate, saving, write_manifest
 
         self.check_finite_before_save()  # never write (nor rotate in) a checkpoint of NaN/inf policy or value weights
         model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name)
+        run_dir = self._get_output_dir(trial=trial)
+        output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(output_dir):
+            # a checkpoint of this step from an abandoned branch or an unfinished save: never mix its files with ours
+            invalidate(output_dir)
+            shutil.rmtree(output_dir, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         limit = self.args.save_total_limit
-        self.args.save_total_limit = None  # the Trainer would rotate before our files exist
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        if self.args.should_save:
-            run_dir = self._get_output_dir(trial=trial)
-            output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            kill_point(f"ppo_checkpoint_extras:{self.state.global_step}")
-            if not self._joint_model:
-                from safetensors.torch import save_file
+        keep = "Earlier complete checkpoints are kept: resume_from_checkpoint=True continues from the newest one."
+        with saving(output_dir, "checkpoint", keep_hint=keep):
+            self.args.save_total_limit = None  # the Trainer would rotate before our files exist
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
+            if self.args.should_save:
+                kill_point(f"ppo_checkpoint_extras:{self.state.global_step}")
+                if not self._joint_model:
+                    from safetensors.torch import save_file
 
-                value = self.accelerator.unwrap_model(self.value_model)
-                state = {n: p.detach().cpu().contiguous() for n, p in value.named_parameters() if p.requires_grad}
-                atomic_writer(os.path.join(output_dir, VALUE_STATE_FILE), lambda tmp: save_file(state, tmp))
-            fsync_tree(output_dir)
-            files = {
-                os.path.relpath(os.path.join(root, name), output_dir): os.path.getsize(os.path.join(root, name))
-                for root, _, names in os.walk(output_dir)
-                for name in names
-                if name != PPO_STATE_FILE
-            }
-            ppo_state = {"kl_coef": self.kl_ctl.value, "reward_moments": self.reward_moments.state_dict(), "files": files}
-            atomic_write_json(os.path.join(output_dir, PPO_STATE_FILE), ppo_state, indent=None)
-            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
+                    value = self.accelerator.unwrap_model(self.value_model)
+                    state = {n: p.detach().cpu().contiguous() for n, p in value.named_parameters() if p.requires_grad}
+                    atomic_writer(os.path.join(output_dir, VALUE_STATE_FILE), lambda tmp: save_file(state, tmp))
+                ppo_state = {"kl_coef": self.kl_ctl.value, "reward_moments": self.reward_moments.state_dict()}
+                atomic_write_json(os.path.join(output_dir, PPO_STATE_FILE), ppo_state, indent=None)
+            self._save_rollout_buffer(output_dir)
+            self.accelerator.wait_for_everyone()  # every process's files (RNG states, rollout batch) are written
+            if self.args.should_save:
+                kill_point(f"ppo_checkpoint_manifest:{self.state.global_step}")
+                write_manifest(
+                    output_dir, CHECKPOINT_KIND, fingerprint=self._resume_fingerprint(), step=self.state.global_step,
+                    lineage=getattr(self, "_lineage", None), extra=ppo_state,
+                )
+                rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
+
+    def _save_rollout_buffer(self, output_dir: str) -> None:
+        """Inside a rollout batch's epochs (not at its end), save the batch, its epoch permutations and its
+        normalisers (each process its own part): a resume continues this batch, as the uninterrupted run does,
+        instead of sampling another one."""
+        from ...utils.atomic import atomic_writer
+
+        args = self.args
+        position = self._step % (args.steps_per_generation * args.num_ppo_epochs)
+        if position == 0 or self._buffer is None:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        state = {
+            "step": self._step,
+            "buffer": {k: v.detach().cpu() for k, v in self._buffer.items()},
+            "epoch_perms": [p.cpu() for p in self._buffer_epoch_perms],
+            "minibatch_tokens": self._buffer_minibatch_tokens.detach().cpu(),
+            "stop_batch_updates": self._stop_batch_updates,
+            "minibatch_approx_kl": [t.detach().cpu() for t in self._minibatch_approx_kl],
+        }
+        path = os.path.join(output_dir, rollout_buffer_file(self.accelerator.process_index))
+        atomic_writer(path, lambda tmp: torch.save(state, tmp))
+
+    def _resume_fingerprint(self) -> dict:
+        return ppo_fingerprint(self.args, self._resume_inputs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The saved model is the policy (``from_pretrained``-able, or its adapter), also under DeepSpeed."""
@@ -1025,16 +1078,78 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             self.model = joint
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
-        """``Trainer.train``; ``resume_from_checkpoint=True`` resumes from the newest COMPLETE checkpoint (a run
-        killed while writing one leaves it incomplete: it is skipped with a warning), and a named checkpoint is
-        checked file by file first, so a damaged one is refused with the file named."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
-        elif resume_from_checkpoint:
-            problem = checkpoint_problem(str(resume_from_checkpoint))
-            if problem:
-                raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}")
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        """``Trainer.train`` on the resume protocol (``utils.resume``):
+
+        * before any work: the output directory must be writable, and is locked (a second run on it is refused
+          while this one runs; a lock left by a killed run is taken over);
+        * ``resume_from_checkpoint=True`` resumes the newest COMPLETE checkpoint on this run's lineage (incomplete
+          ones are skipped with a warning; later checkpoints of an abandoned branch are never picked); a named
+          checkpoint is verified file by file (sha256) first, so a damaged one is refused with the file named;
+        * the checkpoint's settings must match (``ppo_fingerprint``: config, rewards/policy/reference by content),
+          else the resume is refused naming the fields, unless listed in ``args.resume_allow_changes``; the world
+          size, batch layout and schedule length are refused even then (``FIXED_ON_RESUME``);
+        * one line says which checkpoint and step the run continues from;
+        * SIGTERM / SIGINT stop at the end of the current optimizer step with a final complete checkpoint (when
+          saving is on); a second signal stops at once.
+        """
+        import contextlib
+
+        from ...utils.progress import log_line
+        from ...utils.resume import OutputDirLock, StopSignals, check_writable, exit_with_parent, start_lineage
+
+        main = self.args.should_save
+        if self.args.world_size > 1:
+            exit_with_parent()  # workers of a killed launcher stop at their next safe point instead of running on
+        lock = contextlib.nullcontext()
+        if main:
+            check_writable(self.args.output_dir)
+            lock = OutputDirLock(self.args.output_dir, "PPO run")
+        with lock, StopSignals() as stop:
+            if resume_from_checkpoint is True:
+                resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
+            elif resume_from_checkpoint:
+                problem = checkpoint_problem(str(resume_from_checkpoint))
+                if problem:
+                    raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}")
+            self._accepted_changes = {}
+            if resume_from_checkpoint:
+                self._accepted_changes = self._check_resume_settings(str(resume_from_checkpoint))
+                step = self._global_step_from_checkpoint(resume_from_checkpoint)
+                accepted = f"; accepted changes: {sorted(self._accepted_changes)}" if self._accepted_changes else ""
+                line = f"resuming from checkpoint {resume_from_checkpoint} at step {step}{accepted}"
+                logger.info(line)
+                log_line("ppo", line)
+            self.accelerator.wait_for_everyone()  # every process chose the checkpoint before the lineage changes
+            if main:
+                self._lineage = start_lineage(self.args.output_dir, resume_from_checkpoint or None)
+            self._stop_signals = stop
+            callback = _StopAtSafePoint(self)
+            self.add_callback(callback)
+            try:
+                return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+            finally:
+                self.remove_callback(callback)
+                self._stop_signals = None
+                stopped_by = getattr(self, "_stopped_by", None)
+                self._stopped_by = None
+                if stopped_by:
+                    log_line("ppo", f"stopped by {stopped_by} at step {self.state.global_step}"
+                             + ("" if self.args.save_strategy == "no" else
+                                "; its checkpoint is complete: resume with resume_from_checkpoint=True"))
+
+    def _check_resume_settings(self, checkpoint: str) -> dict:
+        """Refuse a checkpoint made under other settings (naming the fields) unless they are accepted by
+        ``resume_allow_changes``; returns the accepted changes."""
+        from ...utils.fingerprint import check_fingerprint
+        from ...utils.resume import read_manifest
+
+        stored = (read_manifest(checkpoint) or {}).get("fingerprint")
+        return check_fingerprint(
+            stored, self._resume_fingerprint(), f"Checkpoint {checkpoint}",
+            "Resume with the settings it was made with, or start a new run (another output_dir, or no "
+            "resume_from_checkpoint).",
+            allow=self.args.resume_allow_changes, never_allow=FIXED_ON_RESUME,
+        )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Not called under DeepSpeed: the Trainer restores the engine (policy and value) from its own checkpoint
@@ -1067,10 +1182,34 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
 
         ppo_state = read_json(state_file, what=f"Checkpoint {checkpoint}:")
         self.kl_ctl.value = float(ppo_state["kl_coef"])
+        if "kl_coef" in getattr(self, "_accepted_changes", {}):  # a knowingly changed β starts at its new value
+            self.kl_ctl.value = float(self.args.kl_coef)
         self.reward_moments.load_state_dict(ppo_state["reward_moments"])
-        # resume at the right place of the rollout cycle; the batch itself is sampled afresh
+        # resume at the right place of the rollout cycle, inside the same rollout batch when it was saved there
         self._step = self._global_step_from_checkpoint(checkpoint) * self.args.gradient_accumulation_steps
         self._buffer = None
+        self._load_rollout_buffer(checkpoint)
+
+    def _load_rollout_buffer(self, checkpoint: str) -> None:
+        args = self.args
+        position = self._step % (args.steps_per_generation * args.num_ppo_epochs)
+        path = os.path.join(checkpoint, rollout_buffer_file(self.accelerator.process_index))
+        if position == 0:
+            return  # a rollout boundary: the next step samples a new batch, as the uninterrupted run does
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"Checkpoint {checkpoint} was saved inside a rollout batch's epochs (step {self._step} of a "
+                f"{args.steps_per_generation * args.num_ppo_epochs}-step cycle) but has no {os.path.basename(path)}: "
+                "it was written by an older version that re-sampled the batch on resume. Resume from a checkpoint "
+                "at a rollout boundary, or start over."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        device = self.accelerator.device
+        self._buffer = {k: v.to(device) for k, v in state["buffer"].items()}
+        self._buffer_epoch_perms = list(state["epoch_perms"])
+        self._buffer_minibatch_tokens = state["minibatch_tokens"].to(device)
+        self._stop_batch_updates = bool(state["stop_batch_updates"])
+        self._minibatch_approx_kl = [t.to(device) for t in state["minibatch_approx_kl"]]
 
     @staticmethod
     def _global_step_from_checkpoint(path) -> int:
@@ -1078,3 +1217,28 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
 
         state_file = os.path.join(path, "trainer_state.json")
         return TrainerState.load_from_json(state_file).global_step if os.path.isfile(state_file) else 0
+
+
+class _StopAtSafePoint(TrainerCallback):
+    """SIGTERM / SIGINT (``utils.resume.StopSignals``) end training after the current optimizer step: the Trainer then
+    saves a final checkpoint (complete, with its manifest) unless saving is off. Under several processes the request
+    is shared (any process signalled stops them all at the same step, so none waits forever in a collective)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        from ...utils.atomic import kill_point
+
+        kill_point(f"ppo_step_end:{state.global_step}")  # after an optimizer step, before its checkpoint (tests)
+        stop = self.trainer._stop_signals
+        requested = stop is not None and stop.requested is not None
+        if args.world_size > 1:
+            flag = torch.tensor([1.0 if requested else 0.0], device=self.trainer.accelerator.device)
+            requested = bool(self.trainer.accelerator.reduce(flag, reduction="sum").item() > 0)
+        if requested:
+            self.trainer._stopped_by = stop.requested if stop is not None and stop.requested else "a signal to another process"
+            control.should_training_stop = True
+            if args.save_strategy != "no":
+                control.should_save = True
+        return control
