@@ -195,7 +195,7 @@ def test_ppo_rollout_samples_softmax_over_temperature(qwen_like_path, tmp_path, 
         max_steps=1, generation_chunk_size=512, value_model_init="policy", seed=0,
     )
     with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo.trainer"):
-        trainer = PPOTrainer(qwen_like_path, _reward, args=args, train_dataset=Dataset.from_dict({"prompt": [PROMPT] * 4}))
+        trainer = PPOTrainer(qwen_like_path, _reward, args=args, train_dataset=Dataset.from_dict({"prompt": [PROMPT] * n}))
     assert not any("off-policy" in r.message for r in caplog.records)
     model = trainer.policy
     probs = _first_token_probs(model, trainer._tokenizer, PROMPT, TEMPERATURE)

@@ -686,7 +686,7 @@ def _finished_stage(path: Path, name: str, hashes: bool) -> dict | None:
 def _run_stages(config: PipelineConfig, model_args, progress: bool) -> Context:
     from ..utils.atomic import atomic_write_json
     from ..utils.fingerprint import check_fingerprint
-    from ..utils.progress import log_line, quiet_library_bars, show_bars
+    from ..utils.progress import log_line, quiet_library_bars
     from ..utils.resume import write_manifest
     from .data import pipeline_datasets
 

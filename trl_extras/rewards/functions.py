@@ -147,6 +147,9 @@ class WeightedReward(RewardSource):
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
         return self.functions(prompts, completions, **kwargs).total.tolist()
 
+    def _identity_target(self):
+        return self.functions
+
     def modules(self) -> list[torch.nn.Module]:
         return self.functions.modules()
 

@@ -117,6 +117,9 @@ class RewardModelScorer(RewardSource):
         self.config = model.config  # TRL's telemetry and utilities read `.config`
         self.name = name or (name_from_path(self.path) if self.path else _model_name(model)) or type(model).__name__
 
+    def _identity_target(self):
+        return self.path if self.path is not None else self.model  # the folder's content, or the weights
+
     def score(self, prompts, completions) -> torch.Tensor:
         return score_with_reward_model(self.model, self.processing_class, prompts, completions, self.batch_size)
 

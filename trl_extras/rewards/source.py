@@ -61,6 +61,16 @@ class RewardSource:
         """``(model, tokenizer)`` a value model may start from (an independent, trainable, merged copy), or None."""
         return None
 
+    def content_identity(self):
+        """What this source scores with, by content (settings fingerprints, ``utils.fingerprint.reward_identity``):
+        the identity of the wrapped function, path, model or ensemble, not of this wrapper."""
+        from ..utils.fingerprint import reward_identity
+
+        return reward_identity(self._identity_target())
+
+    def _identity_target(self):
+        raise NotImplementedError(f"{type(self).__name__} does not say what it wraps (_identity_target).")
+
     # GRPO and TRL utilities read `__name__`
     @property
     def __name__(self) -> str:  # noqa: A003
@@ -104,6 +114,9 @@ class FunctionReward(RewardSource):
     def __call__(self, prompts, completions, **kwargs):
         return self.fn(prompts=prompts, completions=completions, **kwargs)
 
+    def _identity_target(self):
+        return self.fn
+
     def modules(self):
         return [self.fn] if isinstance(self.fn, torch.nn.Module) else []
 
@@ -116,6 +129,9 @@ class FunctionReward(RewardSource):
 # ----------------------------------------------------------------------------------------------------------------
 class EnsembleReward(RewardSource):
     """A :class:`~trl_extras.rewards.ensemble.RewardEnsemble` behind the contract (scores its penalized reward)."""
+
+    def _identity_target(self):
+        return self.ensemble
 
     def __init__(self, ensemble, name: str | None = None):
         self.ensemble = ensemble

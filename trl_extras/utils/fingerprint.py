@@ -307,6 +307,8 @@ def reward_identity(fn):
     """The identity of a reward BY CONTENT, as a short readable string ``label@digest`` (for a collection: a list).
 
     * a path string / PathLike: the file or directory's content (:func:`path_identity`; a Hub id as it is);
+    * a reward source of the contract (``trl_extras.rewards.source.RewardSource``): its ``content_identity()``, the
+      identity of what it wraps (so ``gold`` and ``RewardFunctions([gold])`` compare equal);
     * a model (``nn.Module``): its weights (:func:`model_identity`);
     * a ``RewardEnsemble``: its saved directory's content (members, manifest, calibration) or its members' weights,
       plus the penalty and coefficient it applies when called;
@@ -332,9 +334,9 @@ def reward_identity(fn):
         return ids
     if isinstance(fn, (str, os.PathLike)):
         return path_identity(fn)
-    scorer_model = getattr(fn, "model", None)
-    if type(fn).__name__ == "RewardModelScorer" and scorer_model is not None:  # a path/model wrapped for scoring
-        return model_identity(scorer_model)
+    own = getattr(fn, "content_identity", None)  # a reward source of the contract (rewards/source.py) names its own
+    if callable(own):
+        return own()
     metadata = getattr(fn, "metadata", None)
     if isinstance(metadata, dict) and hasattr(fn, "penalty"):  # a RewardEnsemble
         directory = metadata.get("directory")

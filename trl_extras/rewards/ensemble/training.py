@@ -130,6 +130,7 @@ def _train_members(model, train_dataset, args, k, processing_class, peft_config,
     from ...utils.finite import NonFiniteGuardMixin
     from ...utils.offline import NoTelemetryMixin
     from ...utils.progress import progress_bar
+    from ..pairs import validate_preference_dataset
 
     class GuardedRewardTrainer(NoTelemetryMixin, NonFiniteGuardMixin, RewardTrainer):
         """TRL's RewardTrainer with the package's non-finite guard (utils.finite; action: ``error``)."""
