@@ -180,6 +180,7 @@ NOISE = (
     "gemm_4bit_forward",  # bitsandbytes' CPU kernel fetch at import (and its DNS lookups)
     "kernels-community",
     "Setting accelerator to CPU",  # DeepSpeed's auto-detection on a CPU machine
+    "`gradient_checkpointing` is deprecated",  # transformers 5, for a config field PPOConfig set by default
 )
 DOUBLE_WRAP = ("modify a model with PEFT for a second time", "multiple adapters")
 LOAD_REPORT = ("MISSING", "newly initialized")

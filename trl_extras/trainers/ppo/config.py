@@ -66,9 +66,11 @@ class PPOConfig(_BaseConfig):
                   "gives num_ppo_epochs x num_mini_batches optimizer steps, so the run samples "
                   "ceil(max_steps / (num_ppo_epochs * num_mini_batches)) rollout batches. -1: use num_train_epochs."},
     )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "Gradient checkpointing for the policy and value models (trades compute for memory)."},
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Gradient checkpointing for the policy and value models (trades compute for memory); off "
+                  "unless set. The deprecated alias of transformers' `activation_checkpointing`, which it mirrors "
+                  "(unset here, so that a plain config does not trigger transformers' deprecation warning)."},
     )
     bf16: bool | None = field(
         default=None,
