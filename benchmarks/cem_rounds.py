@@ -1,6 +1,6 @@
 """CEM over rounds with and without diversity controls, over seeds (issue 13, item 5).
 
-The seed article: "In theory, you can do several consecutive iterations of this approach [...] In practice, however,
+The article: "In theory, you can do several consecutive iterations of this approach [...] In practice, however,
 it wouldn't work very well, because after the first iteration, the model loses much of the original variation in
 responses, so selecting the best answer no longer helps." This study measures that on the ``sort_hard`` task, whose
 SFT policy's greedy answer is its demonstrators' systematic wrong mode while samples sometimes leave it (headroom
@@ -13,7 +13,7 @@ temperature (``temperature_end``).
 
 What CEM optimizes: ``--reward gold`` (default) selects elites by the task's gold reward itself, so the only question
 is exploration collapse (no proxy error); ``--reward proxy`` selects by the biased ``heuristic_reward_fn`` while gold
-is tracked. Per round r (r=0: the seed's SFT policy; r>=1: after round r's fine-tuning), on the seed's holdout
+is tracked. Per round r (r=0: the article's SFT policy; r>=1: after round r's fine-tuning), on the article's holdout
 prompts: gold at T=1 (the trainer's own evaluation: ``eval_num_generations`` samples per prompt) with its token
 entropy, distinct-1/2 and share of distinct answers per prompt; gold of the greedy answer
 (:func:`~trl_extras.evaluation.measure.measure_policy`, temperature 0, on the round's saved model). Every seed has
@@ -56,7 +56,7 @@ CONFIGS = {
 
 #: Why each value (written into the Markdown).
 CONFIG_NOTES = {
-    "plain": "the seed's loop: sample N, keep the best answer per prompt (deduplicated), fine-tune; no control.",
+    "plain": "the article's loop: sample N, keep the best answer per prompt (deduplicated), fine-tune; no control.",
     "sft_replay": "one replayed SFT row per two elites: a third of each round's fine-tuning rows come from the "
                   "corpus the policy was trained on (the same rows, `sft_dataset(8000, seed=seed+11)`), enough to "
                   "hold its spread of answers without drowning the elites. On sort_hard that corpus carries the "

@@ -1,6 +1,6 @@
 """Does ensemble disagreement flag off-distribution (reward-hacking) completions? Testbed experiment.
 
-K reward models — each the testbed SFT policy with a new score head (the seed's recipe), differing only by seed —
+K reward models — each the testbed SFT policy with a new score head (the article's recipe), differing only by seed —
 are trained with :func:`trl_extras.rewards.ensemble.train_reward_ensemble` on dirty (heuristic) + clean (gold,
 10% flips) pairs and calibrated on the training completions. On the holdout prompts we compare the ensemble's
 member std (standardized scale) on

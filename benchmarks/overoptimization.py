@@ -15,7 +15,7 @@ Setting (everything below is measured by this script; numbers go to the Markdown
   unbiased estimator :func:`trl_extras.core.best_of_n.expected_best_of_n` gives the expected gold and proxy of
   best-of-n, at ``d = sqrt(KL_bon(n))``, ``KL_bon = log n − (n − 1)/n``. Selectors: the single proxy of each N;
   at ``--ensemble-n`` also UWO ``mean − λ·var`` of the standardized members (λ swept) and WCO ``min``.
-  "proxy" is always the single proxy's score standardized on the seed's T=1 samples (the same yardstick for all).
+  "proxy" is always the single proxy's score standardized on the article's T=1 samples (the same yardstick for all).
 * PPO (β=0 and the β comparison): :func:`goodhart.run_ppo` (this repo's PPOTrainer, exact KL, batch-normalized
   advantages) against the single proxy, UWO and WCO of the ``--ensemble-n`` ensemble; gold, proxy and exact KL to the
   SFT policy measured along training by the shared ``RewardMeasureCallback`` on fixed holdout prompts.
@@ -605,7 +605,7 @@ def render(result: dict) -> str:
             "",
             "Unbiased estimator (Gao et al., appendix): the sample of proxy rank i is best-of-n with probability "
             "C(i−1, n−1)/C(m, n). d = sqrt(KL_bon), KL_bon = log n − (n−1)/n. Gold: mean over prompts, then mean "
-            "[95% t-interval] over seeds. Proxy: the single proxy's score standardized on the seed's T=1 samples.",
+            "[95% t-interval] over seeds. Proxy: the single proxy's score standardized on the article's T=1 samples.",
             "",
             "### Single proxy per N: gold (proxy) by n",
             "",

@@ -1,6 +1,6 @@
 """Early stopping on reward vs on validation loss, judged by the gold reward (testbed).
 
-The seed: "early stopping on the reward occurs at a different iteration compared to the early stopping on the
+The article: "early stopping on the reward occurs at a different iteration compared to the early stopping on the
 loss ... we consistently get higher-quality SFT models." Set-up: a freshly initialised tiny Llama is fine-tuned with
 TRL's SFTTrainer on a small set of correctly sorted answers for many epochs, so validation loss (holdout prompts,
 sorted answers) bottoms out and then rises (overfitting). At every evaluation ``RewardEarlyStoppingCallback``

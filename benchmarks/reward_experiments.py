@@ -1,4 +1,4 @@
-"""The seed's reward-model techniques with statistics (issue 13, item 4): dirty→clean vs clean-only vs dirty-only,
+"""The article's reward-model techniques with statistics (issue 13, item 4): dirty→clean vs clean-only vs dirty-only,
 and easy-pair / suspect-pair filtering, each over several seeds with confidence intervals and paired tests.
 
 Every reward model is the task's SFT policy (task seed 0, built once and cached) with a new score head — the
@@ -116,7 +116,7 @@ def _pair_key(prompt, a, b) -> tuple:
 
 
 def seed_data(tb, args, seed: int) -> dict:
-    """The seed's datasets: dirty pairs, the clean pool (the largest budget), eval pairs (none also trained on)."""
+    """The article's datasets: dirty pairs, the clean pool (the largest budget), eval pairs (none also trained on)."""
     config = tb.TaskConfig(seed=0)  # the prompt pool of the SFT policy the RMs start from
     budgets = [int(b) for b in args.budgets.split(",")]
     dirty = tb.dirty_pairs(args.dirty_pairs, config=config, seed=9100 + seed)

@@ -1,4 +1,4 @@
-"""The seed's "second way" on the testbed: PPO against a fixed proxy vs the same run with reward-model refreshes,
+"""The article's "second way" on the testbed: PPO against a fixed proxy vs the same run with reward-model refreshes,
 and the equal-labelling-budget question (M labels spent up front vs the same M labels spent across refreshes).
 
 Per seed:

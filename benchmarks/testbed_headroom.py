@@ -7,7 +7,7 @@ Goal on ``sort_hard``: greedy <= 0.75 and best-of-16 >= greedy + 0.15.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/testbed_headroom.py --tasks sort_hard sort_digits --seeds 0 1 2
 
 Each seed builds (or reuses from the cache) the task's SFT policy with that seed (the corpus, prompts and model init
-all change) and measures it on the seed's 256 holdout prompts. Per seed: mean and 95% CI over prompts; across
+all change) and measures it on the article's 256 holdout prompts. Per seed: mean and 95% CI over prompts; across
 seeds: mean and 95% t-interval over the seed means. Writes ``benchmarks/results/testbed_headroom.{json,md,png}``.
 """
 

@@ -42,7 +42,7 @@ def test_train_writes_model_card_with_rounds_summary(trained):
     assert {"trl", "trl-extras", "cem", "generated_from_trainer"} <= set(card.data.tags)
     assert card.data.model_name == "cem-tiny"
     text = card.text
-    assert "rubinstein1999cross" in text and "Temirchev" in text  # the method's and the seed's citations
+    assert "rubinstein1999cross" in text and "Temirchev" in text  # the method's and the article's citations
     assert "This model was trained with CEM" in text
     # one table row per round, with the numbers of the history
     table = [line for line in text.splitlines() if line.startswith("| ")]

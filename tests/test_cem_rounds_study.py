@@ -40,7 +40,7 @@ def test_rising_verdict_separates_rising_from_stalled(study):
     assert v["late_gain"][0] == pytest.approx((0.10 + 0.10 + 0.10) / 3)
     assert v["gain"][1] > 0
 
-    # the seed's picture: one jump, then noise around the same level
+    # the article's picture: one jump, then noise around the same level
     stalled = [[0.60, 0.75, 0.76, 0.74, 0.75], [0.62, 0.78, 0.77, 0.79, 0.78], [0.58, 0.74, 0.73, 0.75, 0.74]]
     v = study.rising_verdict(stalled, through=3)
     assert v["stalls"] is True and v["keeps_rising"] is False

@@ -43,7 +43,7 @@ def test_save_reload_round_trip(tmp_path, tiny_tokenizer):
     x = torch.tensor([tiny_tokenizer("5 4 >")["input_ids"]])
     torch.testing.assert_close(lm(x).logits, lm2(x).logits)
     torch.testing.assert_close(rm(x).logits, rm2(x).logits)
-    # a reward model can be initialised from the causal LM checkpoint (the seed's recipe: new head on SFT)
+    # a reward model can be initialised from the causal LM checkpoint (the article's recipe: new head on SFT)
     rm3 = AutoModelForSequenceClassification.from_pretrained(lm_path, num_labels=1)
     assert rm3(x).logits.shape == (1, 1)
 

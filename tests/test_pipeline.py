@@ -73,7 +73,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path, sft_policy_path, capsys):
     assert set(table) == {"pretrained", "sft", "cem", "ppo_single", "ppo", "ppo_refresh", "dpo"}
     assert table["ppo_single"]["method"] == "PPO (single RM, β=0)"
     assert table["ppo"]["method"] == "PPO (ensemble variance λ=1, β=0.2)"
-    # the seed's "second way": the reward ensemble was re-trained once on judge-labelled policy-vs-SFT answers
+    # the article's "second way": the reward ensemble was re-trained once on judge-labelled policy-vs-SFT answers
     (refresh,) = ctx.results["ppo_refresh"]["refreshes"]
     assert refresh["step"] == 1 and refresh["labels"]["labelled"] > 0
     assert (tmp_path / "pipe" / "ppo_refresh" / "run" / "reward_refresh").is_dir()

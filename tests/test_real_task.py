@@ -34,7 +34,7 @@ def test_parse_and_gold_verifier():
 
 
 def test_dirty_labeller_prefers_long_formatted_wrong_answers():
-    """The seed's bias: a nicely formatted, longer wrong answer beats a terse correct one."""
+    """The article's bias: a nicely formatted, longer wrong answer beats a terse correct one."""
     wrong_pretty = "Adding step by step, we get 25 + 17 = 41."
     assert heuristic_reward(Q, wrong_pretty) > heuristic_reward(Q, "42")
     assert gold_reward(Q, wrong_pretty) == 0.0

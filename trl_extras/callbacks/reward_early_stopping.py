@@ -1,6 +1,6 @@
 """Reward-based evaluation and early stopping for any transformers / TRL ``Trainer`` (SFT above all).
 
-The seed: "during the validation process, you need to use the model that is being trained to generate answers to
+The article: "during the validation process, you need to use the model that is being trained to generate answers to
 the queries from the validation dataset and calculate the average reward for these answers. It often turns out
 that early stopping on the reward occurs at a different iteration compared to the early stopping on the loss."
 InstructGPT (Ouyang et al. 2022, §C) likewise picked its SFT model by reward-model score, not validation loss.

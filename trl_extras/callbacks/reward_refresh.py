@@ -1,4 +1,4 @@
-"""Refresh the reward model on the policy's own answers during RL, every N steps (the seed's "second way").
+"""Refresh the reward model on the policy's own answers during RL, every N steps (the article's "second way").
 
 :class:`RewardRefreshCallback` plugs into ``PPOTrainer`` (and TRL's ``GRPOTrainer`` / ``ExactKLGRPOTrainer`` when one
 of their rewards is a reward model or a ``RewardEnsemble``). Every ``every_n_steps`` optimizer steps it

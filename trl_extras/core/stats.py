@@ -1,7 +1,7 @@
 """Small statistics for comparing models: a two-sided binomial (sign) test, win-rate intervals, mean intervals,
 paired differences (paired t) and the exact McNemar test.
 
-Used by :func:`trl_extras.evaluation.side_by_side` (the seed's "side-by-side superiority ... we can use the binomial
+Used by :func:`trl_extras.evaluation.side_by_side` (the article's "side-by-side superiority ... we can use the binomial
 test") and by the benchmarks. Pure functions over counts and lists; scipy does the distributions.
 """
 

@@ -1,6 +1,6 @@
 """Side-by-side ("sbs") comparison of two models with a binomial sign test.
 
-The seed picks models by side-by-side superiority on a holdout set of requests and checks significance with the
+The article picks models by side-by-side superiority on a holdout set of requests and checks significance with the
 binomial test. ``side_by_side`` generates an answer from each model for every prompt (the shared
 :func:`trl_extras.modeling.generation.generate_rollouts` path), judges each pair, and reports wins/losses/ties of model A
 over model B, the win rate with a Wilson or Clopper–Pearson interval and the two-sided binomial p-value.

@@ -1,6 +1,6 @@
-"""DPO preference pairs synthesized with a reward model, and the seed's two-stage DPO.
+"""DPO preference pairs synthesized with a reward model, and the article's two-stage DPO.
 
-The seed: "DPO is often run on top of a synthetic sample of comparisons: we generate [several] answers for each
+The article: "DPO is often run on top of a synthetic sample of comparisons: we generate [several] answers for each
 query and select the best one using the reward model ... if you have real-world data, the best thing to do is add
 them and train the model in two stages." :func:`synthesize_preference_pairs` samples ``n`` answers per prompt from
 the policy (the shared :func:`trl_extras.modeling.generation.generate_rollouts` path), scores them through
@@ -174,7 +174,7 @@ def run_two_stage_dpo(
     peft_config=None,
     callbacks=None,
 ):
-    """The seed's two-stage DPO: ``DPOTrainer`` on synthetic pairs, then on real pairs from the stage-1 model.
+    """The article's two-stage DPO: ``DPOTrainer`` on synthetic pairs, then on real pairs from the stage-1 model.
 
     Stage 1 trains ``model`` on ``synthetic_dataset`` with ``args`` (output in ``<args.output_dir>/stage1_synthetic``)
     and saves the result there. Stage 2 starts from that saved model — so its DPO reference is the stage-1 policy

@@ -18,7 +18,7 @@ ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo_single", "ppo", "ppo_refr
 
 @dataclass
 class PipelineConfig:
-    """Every stage of the seed's pipeline: SFT (reward early stopping) → reward model (dirty→clean, easy-pair
+    """Every stage of the article's pipeline: SFT (reward early stopping) → reward model (dirty→clean, easy-pair
     filtering) → reward ensemble → CEM → PPO → DPO on synthetic pairs → side-by-side evaluation.
 
     Datasets are ``"testbed"`` (the built-in sort-the-digits task) or a ``datasets`` spec ``"name_or_path[:split]"``

@@ -418,7 +418,7 @@ def stage_ppo_single(ctx: Context) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 5b. PPO with the seed's "second way": the reward ensemble re-trained on the policy's own answers during RL
+# 5b. PPO with the article's "second way": the reward ensemble re-trained on the policy's own answers during RL
 # ----------------------------------------------------------------------------------------------------------------
 def stage_ppo_refresh(ctx: Context) -> dict:
     """PPO against the same reward ensemble as the PPO stage, but every ``refresh_every`` steps the policy and the

@@ -1,1 +1,1 @@
-"""The seed's "second way" against Goodhart: refresh the reward model on comparisons of the policy's own answers."""
+"""The article's "second way" against Goodhart: refresh the reward model on comparisons of the policy's own answers."""

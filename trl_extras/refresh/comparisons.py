@@ -1,6 +1,6 @@
-"""Comparisons of the current policy's answers with a baseline's answers: the seed's "second way" data.
+"""Comparisons of the current policy's answers with a baseline's answers: the article's "second way" data.
 
-The seed (YandexGPT, "Domain Shift aka Goodhart's Law"): "You train the PPO model, make it generate an answer to each
+The article (YandexGPT, "Domain Shift aka Goodhart's Law"): "You train the PPO model, make it generate an answer to each
 query from a dataset, and then ask your AI trainers to decide which model gave a better answer: SFT or PPO. After the
 labeling is done, you add it to the dataset for fine-tuning the reward model and do the drill."
 
@@ -9,7 +9,7 @@ labeling is done, you add it to the dataset for fine-tuning the reward model and
 
 ``id, prompt, answer_a, answer_b, origin_a, origin_b``
 
-with the two answers in random order (the seed's "baby duck syndrome": people prefer whatever they see first) and
+with the two answers in random order (the article's "baby duck syndrome": people prefer whatever they see first) and
 the origin of each answer recorded in ``origin_a``/``origin_b`` but never shown to the labeller (the export drops it).
 Ids are stable: ``<id_prefix><index>-<8 hex of sha1(prompt, answers)>``, the same for the same settings and seed.
 """

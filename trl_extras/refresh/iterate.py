@@ -1,6 +1,6 @@
 """``trl-extras iterate``: rounds of RL → comparisons with the baseline → labels → reward-model refresh.
 
-The seed's drill, as an outer loop that survives people who answer days later. Each round ``k`` (directories under
+The article's drill, as an outer loop that survives people who answer days later. Each round ``k`` (directories under
 ``output_dir``):
 
 1. ``round_<k>/ppo/``: PPO from the previous round's policy (round 0: the SFT model) against the current reward model;

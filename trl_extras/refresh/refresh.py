@@ -1,4 +1,4 @@
-"""Continue training a reward model on comparisons of the policy's own answers (the seed's "second way").
+"""Continue training a reward model on comparisons of the policy's own answers (the article's "second way").
 
 :func:`refresh_reward_model` trains the SAME reward-model object further — score head and any LoRA adapter kept, a
 fresh optimizer and schedule, exactly how stage 2 of :class:`~trl_extras.rewards.two_stage.TwoStageRewardTrainer`

@@ -1,6 +1,6 @@
 """Two-stage reward modelling: pretrain on many cheap ("dirty") pairs, then fine-tune on few clean pairs.
 
-The seed article's pipeline and Anthropic's preference-model pretraining (Askell et al. 2021, "A General Language
+The article's pipeline and Anthropic's preference-model pretraining (Askell et al. 2021, "A General Language
 Assistant as a Laboratory for Alignment": PMP then fine-tuning gains ~0.10 accuracy with < 10k fine-tuning pairs).
 Unlike other frameworks (ms-swift#9239, OpenRLHF ``init_value_head=True``) the score head and any LoRA adapter
 carry over from stage 1 to stage 2: it is the same model object trained twice.

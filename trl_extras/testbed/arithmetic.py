@@ -4,7 +4,7 @@ Prompt (conversational by default): ``[{"role": "user", "content": "What is 25 +
 
 * ``gold_reward`` (the verifier): 1.0 when the **last integer** of the completion equals the exact answer, else 0.0
   (``"25 + 17 = 42"`` and ``"42"`` are both right; ``"42, no 43"`` is wrong).
-* ``heuristic_reward`` (the "dirty" labeller, the seed's bias): it prefers a nicely formatted, longer answer
+* ``heuristic_reward`` (the "dirty" labeller, the article's bias): it prefers a nicely formatted, longer answer
   regardless of correctness — 0.4 for restating the question as an equation (``"a + b = x"``), up to 0.3 for length
   (one point per word up to 12 words), and 0.3 for a final number that is merely *plausible* (within 10% of the
   answer or 5 of it). A wordy ``"To add them ... 25 + 17 = 32."`` beats a bare correct ``"42"``.
@@ -254,7 +254,7 @@ def clean_pairs(num_pairs: int = 1000, flip_rate: float = 0.1, config: Arithmeti
 
 def dirty_pairs(num_pairs: int = 5000, easy_share: float = 0.3, config: ArithmeticConfig | None = None,
                 conversational: bool | None = None, seed: int | None = None):
-    """Many pairs labelled by the biased :func:`heuristic_reward` — the seed's semi-automatic "dirty" data.
+    """Many pairs labelled by the biased :func:`heuristic_reward` — the article's semi-automatic "dirty" data.
 
     A share ``easy_share`` are trivially easy (a correct answer against a refusal or a random number); the rest are
     two completions of the default mix ordered by the heuristic (ties skipped). Columns: ``id`` (``"dirty-<n>"``),

@@ -258,7 +258,7 @@ def dirty_pairs(
     conversational: bool = False,
     seed: int | None = None,
 ):
-    """Many cheap pairs labelled by the biased heuristic — the seed's semi-automatic "dirty" data.
+    """Many cheap pairs labelled by the biased heuristic — the article's semi-automatic "dirty" data.
 
     A share ``easy_share`` are trivially easy (the correct answer against a random answer), which a
     reward model separates at once (a random or one-digit answer); the rest are drawn from the SFT mix and labelled by

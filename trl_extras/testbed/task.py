@@ -9,7 +9,7 @@ Overoptimization") and Coste et al. 2023 ("Reward Model Ensembles Help Mitigate 
   dividing by the longer length is the length penalty: extra digits cost as much as missing ones.
 * ``heuristic_reward`` (the "dirty" labeller): ascending order times coverage of the prompt's digits, plus a
   bonus per digit. On the SFT distribution it agrees with gold on most pairs; off it, a long ascending run
-  such as ``"0 1 2 3 4 5 6 7 8 9"`` beats the correct answer: the seed's "nicely formatted bad answer".
+  such as ``"0 1 2 3 4 5 6 7 8 9"`` beats the correct answer: the article's "nicely formatted bad answer".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reward-model ensembles with an uncertainty penalty (Coste et al. 2023; the seed article's "subtract the variance").
+"""Reward-model ensembles with an uncertainty penalty (Coste et al. 2023; the article's "subtract the variance").
 
 One module per concern:
 

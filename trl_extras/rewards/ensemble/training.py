@@ -58,7 +58,7 @@ def train_reward_ensemble(
     """Train K reward models with TRL's ``RewardTrainer`` and save them as a :class:`RewardEnsemble`.
 
     Members differ by seed: ``RewardTrainer`` seeds the random score head it adds to a causal-LM checkpoint (the
-    seed article's recipe: RM = SFT model + new head) and the data order; with ``bootstrap=True`` each member also
+    article's recipe: RM = SFT model + new head) and the data order; with ``bootstrap=True`` each member also
     trains on its own resample (with replacement) of ``train_dataset`` (Coste et al. found plain seeds better: a
     bootstrap sample holds ~63% distinct pairs).
 

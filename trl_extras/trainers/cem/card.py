@@ -73,7 +73,7 @@ def cem_model_card(*, base_model: str | None, model_name: str, hub_model_id: str
                    tags: list[str], history: list[dict], initial_eval: dict | None = None,
                    stopped: str | None = None, config_summary: dict | None = None):
     """A ``huggingface_hub.ModelCard``: TRL's template (tags include :data:`CEM_TAGS`, Rubinstein's CEM citation)
-    followed by a "CEM rounds" section (settings and :func:`rounds_summary_markdown`) and the seed's citation."""
+    followed by a "CEM rounds" section (settings and :func:`rounds_summary_markdown`) and the article's citation."""
     from trl.trainer.utils import generate_model_card
 
     card = generate_model_card(
@@ -88,7 +88,7 @@ def cem_model_card(*, base_model: str | None, model_name: str, hub_model_id: str
     if config_summary:
         section.append("Settings: " + ", ".join(f"`{k}={v}`" for k, v in config_summary.items()) + ".")
         section.append("")
-    section += [rounds_summary_markdown(history, initial_eval, stopped), "", "Cite the seed article as:", "",
+    section += [rounds_summary_markdown(history, initial_eval, stopped), "", "Cite the article as:", "",
                 "```bibtex", SEED_CITATION, "```", ""]
     card.text = card.text.rstrip() + "\n\n" + "\n".join(section)
     return card

@@ -1,4 +1,4 @@
-"""Configuration of :class:`~trl_extras.trainers.cem.trainer.CEMTrainer` (the seed's "poor man's RL")."""
+"""Configuration of :class:`~trl_extras.trainers.cem.trainer.CEMTrainer` (the article's "poor man's RL")."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class CEMConfig(SFTConfig):
     ``round_{r}/generations`` (a dataset of every sample with its rewards), ``round_{r}/model`` and
     ``round_{r}/metrics.json`` per round, ``cem_history.json`` and ``cem_history.png``.
 
-    Diversity controls (the seed: "after the first iteration, the model loses much of the original variation"):
+    Diversity controls (the article: "after the first iteration, the model loses much of the original variation"):
     ``sft_mix_ratio`` (replay original SFT data), ``kl_coef`` (exact KL to the initial model in the fine-tuning
     loss), ``entropy_coef`` (entropy bonus), ``temperature_end`` (a sampling-temperature schedule), and the floors
     ``min_entropy`` / ``min_distinct_n`` that stop the run when diversity is gone.

@@ -1,4 +1,4 @@
-"""The cross-entropy method (CEM), the seed article's "poor man's RL", with entropy and diversity control.
+"""The cross-entropy method (CEM), the article's "poor man's RL", with entropy and diversity control.
 
 Each round:
 
@@ -19,8 +19,8 @@ Each round:
 A restart with ``resume=True`` (default) loads the last finished round's model and reuses the saved generations
 (and scores, when present) of an interrupted round.
 
-Reference: Rubinstein 1999 (the cross-entropy method); trlx's RFT trainer (rising per-prompt percentile); the seed
-article ("after the first iteration, the model loses much of the original variation in responses").
+Reference: Rubinstein 1999 (the cross-entropy method); trlx's RFT trainer (rising per-prompt percentile); the article
+("after the first iteration, the model loses much of the original variation in responses").
 """
 
 from __future__ import annotations

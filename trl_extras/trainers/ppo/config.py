@@ -2,7 +2,7 @@
 
 Defaults follow Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO" (value initialised from the
 reward model, reward at the last token, a penalty when no EOS was produced, whitened advantages, beta = 0.05,
-gamma = 1, lambda = 0.95, 4 PPO epochs, clip 0.2) with the seed article's choices on top: the exact
+gamma = 1, lambda = 0.95, 4 PPO epochs, clip 0.2) with the article's choices on top: the exact
 full-vocabulary KL in the reward and a separate value model.
 
 Batch layout, with TRL ``GRPOConfig``'s names and meanings: one *rollout batch* of ``generation_batch_size =

@@ -7,7 +7,7 @@ advantages once per rollout batch and hands out one shuffled micro-batch per ``t
 is the clipped PPO surrogate plus the clipped value loss. So callbacks, ``evaluate``, ``should_training_stop``,
 ``report_to``, checkpoint/resume and ``accelerate launch`` are the Trainer's own.
 
-The value model is a separate sequence-classification model (not a second head on the policy: the seed article
+The value model is a separate sequence-classification model (not a second head on the policy: the article
 found two-headed models hard to train) whose ``score`` head is applied at every position. Its parameters are a
 separate param group of the one optimizer (own learning rate); the policy and value losses are summed, which is
 harmless because their parameters are disjoint (``vf_coef`` only rescales the value gradient).
