@@ -22,7 +22,7 @@ ALLOWED = {
     "trainers": {"core", "modeling", "rewards", "utils"},
     "callbacks": {"core", "modeling", "rewards", "evaluation", "refresh", "utils"},
     "evaluation": {"core", "modeling", "rewards", "utils"},
-    "refresh": {"core", "modeling", "rewards", "trainers", "evaluation", "testbed", "pipeline", "utils"},
+    "refresh": {"core", "modeling", "rewards", "trainers", "evaluation", "testbed", "utils"},
     "testbed": {"core", "modeling", "rewards", "utils"},
     "pipeline": {"core", "modeling", "rewards", "trainers", "callbacks", "evaluation", "refresh", "testbed", "utils"},
 }

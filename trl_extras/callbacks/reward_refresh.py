@@ -99,13 +99,13 @@ class RewardRefreshCallback(TrainerCallback):
                  processing_class=None, refresh_args=None, replay_pairs=None, max_new_tokens: int = 64,
                  temperature: float = 1.0, seed: int = 0, trainer=None):
         from ..evaluation._common import prompts_from
-        from ..refresh.labeling import _judge_fn
+        from ..refresh.labeling import judge_function
 
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}.")
         if num_pairs < 1:
             raise ValueError(f"num_pairs must be >= 1, got {num_pairs}.")
-        _judge_fn(labeler)  # fails now for something that cannot judge
+        judge_function(labeler)  # fails now for something that cannot judge
         self.labeler = labeler
         self.every_n_steps = int(every_n_steps)
         self.num_pairs = int(num_pairs)

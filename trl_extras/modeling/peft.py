@@ -31,3 +31,13 @@ def merged_copy(model, adapter_name: str | None = None):
         copied.set_adapter(active)
         copied = copied.merge_and_unload(adapter_names=[active])
     return copied
+
+
+def save_model(model, tokenizer, path) -> str:
+    """Save a (possibly PEFT) model as a standalone checkpoint with its tokenizer: adapters merged, so that later
+    stages (pipeline, iterate) load it by path. Returns the path as a string."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

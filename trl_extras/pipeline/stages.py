@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..modeling.peft import save_model  # noqa: F401  (the stages save through it; also its old home)
 from ..utils.imports import import_object  # noqa: F401  (re-exported: its old home; refresh imported it here)
 from .config import PipelineConfig
 
@@ -91,15 +92,6 @@ class Context:
         if getattr(self.model_args, "dtype", None) not in (None, "auto"):
             kwargs["dtype"] = getattr(torch, self.model_args.dtype)
         return kwargs
-
-
-def save_model(model, tokenizer, path: Path) -> str:
-    """Save a (possibly PEFT) model as a standalone checkpoint: adapters merged, so later stages load it by path."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

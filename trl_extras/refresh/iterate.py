@@ -264,7 +264,7 @@ class Iteration:
             return done["model"]
         from datasets import Dataset
 
-        from ..pipeline.stages import save_model
+        from ..modeling.peft import save_model
         from ..trainers.ppo import PPOConfig, PPOTrainer
 
         c = self.config

@@ -117,7 +117,9 @@ class RewardJudge:
     __call__ = judge
 
 
-def _judge_fn(judge):
+def judge_function(judge):
+    """The callable that labels pairs: a TRL pairwise judge's ``judge`` method, or ``judge`` itself when it is
+    callable; a ``TypeError`` otherwise (the refresh callback checks this at construction)."""
     fn = getattr(judge, "judge", None)
     if callable(fn):
         return fn
@@ -134,7 +136,7 @@ def label_comparisons(comparisons, judge, batch_size: int | None = None):
     """
     if len(comparisons) == 0:
         raise ValueError("No comparisons to label.")
-    fn = _judge_fn(judge)
+    fn = judge_function(judge)
     name = getattr(judge, "__name__", type(judge).__name__)
     prompts, a, b = list(comparisons["prompt"]), list(comparisons["answer_a"]), list(comparisons["answer_b"])
     step = batch_size or len(prompts)
