@@ -66,8 +66,10 @@ def datasets_for(script_args: PPOScriptArguments):
         train = prompt_dataset("train", cfg, conversational=conv)
         evaluation = prompt_dataset("holdout", cfg, conversational=conv) if script_args.testbed_num_eval_prompts else None
         return train, evaluation
-    from .reward_two_stage import load_pairs  # generic loader: Hub name, save_to_disk directory or data file
-    from .utils import load_eval_split
+    from .utils import (
+        load_eval_split,
+        load_pairs,  # generic loader: Hub name, save_to_disk directory or data file
+    )
 
     train = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
     evaluation = load_eval_split(script_args.dataset_name, script_args.dataset_config, script_args.dataset_test_split)
@@ -79,14 +81,15 @@ def main(argv=None) -> int:
 
     from ..rewards.source import load_reward
     from ..trainers.ppo import PPOConfig, PPOTrainer
-    from .reward_two_stage import resolve_model, resume_arg
     from .utils import (
         check_reward_weights,
         deprecated_reward_flags,
         parse_args,
         require,
+        resolve_model,
         resolve_model_name,
         resolve_reward_funcs,
+        resume_arg,
         save_evaluate_report,
         testbed_asked,
     )

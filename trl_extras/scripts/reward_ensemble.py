@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .reward_two_stage import TESTBED, RewardScriptArguments, resolve_model, testbed_datasets, train_and_eval_datasets
+from .reward_two_stage import TESTBED, RewardScriptArguments, testbed_datasets, train_and_eval_datasets
+from .utils import resolve_model
 
 
 @dataclass

@@ -18,7 +18,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .reward_two_stage import RewardScriptArguments, finish, resolve_model, train_and_eval_datasets
+from .reward_two_stage import RewardScriptArguments, finish, train_and_eval_datasets
+from .utils import resolve_model
 
 
 @dataclass

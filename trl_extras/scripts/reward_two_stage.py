@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from trl import ScriptArguments
 
+from .utils import load_pairs, resolve_model, resume_arg  # noqa: F401  (shared with the other commands)
+
 TESTBED = "testbed"
 
 
@@ -46,13 +48,6 @@ class TwoStageScriptArguments(RewardScriptArguments):
     )
     pretrain_dataset_config: str | None = field(default=None, metadata={"help": "Config name of the stage-1 dataset."})
     pretrain_dataset_split: str = field(default="train", metadata={"help": "Split of the stage-1 dataset."})
-
-
-def load_pairs(name: str, config: str | None = None, split: str | None = "train"):
-    """A preference dataset from a Hub name, a ``save_to_disk`` directory or a data file (split ``split``)."""
-    from .utils import load_dataset_from_spec
-
-    return load_dataset_from_spec(name, config, split)
 
 
 def testbed_datasets(script_args: RewardScriptArguments) -> dict:
@@ -93,33 +88,6 @@ def train_and_eval_datasets(script_args: RewardScriptArguments):
     evaluation = load_eval_split(name, config, script_args.dataset_test_split)
     validate_preference_dataset(evaluation, f"--dataset_name {name!r} (split {script_args.dataset_test_split!r})")
     return train, evaluation
-
-
-def resolve_model(model_args, training_args, testbed: bool = True, prog: str = "") -> str:
-    """Model path (the testbed SFT policy for 'testbed'/unset, SmolLM2 for 'testbed:smollm2') and TRL-style
-    ``model_init_kwargs``. Unset on the user's own data (``testbed`` False) is an error naming the flag."""
-    from .utils import require, resolve_model_name
-
-    name = model_args.model_name_or_path
-    if name in (None, ""):
-        # the testbed's policy stands in only for a testbed run (``testbed``: see scripts.utils.testbed_asked)
-        name = TESTBED if testbed else require(name, "--model_name_or_path", prog, "the model to train")
-    name = resolve_model_name(name, "--model_name_or_path")  # testbed / testbed:smollm2 -> their cached paths
-    kwargs = dict(
-        revision=model_args.model_revision,
-        attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype,
-    )
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    training_args.model_init_kwargs = {**kwargs, **(training_args.model_init_kwargs or {})}
-    return name
-
-
-def resume_arg(value):
-    """TrainingArguments keeps ``resume_from_checkpoint`` as a string: 'true' means the latest checkpoint."""
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
-        return True
-    return value or None
 
 
 def finish(trainer, script_args, training_args, extra: dict) -> dict:

@@ -404,3 +404,33 @@ def summary_lines(metrics: dict, output_dir: str, metrics_path: str | None = Non
     if metrics_path:
         lines.append(f"Metrics saved to {metrics_path}")
     return lines
+
+
+def load_pairs(name: str, config: str | None = None, split: str | None = "train"):
+    """A preference dataset from a Hub name, a ``save_to_disk`` directory or a data file (split ``split``)."""
+    return load_dataset_from_spec(name, config, split)
+
+
+def resolve_model(model_args, training_args, testbed: bool = True, prog: str = "") -> str:
+    """Model path (the testbed SFT policy for 'testbed'/unset, SmolLM2 for 'testbed:smollm2') and TRL-style
+    ``model_init_kwargs``. Unset on the user's own data (``testbed`` False) is an error naming the flag."""
+    name = model_args.model_name_or_path
+    if name in (None, ""):
+        # the testbed's policy stands in only for a testbed run (``testbed``: see testbed_asked)
+        name = "testbed" if testbed else require(name, "--model_name_or_path", prog, "the model to train")
+    name = resolve_model_name(name, "--model_name_or_path")  # testbed / testbed:smollm2 -> their cached paths
+    kwargs = dict(
+        revision=model_args.model_revision,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    training_args.model_init_kwargs = {**kwargs, **(training_args.model_init_kwargs or {})}
+    return name
+
+
+def resume_arg(value):
+    """TrainingArguments keeps ``resume_from_checkpoint`` as a string: 'true' means the latest checkpoint."""
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
+        return True
+    return value or None
