@@ -15,6 +15,7 @@ from trl_extras.modeling import (
     REFERENCE_ADAPTER,
     adapter_is_identity,
     is_peft_model,
+    reference_adapter_hidden,
     reference_context,
     resolve_reference,
 )
@@ -79,11 +80,16 @@ def test_reference_adapter_is_a_frozen_unsaved_copy(tiny_paths, tmp_path):
     with reference_context(model):
         pass
     assert _trainable(model) == 0
-    # save_pretrained writes the user's adapter only
-    model.save_pretrained(tmp_path / "saved")
+    # save_pretrained is PEFT's own (no instance attribute shadows it) and saves every adapter; the trainers save
+    # through reference_adapter_hidden, which writes the user's adapter only and puts "ref" back
+    assert "save_pretrained" not in vars(model)
+    model.save_pretrained(tmp_path / "all")
+    assert (tmp_path / "all" / REFERENCE_ADAPTER / "adapter_model.safetensors").exists()
+    with reference_adapter_hidden(model):
+        model.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "adapter_model.safetensors").exists()
     assert not (tmp_path / "saved" / REFERENCE_ADAPTER).exists()
-    assert model.active_adapter == "default"
+    assert REFERENCE_ADAPTER in model.peft_config and model.active_adapter == "default"
 
 
 def test_fresh_adapter_reference_is_the_disabled_base(tiny_paths):

@@ -6,6 +6,7 @@ from .reference import (
     REFERENCE_ADAPTER,
     adapter_is_identity,
     add_reference_adapter,
+    reference_adapter_hidden,
     reference_context,
     resolve_reference,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "add_reference_adapter",
     "is_peft_model",
     "merged_copy",
+    "reference_adapter_hidden",
     "reference_context",
     "resolve_reference",
 ]

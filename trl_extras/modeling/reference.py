@@ -18,7 +18,6 @@ the reference lives inside the policy (``ref_model=None``).
 
 from __future__ import annotations
 
-import types
 from contextlib import contextmanager
 
 from .peft import is_peft_model
@@ -62,11 +61,21 @@ def adapter_is_identity(model, adapter_name: str | None = None) -> bool:
     return found_b
 
 
-def _save_pretrained_without_reference(self, save_directory, *args, selected_adapters=None, **kwargs):
-    """``PeftModel.save_pretrained`` that leaves out the frozen ``"ref"`` adapter unless asked for by name."""
-    if selected_adapters is None:
-        selected_adapters = [name for name in self.peft_config if name != REFERENCE_ADAPTER]
-    return type(self).save_pretrained(self, save_directory, *args, selected_adapters=selected_adapters, **kwargs)
+@contextmanager
+def reference_adapter_hidden(model):
+    """Inside the block a PEFT ``model``'s frozen ``"ref"`` adapter is not in ``model.peft_config``, so
+    ``save_pretrained`` (which saves every configured adapter by default) writes the user's adapter only. The trainers
+    save their checkpoints and ``save_model`` through it; the model's own ``save_pretrained`` is left as PEFT made it
+    (it saves every adapter, ``"ref"`` included, unless given ``selected_adapters``). Anything else: a no-op."""
+    config = getattr(model, "peft_config", None)
+    if not is_peft_model(model) or not isinstance(config, dict) or REFERENCE_ADAPTER not in config:
+        yield model
+        return
+    ref = config.pop(REFERENCE_ADAPTER)
+    try:
+        yield model
+    finally:
+        config[REFERENCE_ADAPTER] = ref
 
 
 def add_reference_adapter(model) -> None:
@@ -74,8 +83,9 @@ def add_reference_adapter(model) -> None:
 
     The copy has the active adapter's config and weights (every parameter named ``.<active>.`` copied to
     ``.ref.``), ``requires_grad=False`` (not trained, not counted by ``print_trainable_parameters``, not in any
-    optimizer built afterwards), and ``model.save_pretrained`` leaves it out (the saved adapter is the user's
-    alone; pass ``selected_adapters`` explicitly to save it). The active adapter and every ``requires_grad`` flag
+    optimizer built afterwards). The trainers' checkpoints and ``save_model`` leave it out
+    (:func:`reference_adapter_hidden`); ``model.save_pretrained`` is PEFT's own and saves every adapter unless given
+    ``selected_adapters``. The active adapter and every ``requires_grad`` flag
     are as before. An existing ``"ref"`` adapter is kept (and frozen): it is taken to be the reference already.
     """
     import torch
@@ -112,8 +122,6 @@ def add_reference_adapter(model) -> None:
     for name, param in model.named_parameters():
         if f".{REFERENCE_ADAPTER}." in f".{name}.":
             param.requires_grad_(False)
-    # an instance attribute shadows the class method for every caller (Trainer._save, checkpoints, the user)
-    model.save_pretrained = types.MethodType(_save_pretrained_without_reference, model)
 
 
 def has_reference_adapter(model) -> bool:

@@ -33,7 +33,7 @@ from ..core.ppo import GRPO_LOSS_AGGREGATION, aggregate_loss
 from ..modeling.generation import checkpoint_generation_config_hidden
 from ..modeling.lm import exact_kl_to_reference
 from ..modeling.quantization import keep_4bit_layers_differentiable
-from ..modeling.reference import resolve_reference
+from ..modeling.reference import reference_adapter_hidden, resolve_reference
 from ..rewards.functions import check_unique_names
 from ..rewards.source import RewardSource, as_grpo_reward_funcs, place_rewards
 from ..utils.finite import NONFINITE_ACTION_HELP, NonFiniteGuardMixin
@@ -205,6 +205,11 @@ class ExactKLGRPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, GRPOTrainer):
         return self.accelerator.prepare_model(ref, evaluation_mode=True)
 
     # ---- sampling ---------------------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Checkpoints and ``save_model`` write the user's adapter, without the frozen ``"ref"`` adapter."""
+        with reference_adapter_hidden(self.accelerator.unwrap_model(self.model)):
+            super()._save(output_dir, state_dict)
+
     def _generate(self, *args, **kwargs):
         """GRPO's generation with the checkpoint's ``generation_config`` hidden (as in ``modeling.generation``): GRPO sets
         temperature/top_k/top_p/min_p/repetition_penalty itself, but transformers fills every other field it leaves

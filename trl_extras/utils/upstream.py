@@ -57,7 +57,8 @@ PRIVATE_UPSTREAM_APIS: tuple[UpstreamAPI, ...] = (
     # -- transformers: Trainer hooks overridden by PPOTrainer / TwoStageRewardTrainer
     UpstreamAPI("transformers", "Trainer._save_checkpoint", "override", "trainers/ppo/trainer.py, rewards/two_stage.py",
                 ("model", "trial")),  # fmt: skip
-    UpstreamAPI("transformers", "Trainer._save", "override", "trainers/ppo/trainer.py", ("output_dir", "state_dict")),
+    UpstreamAPI("transformers", "Trainer._save", "override", "trainers/ppo/trainer.py, trainers/exact_kl_grpo.py",
+                ("output_dir", "state_dict")),  # fmt: skip
     UpstreamAPI("transformers", "Trainer._load_from_checkpoint", "override",
                 "trainers/ppo/trainer.py, rewards/two_stage.py", ("resume_from_checkpoint", "model")),  # fmt: skip
     UpstreamAPI("transformers", "Trainer._load_optimizer_and_scheduler", "override", "trainers/ppo/trainer.py",

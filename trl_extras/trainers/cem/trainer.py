@@ -48,7 +48,7 @@ from ...modeling.prompt_checks import (
     plain_prompts_to_chat_model_message,
 )
 from ...modeling.quantization import keep_4bit_layers_differentiable
-from ...modeling.reference import resolve_reference
+from ...modeling.reference import reference_adapter_hidden, resolve_reference
 from ...rewards.functions import RewardFunctions
 from ...utils.progress import log_line, progress_bar, quiet_replica_logs
 from .config import CEMConfig
@@ -545,10 +545,11 @@ class CEMTrainer:
         # rounds stay, so a rerun redoes only this round's fine-tuning
         keep = f"Round {r}'s saved generations and the earlier rounds are kept: rerun to redo this round."
         with saving(tmp, f"round {r} model", keep_hint=keep):
-            if trainer is not None:  # the round's SFT trainer saves what it trained (gathers ZeRO-3 shards)
-                trainer.save_model(str(tmp))
-            elif self._is_main:
-                self.model.save_pretrained(str(tmp))
+            with reference_adapter_hidden(self.model):  # the user's adapter, not the frozen "ref" copy
+                if trainer is not None:  # the round's SFT trainer saves what it trained (gathers ZeRO-3 shards)
+                    trainer.save_model(str(tmp))
+                elif self._is_main:
+                    self.model.save_pretrained(str(tmp))
             if self._is_main:
                 self.processing_class.save_pretrained(str(tmp))
                 publish_dir(tmp, path)
@@ -768,7 +769,8 @@ class CEMTrainer:
         if not self._is_main:
             return
         path = output_dir or self.args.output_dir
-        self.model.save_pretrained(path)
+        with reference_adapter_hidden(self.model):  # the user's adapter, not the frozen "ref" copy
+            self.model.save_pretrained(path)
         self.processing_class.save_pretrained(path)
 
     # ------------------------------------------------------------------ model card and the Hub

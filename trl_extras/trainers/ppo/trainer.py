@@ -74,7 +74,7 @@ from ...modeling.prompt_checks import (
     plain_prompts_to_chat_model_message,
 )
 from ...modeling.quantization import keep_4bit_layers_differentiable
-from ...modeling.reference import resolve_reference
+from ...modeling.reference import reference_adapter_hidden, resolve_reference
 from ...modeling.value import (
     PolicyAndValueModel,
     TokenValueModel,
@@ -1063,9 +1063,11 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         return ppo_fingerprint(self.args, self._resume_inputs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """The saved model is the policy (``from_pretrained``-able, or its adapter), also under DeepSpeed."""
+        """The saved model is the policy (``from_pretrained``-able, or its adapter: the user's, without the frozen
+        ``"ref"`` adapter), also under DeepSpeed."""
         if not self._joint_model:
-            return super()._save(output_dir, state_dict)
+            with reference_adapter_hidden(self.policy):
+                return super()._save(output_dir, state_dict)
         # DeepSpeed hands over the state dict of PolicyAndValueModel: keep the policy's entries, unprefixed
         prefix = "policy."
         if state_dict is not None:
@@ -1073,7 +1075,8 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         joint = self.model
         self.model = joint.policy
         try:
-            super()._save(output_dir, state_dict)
+            with reference_adapter_hidden(self.policy):
+                super()._save(output_dir, state_dict)
         finally:
             self.model = joint
 
