@@ -121,6 +121,12 @@ def check_finite_state(models) -> list[str]:
     return bad
 
 
+def _finite_value(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value.detach().float().sum()))
+    return math.isfinite(float(value))
+
+
 class NonFiniteGuardMixin:
     """Mix into a ``transformers.Trainer`` subclass (first base) to guard every optimizer step (module docstring).
 
@@ -137,20 +143,16 @@ class NonFiniteGuardMixin:
         return {"model": self.accelerator.unwrap_model(self.model)}
 
     def note_loss_terms(self, **terms) -> None:
-        """Record this micro-batch's loss terms (tensors or floats) so that a non-finite loss names its source."""
-        state = self._nonfinite_state()
-        for name, value in terms.items():
-            if value is None:
-                continue
-            v = float(value.detach().float().sum()) if isinstance(value, torch.Tensor) else float(value)
-            if not math.isfinite(v) and name not in state["terms"]:
-                state["terms"].append(name)
+        """Record this micro-batch's loss terms (tensors or floats) so that a non-finite loss names its source.
+        Kept as they are (no host sync on the hot path): they are only looked at when the loss is not finite."""
+        pending = self._nonfinite_state()["pending"]
+        pending.extend((name, value) for name, value in terms.items() if value is not None)
 
     # ---- state
     def _nonfinite_state(self) -> dict:
         state = self.__dict__.get("_nonfinite")
         if state is None:
-            state = {"terms": [], "loss": None, "skips_in_row": 0, "skipped": 0, "saved_check": None}
+            state = {"terms": [], "pending": [], "loss": None, "skips_in_row": 0, "skipped": 0, "saved_check": None}
             self.__dict__["_nonfinite"] = state
         return state
 
@@ -161,12 +163,14 @@ class NonFiniteGuardMixin:
     # ---- hooks
     def training_step(self, model, inputs, num_items_in_batch=None):
         state = self._nonfinite_state()
-        before = len(state["terms"])
+        state["pending"] = []
         loss = super().training_step(model, inputs, num_items_in_batch)
         if state["loss"] is None and isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
-            named = state["terms"][before:] or state["terms"]
+            named = [name for name, v in state["pending"] if not _finite_value(v)]  # the terms, only now
+            state["terms"] += [n for n in named if n not in state["terms"]]
             source = f"loss term(s) {', '.join(named)}" if named else "the loss"
             state["loss"] = f"{source} = {float(loss.detach().float().sum())}"
+        state["pending"] = []
         return loss
 
     def _get_grad_norm(self, model, grad_norm=None):

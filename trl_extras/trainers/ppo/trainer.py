@@ -654,19 +654,29 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         """Mean of ``x`` ``(B, T)`` over the valid tokens of every process (one all-reduce of sum and count)."""
         return float(masked_mean(x.detach().float(), mask, accelerator=self.accelerator))
 
-    def _log_ratio(self, ratio: torch.Tensor, mask: torch.Tensor, metrics) -> None:
-        """``policy/ratio_mean|min|max``: the importance ratio pi/pi_old over the valid tokens of all processes (TRL's
-        GRPO logs its clip-ratio statistics the same way). At the first update of a rollout batch it is exactly 1;
-        ``log`` reports the min of the ``_min`` and the max of the ``_max`` entries of its logging window."""
-        valid = ratio[mask.bool()].float()
-        if valid.numel():
-            local = torch.stack([valid.min(), -valid.max()])
-        else:  # no valid token on this process: neutral for min/max
-            local = torch.full((2,), float("inf"), device=ratio.device)
-        extremes = self.accelerator.gather(local.reshape(1, 2).to(self.accelerator.device)).reshape(-1, 2)
-        metrics["policy/ratio_mean"].append(self._global_masked_mean(ratio, mask))
-        metrics["policy/ratio_min"].append(extremes[:, 0].min().item())
-        metrics["policy/ratio_max"].append(-extremes[:, 1].min().item())
+    def _log_update_metrics(self, metrics, mask: torch.Tensor, tensors: dict, ratio: torch.Tensor | None = None):
+        """Append each ``(B, T)`` tensor's mean over the valid tokens of ALL processes to ``metrics``, and with
+        ``ratio`` the importance ratio's global ``policy/ratio_min|max`` (TRL's GRPO logs its clip-ratio statistics
+        the same way; at the first update of a rollout batch the ratio is exactly 1; ``log`` reports the min of the
+        ``_min`` and the max of the ``_max`` entries of its window). One gather and one host sync per micro-batch
+        for all of them, not one collective per metric."""
+        valid = mask.bool()
+        zero = torch.zeros((), dtype=torch.float32, device=mask.device)
+        row = [torch.where(valid, t.detach().float(), zero).sum() for t in tensors.values()] + [valid.sum().float()]
+        if ratio is not None:
+            r = ratio[valid].float()
+            inf = torch.tensor(float("inf"), device=mask.device)
+            row += [r.min(), -r.max()] if r.numel() else [inf, inf]  # no valid token here: neutral for min/max
+        local = torch.stack(row).reshape(1, -1).to(self.accelerator.device)
+        table = (self.accelerator.gather(local) if self.accelerator.num_processes > 1 else local).double().cpu()
+        n = len(tensors)
+        totals = table[:, : n + 1].sum(0)
+        count = max(float(totals[n]), 1.0)
+        for i, key in enumerate(tensors):
+            metrics[key].append(float(totals[i]) / count)
+        if ratio is not None:
+            metrics["policy/ratio_min"].append(float(table[:, n + 1].min()))
+            metrics["policy/ratio_max"].append(-float(table[:, n + 2].min()))
 
     @torch.no_grad()
     def _rollout(self, rows: list[dict], mode: str) -> dict:
@@ -902,30 +912,31 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         vf_losses, vf_clipped = value_loss(new_values, inputs["old_values"], inputs["returns"], args.cliprange_value)
         vf_loss = self._aggregate(vf_losses, mask, inputs)
         self.note_loss_terms(value=vf_loss)  # a non-finite loss names its term (utils.finite)
-        # Update metrics are means over the valid tokens of all processes' micro-batches (not rank 0's share)
-        metrics["loss/value"].append(self._global_masked_mean(vf_losses, mask))
-        metrics["value/clipfrac"].append(self._global_masked_mean(vf_clipped.float(), mask))
+        # Update metrics: means over the valid tokens of all processes' micro-batches (not rank 0's share), reduced
+        # together once per micro-batch (_log_update_metrics)
+        update_metrics = {"loss/value": vf_losses, "value/clipfrac": vf_clipped}
 
         if not with_policy:
             # 12a. Value warm-up: the policy is frozen (no forward, so its grads stay None and AdamW skips it;
             #      under DeepSpeed the engine hands it zero gradients instead: it does not move either).
+            self._log_update_metrics(metrics, mask, update_metrics)
             return args.vf_coef * vf_loss
 
         # 13. Clipped surrogate on the ratio to the sampling policy (ratio = 1 at the first step of a batch), plus
         #     with the exact KL the direct term beta * KL_t, aggregated together.
         logratio = out["logprobs"] - inputs["old_logprobs"]
         pg_losses, pg_clipped = policy_loss(out["logprobs"], inputs["old_logprobs"], inputs["advantages"], args.cliprange)
-        metrics["policy/clipfrac"].append(self._global_masked_mean(pg_clipped.float(), mask))
-        metrics["loss/policy"].append(self._global_masked_mean(pg_losses, mask))
-        self._log_ratio(torch.exp(logratio.detach()), mask, metrics)
+        ratio = torch.exp(logratio.detach())
+        update_metrics.update({"policy/clipfrac": pg_clipped, "loss/policy": pg_losses, "policy/ratio_mean": ratio})
         per_token, direct_kl = pg_losses, None
         if with_kl:  # the penalty's direct term, with its gradient w.r.t. the current policy
             direct_kl = penalty(out["logprobs"], inputs["ref_logprobs"], exact_kl=out.get("exact_kl"))
             per_token = per_token + inputs["kl_coef"][:, None] * direct_kl
-            metrics["loss/kl"].append(self._global_masked_mean(direct_kl, mask))
+            update_metrics["loss/kl"] = direct_kl
         pg_loss = self._aggregate(per_token, mask, inputs)
         self.note_loss_terms(policy=(pg_losses.detach() * mask).sum(),
                              kl=(direct_kl.detach() * mask).sum() if with_kl else None)
+        self._log_update_metrics(metrics, mask, update_metrics, ratio=ratio)
 
         # 14. Approximate KL(old || new) (k3 on the rollout's samples), averaged over the minibatch on all
         #     processes: past `kl_early_stop_target` the rest of this rollout batch's updates are skipped (14a).
