@@ -440,3 +440,23 @@ def test_measure_policy_places_ensemble_members(tiny_paths, monkeypatch):
     assert len(m.rewards["ens"]) == 2
     device = next(policy.parameters()).device
     assert all(recorder.placed_on(member, device) for member in members)
+
+
+def test_a_weighted_sum_for_single_reward_consumers_places_and_scores_every_part(tiny_paths):
+    """sbs / sft-reward-es take one reward: several become one WeightedReward source. Its reward models are placed
+    through the contract (the callable it replaced hid them from place()) and it returns the weighted sum."""
+    from trl_extras.rewards.functions import RewardFunctions, WeightedReward
+    from trl_extras.rewards.scoring import RewardModelScorer
+    from trl_extras.scripts.utils import weighted_reward
+
+    scorer = RewardModelScorer(tiny_paths["reward"])
+    ones = lambda prompts, completions, **k: [1.0] * len(prompts)  # noqa: E731
+    combined = weighted_reward([scorer, ones], [2.0, 0.5])
+    assert isinstance(combined, WeightedReward) and combined.modules() == [scorer.model]
+    prompts, completions = ["1 2 >", "3 1 >"], [" 1 2", " 1 3"]
+    expected = [2.0 * r + 0.5 for r in scorer(prompts, completions)]
+    assert combined(prompts, completions) == pytest.approx(expected, abs=1e-5)
+    assert weighted_reward([ones]) is ones  # alone and unweighted: the reward itself
+    combined.place("meta")
+    assert all(p.device.type == "meta" for p in scorer.model.parameters())
+    assert RewardFunctions([combined]).modules() == [scorer.model]
