@@ -460,3 +460,20 @@ def test_a_weighted_sum_for_single_reward_consumers_places_and_scores_every_part
     combined.place("meta")
     assert all(p.device.type == "meta" for p in scorer.model.parameters())
     assert RewardFunctions([combined]).modules() == [scorer.model]
+
+
+def test_a_tracked_reward_may_not_share_a_name_with_an_optimized_one(tiny_paths, tmp_path):
+    """Both log as rewards/<name>/mean: a shared name would mix two rewards in one curve. The same reward optimized
+    and tracked (the testbed recipe's gold) is fine."""
+    from test_ppo import _trainer
+
+    def gold(prompts, completions, **kwargs):
+        return [0.0] * len(prompts)
+
+    def other(prompts, completions, **kwargs):
+        return [1.0] * len(prompts)
+
+    other.__name__ = "gold"
+    with pytest.raises(ValueError, match="both named 'gold' but are different rewards"):
+        _trainer(tiny_paths, tmp_path, reward_funcs=gold, log_reward_funcs=[other])
+    _trainer(tiny_paths, tmp_path, reward_funcs=gold, log_reward_funcs=[gold])

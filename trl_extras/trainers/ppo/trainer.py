@@ -82,7 +82,7 @@ from ...modeling.value import (
     gathered_for_update,
     policy_and_values,
 )
-from ...rewards.functions import RewardFunctions
+from ...rewards.functions import RewardFunctions, check_unique_names
 from ...rewards.source import (
     ValueInitUnavailable,
     is_adapter_dir,
@@ -283,6 +283,8 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             reward_names=args.reward_names,
         )
         self.log_reward_functions = RewardFunctions(log_reward_funcs) if log_reward_funcs else None
+        if self.log_reward_functions is not None:
+            self._check_tracked_names(self.reward_functions, self.log_reward_functions)
 
         # Value model
         value_model = self._build_value_model(
@@ -384,6 +386,20 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         for functions in (self.reward_functions, self.log_reward_functions):
             if functions is not None:
                 functions.place(self.accelerator.device, wrap)
+
+    @staticmethod
+    def _check_tracked_names(optimized: RewardFunctions, tracked: RewardFunctions) -> None:
+        """Optimized and tracked rewards both log as ``rewards/<name>/mean``: a name they share must be the same
+        reward (``gold`` optimized and tracked, as the testbed recipe does), never two rewards mixed in one curve."""
+        check_unique_names(tracked.names, "tracked reward")
+        mine = dict(zip(optimized.names, optimized.funcs))
+        for name, fn in zip(tracked.names, tracked.funcs):
+            if name in mine and mine[name].content_identity() != fn.content_identity():
+                raise ValueError(
+                    f"An optimized and a tracked reward are both named {name!r} but are different rewards: their "
+                    f"metrics (rewards/{name}/mean) would mix. Give them distinct names (reward_names=[...], or a "
+                    "function's __name__ / a reward model folder's last name)."
+                )
 
     def nonfinite_models(self) -> dict[str, nn.Module]:
         """What the non-finite guard checks and what a checkpoint holds: the policy and the value model."""
