@@ -78,6 +78,7 @@ class RewardEarlyStoppingCallback(TrainerCallback):
         from ..rewards.functions import RewardFunctions
 
         self.eval_prompts = prompts_from(eval_prompts, what="evaluation prompts")
+        self._answers: list | None = None  # the last evaluation's completions (the "identical answers" note)
         if patience is not None and patience < 0:
             raise ValueError(f"patience must be >= 0 or None, got {patience}")
         if threshold < 0:
@@ -168,7 +169,7 @@ class RewardEarlyStoppingCallback(TrainerCallback):
             raise ValueError("RewardEarlyStoppingCallback needs a tokenizer: pass processing_class.")
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # processors wrap their tokenizer
         check_chat_template(tokenizer, self.eval_prompts)
-        previous = getattr(self, "_answers", None)
+        previous = self._answers
         new = self._evaluate(model, tokenizer)
         if previous is not None and previous == self._answers:
             # Sampling reuses the same random numbers at every evaluation (`seed`), so a policy that moved a little

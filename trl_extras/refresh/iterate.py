@@ -169,6 +169,7 @@ class Iteration:
         self.config = config
         self.root = Path(config.output_dir)
         self.testbed = config.prompt_dataset == "testbed"
+        self.waiting: dict | None = None  # why the current round waits for people's labels (file, counts, reason)
         if not self.testbed and (config.policy_model is None or config.reward_model is None):
             raise ValueError("Outside the testbed, policy_model and reward_model are required.")
         if not self.testbed and config.labeler == "judge" and not config.judge:

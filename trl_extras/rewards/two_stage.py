@@ -177,6 +177,7 @@ class TwoStageRewardTrainer(NoTelemetryMixin, NonFiniteGuardMixin, RewardTrainer
         if not isinstance(args, TwoStageRewardConfig):
             raise TypeError(f"`args` must be a TwoStageRewardConfig, got {type(args).__name__}.")
         self._stage: int | None = None
+        self._stage2_args: TwoStageRewardConfig | None = None  # the user's args while a stage runs with its own
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         keep_4bit_layers_differentiable(self.model)  # stage evaluations run no-grad forwards between training steps
         for name, data in (("pretrain_dataset", pretrain_dataset), ("train_dataset", train_dataset),
@@ -197,7 +198,7 @@ class TwoStageRewardTrainer(NoTelemetryMixin, NonFiniteGuardMixin, RewardTrainer
 
     @property
     def _base_args(self) -> TwoStageRewardConfig:
-        return getattr(self, "_stage2_args", None) or self.args
+        return self._stage2_args or self.args
 
     def _args_for_stage(self, stage: int) -> TwoStageRewardConfig:
         base = self._base_args
@@ -261,7 +262,7 @@ class TwoStageRewardTrainer(NoTelemetryMixin, NonFiniteGuardMixin, RewardTrainer
             self.args = self._stage2_args
             self.train_dataset = self.finetune_dataset
             self._stage = None
-            del self._stage2_args
+            self._stage2_args = None
         # One history for both stages (entries are stage-prefixed, their "step" is stage-local).
         self.state.log_history = self.stage_log_history.get("stage1", []) + self.stage_log_history["stage2"]
         return output

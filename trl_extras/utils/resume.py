@@ -323,6 +323,7 @@ class OutputDirLock:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_FILE
         self.what = what
+        self._key: str | None = None  # set by acquire: the held-count key of this directory
 
     def _me(self) -> dict:
         return {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(),
@@ -386,7 +387,7 @@ class OutputDirLock:
         return self
 
     def release(self) -> None:
-        key = getattr(self, "_key", None) or str(self.path.resolve())
+        key = self._key or str(self.path.resolve())
         count = OutputDirLock._held.get(key, 0)
         if count > 1:
             OutputDirLock._held[key] = count - 1
