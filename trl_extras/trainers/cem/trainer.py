@@ -16,6 +16,11 @@ Each round:
    the optional exact KL-to-initial-model and entropy terms;
 6. save the model to ``output_dir/round_{r}/model`` and the round's metrics to ``round_{r}/metrics.json``.
 
+Each step is a method of :class:`CEMTrainer` (``_sample_round``, ``_score_round``, ``_select_round``,
+``_fine_tune_round``, ``_evaluate_round``, ``_save_round``) that fills in the round's record,
+:class:`~trl_extras.trainers.cem.round.CEMRound`; ``CEMTrainer._train`` calls them in order, and the records of a run
+are ``CEMTrainer.rounds``.
+
 A restart with ``resume=True`` (default) loads the last finished round's model and reuses the saved generations
 (and scores, when present) of an interrupted round.
 
@@ -618,7 +623,8 @@ class CEMTrainer:
             trainer = self._fine_tune_round(record)
             self._save_round_model(r, trainer)
             self._evaluate_round(record)
-            last_trainer = trainer or last_trainer
+            if trainer is not None:
+                last_trainer = trainer
             self._save_round(record, last_trainer)
             if self._stop_requested(stop) and r + 1 < args.num_rounds:
                 self._stop_reason = f"stopped by {stop.requested or 'a signal to another process'} after round {r}"
