@@ -13,7 +13,15 @@ DATASET_FIELDS = ("prompt_dataset", "eval_prompt_dataset", "sft_dataset", "dirty
                   "real_pairs_dataset")  # fmt: skip
 _DATA_AUTO = ("'testbed', your data (a Hub id, folder or file, `name[:split]`), or unset ('auto'): the testbed's "
               "when no dataset is your own, else an error naming it.")
-ALL_STAGES = ("sft", "reward", "ensemble", "cem", "ppo_single", "ppo", "ppo_refresh", "dpo", "evaluate")
+
+
+def pipeline_stages():
+    """The registered stages (``trl_extras.pipeline.stages.PIPELINE_STAGES``), in pipeline order.
+
+    Imported when called: the stages module imports this one."""
+    from .stages import PIPELINE_STAGES
+
+    return PIPELINE_STAGES
 
 
 @dataclass
@@ -28,7 +36,9 @@ class PipelineConfig:
 
     output_dir: str = field(default="outputs/pipeline", metadata={"help": "Root directory of every stage's outputs."})
     stages: list[str] = field(
-        default_factory=lambda: list(ALL_STAGES), metadata={"help": f"Stages to run, in order, from {ALL_STAGES}."}
+        default_factory=lambda: list(pipeline_stages()),
+        metadata={"help": "Stages to run, in order. Default: every registered stage "
+                  "(trl_extras.pipeline.stages.PIPELINE_STAGES) in pipeline order, sft first, evaluate last."},
     )
     overwrite: bool = field(default=False, metadata={"help": "Re-run stages whose outputs already exist."})
     resume_allow_changes: list[str] | None = field(default=None, metadata={"help": RESUME_ALLOW_CHANGES_HELP})
@@ -153,9 +163,10 @@ class PipelineConfig:
         from ..utils.resume import normalize_allow_changes
 
         self.resume_allow_changes = normalize_allow_changes(self.resume_allow_changes)
-        unknown = [s for s in self.stages if s not in ALL_STAGES]
+        known = pipeline_stages()
+        unknown = [s for s in self.stages if s not in known]
         if unknown:
-            raise ValueError(f"Unknown stages {unknown}; choose from {ALL_STAGES}.")
+            raise ValueError(f"Unknown stages {unknown}; choose from {tuple(known)}.")
         from ..utils.validation import check_number
 
         for name in ("num_eval_prompts", "num_train_prompts", "num_dirty_pairs", "num_clean_pairs", "num_sft_examples",

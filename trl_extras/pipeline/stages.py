@@ -1,5 +1,9 @@
 """The pipeline's stages. Each takes the run context, writes its models under ``<output_dir>/<stage>/`` and returns
-a JSON-able result (saved as ``result.json``; a stage with a result is skipped on the next run)."""
+a JSON-able result (saved as ``result.json``; a stage with a result is skipped on the next run).
+
+Every stage is one entry of :data:`PIPELINE_STAGES`, registered on its function with what the rest of the pipeline
+needs to know about it (see there); adding a stage is one decorated function in this file, placed where it runs.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,31 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.registry import Registry
 from ..modeling.peft import save_model  # noqa: F401  (the stages save through it; also its old home)
 from ..utils.imports import import_object  # noqa: F401  (re-exported: its old home; refresh imported it here)
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)
+
+#: The pipeline's stages in pipeline order (the default of ``PipelineConfig.stages``, which is validated against it).
+#: Each entry is the stage's function ``fn(ctx: Context) -> dict`` (its JSON-able result), registered with:
+#:
+#: - ``inputs``: the stages whose results it reads; their fingerprints are part of its own, so re-running one makes
+#:   it stale (see :func:`stage_settings`).
+#: - ``settings``: the ``PipelineConfig`` fields that shape its outputs (its fingerprint): a finished stage made under
+#:   other values is refused unless ``overwrite``. Every field is some stage's setting or in ``NON_SHAPING_SETTINGS``.
+#: - ``evaluated``: its result's ``model`` is a row of the evaluate stage's table (compared with SFT).
+#: - ``label`` (optional): that row's ``method``, a string or ``fn(config) -> str`` (default: the stage's name).
+#: - ``summary`` (optional): ``fn(result) -> str``, numbers of the finished stage for its progress line.
+#: - ``evaluates`` (optional): the stage also reads every ``evaluated`` stage (the evaluate stage).
+PIPELINE_STAGES = Registry("pipeline stage", required=("inputs", "settings", "evaluated"))
+
+# The settings every stage's outputs depend on (the start of each stage's `settings`).
+_COMMON = ("task", "seed", "max_prompt_length", "max_completion_length", "temperature", "bf16")
+#: Fields that do not shape any stage's outputs (where and which stages run, hardware); every other PipelineConfig
+#: field must be in some stage's ``settings`` (a test checks it), or changing it would silently reuse stale stages.
+NON_SHAPING_SETTINGS = ("output_dir", "stages", "overwrite", "use_cpu", "resume_allow_changes")
 
 
 @dataclass
@@ -97,6 +121,18 @@ class Context:
 # ----------------------------------------------------------------------------------------------------------------
 # 1. SFT with reward-based early stopping
 # ----------------------------------------------------------------------------------------------------------------
+def _sft_summary(result: dict) -> str:
+    if not result.get("evaluations"):
+        return ""
+    return (f"stopped at step {result.get('stopped_at_step')}, best step by reward {result.get('best_step_by_reward')}, "
+            f"by loss {result.get('best_step_by_loss')}")
+
+
+@PIPELINE_STAGES.register(
+    "sft", inputs=(), evaluated=True, label="SFT (reward ES)", summary=_sft_summary,
+    settings=(*_COMMON, "policy_model", "sft_dataset", "num_sft_examples", "eval_prompt_dataset", "sft_reward",
+              "sft_max_steps", "sft_eval_steps", "sft_learning_rate", "sft_patience", "train_batch_size"),
+)
 def stage_sft(ctx: Context) -> dict:
     """SFT on the curated data; the checkpoint is chosen by the reward of generated holdout answers."""
     from transformers import AutoTokenizer
@@ -194,6 +230,12 @@ def _reward_args(ctx: Context, output_dir: Path, epochs: float, **extra):
     )
 
 
+@PIPELINE_STAGES.register(
+    "reward", inputs=("sft",), evaluated=False,
+    settings=(*_COMMON, "reward_base_model", "dirty_pairs_dataset", "clean_pairs_dataset", "num_dirty_pairs",
+              "num_clean_pairs", "rm_learning_rate", "rm_batch_size", "rm_epochs", "rm_pretrain_epochs",
+              "drop_easiest", "num_rm_test_pairs", "rm_clean_only_baseline"),
+)
 def stage_reward(ctx: Context) -> dict:
     """Train the dirty-only RM (also the Goodhart proxy), filter its easiest pairs, then train dirty→clean."""
     from trl import RewardConfig, RewardTrainer
@@ -260,6 +302,12 @@ def _jsonable(obj):
 # ----------------------------------------------------------------------------------------------------------------
 # 3. Reward ensemble
 # ----------------------------------------------------------------------------------------------------------------
+@PIPELINE_STAGES.register(
+    "ensemble", inputs=("sft",), evaluated=False,
+    settings=(*_COMMON, "reward_base_model", "dirty_pairs_dataset", "clean_pairs_dataset", "num_dirty_pairs",
+              "num_clean_pairs", "rm_learning_rate", "rm_batch_size", "ensemble_size", "ensemble_penalty",
+              "ensemble_coef", "gold_reward"),
+)
 def stage_ensemble(ctx: Context) -> dict:
     """K reward models differing by seed (fresh heads on the SFT model), trained on the filtered dirty + clean pairs."""
     from datasets import concatenate_datasets
@@ -303,6 +351,18 @@ def load_ensemble(ctx: Context):
 # ----------------------------------------------------------------------------------------------------------------
 # 4. CEM
 # ----------------------------------------------------------------------------------------------------------------
+def _ensemble_words(cfg: PipelineConfig) -> str:
+    return f"ensemble {cfg.ensemble_penalty} λ={cfg.ensemble_coef:g}"
+
+
+@PIPELINE_STAGES.register(
+    "cem", inputs=("sft", "ensemble"), evaluated=True,
+    label=lambda cfg: f"CEM ({cfg.cem_rounds} round{'s' if cfg.cem_rounds != 1 else ''}, {_ensemble_words(cfg)})",
+    summary=lambda result: f"{len(result['history'])} rounds" if result.get("history") else "",
+    settings=(*_COMMON, "prompt_dataset", "num_train_prompts", "sft_dataset", "num_sft_examples",
+              "eval_prompt_dataset", "cem_rounds", "cem_num_generations", "cem_prompts_per_round", "cem_sft_mix_ratio",
+              "sft_learning_rate", "gold_reward", "train_batch_size"),
+)
 def stage_cem(ctx: Context) -> dict:
     from ..trainers.cem import CEMConfig, CEMTrainer
 
@@ -396,11 +456,12 @@ def _run_ppo(ctx: Context, name: str, reward, extra_callbacks=(), kl_coef: float
     return {"model": model_path, "reward": cfg.ppo_reward, "trajectory": trajectory.points if trajectory else [], "log_history": _jsonable(logs)}
 
 
-def stage_ppo(ctx: Context) -> dict:
-    reward = ctx.gold.funcs[0] if ctx.config.ppo_reward == "gold" else load_ensemble(ctx)
-    return _run_ppo(ctx, "ppo", reward)
-
-
+@PIPELINE_STAGES.register(
+    "ppo_single", inputs=("sft", "reward"), evaluated=True,
+    label=lambda cfg: f"PPO (single RM, β={cfg.ppo_single_kl_coef:g})",
+    settings=(*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps",
+              "ppo_batch_size", "ppo_learning_rate", "ppo_single_kl_coef", "gold_reward", "ppo_num_epochs"),
+)
 def stage_ppo_single(ctx: Context) -> dict:
     """PPO against one fixed reward model (the reward stage's dirty→clean RM, the value model's initialisation too)
     with β = ``ppo_single_kl_coef`` (0 by default): the over-optimization baseline the KL penalty, the ensemble
@@ -409,9 +470,30 @@ def stage_ppo_single(ctx: Context) -> dict:
     return _run_ppo(ctx, "ppo_single", rm, kl_coef=ctx.config.ppo_single_kl_coef, trajectory_proxy=rm)
 
 
+@PIPELINE_STAGES.register(
+    "ppo", inputs=("sft", "reward", "ensemble"), evaluated=True,
+    label=lambda cfg: f"PPO (gold reward, β={cfg.ppo_kl_coef:g})" if cfg.ppo_reward == "gold"
+    else f"PPO ({_ensemble_words(cfg)}, β={cfg.ppo_kl_coef:g})",
+    settings=(*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps",
+              "ppo_batch_size", "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs", "ppo_reward",
+              "ppo_trajectory_points"),
+)
+def stage_ppo(ctx: Context) -> dict:
+    reward = ctx.gold.funcs[0] if ctx.config.ppo_reward == "gold" else load_ensemble(ctx)
+    return _run_ppo(ctx, "ppo", reward)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 5b. PPO with the article's "second way": the reward ensemble re-trained on the policy's own answers during RL
 # ----------------------------------------------------------------------------------------------------------------
+@PIPELINE_STAGES.register(
+    "ppo_refresh", inputs=("sft", "reward", "ensemble"), evaluated=True,
+    label=lambda cfg: f"PPO (refreshed RM, β={cfg.ppo_kl_coef:g})",
+    settings=(*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps",
+              "ppo_batch_size", "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs",
+              "ensemble_penalty", "ensemble_coef", "refresh_every", "refresh_num_pairs", "refresh_flip_rate",
+              "rm_learning_rate", "rm_batch_size", "num_clean_pairs", "ppo_trajectory_points"),
+)
 def stage_ppo_refresh(ctx: Context) -> dict:
     """PPO against the same reward ensemble as the PPO stage, but every ``refresh_every`` steps the policy and the
     SFT model answer ``refresh_num_pairs`` fresh train prompts, the gold judge labels the pairs (with
@@ -444,6 +526,11 @@ def stage_ppo_refresh(ctx: Context) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # 6. DPO on reward-synthesized pairs, then on real pairs
 # ----------------------------------------------------------------------------------------------------------------
+@PIPELINE_STAGES.register(
+    "dpo", inputs=("sft", "ensemble"), evaluated=True, label="DPO (synthetic → real pairs)",
+    settings=(*_COMMON, "prompt_dataset", "num_train_prompts", "real_pairs_dataset", "num_clean_pairs",
+              "dpo_num_generations", "dpo_max_steps", "dpo_learning_rate", "dpo_beta", "train_batch_size"),
+)
 def stage_dpo(ctx: Context) -> dict:
     from trl import DPOConfig
 
@@ -483,6 +570,23 @@ def stage_dpo(ctx: Context) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # 7. Evaluation: every model against the SFT model
 # ----------------------------------------------------------------------------------------------------------------
+def evaluated_models(ctx: Context) -> dict[str, str]:
+    """``{row name: model path}`` of the evaluation table: the pretrained model, then every finished stage flagged
+    ``evaluated`` (SFT first), in pipeline order."""
+    models = {"pretrained": ctx.results["sft"]["base_model"]}
+    for name in PIPELINE_STAGES.names(evaluated=True):
+        if name in ctx.results:
+            models[name] = ctx.results[name]["model"]
+    return models
+
+
+@PIPELINE_STAGES.register(
+    "evaluate", inputs=("sft", "reward", "ensemble"), evaluates=True, evaluated=False,
+    summary=lambda result: (f"{len(result['table'])} models on {result.get('num_prompts')} prompts"
+                            if result.get("table") else ""),
+    settings=(*_COMMON, "eval_prompt_dataset", "num_eval_prompts", "gold_reward", "ensemble_penalty", "ensemble_coef",
+              "eval_temperature"),
+)
 def stage_evaluate(ctx: Context) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -499,10 +603,7 @@ def stage_evaluate(ctx: Context) -> dict:
     sft_path = ctx.results["sft"]["model"]
     device = "cuda" if torch.cuda.is_available() and not cfg.use_cpu else "cpu"
     sft_model = AutoModelForCausalLM.from_pretrained(sft_path, **ctx.model_init_kwargs()).to(device)
-    candidates = {"pretrained": ctx.results["sft"]["base_model"], "sft": sft_path}
-    for stage in ("cem", "ppo_single", "ppo", "ppo_refresh", "dpo"):
-        if stage in ctx.results:
-            candidates[stage] = ctx.results[stage]["model"]
+    candidates = evaluated_models(ctx)
     temperature = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
     # every model at the sampling temperature AND greedy: a gain that exists only when sampling is sharpening
     decodings = {"": temperature, "_greedy": 0.0}
@@ -544,69 +645,22 @@ def stage_evaluate(ctx: Context) -> dict:
 
 
 def method_label(stage: str, cfg: PipelineConfig) -> str:
-    """What the model of ``stage`` is, in words with its settings (the ``method`` of the evaluation table)."""
-    ensemble = f"ensemble {cfg.ensemble_penalty} λ={cfg.ensemble_coef:g}"
-    labels = {
-        "pretrained": "pretrained",
-        "sft": "SFT (reward ES)",
-        "cem": f"CEM ({cfg.cem_rounds} round{'s' if cfg.cem_rounds != 1 else ''}, {ensemble})",
-        "ppo_single": f"PPO (single RM, β={cfg.ppo_single_kl_coef:g})",
-        "ppo": f"PPO (gold reward, β={cfg.ppo_kl_coef:g})" if cfg.ppo_reward == "gold"
-        else f"PPO ({ensemble}, β={cfg.ppo_kl_coef:g})",
-        "ppo_refresh": f"PPO (refreshed RM, β={cfg.ppo_kl_coef:g})",
-        "dpo": "DPO (synthetic → real pairs)",
-    }
-    return labels.get(stage, stage)
+    """What the model of ``stage`` is, in words with its settings (the ``method`` of the evaluation table): the
+    stage's registered ``label``."""
+    if stage not in PIPELINE_STAGES:
+        return stage  # "pretrained", the starting model, is no stage
+    label = PIPELINE_STAGES.get(stage).attributes.get("label", stage)
+    return label(cfg) if callable(label) else label
 
 
-STAGES = {
-    "sft": stage_sft,
-    "reward": stage_reward,
-    "ensemble": stage_ensemble,
-    "cem": stage_cem,
-    "ppo_single": stage_ppo_single,
-    "ppo": stage_ppo,
-    "ppo_refresh": stage_ppo_refresh,
-    "dpo": stage_dpo,
-    "evaluate": stage_evaluate,
-}
-
-
-# The settings that shape each stage's outputs (besides the stages it reads, see STAGE_INPUTS); a finished stage
-# whose stored settings differ is refused (unless overwrite), never silently reused.
-_COMMON = ("task", "seed", "max_prompt_length", "max_completion_length", "temperature", "bf16")
-#: Fields that do not shape any stage's outputs (where and which stages run, hardware); every other PipelineConfig
-#: field must be in some stage's STAGE_SETTINGS (a test checks it), or changing it would silently reuse stale stages.
-NON_SHAPING_SETTINGS = ("output_dir", "stages", "overwrite", "use_cpu", "resume_allow_changes")
-STAGE_SETTINGS = {
-    "sft": (*_COMMON, "policy_model", "sft_dataset", "num_sft_examples", "eval_prompt_dataset", "sft_reward",
-            "sft_max_steps", "sft_eval_steps", "sft_learning_rate", "sft_patience", "train_batch_size"),
-    "reward": (*_COMMON, "reward_base_model", "dirty_pairs_dataset", "clean_pairs_dataset", "num_dirty_pairs",
-               "num_clean_pairs", "rm_learning_rate", "rm_batch_size", "rm_epochs", "rm_pretrain_epochs",
-               "drop_easiest", "num_rm_test_pairs", "rm_clean_only_baseline"),
-    "ensemble": (*_COMMON, "reward_base_model", "dirty_pairs_dataset", "clean_pairs_dataset", "num_dirty_pairs",
-                 "num_clean_pairs", "rm_learning_rate", "rm_batch_size", "ensemble_size", "ensemble_penalty",
-                 "ensemble_coef", "gold_reward"),
-    "cem": (*_COMMON, "prompt_dataset", "num_train_prompts", "sft_dataset", "num_sft_examples", "eval_prompt_dataset",
-            "cem_rounds", "cem_num_generations", "cem_prompts_per_round", "cem_sft_mix_ratio", "sft_learning_rate",
-            "gold_reward", "train_batch_size"),
-    "ppo": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps", "ppo_batch_size",
-            "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs", "ppo_reward", "ppo_trajectory_points"),
-    "ppo_single": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps",
-                   "ppo_batch_size", "ppo_learning_rate", "ppo_single_kl_coef", "gold_reward", "ppo_num_epochs"),
-    "ppo_refresh": (*_COMMON, "prompt_dataset", "num_train_prompts", "eval_prompt_dataset", "ppo_max_steps",
-                    "ppo_batch_size", "ppo_learning_rate", "ppo_kl_coef", "gold_reward", "ppo_num_epochs",
-                    "ensemble_penalty", "ensemble_coef", "refresh_every", "refresh_num_pairs", "refresh_flip_rate",
-                    "rm_learning_rate", "rm_batch_size", "num_clean_pairs", "ppo_trajectory_points"),
-    "dpo": (*_COMMON, "prompt_dataset", "num_train_prompts", "real_pairs_dataset", "num_clean_pairs",
-            "dpo_num_generations", "dpo_max_steps", "dpo_learning_rate", "dpo_beta", "train_batch_size"),
-    "evaluate": (*_COMMON, "eval_prompt_dataset", "num_eval_prompts", "gold_reward", "ensemble_penalty",
-                 "ensemble_coef", "eval_temperature"),
-}  # fmt: skip
-STAGE_INPUTS = {"sft": (), "reward": ("sft",), "ensemble": ("sft",), "cem": ("sft", "ensemble"),
-                "ppo": ("sft", "reward", "ensemble"), "ppo_refresh": ("sft", "reward", "ensemble"),
-                "ppo_single": ("sft", "reward"), "dpo": ("sft", "ensemble"),
-                "evaluate": ("sft", "reward", "ensemble", "cem", "ppo_single", "ppo", "ppo_refresh", "dpo")}  # fmt: skip
+def stage_inputs(name: str) -> tuple[str, ...]:
+    """The stages whose results stage ``name`` reads, in pipeline order: its ``inputs``, and every ``evaluated``
+    stage for a stage that ``evaluates`` them."""
+    entry = PIPELINE_STAGES.get(name)
+    reads = set(entry.inputs)
+    if entry.attributes.get("evaluates", False):
+        reads |= set(PIPELINE_STAGES.names(evaluated=True))
+    return tuple(n for n in PIPELINE_STAGES if n in reads)
 
 
 def stage_settings(ctx: Context, name: str) -> dict:
@@ -614,10 +668,10 @@ def stage_settings(ctx: Context, name: str) -> dict:
     finished stages it reads (so re-running an upstream stage makes its consumers stale)."""
     from ..utils.fingerprint import fingerprint_hash, settings_fingerprint
 
-    values = {field_name: getattr(ctx.config, field_name) for field_name in STAGE_SETTINGS[name]}
+    values = {field_name: getattr(ctx.config, field_name) for field_name in PIPELINE_STAGES.get(name).settings}
     if ctx.model_args is not None:
         values["model_args"] = {k: v for k, v in sorted(vars(ctx.model_args).items()) if not k.startswith("_")}
-    for upstream in STAGE_INPUTS[name]:
+    for upstream in stage_inputs(name):
         if upstream in ctx.results and "settings" in ctx.results[upstream]:
             values[f"{upstream}_stage"] = fingerprint_hash(ctx.results[upstream]["settings"])
     return settings_fingerprint(**values)
@@ -625,10 +679,8 @@ def stage_settings(ctx: Context, name: str) -> dict:
 
 def stage_summary(name: str, result: dict) -> str:
     """A few numbers of a finished stage for its one progress line (``""`` when the stage has none)."""
-    parts = []
-    if name == "sft" and result.get("evaluations"):
-        parts.append(f"stopped at step {result.get('stopped_at_step')}, best step by reward "
-                     f"{result.get('best_step_by_reward')}, by loss {result.get('best_step_by_loss')}")
+    summary = PIPELINE_STAGES.get(name).attributes.get("summary")  # the stage's own numbers first
+    parts = [summary(result)] if summary is not None else []
     if result.get("trajectory"):
         last = result["trajectory"][-1]
         parts.append(f"step {last['step']}: " + ", ".join(
@@ -636,10 +688,7 @@ def stage_summary(name: str, result: dict) -> str:
         ))
     if result.get("refreshes"):
         parts.append(f"{len(result['refreshes'])} reward-model refreshes")
-    if name == "cem" and result.get("history"):
-        parts.append(f"{len(result['history'])} rounds")
-    if name == "evaluate" and result.get("table"):
-        parts.append(f"{len(result['table'])} models on {result.get('num_prompts')} prompts")
+    parts = [part for part in parts if part]
     return (": " + "; ".join(parts)) if parts else ""
 
 
@@ -686,7 +735,7 @@ def _run_stages(config: PipelineConfig, model_args, progress: bool) -> Context:
     config.check_models()
     ctx = Context(config=config, data=pipeline_datasets(config), model_args=model_args)
     ctx.root.mkdir(parents=True, exist_ok=True)
-    for name in STAGES:  # results of earlier runs feed later stages even when not re-run
+    for name in PIPELINE_STAGES:  # results of earlier runs feed later stages even when not re-run
         # stages this run may skip are verified by content (sha256); the others only feed settings downstream. A
         # stage without a complete manifest runs again in its directory (a CEM stage resumes its complete rounds).
         result = _finished_stage(ctx.root / name, name, hashes=name in config.stages and not config.overwrite)
@@ -713,7 +762,7 @@ def _run_stages(config: PipelineConfig, model_args, progress: bool) -> Context:
         if progress:  # the start too, not only the end: in a log file a stage is otherwise silent for minutes
             log_line("pipeline", f"stage {name}: running ...")
         start = time.perf_counter()
-        result = STAGES[name](ctx)
+        result = PIPELINE_STAGES.get(name)(ctx)
         result["seconds"] = round(time.perf_counter() - start, 1)
         result["settings"] = stage_settings(ctx, name)
         ctx.results[name] = result

@@ -16,6 +16,11 @@ Each round:
    the optional exact KL-to-initial-model and entropy terms;
 6. save the model to ``output_dir/round_{r}/model`` and the round's metrics to ``round_{r}/metrics.json``.
 
+Each step is a method of :class:`CEMTrainer` (``_sample_round``, ``_score_round``, ``_select_round``,
+``_fine_tune_round``, ``_evaluate_round``, ``_save_round``) that fills in the round's record,
+:class:`~trl_extras.trainers.cem.round.CEMRound`; ``CEMTrainer._train`` calls them in order, and the records of a run
+are ``CEMTrainer.rounds``.
+
 A restart with ``resume=True`` (default) loads the last finished round's model and reuses the saved generations
 (and scores, when present) of an interrupted round.
 
@@ -53,6 +58,7 @@ from ...rewards.functions import RewardFunctions
 from ...utils.progress import log_line, progress_bar, quiet_replica_logs
 from .config import CEMConfig
 from .plots import plot_history
+from .round import CEMRound
 from .settings import ROUND_KIND, SETTINGS_FILE, cem_settings
 
 logger = logging.getLogger(__name__)
@@ -205,8 +211,12 @@ class CEMTrainer:
         self.reward_funcs = RewardFunctions(reward_funcs, reward_processing_classes, args.reward_weights).place(device)
         self.eval_reward_funcs = RewardFunctions(eval_reward_funcs).place(device) if eval_reward_funcs is not None else None
         self.output_dir = Path(args.output_dir)
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # one dict of metrics per round, the finished rounds of a resume included
+        self.rounds: list[CEMRound] = []  # the records of the rounds this `train()` ran
         self.initial_eval: dict | None = None
+        self._stop_reason: str | None = None  # why the last `train()` stopped before `num_rounds` (model card)
+        self.last_completions_table = None  # the latest round's completion table (`log_completions`)
+        self.dataset_name: str | None = None  # shown on the model card (`create_model_card(dataset_name=...)`)
 
     # ------------------------------------------------------------------ paths and persistence
     def round_dir(self, r: int) -> Path:
@@ -369,8 +379,9 @@ class CEMTrainer:
             return {}
         return {key: [v for _, part in ordered for v in part[key]] for key in ordered[0][1]}
 
-    def _score(self, columns: dict, r: int | str, saved_at: Path | None) -> dict:
-        """``columns`` plus ``reward`` (and per-function ``reward_{j}_{name}``, ``gold``) columns.
+    def _score(self, columns: dict, r: int | str, saved_at: Path | None) -> tuple[dict, dict[str, float]]:
+        """``columns`` plus ``reward`` (and per-function ``reward_{j}_{name}``, ``gold``) columns, and the mean of
+        each value the reward functions logged.
 
         Scored in the chunks they were sampled in (each process scores its own, then all are gathered), so reward
         models see the same batches whatever the number of processes."""
@@ -391,8 +402,7 @@ class CEMTrainer:
         for chunk_log in logged:
             for name, values in chunk_log.items():
                 merged.setdefault(name, []).extend(values)
-        self._reward_logs = {k: sum(v) / len(v) for k, v in merged.items()}
-        return {**columns, **scored}
+        return {**columns, **scored}, {k: sum(v) / len(v) for k, v in merged.items()}
 
     def _score_rows(self, columns: dict, r: int | str, saved_at: Path | None) -> dict:
         """Score columns of one chunk; returns the new columns and ``_logged`` (one dict of logged values)."""
@@ -426,8 +436,8 @@ class CEMTrainer:
             return None
         return quantile_schedule(r, self.args.num_rounds, start, start if end is None else end)
 
-    def _select(self, columns: dict, r: int) -> tuple[list[bool], float | None]:
-        quantile = self._quantile(r)
+    def _select(self, columns: dict, quantile: float | None) -> list[bool]:
+        """The elite mask of scored ``columns`` (``quantile``: the round's scheduled elite quantile)."""
         mask = select_elites(
             torch.tensor(columns["reward"], dtype=torch.float32),
             torch.tensor(columns["group"], dtype=torch.long),
@@ -435,7 +445,7 @@ class CEMTrainer:
             dedupe_texts=columns["completion"] if self.args.dedupe else None,
             valid=~torch.tensor(columns["empty"], dtype=torch.bool),
         )
-        return mask.tolist(), quantile
+        return mask.tolist()
 
     @staticmethod
     def _measure(columns: dict, prefix: str = "") -> dict:
@@ -494,7 +504,9 @@ class CEMTrainer:
             completions += list(mix["completion"])
         return Dataset.from_dict({"prompt": prompts, "completion": completions}), num_mix
 
-    def _fine_tune(self, dataset, r: int) -> dict:
+    def _fine_tune(self, dataset, r: int) -> tuple[dict, object]:
+        """Fine-tune on ``dataset`` with a fresh SFT trainer; returns its metrics and the trainer (it saves the
+        round's model: all processes take part under DeepSpeed)."""
         from .sft import RegularizedSFTTrainer as trainer_cls  # imports TRL's SFTTrainer
 
         round_args = copy.copy(self.args)
@@ -514,17 +526,17 @@ class CEMTrainer:
         )
         result = trainer.train()
         self.model = trainer.model
-        self._last_trainer = trainer
-        self._round_trainer = trainer  # saves this round's model (all processes take part under DeepSpeed)
         metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step)}
         for key in ("kl_to_ref", "entropy_bonus"):
             values = [h[key] for h in trainer.state.log_history if key in h]
             if values:
                 metrics[key] = float(sum(values) / len(values))
-        return metrics
+        return metrics, trainer
 
-    def _save_round_model(self, r: int) -> None:
-        """Write ``round_{r}/model`` (main process; every process calls this, and returns once it is written)."""
+    def _save_round_model(self, r: int, trainer=None) -> None:
+        """Write ``round_{r}/model`` (main process; every process calls this, and returns once it is written).
+
+        ``trainer``: the round's SFT trainer when it fine-tuned (it saves what it trained, gathering ZeRO-3 shards)."""
         from ...utils.atomic import publish_dir
         from ...utils.distributed import barrier
         from ...utils.finite import NonFiniteError, check_finite_state
@@ -538,7 +550,6 @@ class CEMTrainer:
         if self._is_main and tmp.exists():
             shutil.rmtree(tmp)
         barrier()
-        trainer, self._round_trainer = getattr(self, "_round_trainer", None), None
         from ...utils.resume import saving
 
         # a failed write (full disk) names the file and the disk; the round's saved generations and the earlier
@@ -568,7 +579,7 @@ class CEMTrainer:
         n = max(self.args.eval_num_generations, 1)
         columns = self._sample(self.eval_dataset, list(range(len(self.eval_dataset))), n, self.args.temperature,
                                desc="Evaluating", stream=("eval", round_index))
-        columns = self._score(columns, "eval", None)
+        columns, _ = self._score(columns, "eval", None)
         return self._measure(columns, prefix="eval_")
 
     # ------------------------------------------------------------------ main loop
@@ -586,136 +597,205 @@ class CEMTrainer:
             return self._train(stop)
 
     def _train(self, stop) -> list[dict]:
+        """The rounds, each sample → score → select → fine-tune → evaluate → save, after resuming finished ones."""
+        from ...utils.distributed import barrier
+
+        args = self.args
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.history, self.rounds, self._stop_reason = [], [], None
+        start = self._resume() if args.resume else self._start_over()
+        barrier()  # every process has read the state before the main process writes the next files
+        self._evaluate_initial(start)
+        last_trainer = None  # the latest round's SFT trainer: its callbacks receive the round metrics
+        for r in progress_bar(range(start, args.num_rounds), desc="CEM rounds", enabled=not args.disable_tqdm
+                              and self._is_main):
+            record = self._new_round(r)
+            self.rounds.append(record)
+            self._sample_round(record)
+            self._score_round(record)
+            self._select_round(record)
+            self._measure_round(record)
+            record.stop_reason = self._diversity_floor(record)
+            if record.stop_reason is not None:
+                self._save_stopped_round(record)
+                self._stop_reason = record.stop_reason
+                break
+            trainer = self._fine_tune_round(record)
+            self._save_round_model(r, trainer)
+            self._evaluate_round(record)
+            if trainer is not None:
+                last_trainer = trainer
+            self._save_round(record, last_trainer)
+            if self._stop_requested(stop) and r + 1 < args.num_rounds:
+                self._stop_reason = f"stopped by {stop.requested or 'a signal to another process'} after round {r}"
+                log_line("cem", f"{self._stop_reason}; rounds 0..{r} are complete: rerun the same command to continue")
+                break
+        self._write_history(self._stop_reason)
+        self.create_model_card()
+        return self.history
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self) -> int:
+        """Load the finished rounds (history, last model, initial evaluation); returns the first round to run."""
+        from ...utils.atomic import read_json
+        from ...utils.resume import verify
+
+        self._check_settings()
+        start = self._finished_rounds()
+        for r in range(start):
+            self.history.append(read_json(self.round_dir(r) / "metrics.json", what=f"CEM round {r} metrics"))
+        if start > 0:
+            problem = verify(self.round_dir(start - 1), ROUND_KIND)  # the round we continue from, by sha256
+            if problem is not None:
+                raise ValueError(
+                    f"CEM round {start - 1} in {self.round_dir(start - 1)} is damaged ({problem}); delete that "
+                    "round directory to redo it from its saved generations, or pass --resume false."
+                )
+            logger.info("Resuming CEM after %d finished round(s) from %s", start, self.output_dir)
+            log_line("cem", f"resuming from {self.round_dir(start - 1)}: {start} of {self.args.num_rounds} rounds done")
+            self._load_round_model(start - 1)
+        initial = self.output_dir / "initial_eval.json"
+        if initial.exists():
+            self.initial_eval = read_json(initial, what="CEM initial evaluation")
+        return start
+
+    def _start_over(self) -> int:
+        """``resume=False``: delete the saved rounds and initial evaluation (main process); returns round 0."""
+        r = 0
+        while self._is_main and (r < self.args.num_rounds or self.round_dir(r).exists()):
+            if self.round_dir(r).exists():
+                shutil.rmtree(self.round_dir(r))
+            r += 1
+        if self._is_main:
+            (self.output_dir / "initial_eval.json").unlink(missing_ok=True)
+        self._check_settings()
+        return 0
+
+    def _evaluate_initial(self, start: int) -> None:
+        """Evaluate the starting model once (a fresh run with eval prompts) and save it as ``initial_eval.json``."""
+        from transformers import set_seed
+
+        from ...utils.atomic import atomic_write_json
+
+        if self.initial_eval is None and self.eval_dataset is not None and start == 0:
+            set_seed(self.args.seed)
+            self.initial_eval = self.evaluate()
+            if self._is_main:
+                atomic_write_json(self.output_dir / "initial_eval.json", self.initial_eval)
+
+    # ------------------------------------------------------------------ the steps of a round
+    def _new_round(self, r: int) -> CEMRound:
+        """The empty record of round ``r`` with its scheduled temperature and quantile; creates its directory."""
+        from ...utils.distributed import barrier
+
+        record = CEMRound(index=r, directory=self.round_dir(r), quantile=self._quantile(r),
+                          temperature=_linear(self.args.temperature, self.args.temperature_end, r, self.args.num_rounds))
+        record.directory.mkdir(parents=True, exist_ok=True)
+        barrier()  # nobody looks for this round's files while the main process may be writing them
+        return record
+
+    def _sample_round(self, record: CEMRound) -> None:
+        """Sample the round's answers, or reuse the generations an interrupted run saved; saved before scoring."""
         from datasets import Dataset, load_from_disk
         from transformers import set_seed
 
-        from ...utils.atomic import atomic_write_json, kill_point, read_json
-        from ...utils.distributed import barrier
-        from ...utils.resume import verify, write_manifest
+        r, path = record.index, record.generations_path
+        set_seed(self.args.seed + 1 + r)  # per round, so a resumed run samples what an uninterrupted one would
+        if path.exists():  # an interrupted round: reuse its samples (and scores, when they were saved)
+            record.columns, record.reused = load_from_disk(str(path)).to_dict(), True
+            logger.info("Round %d: reusing %d saved generations from %s", r, len(record.columns["prompt"]), path)
+            return
+        record.columns = self._sample(self.train_dataset, self._round_prompt_rows(r), self.args.num_generations,
+                                      record.temperature, desc=f"Round {r}: sampling", stream=("round", r))
+        if self._is_main:  # a failing reward then loses no generation work
+            self._save_dataset(Dataset.from_dict(record.columns), path)
 
-        args = self.args
-        main = self._is_main
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        start = 0
-        self.history = []
-        if args.resume:
-            self._check_settings()
-            start = self._finished_rounds()
-            for r in range(start):
-                self.history.append(read_json(self.round_dir(r) / "metrics.json", what=f"CEM round {r} metrics"))
-            if start > 0:
-                problem = verify(self.round_dir(start - 1), ROUND_KIND)  # the round we continue from, by sha256
-                if problem is not None:
-                    raise ValueError(
-                        f"CEM round {start - 1} in {self.round_dir(start - 1)} is damaged ({problem}); delete that "
-                        "round directory to redo it from its saved generations, or pass --resume false."
-                    )
-                logger.info("Resuming CEM after %d finished round(s) from %s", start, self.output_dir)
-                log_line("cem", f"resuming from {self.round_dir(start - 1)}: {start} of {args.num_rounds} rounds done")
-                self._load_round_model(start - 1)
-            initial = self.output_dir / "initial_eval.json"
-            if initial.exists():
-                self.initial_eval = read_json(initial, what="CEM initial evaluation")
-        else:
-            r = 0
-            while main and (r < args.num_rounds or self.round_dir(r).exists()):
-                if self.round_dir(r).exists():
-                    shutil.rmtree(self.round_dir(r))
-                r += 1
-            if main:
-                (self.output_dir / "initial_eval.json").unlink(missing_ok=True)
-            self._check_settings()
-        barrier()  # every process has read the state before the main process writes the next files
-        if self.initial_eval is None and self.eval_dataset is not None and start == 0:
-            set_seed(args.seed)
-            self.initial_eval = self.evaluate()
-            if main:
-                atomic_write_json(self.output_dir / "initial_eval.json", self.initial_eval)
+    def _score_round(self, record: CEMRound) -> None:
+        """Add the reward columns (unless reused from a saved round) and the means of the rewards' logged values."""
+        if "reward" not in record.columns:
+            record.columns, record.reward_logs = self._score(record.columns, record.index, record.generations_path)
 
-        stop_reason = None
-        for r in progress_bar(range(start, args.num_rounds), desc="CEM rounds", enabled=not args.disable_tqdm and main):
-            rdir = self.round_dir(r)
-            rdir.mkdir(parents=True, exist_ok=True)
-            barrier()  # nobody looks for this round's files while the main process may be writing them
-            gen_path = rdir / "generations"
-            temperature = _linear(args.temperature, args.temperature_end, r, args.num_rounds)
-            columns = None
-            set_seed(args.seed + 1 + r)  # per round, so a resumed run samples what an uninterrupted one would
-            if gen_path.exists():  # an interrupted round: reuse its samples (and scores, when they were saved)
-                columns = load_from_disk(str(gen_path)).to_dict()
-                logger.info("Round %d: reusing %d saved generations from %s", r, len(columns["prompt"]), gen_path)
-            if columns is None:
-                rows = self._round_prompt_rows(r)
-                columns = self._sample(self.train_dataset, rows, args.num_generations, temperature,
-                                       desc=f"Round {r}: sampling", stream=("round", r))
-                if main:
-                    self._save_dataset(Dataset.from_dict(columns), gen_path)
-            self._reward_logs = {}
-            if "reward" not in columns:
-                columns = self._score(columns, r, gen_path)
-            quantile = self._quantile(r)
-            if "elite" not in columns:
-                columns["elite"], _ = self._select(columns, r)  # the same on every process (same rows)
-                if main:
-                    self._save_dataset(Dataset.from_dict(columns), gen_path)
-            metrics = {"round": r, "temperature": temperature, "elite_quantile": quantile}
-            metrics.update(self._measure(columns))
-            if main:
-                self._short_completions.check(metrics["completion_tokens_mean"], has_chat_template(self.processing_class))
-            metrics.update({f"reward_log/{k}": v for k, v in self._reward_logs.items()})
-            if args.log_completions and main:
-                self._log_completions(columns, r)
-            if metrics["num_empty"]:
-                logger.warning("Round %d: %d of %d answers are empty (never selected).", r, metrics["num_empty"],
-                               metrics["num_samples"])
+    def _select_round(self, record: CEMRound) -> None:
+        """Add the ``elite`` column (unless reused) and save the scored, selected generations."""
+        from datasets import Dataset
 
-            # Diversity floors: once the samples have no variety left, selection cannot improve the model.
-            if args.min_entropy is not None and metrics["entropy"] < args.min_entropy:
-                stop_reason = f"entropy {metrics['entropy']:.4f} < min_entropy {args.min_entropy}"
-            key = f"distinct_{args.distinct_n_order}"
-            if args.min_distinct_n is not None:
-                dn = metrics.get(key)
-                if dn is None:
-                    dn = grouped_distinct_n(columns["completion"], columns["group"], args.distinct_n_order)
-                    metrics[key] = dn
-                if dn < args.min_distinct_n:
-                    stop_reason = f"{key} {dn:.4f} < min_distinct_n {args.min_distinct_n}"
-            if stop_reason is not None:
-                metrics["stopped"] = stop_reason
-                logger.warning("CEM stops before fine-tuning round %d: %s", r, stop_reason)
-                self.history.append(metrics)
-                if main:
-                    atomic_write_json(rdir / "stopped.json", metrics)
-                break
+        if "elite" not in record.columns:
+            # the same on every process (same rows)
+            record.columns["elite"] = self._select(record.columns, record.quantile)
+            if self._is_main:
+                self._save_dataset(Dataset.from_dict(record.columns), record.generations_path)
 
-            dataset, num_mix = self._fine_tune_dataset(columns, r)
-            metrics["sft_mix_rows"] = num_mix
-            metrics["fine_tune_rows"] = len(dataset)
-            if metrics.get("elite_count", 0) == 0:
-                logger.warning("Round %d selected no elite (all answers empty or below the threshold); the model "
-                               "is not updated this round.", r)
-            else:
-                metrics.update(self._fine_tune(dataset, r))
-            self._save_round_model(r)
-            metrics.update(self.evaluate(r))
-            self.history.append(metrics)
-            if main:
-                atomic_write_json(rdir / "metrics.json", metrics)
-                kill_point(f"cem_round_manifest:{r}")
-                write_manifest(rdir, ROUND_KIND, fingerprint=self._settings, step=r)  # last: the round is complete
-            self._log_round(metrics)
-            log_line("cem", _round_line(metrics, args.num_rounds))
-            self._write_history()
-            kill_point(f"cem_round_done:{r}")
-            if self._stop_requested(stop) and r + 1 < args.num_rounds:
-                stop_reason = f"stopped by {stop.requested or 'a signal to another process'} after round {r}"
-                log_line("cem", f"{stop_reason}; rounds 0..{r} are complete: rerun the same command to continue")
-                break
+    def _measure_round(self, record: CEMRound) -> None:
+        """Metrics of the samples (from the saved columns, so a resume measures the same), completion log, warnings."""
+        metrics = self._measure(record.columns)
+        metrics.update({f"reward_log/{k}": v for k, v in record.reward_logs.items()})
+        record.sample_metrics = metrics
+        if self._is_main:
+            self._short_completions.check(metrics["completion_tokens_mean"], has_chat_template(self.processing_class))
+        if self.args.log_completions and self._is_main:
+            self._log_completions(record.columns, record.index)
+        if metrics["num_empty"]:
+            logger.warning("Round %d: %d of %d answers are empty (never selected).", record.index,
+                           metrics["num_empty"], metrics["num_samples"])
 
-        self._write_history(stop_reason)
-        self._stop_reason = stop_reason
-        self.create_model_card()
-        return self.history
+    def _diversity_floor(self, record: CEMRound) -> str | None:
+        """Why the run stops before fine-tuning (entropy or distinct-n under its floor), else None.
+
+        Once the samples have no variety left, selection cannot improve the model."""
+        args, metrics = self.args, record.sample_metrics
+        reason = None
+        if args.min_entropy is not None and metrics["entropy"] < args.min_entropy:
+            reason = f"entropy {metrics['entropy']:.4f} < min_entropy {args.min_entropy}"
+        key = f"distinct_{args.distinct_n_order}"
+        if args.min_distinct_n is not None:
+            dn = metrics.get(key)
+            if dn is None:  # an order `_measure` does not report: measured here, and kept in the round's metrics
+                dn = grouped_distinct_n(record.columns["completion"], record.columns["group"], args.distinct_n_order)
+                metrics[key] = dn
+            if dn < args.min_distinct_n:
+                reason = f"{key} {dn:.4f} < min_distinct_n {args.min_distinct_n}"
+        return reason
+
+    def _save_stopped_round(self, record: CEMRound) -> None:
+        """A round stopped by a diversity floor: its metrics go to the history and ``stopped.json`` (no model)."""
+        from ...utils.atomic import atomic_write_json
+
+        logger.warning("CEM stops before fine-tuning round %d: %s", record.index, record.stop_reason)
+        self.history.append(record.metrics())
+        if self._is_main:
+            atomic_write_json(record.directory / "stopped.json", record.metrics())
+
+    def _fine_tune_round(self, record: CEMRound):
+        """Fine-tune on the elites (plus replayed SFT rows); returns the round's SFT trainer (None: no elite)."""
+        dataset, num_mix = self._fine_tune_dataset(record.columns, record.index)
+        record.fine_tune_metrics = {"sft_mix_rows": num_mix, "fine_tune_rows": len(dataset)}
+        if not any(record.elite):
+            logger.warning("Round %d selected no elite (all answers empty or below the threshold); the model "
+                           "is not updated this round.", record.index)
+            return None
+        metrics, trainer = self._fine_tune(dataset, record.index)
+        record.fine_tune_metrics.update(metrics)
+        return trainer
+
+    def _evaluate_round(self, record: CEMRound) -> None:
+        """Evaluate the round's model on the eval prompts (its own random stream, so a resume gets the same)."""
+        record.eval_metrics = self.evaluate(record.index)
+
+    def _save_round(self, record: CEMRound, log_to=None) -> None:
+        """Write ``metrics.json`` and the manifest (the round is complete), log the round, update the history file."""
+        from ...utils.atomic import atomic_write_json, kill_point
+        from ...utils.resume import write_manifest
+
+        r, metrics = record.index, record.metrics()
+        self.history.append(metrics)
+        if self._is_main:
+            atomic_write_json(record.directory / "metrics.json", metrics)
+            kill_point(f"cem_round_manifest:{r}")
+            write_manifest(record.directory, ROUND_KIND, fingerprint=self._settings, step=r)  # last: complete
+        self._log_round(metrics, log_to)
+        log_line("cem", _round_line(metrics, self.args.num_rounds))
+        self._write_history()
+        kill_point(f"cem_round_done:{r}")
 
     def _stop_requested(self, stop) -> bool:
         """SIGTERM / SIGINT seen by this process or (under several processes) any other one."""
@@ -743,8 +823,8 @@ class CEMTrainer:
         log.add(columns["prompt"], columns["completion"], rewards, extra={"elite": columns["elite"]})
         self.last_completions_table = log.flush(r)
 
-    def _log_round(self, metrics: dict) -> None:
-        trainer = getattr(self, "_last_trainer", None)
+    def _log_round(self, metrics: dict, trainer=None) -> None:
+        """The round's numeric metrics as ``cem/<name>`` to ``trainer``'s callbacks (report_to integrations)."""
         if trainer is None:
             return
         logs = {f"cem/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -792,8 +872,8 @@ class CEMTrainer:
                                                          "elite_top_k", "elite_quantile", "sft_mix_ratio", "kl_coef")}
         card = cem_model_card(
             base_model=base_model, model_name=model_name or hub_model_id.split("/")[-1], hub_model_id=hub_model_id,
-            dataset_name=getattr(self, "dataset_name", None), tags=[tags] if isinstance(tags, str) else list(tags or []),
-            history=self.history, initial_eval=self.initial_eval, stopped=getattr(self, "_stop_reason", None),
+            dataset_name=self.dataset_name, tags=[tags] if isinstance(tags, str) else list(tags or []),
+            history=self.history, initial_eval=self.initial_eval, stopped=self._stop_reason,
             config_summary={k: v for k, v in settings.items() if v is not None},
         )
         self.output_dir.mkdir(parents=True, exist_ok=True)
