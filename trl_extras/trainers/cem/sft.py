@@ -47,13 +47,15 @@ class RegularizedSFTTrainer(NoTelemetryMixin, NonFiniteGuardMixin, SFTTrainer):
             kl = exact_kl(logits, ref_logits, mask=mask)
             self.note_loss_terms(kl=(kl.detach() * mask).sum())
             reg = reg + self.kl_coef * kl
-            self._metrics[mode]["kl_to_ref"].append(float((kl.detach() * mask).sum() / mask.sum().clamp(min=1)))
+            self._metrics[mode]["kl_to_ref"].append(
+                self._mean_over_processes((kl.detach() * mask).sum() / mask.sum().clamp(min=1))
+            )
         if self.entropy_coef:
             entropy = entropy_from_logits(logits)
             self.note_loss_terms(entropy=(entropy.detach() * mask).sum())
             reg = reg - self.entropy_coef * entropy
             self._metrics[mode]["entropy_bonus"].append(
-                float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
+                self._mean_over_processes((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
             )
         num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
         reg_loss = (reg * mask).sum() / torch.as_tensor(num_tokens).clamp(min=1)
@@ -62,6 +64,14 @@ class RegularizedSFTTrainer(NoTelemetryMixin, NonFiniteGuardMixin, SFTTrainer):
             reg_loss = reg_loss * self.accelerator.num_processes
         loss = loss + reg_loss.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    def _mean_over_processes(self, local_mean: torch.Tensor) -> float:
+        """The mean over processes of each one's micro-batch mean (a scalar tensor; every process calls this).
+
+        Under DDP/DeepSpeed each process sees only its share of the global batch; logging the local mean made the
+        round's ``kl_to_ref``/``entropy_bonus`` rank 0's share alone. The mean of the per-process means is what one
+        process logs when it accumulates the same micro-batches (TRL averages the micro-batch values at logging)."""
+        return float(self.accelerator.gather(local_mean.detach().float().reshape(1)).mean())
 
     def _ref_logits(self, model, fwd):
         if self.ref_model is not None:
