@@ -3,8 +3,9 @@
 TRL removed its ``PPOTrainer`` in 1.13. This one is built like TRL's ``GRPOTrainer``/``RLOOTrainer``: the train
 dataloader yields a *rollout batch* of prompts (repeated ``num_generations`` times by TRL's ``RepeatSampler``, and
 the whole batch repeated for every update step that reuses it); ``_prepare_inputs`` samples, scores and computes
-advantages once per rollout batch and hands out one shuffled micro-batch per ``training_step``; ``compute_loss``
-is the clipped PPO surrogate plus the clipped value loss. So callbacks, ``evaluate``, ``should_training_stop``,
+advantages once per rollout batch (``_rollout``, steps 1-10, a :class:`~.rollout.RolloutBatch`) and hands out one
+shuffled micro-batch per ``training_step``, as the :class:`~.schedule.PPOSchedule` says (when to roll out, which
+rows, the approx-KL early stop); ``compute_loss`` is the clipped PPO surrogate plus the clipped value loss. So callbacks, ``evaluate``, ``should_training_stop``,
 ``report_to``, checkpoint/resume and ``accelerate launch`` are the Trainer's own.
 
 The value model is a separate sequence-classification model (not a second head on the policy: the article
@@ -701,6 +702,73 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             metrics["policy/ratio_min"].append(float(table[:, n + 1].min()))
             metrics["policy/ratio_max"].append(-float(table[:, n + 2].min()))
 
+    def _score(self, rollout, extra: dict, mode: str) -> torch.Tensor:
+        """Step 2 of the rollout: the reward functions' weighted sum ``(B,)`` of each completion, as given (raw).
+        Logs each reward (``rewards/<name>/mean``, the tracked ones too), ``reward``/``reward_std`` and the
+        completions' mean length and EOS rate (all processes), and records the completions when asked to."""
+        args = self.args
+        mask, is_eos = rollout.completion_mask, rollout.is_eos
+        kwargs = dict(extra, trainer_state=self.state, log_metric=self._log_metric_fn(mode))
+        completion_ids_list = [ids[m.bool()].tolist() for ids, m in zip(rollout.completion_ids, mask)]
+        reward_out = self.reward_functions(
+            prompts=rollout.prompts, completions=rollout.completions, completion_ids=completion_ids_list, **kwargs
+        )
+        raw_scores = reward_out.total.to(self.accelerator.device)
+        metrics = self._metrics[mode]
+        for j, name in enumerate(reward_out.names):
+            metrics[f"rewards/{self._metric_name(name)}/mean"].append(self._gather_mean(reward_out.per_function[:, j]))
+        tracked = None
+        if self.log_reward_functions is not None:  # tracked, never optimized (e.g. the gold reward)
+            tracked = self.log_reward_functions(
+                prompts=rollout.prompts, completions=rollout.completions, completion_ids=completion_ids_list, **kwargs
+            )
+            for j, name in enumerate(tracked.names):
+                metrics[f"rewards/{self._metric_name(name)}/mean"].append(self._gather_mean(tracked.per_function[:, j]))
+        all_raw = self.accelerator.gather(raw_scores)
+        metrics["reward"].append(all_raw.mean().item())
+        metrics["reward_std"].append(all_raw.std().item() if all_raw.numel() > 1 else 0.0)
+        mean_length = self._gather_mean(mask.sum(1).float())
+        metrics["completions/mean_length"].append(mean_length)
+        if mode == "train" and self.accelerator.is_main_process:  # the mean is global: warned by one process
+            self._short_completions.check(mean_length, has_chat_template(self._tokenizer))
+        metrics["completions/eos_rate"].append(self._gather_mean(is_eos.float()))
+        if args.log_completions and mode == "train":
+            self._record_completions(rollout, reward_out, tracked)
+        return raw_scores
+
+    def _shaped_scores(self, raw_scores: torch.Tensor, is_eos: torch.Tensor) -> torch.Tensor:
+        """Steps 3-4 of the rollout: the ``(B,)`` scores the policy is trained on."""
+        args = self.args
+        # 3. Missing-EOS penalty (off by default): subtract `missing_eos_penalty` from the score of a completion cut at
+        #    max_completion_length (Huang et al.'s TL;DR setting replaces such scores by -1 instead).
+        scores = raw_scores.clone()
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~is_eos).float()
+        # 4. Optional reward normalization (running statistics over all processes) and clipping.
+        if args.reward_normalization:
+            self.reward_moments.update(self.accelerator.gather(scores))
+            scores = (scores - self.reward_moments.mean) / self.reward_moments.std
+        if args.reward_clip is not None:
+            scores = scores.clamp(-args.reward_clip, args.reward_clip)
+        return scores
+
+    def _kl_bookkeeping(self, exact_kl: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> None:
+        """Step 10 of the rollout, from the ``(B, T)`` exact KL and the penalty's KL (0 on padding): log their
+        per-sequence sums and β, move the adaptive β, and stop training past ``kl_budget``."""
+        args = self.args
+        metrics = self._metrics["train"]
+        mean_exact_kl = self._gather_mean((exact_kl * mask).sum(1))
+        metrics["kl/exact"].append(mean_exact_kl)
+        mean_kl = self._gather_mean(kl.sum(1))
+        if not KL_PENALTIES.get(args.kl_estimator).needs_full_vocabulary:  # a sampled estimate, beside the exact KL
+            metrics[f"kl/{args.kl_estimator}"].append(mean_kl)
+        metrics["kl/coef"].append(beta)
+        self.kl_ctl.update(mean_kl, args.rollout_batch_size)
+        if args.kl_budget is not None and mean_exact_kl > args.kl_budget:
+            logger.info("KL to the reference %.3f passed kl_budget=%.3f: stopping training.", mean_exact_kl, args.kl_budget)
+            metrics["kl/budget_stop"].append(1.0)
+            self.control.should_training_stop = True
+
     @torch.no_grad()
     def _rollout(self, rows: list[dict], mode: str) -> RolloutBatch:
         """Sample, score, and (in training) compute KL-penalized rewards, values, GAE advantages and returns.
@@ -729,33 +797,9 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         is_eos = rollout.is_eos.to(device)
         T = completion_ids.size(1)
 
-        # 2. Score the whole completion once (the reward sits on its last token, step 6).
-        kwargs = dict(extra, trainer_state=self.state, log_metric=self._log_metric_fn(mode))
-        completion_ids_list = [ids[m.bool()].tolist() for ids, m in zip(rollout.completion_ids, rollout.completion_mask)]
-        reward_out = self.reward_functions(
-            prompts=rollout.prompts, completions=rollout.completions, completion_ids=completion_ids_list, **kwargs
-        )
-        raw_scores = reward_out.total.to(device)
-        metrics = self._metrics[mode]
-        for j, name in enumerate(reward_out.names):
-            metrics[f"rewards/{self._metric_name(name)}/mean"].append(self._gather_mean(reward_out.per_function[:, j]))
-        if self.log_reward_functions is not None:  # tracked, never optimized (e.g. the gold reward)
-            tracked = self.log_reward_functions(
-                prompts=rollout.prompts, completions=rollout.completions, completion_ids=completion_ids_list, **kwargs
-            )
-            for j, name in enumerate(tracked.names):
-                metrics[f"rewards/{self._metric_name(name)}/mean"].append(self._gather_mean(tracked.per_function[:, j]))
-        all_raw = self.accelerator.gather(raw_scores)
-        metrics["reward"].append(all_raw.mean().item())
-        metrics["reward_std"].append(all_raw.std().item() if all_raw.numel() > 1 else 0.0)
-        lengths = mask.sum(1).float()
-        mean_length = self._gather_mean(lengths)
-        metrics["completions/mean_length"].append(mean_length)
-        if mode == "train" and self.accelerator.is_main_process:  # the mean is global: warned by one process
-            self._short_completions.check(mean_length, has_chat_template(self._tokenizer))
-        metrics["completions/eos_rate"].append(self._gather_mean(is_eos.float()))
-        if args.log_completions and mode == "train":
-            self._record_completions(rollout, reward_out, tracked if self.log_reward_functions is not None else None)
+        # 2. Score the whole completion once (the reward sits on its last token, step 7); log the rewards and the
+        #    completions' lengths and EOS rate.
+        raw_scores = self._score(rollout, extra, mode).to(device)
         batch = RolloutBatch(
             prompt_ids=prompt_ids, prompt_mask=rollout.prompt_mask.to(device), completion_ids=completion_ids,
             completion_mask=mask, scores=raw_scores,
@@ -763,17 +807,8 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         if mode == "eval":
             return batch
 
-        # 3. Missing-EOS penalty (off by default): subtract `missing_eos_penalty` from the score of a completion cut at
-        #    max_completion_length (Huang et al.'s TL;DR setting replaces such scores by -1 instead).
-        scores = raw_scores.clone()
-        if args.missing_eos_penalty is not None:
-            scores = scores - args.missing_eos_penalty * (~is_eos).float()
-        # 4. Optional reward normalization (running statistics over all processes) and clipping.
-        if args.reward_normalization:
-            self.reward_moments.update(self.accelerator.gather(scores))
-            scores = (scores - self.reward_moments.mean) / self.reward_moments.std
-        if args.reward_clip is not None:
-            scores = scores.clamp(-args.reward_clip, args.reward_clip)
+        # 3.-4. The score the policy is trained on: missing-EOS penalty, normalization, clipping.
+        scores = self._shaped_scores(raw_scores, is_eos)
 
         # 5. Log-probs of the sampled tokens under the sampling policy and the reference, the exact KL and the
         #    entropy, all from logits / temperature, chunk by chunk (the two models' (B,T,V) never coexist). Same
@@ -813,17 +848,8 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         )
 
         # 10. KL bookkeeping: adaptive beta, the budget that stops training, metrics (per-sequence sums).
-        seq_exact_kl = (stats["exact_kl"] * mask).sum(1)
-        mean_exact_kl = self._gather_mean(seq_exact_kl)
-        metrics["kl/exact"].append(mean_exact_kl)
-        if not penalty.needs_full_vocabulary:  # a sampled estimate: logged beside the exact KL it estimates
-            metrics[f"kl/{args.kl_estimator}"].append(self._gather_mean(kl.sum(1)))
-        metrics["kl/coef"].append(beta)
-        self.kl_ctl.update(self._gather_mean(kl.sum(1)), args.rollout_batch_size)
-        if args.kl_budget is not None and mean_exact_kl > args.kl_budget:
-            logger.info("KL to the reference %.3f passed kl_budget=%.3f: stopping training.", mean_exact_kl, args.kl_budget)
-            metrics["kl/budget_stop"].append(1.0)
-            self.control.should_training_stop = True
+        self._kl_bookkeeping(stats["exact_kl"], kl, mask, beta)
+        metrics = self._metrics["train"]
         metrics["score"].append(self._gather_mean(scores))
         metrics["penalized_reward"].append(self._gather_mean(rewards.sum(1)))
         metrics["entropy"].append(self._gather_mean(masked_mean(stats["entropy"], mask, dim=1)))
