@@ -524,6 +524,7 @@ def test_first_update_ratio_is_exactly_one_under_bf16_autocast(tiny_paths, tmp_p
     monkeypatch.setattr(ppo_module, "policy_loss", recording_policy_loss)
     trainer = _trainer(tiny_paths, tmp_path, bf16=True, max_steps=1, num_ppo_epochs=1, num_mini_batches=1,
                        per_device_train_batch_size=8)
+    trainer._single_pass_enabled = False  # the rollout's own pass, compared with the update's (else old = new)
     assert trainer.accelerator.mixed_precision == "bf16"
     trainer.train()
     mask = trainer._rollout_batch.completion_mask

@@ -6,7 +6,9 @@ it (:meth:`RolloutBatch.state_dict`), so a resume continues the same batch.
 
 Shapes: ``B`` rows (completions) on this process, ``P`` prompt tokens (left-padded), ``T`` completion tokens
 (right-padded). An evaluation rollout has only the sampled and scored fields (prompt/completion ids and masks,
-scores); the fields the update needs are ``None`` there.
+scores); the fields the update needs are ``None`` there. A training batch whose statistics the update computes
+itself (PPO's on-policy single pass, ``PPOTrainer._single_pass_update``) has its train scores and groups, and no
+log-probs, values or advantages until the update's forward.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import torch
 
 #: The fields every rollout has (an evaluation rollout has only these).
 SAMPLED_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "scores")
+#: The fields the update reads besides the sampled ones (steps 3-10 of ``PPOTrainer._rollout``).
+UPDATE_FIELDS = ("train_scores", "group_index", "old_logprobs", "old_values", "advantages", "returns", "ref_logprobs",
+                 "kl_coef")  # fmt: skip
 
 
 @dataclass
@@ -31,11 +36,12 @@ class RolloutBatch:
         completion_mask: ``(B, T)`` 1 on the tokens through the first EOS, 0 after (padding).
         scores: ``(B,)`` the reward functions' weighted sum, raw (before the missing-EOS penalty, normalization
             and clipping of step 3-4).
+        train_scores: ``(B,)`` the scores the policy is trained on (after steps 3-4).
+        group_index: ``(B,)`` the prompt group of each row (rows of one prompt are consecutive).
         old_logprobs: ``(B, T)`` log-probs of the sampled tokens under the sampling policy (at ``temperature``).
         old_values: ``(B, T)`` value-model estimates V(s_t) at the rollout, 0 on padding.
         advantages: ``(B, T)`` GAE advantages, normalized (``advantage_normalization``).
         returns: ``(B, T)`` value targets, raw advantages + old values.
-        group_index: ``(B,)`` the prompt group of each row (rows of one prompt are consecutive).
         ref_logprobs: ``(B, T)`` log-probs of the sampled tokens under the reference (a sampled-token KL penalty
             with a direct gradient needs them in the update).
         kl_coef: ``(B,)`` the β of this batch's rewards (the adaptive controller may move before the update ends).
@@ -49,11 +55,12 @@ class RolloutBatch:
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
     scores: torch.Tensor
+    train_scores: torch.Tensor | None = None
+    group_index: torch.Tensor | None = None
     old_logprobs: torch.Tensor | None = None
     old_values: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
-    group_index: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     kl_coef: torch.Tensor | None = None
     num_items_in_batch: torch.Tensor | None = None
@@ -73,8 +80,9 @@ class RolloutBatch:
 
     @property
     def is_complete(self) -> bool:
-        """Whether it holds what the update needs (a training rollout), not only samples and scores (evaluation)."""
-        return all(getattr(self, name) is not None for name in self.row_fields())
+        """Whether it holds what the update needs (advantages, returns, old log-probs and values...), not only
+        samples and scores (evaluation, or a batch waiting for the update's single pass)."""
+        return all(getattr(self, name) is not None for name in UPDATE_FIELDS)
 
     @property
     def input_ids(self) -> torch.Tensor:

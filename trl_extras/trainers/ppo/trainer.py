@@ -5,7 +5,10 @@ dataloader yields a *rollout batch* of prompts (repeated ``num_generations`` tim
 the whole batch repeated for every update step that reuses it); ``_prepare_inputs`` samples, scores and computes
 advantages once per rollout batch (``_rollout``, steps 1-10, a :class:`~.rollout.RolloutBatch`) and hands out one
 shuffled micro-batch per ``training_step``, as the :class:`~.schedule.PPOSchedule` says (when to roll out, which
-rows, the approx-KL early stop); ``compute_loss`` is the clipped PPO surrogate plus the clipped value loss. So callbacks, ``evaluate``, ``should_training_stop``,
+rows, the approx-KL early stop); ``compute_loss`` is the clipped PPO surrogate plus the clipped value loss. When
+each rollout batch is one on-policy optimizer step of one micro-batch per process (``num_ppo_epochs=1``, one
+minibatch, no gradient accumulation), the rollout skips its policy/value pass and the update's forward supplies
+those statistics (``_single_pass_update``), as TRL's GRPO does at ``num_iterations=1``. So callbacks, ``evaluate``, ``should_training_stop``,
 ``report_to``, checkpoint/resume and ``accelerate launch`` are the Trainer's own.
 
 The value model is a separate sequence-classification model (not a second head on the policy: the article
@@ -374,6 +377,9 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         # rollout batch (this process's rows; None until the first rollout and after a resume at a batch boundary)
         self._schedule = PPOSchedule.from_args(args)
         self._rollout_batch: RolloutBatch | None = None
+        # on-policy single update: one policy/value pass in the update instead of one more at rollout (see
+        # `_single_pass_update`); tests turn it off to compare with the two-pass path
+        self._single_pass_enabled = True
         # set by `train` for one call (resume settings accepted, run lineage, stop signals, what stopped the run)
         self._accepted_changes: dict = {}
         self._lineage = None
@@ -808,7 +814,14 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             return batch
 
         # 3.-4. The score the policy is trained on: missing-EOS penalty, normalization, clipping.
-        scores = self._shaped_scores(raw_scores, is_eos)
+        batch = dataclasses.replace(
+            batch, train_scores=self._shaped_scores(raw_scores, is_eos),
+            group_index=torch.arange(len(rows), device=device) // args.num_generations,  # the prompt groups
+        )
+        if self._single_pass_update():
+            # 5.-10. deferred to the update (compute_loss, step 11a): its one forward, from the sampling policy, gives
+            #        the statistics and values this rollout would compute (issue 23: no redundant passes).
+            return batch
 
         # 5. Log-probs of the sampled tokens under the sampling policy and the reference, the exact KL and the
         #    entropy, all from logits / temperature, chunk by chunk (the two models' (B,T,V) never coexist). Same
@@ -825,12 +838,21 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             policy.train(was_training)
             # 6. Values V(s_t) at the positions that predict each completion token.
             values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1].float()
-        logprobs, ref_logprobs = stats["logprobs"], stats["ref_logprobs"]
 
+        return self._rewards_and_advantages(batch, stats, values)
+
+    @torch.no_grad()
+    def _rewards_and_advantages(self, batch: RolloutBatch, stats: dict, values: torch.Tensor) -> RolloutBatch:
+        """Steps 7-10 of the rollout: from the batch's ``train_scores`` and ``group_index``, the sampling policy's
+        ``stats`` (``(B, T)`` ``logprobs``, ``ref_logprobs``, ``exact_kl``, ``entropy``) and the ``(B, T)`` values,
+        the KL-penalized rewards, GAE advantages (normalized) and returns; the batch the update trains on."""
+        args = self.args
         # 7. Per-token KL penalty r_t = -beta * KL_t (`kl_estimator`, an entry of core.kl.KL_PENALTIES: a sampled-token
         #    estimate k1/k2/k3 or the exact per-state KL), plus the score at the last valid token. A penalty that
         #    declares `direct_gradient` (exact) also adds beta * KL_t of the current policy to the loss (step 13).
         penalty = KL_PENALTIES.get(args.kl_estimator)
+        mask, scores = batch.completion_mask, batch.train_scores
+        logprobs, ref_logprobs = stats["logprobs"], stats["ref_logprobs"]
         kl = penalty(logprobs, ref_logprobs, exact_kl=stats["exact_kl"])
         kl = torch.where(mask.bool(), kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
         beta = self.kl_ctl.value
@@ -841,10 +863,9 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         advantages, returns = compute_gae(rewards, values, mask, gamma=args.gamma, lam=args.lam)
 
         # 9. Advantage normalization: over the global batch (all processes), per prompt group, or none.
-        group_index = torch.arange(len(rows), device=device) // args.num_generations
         advantages = normalize_advantages(
             advantages, mask, mode=args.advantage_normalization, keep_mean=args.advantage_keep_mean,
-            group_index=group_index, accelerator=self.accelerator,
+            group_index=batch.group_index, accelerator=self.accelerator,
         )
 
         # 10. KL bookkeeping: adaptive beta, the budget that stops training, metrics (per-sequence sums).
@@ -861,9 +882,24 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
 
         return dataclasses.replace(
             batch, old_logprobs=logprobs, old_values=values, advantages=advantages, returns=returns,
-            group_index=group_index,
             ref_logprobs=ref_logprobs,  # a sampled-token penalty with a direct gradient needs them in the update
-            kl_coef=torch.full((len(rows),), beta, device=device),  # the beta of this batch's rewards
+            kl_coef=torch.full((len(batch),), beta, device=mask.device),  # the beta of this batch's rewards
+        )
+
+    def _single_pass_update(self) -> bool:
+        """Whether the rollout batch about to be sampled gets its statistics from the update's forward instead of a
+        rollout-time policy and value pass (issue 23, "no redundant passes"; TRL's GRPO does the same at
+        ``num_iterations=1``): its one optimizer step (``num_ppo_epochs=1``, one minibatch) is one micro-batch per
+        process (``gradient_accumulation_steps=1``: advantages are normalized over the whole batch, so they need
+        every row's statistics before any backward), taken from the sampling policy itself (after the value
+        warm-up, without dropout: the same numbers as the rollout pass)."""
+        args = self.args
+        return (
+            self._single_pass_enabled
+            and self._schedule.on_policy_single_update
+            and args.gradient_accumulation_steps == 1
+            and args.disable_dropout
+            and self.state.global_step >= args.value_warmup_steps
         )
 
     def _prepare_inputs(self, generation_batch):
@@ -934,11 +970,14 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         with_policy = self.state.global_step >= args.value_warmup_steps
         penalty = KL_PENALTIES.get(args.kl_estimator)
         with_kl = with_policy and penalty.direct_gradient
+        single_pass = inputs.old_logprobs is None  # the rollout left steps 5-10 to this forward (`_single_pass_update`)
         forward_kwargs = dict(
             with_policy=with_policy, chunk_size=args.exact_kl_chunk_size,
-            with_exact_kl=with_kl and penalty.needs_full_vocabulary,
+            with_exact_kl=single_pass or (with_kl and penalty.needs_full_vocabulary),
             ref_model=None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model),
         )
+        if single_pass:  # everything the rollout's statistics (step 5) hold
+            forward_kwargs.update(with_ref_logprobs=True, with_entropy=True)
         with self.accelerator.autocast():
             if self._joint_model:
                 out, new_values = model(input_ids, attention_mask, T, args.temperature, **forward_kwargs)
@@ -947,6 +986,12 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
                     model, self.value_model, input_ids, attention_mask, T, args.temperature, **forward_kwargs
                 )
         new_values = new_values.float()
+        if single_pass:
+            # 11a. On-policy single update: this forward IS the sampling policy's, so its detached log-probs, KL and
+            #      values are the rollout's steps 5-6; rewards, GAE and normalization (steps 7-10) follow from them.
+            #      Old log-probs = new ones detached: ratio exactly 1, approx KL 0, as with the rollout's own pass.
+            stats = {k: v.detach() for k, v in out.items()}
+            inputs = self._rewards_and_advantages(inputs, stats, new_values.detach())
 
         # 12. Clipped value loss (Huang et al. detail: clip the new value around the rollout value).
         vf_losses, vf_clipped = value_loss(new_values, inputs.old_values, inputs.returns, args.cliprange_value)
