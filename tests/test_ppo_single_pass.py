@@ -66,9 +66,11 @@ def test_single_pass_trains_like_the_rollout_pass_without_it(tiny_paths, tmp_pat
         assert _history(one, "kl/k3") == pytest.approx(_history(two, "kl/k3"), rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("layout", [dict(num_ppo_epochs=2), dict(num_mini_batches=2), dict(gradient_accumulation_steps=2,
-                                                                                            per_device_train_batch_size=4),
-                                    dict(value_warmup_steps=1)])  # fmt: skip
+OTHER_LAYOUTS = [dict(num_ppo_epochs=2), dict(num_mini_batches=2), dict(value_warmup_steps=1),
+                 dict(gradient_accumulation_steps=2, per_device_train_batch_size=4)]  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", OTHER_LAYOUTS)
 def test_other_layouts_keep_the_rollout_pass(tiny_paths, tmp_path, monkeypatch, layout):
     trainer = _trainer(tiny_paths, tmp_path, **{**SINGLE, "max_steps": 1, **layout})
     counts = _count_passes(trainer, monkeypatch)

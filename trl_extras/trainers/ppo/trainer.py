@@ -5,11 +5,11 @@ dataloader yields a *rollout batch* of prompts (repeated ``num_generations`` tim
 the whole batch repeated for every update step that reuses it); ``_prepare_inputs`` samples, scores and computes
 advantages once per rollout batch (``_rollout``, steps 1-10, a :class:`~.rollout.RolloutBatch`) and hands out one
 shuffled micro-batch per ``training_step``, as the :class:`~.schedule.PPOSchedule` says (when to roll out, which
-rows, the approx-KL early stop); ``compute_loss`` is the clipped PPO surrogate plus the clipped value loss. When
-each rollout batch is one on-policy optimizer step of one micro-batch per process (``num_ppo_epochs=1``, one
-minibatch, no gradient accumulation), the rollout skips its policy/value pass and the update's forward supplies
-those statistics (``_single_pass_update``), as TRL's GRPO does at ``num_iterations=1``. So callbacks, ``evaluate``, ``should_training_stop``,
-``report_to``, checkpoint/resume and ``accelerate launch`` are the Trainer's own.
+rows, the approx-KL early stop); ``compute_loss`` is the clipped PPO surrogate plus the clipped value loss. So
+callbacks, ``evaluate``, ``should_training_stop``, ``report_to``, checkpoint/resume and ``accelerate launch`` are the
+Trainer's own. When each rollout batch is one on-policy optimizer step of one micro-batch per process
+(``num_ppo_epochs=1``, one minibatch, no gradient accumulation), the rollout skips its policy/value pass and the
+update's forward supplies those statistics (``_single_pass_update``), as TRL's GRPO does at ``num_iterations=1``.
 
 The value model is a separate sequence-classification model (not a second head on the policy: the article
 found two-headed models hard to train) whose ``score`` head is applied at every position. Its parameters are a
@@ -820,7 +820,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         )
         if self._single_pass_update():
             # 5.-10. deferred to the update (compute_loss, step 11a): its one forward, from the sampling policy, gives
-            #        the statistics and values this rollout would compute (issue 23: no redundant passes).
+            #        the statistics and values this rollout would compute (no second policy/value pass).
             return batch
 
         # 5. Log-probs of the sampled tokens under the sampling policy and the reference, the exact KL and the
@@ -888,7 +888,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
 
     def _single_pass_update(self) -> bool:
         """Whether the rollout batch about to be sampled gets its statistics from the update's forward instead of a
-        rollout-time policy and value pass (issue 23, "no redundant passes"; TRL's GRPO does the same at
+        rollout-time policy and value pass (no redundant passes; TRL's GRPO does the same at
         ``num_iterations=1``): its one optimizer step (``num_ppo_epochs=1``, one minibatch) is one micro-batch per
         process (``gradient_accumulation_steps=1``: advantages are normalized over the whole batch, so they need
         every row's statistics before any backward), taken from the sampling policy itself (after the value
