@@ -201,3 +201,15 @@ def test_on_policy_single_update():
     assert _schedule(4, 2, 1, 1).on_policy_single_update
     assert not _schedule(4, 1, 2, 1).on_policy_single_update
     assert not _schedule(4, 1, 1, 2).on_policy_single_update
+
+
+def test_the_rollout_buffer_file_of_the_previous_version_loads():
+    """``rollout_buffer_<process>.pt`` as PPOTrainer wrote it before PPOSchedule existed (its keys, its values)."""
+    schedule = _schedule(2, 1, 2, 2, target=0.1)
+    perms = [torch.tensor([3, 1, 0, 2]), torch.tensor([0, 2, 3, 1])]
+    old = {"step": 5, "buffer": {}, "epoch_perms": perms, "minibatch_tokens": torch.tensor([[3.0, 4.0], [5.0, 2.0]]),
+           "stop_batch_updates": False, "minibatch_approx_kl": []}  # fmt: skip
+    schedule.load_state_dict(_roundtrip(old))
+    assert (schedule.step, schedule.position, schedule.epoch_and_micro()) == (5, 1, (0, 1))
+    assert schedule.in_batch() and not schedule.rollout_due() and not schedule.skip_step()
+    assert schedule.micro_batch_rows().tolist() == [0, 2] and float(schedule.num_items_in_batch()) == 4.0
