@@ -171,7 +171,7 @@ def test_checkpoint_and_resume(tiny_paths, tmp_path):
         torch.testing.assert_close(value[name].detach().cpu(), tensor)
     resumed._load_ppo_state(str(ckpt))
     assert resumed.kl_ctl.value != 0.1  # the adaptive coefficient came back
-    assert resumed._step == 2 * resumed.args.gradient_accumulation_steps  # and the place in the rollout cycle
+    assert resumed._schedule.step == 2 * resumed.args.gradient_accumulation_steps  # and the place in the rollout cycle
 
     # the Trainer's resume path restores the PPO state too (on every backend: DeepSpeed skips _load_from_checkpoint)
     again = _trainer(tiny_paths, tmp_path, max_steps=4, save_strategy="steps", save_steps=2, kl_coef=0.1,
@@ -524,9 +524,10 @@ def test_first_update_ratio_is_exactly_one_under_bf16_autocast(tiny_paths, tmp_p
     monkeypatch.setattr(ppo_module, "policy_loss", recording_policy_loss)
     trainer = _trainer(tiny_paths, tmp_path, bf16=True, max_steps=1, num_ppo_epochs=1, num_mini_batches=1,
                        per_device_train_batch_size=8)
+    trainer._single_pass_enabled = False  # the rollout's own pass, compared with the update's (else old = new)
     assert trainer.accelerator.mixed_precision == "bf16"
     trainer.train()
-    mask = trainer._buffer["completion_mask"]
+    mask = trainer._rollout_batch.completion_mask
     assert len(seen) == 1 and mask.sum() > 0
     assert seen[0][mask.bool()].abs().max().item() == 0.0
     assert _history(trainer, "policy/approx_kl")[0] == 0.0
@@ -540,7 +541,7 @@ def _one_update(policy_path, tmp_path, loss_type, per_device, ga):
     params = list(trainer.model.parameters()) + list(trainer.value_model.parameters())
     before = [p.detach().clone() for p in params]
     trainer.train()
-    lengths = trainer._buffer["completion_mask"].sum(1)
+    lengths = trainer._rollout_batch.completion_mask.sum(1)
     return torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)]), lengths
 
 

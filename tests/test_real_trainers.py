@@ -104,6 +104,7 @@ def test_ppo_lora_exact_kl_first_update_matches_rollout(smollm2, tmp_path):
         smollm2, reward_funcs=gold_reward_fn, args=_ppo_args(tmp_path), train_dataset=_prompts(4),
         value_model=smollm2, peft_config=_lora("CAUSAL_LM"),
     )
+    trainer._single_pass_enabled = False  # the rollout's own pass, compared with the update's (else old = new)
     assert trainer.ref_model is None  # the adapter disabled is the reference: no second copy
     assert trainer.processing_class.chat_template and len(trainer.processing_class) == 49152
     before = _lora_b(trainer.policy)

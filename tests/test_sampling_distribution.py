@@ -201,7 +201,7 @@ def test_ppo_rollout_samples_softmax_over_temperature(qwen_like_path, tmp_path, 
     probs = _first_token_probs(model, trainer._tokenizer, PROMPT, TEMPERATURE)
     torch.manual_seed(0)
     batch = trainer._rollout([{"prompt": PROMPT}] * n, "eval")
-    _check_samples_match(probs, batch["completion_ids"][:, 0].cpu(), "PPOTrainer._rollout")
+    _check_samples_match(probs, batch.completion_ids[:, 0].cpu(), "PPOTrainer._rollout")
 
 
 @pytest.mark.parametrize(

@@ -357,6 +357,7 @@ def policy_logprobs(
     ref_model=None,
     with_exact_kl: bool = False,
     reference_context=None,
+    with_ref_logprobs: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Log-probs (optionally the exact KL to the reference, and the entropy) of the completion tokens WITH
     gradients, for the policy update.
@@ -374,15 +375,17 @@ def policy_logprobs(
             ``with_exact_kl``); its trunk runs once under no_grad and its head per chunk (recomputed in backward).
         with_exact_kl: also return ``exact_kl`` = KL(π(·|s_t)‖π_ref(·|s_t)) with its gradient w.r.t. the policy
             (the direct term of the KL gradient, Amini et al. 2025), in the same chunked pass as the log-probs.
+        with_ref_logprobs: also return ``ref_logprobs``, the sampled tokens' log-probs under the reference (no
+            gradient; for an update that also computes the rollout's statistics, e.g. PPO's single on-policy pass).
 
     Returns:
         dict of ``(B, T)`` float32: ``logprobs`` (requires grad when the model has trainable parameters),
-        ``exact_kl`` and ``entropy`` when requested.
+        ``exact_kl``, ``ref_logprobs`` and ``entropy`` when requested.
     """
     with torch.enable_grad():
         return _token_stats(
             model, ref_model, input_ids, attention_mask, logits_to_keep, temperature, chunk_size,
-            with_ref_logprobs=False, with_exact_kl=with_exact_kl, with_entropy=with_entropy,
+            with_ref_logprobs=with_ref_logprobs, with_exact_kl=with_exact_kl, with_entropy=with_entropy,
             reference_context=reference_context, caller="policy_logprobs",
         )
 

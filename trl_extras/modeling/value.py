@@ -92,6 +92,8 @@ def policy_and_values(
     with_exact_kl: bool = False,
     ref_model: nn.Module | None = None,
     reference_context=None,
+    with_ref_logprobs: bool = False,
+    with_entropy: bool = False,
 ) -> tuple[dict | None, torch.Tensor]:
     """The update's forward: policy log-probs of the last ``T = logits_to_keep`` tokens (and optionally their
     exact KL to the reference, with gradient) and their values.
@@ -100,8 +102,9 @@ def policy_and_values(
         policy: causal LM (possibly PEFT/DDP-wrapped); value_model: :class:`TokenValueModel` (possibly DDP-wrapped).
         input_ids, attention_mask: ``(B, L)`` prompt + completion.
         with_policy: ``False`` during the value warm-up (no policy forward at all).
-        chunk_size, with_exact_kl, ref_model, reference_context: as in :func:`trl_extras.modeling.lm.policy_logprobs`
-            (the same chunked pass as the rollout's ``completion_token_stats``).
+        chunk_size, with_exact_kl, ref_model, reference_context, with_ref_logprobs, with_entropy: as in
+            :func:`trl_extras.modeling.lm.policy_logprobs` (the same chunked pass as the rollout's
+            ``completion_token_stats``).
 
     Returns:
         ``(policy_logprobs(...) dict or None, values (B, T))`` -- ``values[:, t]`` is ``V(s_t)``, read at the
@@ -114,6 +117,7 @@ def policy_and_values(
     out = policy_logprobs(
         policy, input_ids, attention_mask, T, temperature=temperature, chunk_size=chunk_size,
         with_exact_kl=with_exact_kl, ref_model=ref_model, reference_context=reference_context,
+        with_ref_logprobs=with_ref_logprobs, with_entropy=with_entropy,
     )
     return out, values
 

@@ -3,9 +3,13 @@
 TRL removed its ``PPOTrainer`` in 1.13. This one is built like TRL's ``GRPOTrainer``/``RLOOTrainer``: the train
 dataloader yields a *rollout batch* of prompts (repeated ``num_generations`` times by TRL's ``RepeatSampler``, and
 the whole batch repeated for every update step that reuses it); ``_prepare_inputs`` samples, scores and computes
-advantages once per rollout batch and hands out one shuffled micro-batch per ``training_step``; ``compute_loss``
-is the clipped PPO surrogate plus the clipped value loss. So callbacks, ``evaluate``, ``should_training_stop``,
-``report_to``, checkpoint/resume and ``accelerate launch`` are the Trainer's own.
+advantages once per rollout batch (``_rollout``, steps 1-10, a :class:`~.rollout.RolloutBatch`) and hands out one
+shuffled micro-batch per ``training_step``, as the :class:`~.schedule.PPOSchedule` says (when to roll out, which
+rows, the approx-KL early stop); ``compute_loss`` is the clipped PPO surrogate plus the clipped value loss. So
+callbacks, ``evaluate``, ``should_training_stop``, ``report_to``, checkpoint/resume and ``accelerate launch`` are the
+Trainer's own. When each rollout batch is one on-policy optimizer step of one micro-batch per process
+(``num_ppo_epochs=1``, one minibatch, no gradient accumulation), the rollout skips its policy/value pass and the
+update's forward supplies those statistics (``_single_pass_update``), as TRL's GRPO does at ``num_iterations=1``.
 
 The value model is a separate sequence-classification model (not a second head on the policy: the article
 found two-headed models hard to train) whose ``score`` head is applied at every position. Its parameters are a
@@ -32,6 +36,7 @@ together the full Rao–Blackwellized gradient (Amini et al. 2025; Tang & Munos 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import shutil
@@ -105,6 +110,8 @@ from .checkpoint import (
     rollout_buffer_file,
 )
 from .config import PPOConfig
+from .rollout import RolloutBatch
+from .schedule import PPOSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -366,11 +373,18 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         self._completion_log = CompletionLog.from_args(
             args, maxlen=args.generation_batch_size, parquet_dir=Path(args.output_dir) / "completions"
         )
-        self._step = 0  # micro-steps (training_step calls), as in GRPO
-        self._buffer = None  # the current rollout batch
-        self._buffer_epoch_perms = None
-        self._minibatch_approx_kl = []
-        self._stop_batch_updates = False  # set by the approx-KL early stop
+        # when to roll out, which rows each micro-step trains on, the approx-KL early stop; and the current
+        # rollout batch (this process's rows; None until the first rollout and after a resume at a batch boundary)
+        self._schedule = PPOSchedule.from_args(args)
+        self._rollout_batch: RolloutBatch | None = None
+        # on-policy single update: one policy/value pass in the update instead of one more at rollout (see
+        # `_single_pass_update`); tests turn it off to compare with the two-pass path
+        self._single_pass_enabled = True
+        # set by `train` for one call (resume settings accepted, run lineage, stop signals, what stopped the run)
+        self._accepted_changes: dict = {}
+        self._lineage = None
+        self._stop_signals = None
+        self._stopped_by: str | None = None
         if hasattr(self.policy, "add_model_tags"):
             self.policy.add_model_tags(self._tag_names)
 
@@ -694,9 +708,77 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             metrics["policy/ratio_min"].append(float(table[:, n + 1].min()))
             metrics["policy/ratio_max"].append(-float(table[:, n + 2].min()))
 
+    def _score(self, rollout, extra: dict, mode: str) -> torch.Tensor:
+        """Step 2 of the rollout: the reward functions' weighted sum ``(B,)`` of each completion, as given (raw).
+        Logs each reward (``rewards/<name>/mean``, the tracked ones too), ``reward``/``reward_std`` and the
+        completions' mean length and EOS rate (all processes), and records the completions when asked to."""
+        args = self.args
+        mask, is_eos = rollout.completion_mask, rollout.is_eos
+        kwargs = dict(extra, trainer_state=self.state, log_metric=self._log_metric_fn(mode))
+        completion_ids_list = [ids[m.bool()].tolist() for ids, m in zip(rollout.completion_ids, mask)]
+        reward_out = self.reward_functions(
+            prompts=rollout.prompts, completions=rollout.completions, completion_ids=completion_ids_list, **kwargs
+        )
+        raw_scores = reward_out.total.to(self.accelerator.device)
+        metrics = self._metrics[mode]
+        for j, name in enumerate(reward_out.names):
+            metrics[f"rewards/{self._metric_name(name)}/mean"].append(self._gather_mean(reward_out.per_function[:, j]))
+        tracked = None
+        if self.log_reward_functions is not None:  # tracked, never optimized (e.g. the gold reward)
+            tracked = self.log_reward_functions(
+                prompts=rollout.prompts, completions=rollout.completions, completion_ids=completion_ids_list, **kwargs
+            )
+            for j, name in enumerate(tracked.names):
+                metrics[f"rewards/{self._metric_name(name)}/mean"].append(self._gather_mean(tracked.per_function[:, j]))
+        all_raw = self.accelerator.gather(raw_scores)
+        metrics["reward"].append(all_raw.mean().item())
+        metrics["reward_std"].append(all_raw.std().item() if all_raw.numel() > 1 else 0.0)
+        mean_length = self._gather_mean(mask.sum(1).float())
+        metrics["completions/mean_length"].append(mean_length)
+        if mode == "train" and self.accelerator.is_main_process:  # the mean is global: warned by one process
+            self._short_completions.check(mean_length, has_chat_template(self._tokenizer))
+        metrics["completions/eos_rate"].append(self._gather_mean(is_eos.float()))
+        if args.log_completions and mode == "train":
+            self._record_completions(rollout, reward_out, tracked)
+        return raw_scores
+
+    def _shaped_scores(self, raw_scores: torch.Tensor, is_eos: torch.Tensor) -> torch.Tensor:
+        """Steps 3-4 of the rollout: the ``(B,)`` scores the policy is trained on."""
+        args = self.args
+        # 3. Missing-EOS penalty (off by default): subtract `missing_eos_penalty` from the score of a completion cut at
+        #    max_completion_length (Huang et al.'s TL;DR setting replaces such scores by -1 instead).
+        scores = raw_scores.clone()
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~is_eos).float()
+        # 4. Optional reward normalization (running statistics over all processes) and clipping.
+        if args.reward_normalization:
+            self.reward_moments.update(self.accelerator.gather(scores))
+            scores = (scores - self.reward_moments.mean) / self.reward_moments.std
+        if args.reward_clip is not None:
+            scores = scores.clamp(-args.reward_clip, args.reward_clip)
+        return scores
+
+    def _kl_bookkeeping(self, exact_kl: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> None:
+        """Step 10 of the rollout, from the ``(B, T)`` exact KL and the penalty's KL (0 on padding): log their
+        per-sequence sums and β, move the adaptive β, and stop training past ``kl_budget``."""
+        args = self.args
+        metrics = self._metrics["train"]
+        mean_exact_kl = self._gather_mean((exact_kl * mask).sum(1))
+        metrics["kl/exact"].append(mean_exact_kl)
+        mean_kl = self._gather_mean(kl.sum(1))
+        if not KL_PENALTIES.get(args.kl_estimator).needs_full_vocabulary:  # a sampled estimate, beside the exact KL
+            metrics[f"kl/{args.kl_estimator}"].append(mean_kl)
+        metrics["kl/coef"].append(beta)
+        self.kl_ctl.update(mean_kl, args.rollout_batch_size)
+        if args.kl_budget is not None and mean_exact_kl > args.kl_budget:
+            logger.info("KL to the reference %.3f passed kl_budget=%.3f: stopping training.", mean_exact_kl, args.kl_budget)
+            metrics["kl/budget_stop"].append(1.0)
+            self.control.should_training_stop = True
+
     @torch.no_grad()
-    def _rollout(self, rows: list[dict], mode: str) -> dict:
-        """Sample, score, and (in training) compute KL-penalized rewards, values, GAE advantages and returns."""
+    def _rollout(self, rows: list[dict], mode: str) -> RolloutBatch:
+        """Sample, score, and (in training) compute KL-penalized rewards, values, GAE advantages and returns.
+        Evaluation stops after scoring: its batch has the sampled and scored fields only."""
         args = self.args
         device = self.accelerator.device
         prompts = [row["prompt"] for row in rows]
@@ -721,54 +803,25 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         is_eos = rollout.is_eos.to(device)
         T = completion_ids.size(1)
 
-        # 2. Score the whole completion once (the reward sits on its last token, step 6).
-        kwargs = dict(extra, trainer_state=self.state, log_metric=self._log_metric_fn(mode))
-        completion_ids_list = [ids[m.bool()].tolist() for ids, m in zip(rollout.completion_ids, rollout.completion_mask)]
-        reward_out = self.reward_functions(
-            prompts=rollout.prompts, completions=rollout.completions, completion_ids=completion_ids_list, **kwargs
+        # 2. Score the whole completion once (the reward sits on its last token, step 7); log the rewards and the
+        #    completions' lengths and EOS rate.
+        raw_scores = self._score(rollout, extra, mode).to(device)
+        batch = RolloutBatch(
+            prompt_ids=prompt_ids, prompt_mask=rollout.prompt_mask.to(device), completion_ids=completion_ids,
+            completion_mask=mask, scores=raw_scores,
         )
-        raw_scores = reward_out.total.to(device)
-        metrics = self._metrics[mode]
-        for j, name in enumerate(reward_out.names):
-            metrics[f"rewards/{self._metric_name(name)}/mean"].append(self._gather_mean(reward_out.per_function[:, j]))
-        if self.log_reward_functions is not None:  # tracked, never optimized (e.g. the gold reward)
-            tracked = self.log_reward_functions(
-                prompts=rollout.prompts, completions=rollout.completions, completion_ids=completion_ids_list, **kwargs
-            )
-            for j, name in enumerate(tracked.names):
-                metrics[f"rewards/{self._metric_name(name)}/mean"].append(self._gather_mean(tracked.per_function[:, j]))
-        all_raw = self.accelerator.gather(raw_scores)
-        metrics["reward"].append(all_raw.mean().item())
-        metrics["reward_std"].append(all_raw.std().item() if all_raw.numel() > 1 else 0.0)
-        lengths = mask.sum(1).float()
-        mean_length = self._gather_mean(lengths)
-        metrics["completions/mean_length"].append(mean_length)
-        if mode == "train" and self.accelerator.is_main_process:  # the mean is global: warned by one process
-            self._short_completions.check(mean_length, has_chat_template(self._tokenizer))
-        metrics["completions/eos_rate"].append(self._gather_mean(is_eos.float()))
-        if args.log_completions and mode == "train":
-            self._record_completions(rollout, reward_out, tracked if self.log_reward_functions is not None else None)
-        batch = {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": rollout.prompt_mask.to(device),
-            "completion_ids": completion_ids,
-            "completion_mask": mask,
-            "scores": raw_scores,
-        }
         if mode == "eval":
             return batch
 
-        # 3. Missing-EOS penalty (off by default): subtract `missing_eos_penalty` from the score of a completion cut at
-        #    max_completion_length (Huang et al.'s TL;DR setting replaces such scores by -1 instead).
-        scores = raw_scores.clone()
-        if args.missing_eos_penalty is not None:
-            scores = scores - args.missing_eos_penalty * (~is_eos).float()
-        # 4. Optional reward normalization (running statistics over all processes) and clipping.
-        if args.reward_normalization:
-            self.reward_moments.update(self.accelerator.gather(scores))
-            scores = (scores - self.reward_moments.mean) / self.reward_moments.std
-        if args.reward_clip is not None:
-            scores = scores.clamp(-args.reward_clip, args.reward_clip)
+        # 3.-4. The score the policy is trained on: missing-EOS penalty, normalization, clipping.
+        batch = dataclasses.replace(
+            batch, train_scores=self._shaped_scores(raw_scores, is_eos),
+            group_index=torch.arange(len(rows), device=device) // args.num_generations,  # the prompt groups
+        )
+        if self._single_pass_update():
+            # 5.-10. deferred to the update (compute_loss, step 11a): its one forward, from the sampling policy, gives
+            #        the statistics and values this rollout would compute (no second policy/value pass).
+            return batch
 
         # 5. Log-probs of the sampled tokens under the sampling policy and the reference, the exact KL and the
         #    entropy, all from logits / temperature, chunk by chunk (the two models' (B,T,V) never coexist). Same
@@ -785,12 +838,21 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             policy.train(was_training)
             # 6. Values V(s_t) at the positions that predict each completion token.
             values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1].float()
-        logprobs, ref_logprobs = stats["logprobs"], stats["ref_logprobs"]
 
+        return self._rewards_and_advantages(batch, stats, values)
+
+    @torch.no_grad()
+    def _rewards_and_advantages(self, batch: RolloutBatch, stats: dict, values: torch.Tensor) -> RolloutBatch:
+        """Steps 7-10 of the rollout: from the batch's ``train_scores`` and ``group_index``, the sampling policy's
+        ``stats`` (``(B, T)`` ``logprobs``, ``ref_logprobs``, ``exact_kl``, ``entropy``) and the ``(B, T)`` values,
+        the KL-penalized rewards, GAE advantages (normalized) and returns; the batch the update trains on."""
+        args = self.args
         # 7. Per-token KL penalty r_t = -beta * KL_t (`kl_estimator`, an entry of core.kl.KL_PENALTIES: a sampled-token
         #    estimate k1/k2/k3 or the exact per-state KL), plus the score at the last valid token. A penalty that
         #    declares `direct_gradient` (exact) also adds beta * KL_t of the current policy to the loss (step 13).
         penalty = KL_PENALTIES.get(args.kl_estimator)
+        mask, scores = batch.completion_mask, batch.train_scores
+        logprobs, ref_logprobs = stats["logprobs"], stats["ref_logprobs"]
         kl = penalty(logprobs, ref_logprobs, exact_kl=stats["exact_kl"])
         kl = torch.where(mask.bool(), kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
         beta = self.kl_ctl.value
@@ -801,24 +863,14 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         advantages, returns = compute_gae(rewards, values, mask, gamma=args.gamma, lam=args.lam)
 
         # 9. Advantage normalization: over the global batch (all processes), per prompt group, or none.
-        group_index = torch.arange(len(rows), device=device) // args.num_generations
         advantages = normalize_advantages(
             advantages, mask, mode=args.advantage_normalization, keep_mean=args.advantage_keep_mean,
-            group_index=group_index, accelerator=self.accelerator,
+            group_index=batch.group_index, accelerator=self.accelerator,
         )
 
         # 10. KL bookkeeping: adaptive beta, the budget that stops training, metrics (per-sequence sums).
-        seq_exact_kl = (stats["exact_kl"] * mask).sum(1)
-        mean_exact_kl = self._gather_mean(seq_exact_kl)
-        metrics["kl/exact"].append(mean_exact_kl)
-        if not penalty.needs_full_vocabulary:  # a sampled estimate: logged beside the exact KL it estimates
-            metrics[f"kl/{args.kl_estimator}"].append(self._gather_mean(kl.sum(1)))
-        metrics["kl/coef"].append(beta)
-        self.kl_ctl.update(self._gather_mean(kl.sum(1)), args.rollout_batch_size)
-        if args.kl_budget is not None and mean_exact_kl > args.kl_budget:
-            logger.info("KL to the reference %.3f passed kl_budget=%.3f: stopping training.", mean_exact_kl, args.kl_budget)
-            metrics["kl/budget_stop"].append(1.0)
-            self.control.should_training_stop = True
+        self._kl_bookkeeping(stats["exact_kl"], kl, mask, beta)
+        metrics = self._metrics["train"]
         metrics["score"].append(self._gather_mean(scores))
         metrics["penalized_reward"].append(self._gather_mean(rewards.sum(1)))
         metrics["entropy"].append(self._gather_mean(masked_mean(stats["entropy"], mask, dim=1)))
@@ -828,68 +880,77 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         )
         metrics["advantages/mean"].append(self._global_masked_mean(advantages, mask))
 
-        batch.update(
-            old_logprobs=logprobs, old_values=values, advantages=advantages, returns=returns, group_index=group_index,
+        return dataclasses.replace(
+            batch, old_logprobs=logprobs, old_values=values, advantages=advantages, returns=returns,
             ref_logprobs=ref_logprobs,  # a sampled-token penalty with a direct gradient needs them in the update
-            kl_coef=torch.full((len(rows),), beta, device=device),  # the beta of this batch's rewards
+            kl_coef=torch.full((len(batch),), beta, device=mask.device),  # the beta of this batch's rewards
         )
-        return batch
+
+    def _single_pass_update(self) -> bool:
+        """Whether the rollout batch about to be sampled gets its statistics from the update's forward instead of a
+        rollout-time policy and value pass (no redundant passes; TRL's GRPO does the same at
+        ``num_iterations=1``): its one optimizer step (``num_ppo_epochs=1``, one minibatch) is one micro-batch per
+        process (``gradient_accumulation_steps=1``: advantages are normalized over the whole batch, so they need
+        every row's statistics before any backward), taken from the sampling policy itself (after the value
+        warm-up, without dropout: the same numbers as the rollout pass)."""
+        args = self.args
+        return (
+            self._single_pass_enabled
+            and self._schedule.on_policy_single_update
+            and args.gradient_accumulation_steps == 1
+            and args.disable_dropout
+            and self.state.global_step >= args.value_warmup_steps
+        )
 
     def _prepare_inputs(self, generation_batch):
-        """Train: a micro-batch of the current rollout batch (sampling a new one when due). Eval: a fresh rollout."""
+        """Train: the micro-batch of the current rollout batch that the schedule names, sampling a new rollout batch
+        when one is due (``PPOSchedule``). Eval: a fresh rollout."""
         if not self.model.training:
             return self._rollout(generation_batch, "eval")
-        args = self.args
-        position = self._step % (args.steps_per_generation * args.num_ppo_epochs)
-        bs, ga = args.per_device_train_batch_size, args.gradient_accumulation_steps
-        if position == 0 or self._buffer is None:
-            # A new rollout batch: on schedule, or after a resume.
+        schedule = self._schedule
+        if schedule.rollout_due():
             before = {k: len(v) for k, v in self._metrics["train"].items()}
-            self._buffer = self._rollout(generation_batch, "train")
+            self._rollout_batch = self._rollout(generation_batch, "train")
             # what this rollout logged: repeated by `log` at every logged step trained on this rollout batch
             self._last_rollout_metrics = {
                 k: v[-1] for k, v in self._metrics["train"].items() if len(v) > before.get(k, 0)
             }
-            self._stop_batch_updates = False
-            n = len(generation_batch)
-            gen = torch.Generator().manual_seed(args.seed + self.state.global_step)
-            self._buffer_epoch_perms = [torch.randperm(n, generator=gen) for _ in range(args.num_ppo_epochs)]
-            # valid tokens of each optimizer step's whole accumulated batch (all processes): the 'dapo' normaliser
-            mask = self._buffer["completion_mask"]
-            counts = torch.stack([
-                torch.stack([mask[perm[m * bs * ga : (m + 1) * bs * ga].to(mask.device)].sum() for m in range(args.num_mini_batches)])
-                for perm in self._buffer_epoch_perms
-            ]).float()
-            self._buffer_minibatch_tokens = self.accelerator.reduce(counts, reduction="sum")
-        epoch, micro = divmod(position, args.steps_per_generation)
-        idx = self._buffer_epoch_perms[epoch][micro * bs : (micro + 1) * bs].to(self.accelerator.device)
-        inputs = {k: v[idx] for k, v in self._buffer.items()}
-        inputs["num_items_in_batch"] = self._buffer_minibatch_tokens[epoch, micro // ga]
-        return inputs
+            # epoch permutations, and the valid tokens of each optimizer step's minibatch on all processes
+            schedule.start_batch(
+                self._rollout_batch.completion_mask, reduce_sum=lambda t: self.accelerator.reduce(t, reduction="sum")
+            )
+        micro = self._rollout_batch.select(schedule.micro_batch_rows().to(self.accelerator.device))
+        return dataclasses.replace(micro, num_items_in_batch=schedule.num_items_in_batch())
 
     # ------------------------------------------------------------------------------------------------------------
     # Update
     # ------------------------------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self._step % self.args.gradient_accumulation_steps == 0 and not self._joint_model:
+        schedule = self._schedule
+        if schedule.starts_optimizer_step() and not self._joint_model:
             # Trainer zeroes the policy's grads only (under DeepSpeed the engine owns both)
             self.value_model.zero_grad(set_to_none=True)
-        position = self._step % (self.args.steps_per_generation * self.args.num_ppo_epochs)
-        if self._stop_batch_updates and position != 0:
-            # 14a. Approx-KL early stop: the rest of this rollout batch's updates are skipped (no forward, no
-            #      gradient: the optimizer leaves the weights alone); the next cycle samples the next rollout batch.
-            self._step += 1
+        if schedule.skip_step():
+            # 14a. Approx-KL early stop (decided in 14b): the rest of this rollout batch's updates are skipped (no
+            #      forward, no gradient: the optimizer leaves the weights alone); the next cycle samples the next batch.
+            schedule.end_step()
             self._metrics["train"]["policy/skipped_steps"].append(1.0)
             return torch.zeros((), device=self.accelerator.device)
         out = super().training_step(model, inputs, num_items_in_batch)
-        self._step += 1
+        # 14b. At the end of an optimizer step: its approximate KL(old || new), averaged over its micro-batches on all
+        #      processes (recorded by compute_loss, step 14); past `kl_early_stop_target` the schedule stops this batch.
+        mb_kl, stopped = schedule.end_step(reduce_mean=self._gather_mean)
+        if mb_kl is not None:
+            self._metrics["train"]["policy/approx_kl"].append(mb_kl)
+        if stopped:
+            self._metrics["train"]["policy/early_stop"].append(1.0)
         return out
 
-    def _aggregate(self, losses: torch.Tensor, mask: torch.Tensor, inputs: dict) -> torch.Tensor:
+    def _aggregate(self, losses: torch.Tensor, mask: torch.Tensor, inputs: RolloutBatch) -> torch.Tensor:
         """This micro-batch's share of the optimizer step's loss (``args.loss_type``, see ``core.ppo``)."""
         return aggregate_loss(
             losses, mask, self.args.loss_type, gradient_accumulation_steps=self.current_gradient_accumulation_steps,
-            num_items_in_batch=inputs["num_items_in_batch"], num_processes=self.accelerator.num_processes,
+            num_items_in_batch=inputs.num_items_in_batch, num_processes=self.accelerator.num_processes,
             max_completion_length=self.args.max_completion_length,
         )
 
@@ -898,10 +959,9 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             raise ValueError("PPOTrainer.compute_loss does not return outputs.")
         args = self.args
         metrics = self._metrics["train"]
-        mask = inputs["completion_mask"]
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
-        attention_mask = torch.cat([inputs["prompt_mask"], mask], 1)
-        T = inputs["completion_ids"].size(1)
+        mask = inputs.completion_mask
+        input_ids, attention_mask = inputs.input_ids, inputs.attention_mask
+        T = inputs.completion_ids.size(1)
 
         # 11. One forward for the new values and (after the value warm-up, during which the policy is frozen and not
         #     run at all) the policy's log-probs and, with the exact KL, KL(pi(.|s_t) || pi_ref(.|s_t)) with its
@@ -910,11 +970,14 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         with_policy = self.state.global_step >= args.value_warmup_steps
         penalty = KL_PENALTIES.get(args.kl_estimator)
         with_kl = with_policy and penalty.direct_gradient
+        single_pass = inputs.old_logprobs is None  # the rollout left steps 5-10 to this forward (`_single_pass_update`)
         forward_kwargs = dict(
             with_policy=with_policy, chunk_size=args.exact_kl_chunk_size,
-            with_exact_kl=with_kl and penalty.needs_full_vocabulary,
+            with_exact_kl=single_pass or (with_kl and penalty.needs_full_vocabulary),
             ref_model=None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model),
         )
+        if single_pass:  # everything the rollout's statistics (step 5) hold
+            forward_kwargs.update(with_ref_logprobs=True, with_entropy=True)
         with self.accelerator.autocast():
             if self._joint_model:
                 out, new_values = model(input_ids, attention_mask, T, args.temperature, **forward_kwargs)
@@ -923,9 +986,15 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
                     model, self.value_model, input_ids, attention_mask, T, args.temperature, **forward_kwargs
                 )
         new_values = new_values.float()
+        if single_pass:
+            # 11a. On-policy single update: this forward IS the sampling policy's, so its detached log-probs, KL and
+            #      values are the rollout's steps 5-6; rewards, GAE and normalization (steps 7-10) follow from them.
+            #      Old log-probs = new ones detached: ratio exactly 1, approx KL 0, as with the rollout's own pass.
+            stats = {k: v.detach() for k, v in out.items()}
+            inputs = self._rewards_and_advantages(inputs, stats, new_values.detach())
 
         # 12. Clipped value loss (Huang et al. detail: clip the new value around the rollout value).
-        vf_losses, vf_clipped = value_loss(new_values, inputs["old_values"], inputs["returns"], args.cliprange_value)
+        vf_losses, vf_clipped = value_loss(new_values, inputs.old_values, inputs.returns, args.cliprange_value)
         vf_loss = self._aggregate(vf_losses, mask, inputs)
         self.note_loss_terms(value=vf_loss)  # a non-finite loss names its term (utils.finite)
         # Update metrics: means over the valid tokens of all processes' micro-batches (not rank 0's share), reduced
@@ -940,31 +1009,24 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
 
         # 13. Clipped surrogate on the ratio to the sampling policy (ratio = 1 at the first step of a batch), plus
         #     with the exact KL the direct term beta * KL_t, aggregated together.
-        logratio = out["logprobs"] - inputs["old_logprobs"]
-        pg_losses, pg_clipped = policy_loss(out["logprobs"], inputs["old_logprobs"], inputs["advantages"], args.cliprange)
+        logratio = out["logprobs"] - inputs.old_logprobs
+        pg_losses, pg_clipped = policy_loss(out["logprobs"], inputs.old_logprobs, inputs.advantages, args.cliprange)
         ratio = torch.exp(logratio.detach())
         update_metrics.update({"policy/clipfrac": pg_clipped, "loss/policy": pg_losses, "policy/ratio_mean": ratio})
         per_token, direct_kl = pg_losses, None
         if with_kl:  # the penalty's direct term, with its gradient w.r.t. the current policy
-            direct_kl = penalty(out["logprobs"], inputs["ref_logprobs"], exact_kl=out.get("exact_kl"))
-            per_token = per_token + inputs["kl_coef"][:, None] * direct_kl
+            direct_kl = penalty(out["logprobs"], inputs.ref_logprobs, exact_kl=out.get("exact_kl"))
+            per_token = per_token + inputs.kl_coef[:, None] * direct_kl
             update_metrics["loss/kl"] = direct_kl
         pg_loss = self._aggregate(per_token, mask, inputs)
         self.note_loss_terms(policy=(pg_losses.detach() * mask).sum(),
                              kl=(direct_kl.detach() * mask).sum() if with_kl else None)
         self._log_update_metrics(metrics, mask, update_metrics, ratio=ratio)
 
-        # 14. Approximate KL(old || new) (k3 on the rollout's samples), averaged over the minibatch on all
-        #     processes: past `kl_early_stop_target` the rest of this rollout batch's updates are skipped (14a).
+        # 14. Approximate KL(old || new) of this micro-batch (k3 on the rollout's samples), for the early stop that
+        #     training_step decides at the end of the optimizer step (14b) and executes (14a).
         with torch.no_grad():
-            self._minibatch_approx_kl.append(approx_kl(logratio.detach(), mask))
-        if (self._step + 1) % args.gradient_accumulation_steps == 0:
-            mb_kl = self._gather_mean(torch.stack(self._minibatch_approx_kl))
-            self._minibatch_approx_kl = []
-            metrics["policy/approx_kl"].append(mb_kl)
-            if args.kl_early_stop_target is not None and mb_kl > args.kl_early_stop_target:
-                metrics["policy/early_stop"].append(1.0)
-                self._stop_batch_updates = True
+            self._schedule.record_approx_kl(approx_kl(logratio.detach(), mask))
 
         # Parameters are disjoint: the sum trains both; vf_coef only rescales the value gradient.
         return pg_loss + args.vf_coef * vf_loss
@@ -1060,7 +1122,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
                 kill_point(f"ppo_checkpoint_manifest:{self.state.global_step}")
                 write_manifest(
                     output_dir, CHECKPOINT_KIND, fingerprint=self._resume_fingerprint(), step=self.state.global_step,
-                    lineage=getattr(self, "_lineage", None), extra=ppo_state,
+                    lineage=self._lineage, extra=ppo_state,
                 )
                 rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
 
@@ -1070,19 +1132,11 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         instead of sampling another one."""
         from ...utils.atomic import atomic_writer
 
-        args = self.args
-        position = self._step % (args.steps_per_generation * args.num_ppo_epochs)
-        if position == 0 or self._buffer is None:
+        if not self._schedule.in_batch() or self._rollout_batch is None:
             return
         os.makedirs(output_dir, exist_ok=True)
-        state = {
-            "step": self._step,
-            "buffer": {k: v.detach().cpu() for k, v in self._buffer.items()},
-            "epoch_perms": [p.cpu() for p in self._buffer_epoch_perms],
-            "minibatch_tokens": self._buffer_minibatch_tokens.detach().cpu(),
-            "stop_batch_updates": self._stop_batch_updates,
-            "minibatch_approx_kl": [t.detach().cpu() for t in self._minibatch_approx_kl],
-        }
+        # the schedule's state (step, epoch permutations, minibatch token counts, early stop) and the batch's rows
+        state = {**self._schedule.state_dict(), "buffer": self._rollout_batch.state_dict()}
         path = os.path.join(output_dir, rollout_buffer_file(self.accelerator.process_index))
         atomic_writer(path, lambda tmp: torch.save(state, tmp))
 
@@ -1160,8 +1214,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             finally:
                 self.remove_callback(callback)
                 self._stop_signals = None
-                stopped_by = getattr(self, "_stopped_by", None)
-                self._stopped_by = None
+                stopped_by, self._stopped_by = self._stopped_by, None
                 if stopped_by:
                     log_line("ppo", f"stopped by {stopped_by} at step {self.state.global_step}"
                              + ("" if self.args.save_strategy == "no" else
@@ -1212,34 +1265,34 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
 
         ppo_state = read_json(state_file, what=f"Checkpoint {checkpoint}:")
         self.kl_ctl.value = float(ppo_state["kl_coef"])
-        if "kl_coef" in getattr(self, "_accepted_changes", {}):  # a knowingly changed β starts at its new value
+        if "kl_coef" in self._accepted_changes:  # a knowingly changed β starts at its new value
             self.kl_ctl.value = float(self.args.kl_coef)
         self.reward_moments.load_state_dict(ppo_state["reward_moments"])
         # resume at the right place of the rollout cycle, inside the same rollout batch when it was saved there
-        self._step = self._global_step_from_checkpoint(checkpoint) * self.args.gradient_accumulation_steps
-        self._buffer = None
+        self._schedule.resume_at(self._global_step_from_checkpoint(checkpoint))
+        self._rollout_batch = None
         self._load_rollout_buffer(checkpoint)
 
     def _load_rollout_buffer(self, checkpoint: str) -> None:
-        args = self.args
-        position = self._step % (args.steps_per_generation * args.num_ppo_epochs)
+        schedule = self._schedule
         path = os.path.join(checkpoint, rollout_buffer_file(self.accelerator.process_index))
-        if position == 0:
+        if schedule.position == 0:
             return  # a rollout boundary: the next step samples a new batch, as the uninterrupted run does
         if not os.path.isfile(path):
             raise ValueError(
-                f"Checkpoint {checkpoint} was saved inside a rollout batch's epochs (step {self._step} of a "
-                f"{args.steps_per_generation * args.num_ppo_epochs}-step cycle) but has no {os.path.basename(path)}: "
+                f"Checkpoint {checkpoint} was saved inside a rollout batch's epochs (step {schedule.step} of a "
+                f"{schedule.cycle_length}-step cycle) but has no {os.path.basename(path)}: "
                 "it was written by an older version that re-sampled the batch on resume. Resume from a checkpoint "
                 "at a rollout boundary, or start over."
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
+        where = f"Checkpoint {checkpoint}: {os.path.basename(path)}"
+        if int(state.get("step", -1)) != schedule.step:
+            raise ValueError(f"{where} was saved at micro-step {state.get('step')}, not {schedule.step}: it belongs to "
+                             "another checkpoint. Resume from an intact checkpoint.")
         device = self.accelerator.device
-        self._buffer = {k: v.to(device) for k, v in state["buffer"].items()}
-        self._buffer_epoch_perms = list(state["epoch_perms"])
-        self._buffer_minibatch_tokens = state["minibatch_tokens"].to(device)
-        self._stop_batch_updates = bool(state["stop_batch_updates"])
-        self._minibatch_approx_kl = [t.to(device) for t in state["minibatch_approx_kl"]]
+        self._rollout_batch = RolloutBatch.from_state_dict(state["buffer"], where=where).to(device)
+        schedule.load_state_dict(state, device=device)
 
     @staticmethod
     def _global_step_from_checkpoint(path) -> int:
