@@ -329,6 +329,9 @@ def part_bf16_checks(a, tmp: str) -> dict:
                                    kl_estimator="exact", value_model_init="policy"))
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     trainer = Capture(paths["policy"], reward_funcs=distinct_char_reward, args=args, train_dataset=data, peft_config=lora)
+    # the on-policy single pass would take the old log-probs from the update's own forward (log-ratio 0 by
+    # construction): the two-pass path is what compares the rollout's numbers with the update's on this GPU
+    trainer._single_pass_enabled = False
     out["ppo_args_bf16"] = bool(trainer.args.bf16)
     out["ppo_policy_dtype"] = str(next(trainer.policy.parameters()).dtype)
     t0 = time.perf_counter()
@@ -338,9 +341,9 @@ def part_bf16_checks(a, tmp: str) -> dict:
     out["ppo_first_update_clipfrac"] = logged(trainer, "policy/clipfrac")[:1]
     out["ppo_exact_kl"] = logged(trainer, "kl/exact")
     inputs, new = captured.get("inputs"), captured.get("new_logprobs")
-    if new is not None and inputs is not None and "old_logprobs" in inputs:
-        mask = inputs["completion_mask"].bool()
-        diff = (new.detach().float() - inputs["old_logprobs"].float())[mask]
+    if new is not None and inputs is not None and getattr(inputs, "old_logprobs", None) is not None:
+        mask = inputs.completion_mask.bool()  # a RolloutBatch micro-batch
+        diff = (new.detach().float() - inputs.old_logprobs.float())[mask]
         out["ppo_first_update_max_abs_logratio"] = float(diff.abs().max())
         out["ppo_first_update_mean_abs_logratio"] = float(diff.abs().mean())
     else:
@@ -426,6 +429,8 @@ def _ppo_run(a, tmp: str, name: str, paths: dict, *, estimator: str, quantized: 
         "load_seconds": load_s, "train_seconds": train_s, "steps_timed": phases.steps,
         "mean_step_after_warmup": summarize_steps(phases.steps, skip_first=True),
         "stats_phase_timed": stats_patched,
+        # 1 epoch x 1 minibatch: the rollout statistics come from the update's forward (no logprob_kl_stats phase)
+        "single_pass": trainer._single_pass_update(),
         "completion_mean_length": logged(trainer, "completions/mean_length"),
         "kl_exact": logged(trainer, "kl/exact"), "approx_kl": logged(trainer, "policy/approx_kl"),
         "allocated_after_init_gib": after_init.get("allocated_gib"), "peak_train_gib": mem.get("peak_gib"),
