@@ -684,6 +684,15 @@ def make_sampler(args, model=None, tokenizer=None, accelerator=None, *, engine_f
     return VLLMSampler(engine)
 
 
+def sampler_for(model, sampler: Sampler | None) -> Sampler | None:
+    """``sampler`` ready to sample ``model``: an engine holding its own weights (vLLM) gets ``model``'s pushed first.
+    For the evaluation helpers that take a model and an optional sampler (one push per call; side-by-side and refresh
+    comparisons sample two models through one engine). Trainers push only when their policy changed instead."""
+    if sampler is not None and sampler.needs_weight_sync:
+        sampler.sync_weights(model)
+    return sampler
+
+
 def check_vllm_installed() -> None:
     """``use_vllm=True`` needs the ``vllm`` package: a clear error naming the extra (raised at config time)."""
     import importlib.util

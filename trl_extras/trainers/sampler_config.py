@@ -29,7 +29,7 @@ class GenerationBackendConfig:
         default=False,
         metadata={
             "help": "Whether to use vLLM for generating completions (TRL's `VLLMGeneration`). If set to `True`, the "
-            "trainer will use vLLM for generation instead of the default model.generate(), and push the policy's "
+            "trainer will use vLLM for generation instead of the default `generate`, and push the policy's "
             "weights to it after each update (PEFT adapters merged for the push). Requires `vllm` to be installed: "
             "`pip install trl-extras[vllm]`."
         },

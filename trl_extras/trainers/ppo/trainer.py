@@ -62,6 +62,7 @@ from ...modeling.generation import (
     ensure_pad_token,
     generate_rollouts,
     is_conversational_prompt,
+    make_sampler,
     off_policy_sampling_settings,
     sampling_generation_config,
 )
@@ -373,6 +374,9 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         self._stop_batch_updates = False  # set by the approx-KL early stop
         if hasattr(self.policy, "add_model_tags"):
             self.policy.add_model_tags(self._tag_names)
+        # the generation backend (generate / continuous batching / vLLM: args.use_vllm, ...), see _sync_sampler_if_changed
+        self.sampler = make_sampler(args, self.policy, tokenizer, self.accelerator)
+        self._sampler_synced_step = None  # global_step of the weights the sampler holds (None: never pushed)
 
     def _place_reward_models(self) -> None:
         """Reward models to the device through the reward contract; under DeepSpeed a reward model becomes an
@@ -694,6 +698,44 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             metrics["policy/ratio_min"].append(float(table[:, n + 1].min()))
             metrics["policy/ratio_max"].append(-float(table[:, n + 2].min()))
 
+    def _sync_sampler_if_changed(self) -> None:
+        """Push the policy's weights to a generation engine that holds its own copy (vLLM) when the policy changed
+        since the last push: once per rollout after the updates, never twice for the same weights (e.g. evaluation
+        between updates, or eval-only runs after the first push). The first rollout pushes, as TRL's GRPO does: the
+        engine loaded the checkpoint from disk, which an in-memory model or an adapter may not match. ``generate``
+        and continuous batching read the live model: nothing to do."""
+        if not self.sampler.needs_weight_sync or self._sampler_synced_step == self.state.global_step:
+            return
+        self.sampler.sync_weights(self.policy)  # PEFT merge -> push -> unmerge, ZeRO-3 gathered (TRL's sync_weights)
+        self._sampler_synced_step = self.state.global_step
+
+    def _sampler_correction(self, rollout, logprobs, mask, advantages, metrics) -> torch.Tensor:
+        """Engine vs trainer log-probs: log ``rollout/logprob_gap/mean|max`` when the engine returned log-probs and,
+        with ``use_vllm`` and ``vllm_importance_sampling_correction``, scale the advantages by TRL's truncated / masked
+        importance-sampling ratio (``rho >= 0`` times the clipped surrogate's advantage equals ``rho`` times its loss,
+        as TRL multiplies the per-token loss). The old log-probs stay the trainer's own (ratio 1 at the first update)."""
+        if rollout.sampler_logprobs is None:
+            return advantages
+        from ...core.sampler_correction import importance_sampling_ratio, logprob_gap
+
+        sampler_logps = rollout.sampler_logprobs.to(logprobs.device)
+        gap = logprob_gap(logprobs, sampler_logps, mask)
+        zero = torch.zeros((), device=logprobs.device)
+        row = torch.stack([gap.sum() if gap.numel() else zero, torch.tensor(float(gap.numel()), device=zero.device),
+                           gap.max() if gap.numel() else zero]).reshape(1, -1)  # fmt: skip
+        table = self.accelerator.gather(row) if self.accelerator.num_processes > 1 else row
+        metrics["rollout/logprob_gap/mean"].append(float(table[:, 0].sum() / table[:, 1].sum().clamp(min=1)))
+        metrics["rollout/logprob_gap/max"].append(float(table[:, 2].max()))
+        args = self.args
+        if not (args.use_vllm and args.vllm_importance_sampling_correction):
+            return advantages
+        ratio = importance_sampling_ratio(
+            logprobs, sampler_logps, mask, args.vllm_importance_sampling_mode,
+            args.vllm_importance_sampling_clip_min, args.vllm_importance_sampling_clip_max,
+        )  # fmt: skip
+        metrics["rollout/importance_sampling_ratio/mean"].append(self._global_masked_mean(ratio, mask))
+        return advantages * ratio
+
     @torch.no_grad()
     def _rollout(self, rows: list[dict], mode: str) -> dict:
         """Sample, score, and (in training) compute KL-penalized rewards, values, GAE advantages and returns."""
@@ -703,6 +745,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         extra = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
 
         # 1. Rollout: sample at `temperature`; the mask keeps tokens through the first EOS, the rest is padding.
+        self._sync_sampler_if_changed()
         rollout = generate_rollouts(
             self.model_wrapped,
             self._tokenizer,
@@ -713,6 +756,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             batch_size=args.generation_chunk_size or len(prompts),
             max_prompt_length=args.max_prompt_length,
             accelerator=self.accelerator,
+            sampler=self.sampler,
         )
         prompt_ids, completion_ids = rollout.prompt_ids.to(device), rollout.completion_ids.to(device)
         input_ids = torch.cat([prompt_ids, completion_ids], 1)
@@ -806,6 +850,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             advantages, mask, mode=args.advantage_normalization, keep_mean=args.advantage_keep_mean,
             group_index=group_index, accelerator=self.accelerator,
         )
+        advantages = self._sampler_correction(rollout, logprobs, mask, advantages, metrics)
 
         # 10. KL bookkeeping: adaptive beta, the budget that stops training, metrics (per-sequence sums).
         seq_exact_kl = (stats["exact_kl"] * mask).sum(1)
