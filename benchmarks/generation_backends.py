@@ -6,8 +6,8 @@ where ``vllm`` is installed and CUDA is present). Each backend samples ``--promp
 ``--length`` tokens at temperature 1 through ``generate_rollouts`` (the path PPO and CEM use); runs are interleaved
 A, B, A, B, ... (``--repeats`` rounds) so that both see the same machine load, and the 1-minute load average is
 recorded around each run. Reported: median samples/s, median generated tokens/s, and peak memory (CUDA:
-``torch.cuda.max_memory_allocated``; CPU: the process's peak RSS growth, ``ru_maxrss``, which only ever grows, so
-it is reported per backend as the growth during that backend's FIRST run, backends in the order given).
+``torch.cuda.max_memory_allocated``, weights included; CPU: the peak growth of the process's resident memory during
+a run, polled every 2 ms, the largest over the runs).
 
 Models: SmolLM2-135M-Instruct (``--model smollm2``: ``trl_extras.testbed.smollm2_path``, the real weights) and the
 Qwen2.5-0.5B shape (``--model qwen-shape``: random weights, ``trl_extras.testbed.shapes``; ``--tiny-qwen`` scales it
@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -66,12 +65,36 @@ def make_backend(name: str, model, tokenizer, cb_config: dict | None = None):
     return sampler
 
 
-def _peak_mib() -> float:
-    import torch
+class RssPeak:
+    """Peak resident memory growth of this process during a block (CPU runs): /proc/self/statm polled every 2 ms by
+    a thread (``ru_maxrss`` only ever grows, so it cannot tell two backends apart)."""
 
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    def __enter__(self):
+        import threading
+
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _poll(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.base) / 2**20
 
 
 def _reset_peak():
@@ -96,19 +119,20 @@ def measure_backends(model, tokenizer, prompts: list, backends, *, n: int, lengt
     for r in range(-1, repeats):  # round -1: warm-up (kernels, allocator, the engine's first call), not reported
         for name in backends:
             _reset_peak()
-            base = _peak_mib()
             load_before = os.getloadavg()[0]
             torch.manual_seed(seed + r)
-            t0 = time.perf_counter()
-            rollout = generate_rollouts(model, tokenizer, prompts, max_new_tokens=length, temperature=1.0,
-                                        num_generations=n, batch_size=batch_size, sampler=samplers[name])
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
+            with RssPeak() as rss:
+                t0 = time.perf_counter()
+                rollout = generate_rollouts(model, tokenizer, prompts, max_new_tokens=length, temperature=1.0,
+                                            num_generations=n, batch_size=batch_size, sampler=samplers[name])
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - t0
             row = {"round": r, "seconds": seconds, "samples": len(rollout),
                    "tokens": int(rollout.completion_mask.sum()), "load_1min_before": load_before,
                    "load_1min_after": os.getloadavg()[0],
-                   "peak_mib": _peak_mib() if torch.cuda.is_available() else _peak_mib() - base}
+                   "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
+                   else rss.growth_mib}
             if r >= 0:
                 out[name]["runs"].append(row)
             else:
@@ -159,8 +183,8 @@ def bench_prompts(k: int) -> list:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# Generation backends: {res['model']}", "",
-             f"Machine: {res['machine']}; {res['prompts']} prompts x {res['n']} samples, <= {res['length']} new "
+    lines = [f"{res['model']} on {res['machine']}, {res['started']}: {res['prompts']} prompts x {res['n']} samples, "
+             f"<= {res['length']} new "
              f"tokens, temperature 1; {res['repeats']} interleaved rounds after a warm-up round (median reported).", "",
              "| backend | samples/s | tokens/s | median s | peak MiB | load avg (1 min) before runs |",
              "|---|---|---|---|---|---|"]
