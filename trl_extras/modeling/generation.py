@@ -12,6 +12,13 @@ complete ``GenerationConfig`` (every logits processor off unless asked for), and
 ``generate`` for the duration of the call (transformers fills every ``None`` field from it, and several processors
 have no "off" value other than ``None``). PPO's old log-probs, ratio, exact KL and entropy all assume this
 distribution.
+
+The backend is a :class:`Sampler` (``sample`` / ``sync_weights`` / ``close``), chosen by :func:`make_sampler` from TRL
+GRPOConfig's field names: :class:`GenerateSampler` (HF ``generate``, the default and the path above),
+:class:`ContinuousBatchingSampler` (transformers' ``generate_batch``) and :class:`VLLMSampler` (TRL's
+``VLLMGeneration``; an engine with its own weights, pushed by ``sync_weights``). Backends only map prompt token ids
+to completion token ids (and, where the engine gives them, their log-probs); tokenization, row order, padding, the
+EOS mask and decoding are shared (:meth:`Sampler.sample`, :func:`assemble_rollout`).
 """
 
 from __future__ import annotations
