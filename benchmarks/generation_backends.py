@@ -5,9 +5,10 @@ Backends (``trl_extras.modeling.generation``): ``generate`` (the default, HF ``g
 where ``vllm`` is installed and CUDA is present). Each backend samples ``--prompts x --n`` completions of at most
 ``--length`` tokens at temperature 1 through ``generate_rollouts`` (the path PPO and CEM use); runs are interleaved
 A, B, A, B, ... (``--repeats`` rounds) so that both see the same machine load, and the 1-minute load average is
-recorded around each run. Reported: median samples/s, median generated tokens/s, and peak memory (CUDA:
-``torch.cuda.max_memory_allocated``, weights included; CPU: the peak growth of the process's resident memory during
-a run, polled every 2 ms, the largest over the runs).
+recorded around each run. Reported: median samples/s (wall clock), the CPU seconds of that run (all threads:
+``time.process_time``, less sensitive than wall time to other jobs on a shared machine), median generated tokens/s,
+and peak memory (CUDA: ``torch.cuda.max_memory_allocated``, weights included; CPU: the peak growth of the process's
+resident memory during a run, polled every 2 ms, the largest over the runs).
 
 Models: SmolLM2-135M-Instruct (``--model smollm2``: ``trl_extras.testbed.smollm2_path``, the real weights) and the
 Qwen2.5-0.5B shape (``--model qwen-shape``: random weights, ``trl_extras.testbed.shapes``; ``--tiny-qwen`` scales it
@@ -122,13 +123,15 @@ def measure_backends(model, tokenizer, prompts: list, backends, *, n: int, lengt
             load_before = os.getloadavg()[0]
             torch.manual_seed(seed + r)
             with RssPeak() as rss:
+                c0 = time.process_time()  # CPU seconds of every thread of the process (robust to a busy machine)
                 t0 = time.perf_counter()
                 rollout = generate_rollouts(model, tokenizer, prompts, max_new_tokens=length, temperature=1.0,
                                             num_generations=n, batch_size=batch_size, sampler=samplers[name])
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - t0
-            row = {"round": r, "seconds": seconds, "samples": len(rollout),
+                cpu_seconds = time.process_time() - c0
+            row = {"round": r, "seconds": seconds, "cpu_seconds": cpu_seconds, "samples": len(rollout),
                    "tokens": int(rollout.completion_mask.sum()), "load_1min_before": load_before,
                    "load_1min_after": os.getloadavg()[0],
                    "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
@@ -141,7 +144,7 @@ def measure_backends(model, tokenizer, prompts: list, backends, *, n: int, lengt
         runs = out[name]["runs"]
         med = sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2]
         out[name].update(samples_per_s=med["samples"] / med["seconds"], tokens_per_s=med["tokens"] / med["seconds"],
-                         median_seconds=med["seconds"],
+                         median_seconds=med["seconds"], median_cpu_seconds=med["cpu_seconds"],
                          peak_mib=max(x["peak_mib"] for x in runs + [out[name]["warmup"]]))
         samplers[name].close()
     return out
@@ -186,12 +189,12 @@ def markdown(res: dict) -> str:
     lines = [f"{res['model']} on {res['machine']}, {res['started']}: {res['prompts']} prompts x {res['n']} samples, "
              f"<= {res['length']} new "
              f"tokens, temperature 1; {res['repeats']} interleaved rounds after a warm-up round (median reported).", "",
-             "| backend | samples/s | tokens/s | median s | peak MiB | load avg (1 min) before runs |",
-             "|---|---|---|---|---|---|"]
+             "| backend | samples/s | tokens/s | median s | CPU s | peak MiB | load avg (1 min) before runs |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in res["backends"].items():
         loads = ", ".join(f"{x['load_1min_before']:.2f}" for x in r["runs"])
         lines.append(f"| {name} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['median_seconds']:.2f} | "
-                     f"{r['peak_mib']:.0f} | {loads} |")
+                     f"{r['median_cpu_seconds']:.1f} | {r['peak_mib']:.0f} | {loads} |")
     if res.get("not_run"):
         lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in res["not_run"].items())]
     return "\n".join(lines) + "\n"
