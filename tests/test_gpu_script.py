@@ -89,3 +89,6 @@ def test_tiny_runs_every_part_on_cpu(tmp_path):
     assert b["grpo_ok"] and b["ppo_first_update_approx_kl"]
     assert parts["pytest"]["result"]["returncode"] == 0  # every GPU test skipped on CPU
     assert "## QLoRA PPO" in md and "## K=4 LoRA reward ensemble" in md
+    gb = parts["generation_backends"]["result"]
+    assert gb["backends"]["generate"]["samples_per_s"] > 0 and gb["backends"]["cb"]["samples_per_s"] > 0
+    assert "## Generation backends" in md

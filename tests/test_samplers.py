@@ -314,13 +314,19 @@ def test_ppo_syncs_after_every_update_before_the_next_rollout_and_never_twice(ti
     data = Dataset.from_dict({"prompt": ["3 1 >", "7 2 5 >", "1 >", "4 4 >"] * 2})
     trainer = PPOTrainer(tiny_paths["policy"], _reward, args=args, train_dataset=data, eval_dataset=data.select(range(2)),
                          peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_alpha=8))
-    trainer.train()
+    for phase in ("eval", "eval", "train", "eval", "eval"):
+        events.append(phase)
+        trainer.evaluate() if phase == "eval" else trainer.train()
     logged = trainer.state.log_history
-    # 4 optimizer steps, 2 epochs per rollout batch: rollouts at steps 0 and 2, each after a push
-    assert events == ["sync", "generate", "sync", "generate"], events
-    trainer.evaluate()  # the policy changed since the last push (steps 2, 3): one push
-    trainer.evaluate()  # nothing changed: no push
-    assert events[4] == "sync" and events[5:] and set(events[5:]) == {"generate"}, events
+    collapsed = [e for i, e in enumerate(events) if e != "generate" or i == 0 or events[i - 1] != "generate"]
+    assert collapsed == [
+        "eval", "sync", "generate",  # eval-only before training: the first rollout pushes (TRL does the same)
+        "eval", "generate",  # nothing changed: no push
+        "train", "generate",  # step 0: still the pushed weights
+        "sync", "generate",  # step 2, after 2 updates (2 epochs per rollout batch): one push
+        "eval", "sync", "generate",  # after the updates of steps 2 and 3
+        "eval", "generate",
+    ], events
     names = clients[0].pushed_names[-1]
     assert not any(("base_model" in n) or ("lora_" in n) or ("base_layer" in n) for n in names)
     assert not any(getattr(m, "merged", False) for m in trainer.policy.modules())  # merge -> push -> unmerge
