@@ -688,6 +688,15 @@ def make_sampler(args, model=None, tokenizer=None, accelerator=None, *, engine_f
         logprobs=0,
         generation_kwargs=None,
     )
+    client = getattr(engine, "vllm_client", None)
+    if args.vllm_mode == "server" and hasattr(client, "get_server_info"):  # as TRL's GRPO checks it
+        mode = client.get_server_info().get("model_config", {}).get("logprobs_mode")
+        if mode != "processed_logprobs":
+            logger.warning(
+                "The vLLM server runs with `--logprobs-mode %s`: its log-probs are not those of softmax(logits / T), "
+                "which biases rollout/logprob_gap and the importance-sampling correction. Restart it with "
+                "`--logprobs-mode processed_logprobs`.", mode,
+            )
     return VLLMSampler(engine)
 
 
