@@ -26,6 +26,9 @@ Parts, each in its own subprocess (a CUDA failure or a timeout loses that part o
   ensemble      K=4 LoRA reward ensemble (trunk once, K tails) vs one member on the Qwen-shaped reward model, bf16
   ppo_vs_grpo   bf16 + LoRA, Qwen shape, B=8 (2 prompts x 4 completions), T=512: PPO (1 epoch, exact KL) vs TRL
                 GRPOTrainer (beta=0.04) samples/s over the steps after a warm-up step
+  generation_backends  rollout samples/s, tokens/s and peak memory of `generate` vs transformers continuous
+                batching (and vLLM colocate where `vllm` is installed), Qwen shape, bf16, 16 prompts x 4 samples,
+                T=256, interleaved A,B,A,B (``benchmarks/generation_backends.py``'s ``measure_backends``)
 Each part's result is written to ``<out>/gpu.json`` and ``.md`` as soon as it finishes; a global ``--budget-s``
 skips the parts that would start too late (rerun them with ``--parts``).
 
@@ -58,10 +61,12 @@ use_offline_env()
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 NAME = "gpu"  # results: <out>/gpu.json, gpu.md, and the logs gpu_*.log (default <out>: benchmarks/results)
-PARTS = ("pytest", "bf16_checks", "qlora_ppo_kl", "ensemble", "ppo_vs_grpo")  # run in this order
+PARTS = ("pytest", "bf16_checks", "qlora_ppo_kl", "ensemble", "ppo_vs_grpo", "generation_backends")  # this order
 # seconds: the cap of each part's subprocess, and the least budget left for a part to start
-CAPS = {"pytest": 150, "bf16_checks": 100, "qlora_ppo_kl": 200, "ppo_vs_grpo": 170, "ensemble": 100}
-MIN_START = {"pytest": 40, "bf16_checks": 30, "qlora_ppo_kl": 90, "ppo_vs_grpo": 80, "ensemble": 30}
+CAPS = {"pytest": 150, "bf16_checks": 100, "qlora_ppo_kl": 200, "ppo_vs_grpo": 170, "ensemble": 100,
+        "generation_backends": 150}
+MIN_START = {"pytest": 40, "bf16_checks": 30, "qlora_ppo_kl": 90, "ppo_vs_grpo": 80, "ensemble": 30,
+             "generation_backends": 60}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VERSIONED = ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets", "pyarrow", "numpy",
              "safetensors", "tokenizers")
@@ -598,8 +603,34 @@ def part_ensemble(a, tmp: str) -> dict:
             "targets": {"time_ratio": 1.6, "memory_ratio": 1.3}}
 
 
+def part_generation_backends(a, tmp: str) -> dict:
+    """Rollout throughput per generation backend on the same prompts (issue 25): generate vs continuous batching
+    (vs vLLM colocate when installed), Qwen shape in bf16, through ``generate_rollouts`` as PPO/CEM sample."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from generation_backends import measure_backends, vllm_available
+
+    s = sizes(a.tiny)
+    paths = checkpoints(a, "qwen")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(paths["policy"], dtype=torch.bfloat16 if device == "cuda"
+                                                 else torch.float32).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(paths["policy"])
+    backends = ["generate", "cb"] + (["vllm"] if vllm_available() else [])
+    n_prompts, n, length = (16, 4, 256) if not a.tiny else (4, 2, s["T"])
+    rows = measure_backends(model, tok, list(prompts(max(n_prompts, 8))["prompt"])[:n_prompts], backends, n=n,
+                            length=length, repeats=2)
+    return {"shape": s["qwen"].name, "prompts": n_prompts, "n": n, "length": length, "backends": rows,
+            "vllm": "measured" if "vllm" in backends else
+            ("not installed" if importlib.util.find_spec("vllm") is None else "no CUDA device")}
+
+
 CHILD_PARTS = {"bf16_checks": part_bf16_checks, "qlora_ppo_kl": part_qlora_ppo_kl, "ppo_vs_grpo": part_ppo_vs_grpo,
-               "ensemble": part_ensemble}
+               "ensemble": part_ensemble, "generation_backends": part_generation_backends}
 
 
 def run_child(a) -> int:
@@ -776,6 +807,15 @@ def markdown(r: dict) -> str:
                          f"{_f(row['memory_ratio'], '.2f')} |")
         lines += ["", f"Trunk-once path used (no fallback to full passes): {e['uses_fast_path']}. Targets (issue 12): "
                   "time <= 1.6x, memory <= 1.3x of one member."]
+    if res.get("generation_backends"):
+        g = res["generation_backends"]
+        lines += ["", f"## Generation backends ({g['shape']}, bf16, {g['prompts']} prompts x {g['n']} samples, "
+                  f"T<={g['length']}, interleaved, median of 2 after a warm-up)", "",
+                  "| backend | samples/s | tokens/s | peak GiB |", "|---|---|---|---|"]
+        for name, row in g["backends"].items():
+            lines.append(f"| {name} | {_f(row['samples_per_s'], '.2f')} | {_f(row['tokens_per_s'], '.0f')} | "
+                         f"{_f(row['peak_mib'] / 1024, '.2f')} |")
+        lines += ["", f"vLLM: {g['vllm']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ def test_without_cuda_every_gpu_part_is_skipped(tmp_path):
     assert result["environment"]["cuda_available"] is False
     assert result["environment"]["versions"]["trl"]
     parts = result["parts"]
-    assert set(parts) == {"pytest", "bf16_checks", "qlora_ppo_kl", "ppo_vs_grpo", "ensemble"}
+    assert set(parts) == {"pytest", "bf16_checks", "qlora_ppo_kl", "ppo_vs_grpo", "ensemble", "generation_backends"}
     assert all(p["status"] == "skipped" and "no CUDA" in p["reason"] for p in parts.values())
     assert "skipped" in md
     # the device is read, not assumed: here none, so the title and the record say so (no "H200" anywhere)
@@ -90,3 +90,6 @@ def test_tiny_runs_every_part_on_cpu(tmp_path):
     assert b["grpo_ok"] and b["ppo_first_update_approx_kl"]
     assert parts["pytest"]["result"]["returncode"] == 0  # every GPU test skipped on CPU
     assert "## QLoRA PPO" in md and "## K=4 LoRA reward ensemble" in md
+    gb = parts["generation_backends"]["result"]
+    assert gb["backends"]["generate"]["samples_per_s"] > 0 and gb["backends"]["cb"]["samples_per_s"] > 0
+    assert "## Generation backends" in md

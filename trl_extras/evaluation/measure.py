@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling.generation import Rollout, generate_rollouts
+from ..modeling.generation import Rollout, generate_rollouts, sampler_for
 from ..modeling.lm import completion_token_stats
 
 
@@ -105,6 +105,7 @@ def measure_policy(
     accelerator=None,
     progress: bool = False,
     desc: str = "Measuring",
+    sampler=None,
 ) -> PolicyMeasurement:
     """Sample ``num_generations`` answers per prompt and measure them (see :class:`PolicyMeasurement`).
 
@@ -120,6 +121,8 @@ def measure_policy(
         seed: sampling is seeded with ``seed + process_index``; the global RNG state is restored afterwards, so
             measuring inside a training loop does not change the training's random stream.
         accelerator: unwraps the model for generation (DDP, DeepSpeed ZeRO-3, FSDP).
+        sampler: the generation backend (:func:`~trl_extras.modeling.generation.make_sampler`; ``None``: HF
+            ``generate``); an engine with its own weights (vLLM) gets ``model``'s pushed first.
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -137,7 +140,7 @@ def measure_policy(
                     rollout = generate_rollouts(
                         model, tokenizer, local_prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_k=top_k, top_p=top_p, num_generations=num_generations, batch_size=batch_size,
-                        accelerator=accelerator, progress=progress, desc=desc,
+                        accelerator=accelerator, progress=progress, desc=desc, sampler=sampler_for(model, sampler),
                     )
         finally:
             tokenizer.padding_side = padding_side

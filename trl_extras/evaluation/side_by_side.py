@@ -184,13 +184,16 @@ def _answers(model, processing_class, prompts, role, seed, generation_kwargs) ->
         if len(model) != len(prompts):
             raise ValueError(f"{role}: {len(model)} precomputed completions for {len(prompts)} prompts.")
         return list(model)
-    from ..modeling.generation import generate_rollouts
+    from ..modeling.generation import generate_rollouts, sampler_for
 
     model, tokenizer = load_policy(model, processing_class, role)
     padding_side = tokenizer.padding_side
     torch.manual_seed(seed)  # each side its own seed: identical models still draw independent samples
     try:
-        rollout = generate_rollouts(model, tokenizer, prompts, desc=f"Generating ({role})", **generation_kwargs)
+        sampler = sampler_for(model, generation_kwargs.pop("sampler", None))  # each side's weights in the engine
+        rollout = generate_rollouts(
+            model, tokenizer, prompts, desc=f"Generating ({role})", sampler=sampler, **generation_kwargs
+        )
     finally:
         tokenizer.padding_side = padding_side
     return rollout.completions
@@ -218,6 +221,7 @@ def side_by_side(
     progress: bool = False,
     name_a: str | None = None,
     name_b: str | None = None,
+    sampler=None,
 ) -> SideBySideResult:
     """Compare model A with model B on ``prompts`` and test whether A is better (or worse) than B.
 
@@ -238,6 +242,8 @@ def side_by_side(
         reward_processing_classes: tokenizers of reward-model instances given as ``judge``.
         name_a, name_b: the models' names in the summary; default: the last folder of a path (or of a model
             instance's ``name_or_path``), else "A" / "B"; equal names get " (A)" / " (B)" appended.
+        sampler: the generation backend for both models (:func:`~trl_extras.modeling.generation.make_sampler`;
+            ``None``: HF ``generate``); an engine with its own weights (vLLM) gets each model's pushed before it samples.
 
     Returns:
         :class:`SideBySideResult` with counts for A vs B, win rate and CI, p-value and per-prompt records.
@@ -264,9 +270,10 @@ def side_by_side(
         batch_size=batch_size,
         progress=progress,
     )
-    answers_a = _answers(model_a, processing_class, prompts, "model_a", seed, generation_kwargs)
+    answers_a = _answers(model_a, processing_class, prompts, "model_a", seed, dict(generation_kwargs, sampler=sampler))
     answers_b = _answers(
-        model_b, processing_class_b or processing_class, prompts, "model_b", seed + 1, generation_kwargs
+        model_b, processing_class_b or processing_class, prompts, "model_b", seed + 1,
+        dict(generation_kwargs, sampler=sampler),
     )
 
     records = []

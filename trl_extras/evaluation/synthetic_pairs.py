@@ -73,6 +73,7 @@ def synthesize_preference_pairs(
     reward_weights=None,
     return_stats: bool = False,
     progress: bool = False,
+    sampler=None,
 ):
     """Sample ``n`` answers per prompt, score them, and keep (best, worst) as a DPO preference pair.
 
@@ -89,6 +90,8 @@ def synthesize_preference_pairs(
             generate call and per reward-model forward).
         seed: seeds the sampling.
         return_stats: also return a :class:`SynthesisStats`.
+        sampler: the generation backend (:func:`~trl_extras.modeling.generation.make_sampler`; ``None``: HF
+            ``generate``); an engine with its own weights (vLLM) gets the policy's pushed first.
 
     Returns:
         ``datasets.Dataset`` with ``id`` (``"synth-<prompt index>"``), ``prompt``, ``chosen``, ``rejected``,
@@ -97,7 +100,7 @@ def synthesize_preference_pairs(
     """
     from datasets import Dataset
 
-    from ..modeling.generation import generate_rollouts
+    from ..modeling.generation import generate_rollouts, sampler_for
     from ..rewards.functions import RewardFunctions
 
     if n < 2:
@@ -122,6 +125,7 @@ def synthesize_preference_pairs(
             batch_size=batch_size,
             progress=progress,
             desc="Sampling candidates",
+            sampler=sampler_for(model, sampler),
         )
     finally:
         tokenizer.padding_side = padding_side

@@ -85,6 +85,7 @@ def collect_comparisons(
     id_prefix: str = "cmp-",
     drop_identical: bool = True,
     accelerator=None,
+    sampler=None,
 ):
     """Answer ``num_pairs`` prompts with ``policy`` and with ``baseline``; one comparison row per prompt.
 
@@ -98,6 +99,8 @@ def collect_comparisons(
         seed: seeds sampling (each model's draw) and the A/B order.
         id_prefix: prefix of the row ids (e.g. ``"r2-"`` for round 2) so ids stay unique across rounds.
         drop_identical: leave out prompts whose two answers are identical (logged; nothing to label).
+        sampler: the generation backend for both models (:func:`~trl_extras.modeling.generation.make_sampler`;
+            ``None``: HF ``generate``); an engine with its own weights (vLLM) gets each model's pushed before it samples.
 
     Returns:
         ``datasets.Dataset`` with columns ``id, prompt, answer_a, answer_b, origin_a, origin_b`` (origins are
@@ -108,7 +111,7 @@ def collect_comparisons(
     from datasets import Dataset
 
     from ..evaluation._common import load_policy, prompts_from
-    from ..modeling.generation import generate_rollouts
+    from ..modeling.generation import generate_rollouts, sampler_for
 
     prompts = prompts_from(prompts, what="comparison prompts")
     if num_pairs is not None:
@@ -131,6 +134,7 @@ def collect_comparisons(
                 rollout = generate_rollouts(
                     model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, batch_size=batch_size, max_prompt_length=max_prompt_length, accelerator=accelerator,
+                    sampler=sampler_for(model, sampler),
                 )
             finally:
                 tok.padding_side = padding_side

@@ -72,6 +72,15 @@ PRIVATE_UPSTREAM_APIS: tuple[UpstreamAPI, ...] = (
                 ("trial",)),  # fmt: skip
     UpstreamAPI("transformers", "Trainer._get_dataloader", "call", "trainers/ppo/trainer.py",
                 ("dataset", "description", "batch_size", "sampler_fn", "is_training")),  # fmt: skip
+    # -- TRL: the vLLM engine behind use_vllm (not exported at the top level; its attributes are set per call)
+    UpstreamAPI("trl.generation.vllm_generation", "VLLMGeneration", "call", "modeling/generation.py (make_sampler)",
+                ("model", "accelerator", "processing_class", "mode", "structured_outputs_regex", "server_base_url",
+                 "server_host", "server_port", "server_timeout", "group_port", "tensor_parallel_size",
+                 "gpu_memory_utilization", "max_model_length")),  # fmt: skip
+    UpstreamAPI("trl.generation.vllm_generation", "VLLMGeneration.generate", "call",
+                "modeling/generation.py (VLLMSampler)", ("prompts", "images", "num_generations")),  # fmt: skip
+    UpstreamAPI("trl.generation.vllm_generation", "VLLMGeneration.sync_weights", "call",
+                "modeling/generation.py (VLLMSampler)", ()),  # fmt: skip
     # -- transformers: the DeepSpeed config a nested Trainer would otherwise inherit (CEM's inner SFT rounds)
     UpstreamAPI("transformers.integrations.deepspeed", "_hf_deepspeed_config_weak_ref", "attribute",
                 "trainers/cem/trainer.py"),  # fmt: skip

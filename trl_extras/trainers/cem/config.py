@@ -9,10 +9,11 @@ from trl import SFTConfig
 from ...utils.completions import LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
 from ...utils.finite import NONFINITE_ACTION_HELP
 from ...utils.resume import RESUME_ALLOW_CHANGES_HELP, normalize_allow_changes
+from ..sampler_config import GENERATION_BACKEND_DICT_FIELDS, GenerationBackendConfig
 
 
 @dataclass
-class CEMConfig(SFTConfig):
+class CEMConfig(GenerationBackendConfig, SFTConfig):
     r"""Configuration for the cross-entropy method: sample N answers per prompt, keep the elites, fine-tune; repeat.
 
     Inherits every [`~trl.SFTConfig`] argument: those (``learning_rate``, ``num_train_epochs`` -- default 1 here,
@@ -25,6 +26,8 @@ class CEMConfig(SFTConfig):
     loss), ``entropy_coef`` (entropy bonus), ``temperature_end`` (a sampling-temperature schedule), and the floors
     ``min_entropy`` / ``min_distinct_n`` that stop the run when diversity is gone.
     """
+
+    _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + GENERATION_BACKEND_DICT_FIELDS
 
     # rounds and sampling
     num_rounds: int = field(

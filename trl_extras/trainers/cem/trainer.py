@@ -43,7 +43,7 @@ import torch
 
 from ...core.diversity import grouped_distinct_n, unique_fraction
 from ...core.selection import quantile_schedule, select_elites
-from ...modeling.generation import ensure_pad_token, generate_rollouts, prompt_text
+from ...modeling.generation import ensure_pad_token, generate_rollouts, make_sampler, prompt_text
 from ...modeling.lm import completion_entropies
 from ...modeling.peft import is_peft_model
 from ...modeling.prompt_checks import (
@@ -207,6 +207,9 @@ class CEMTrainer:
         if args.kl_coef > 0:
             self.ref_model = resolve_reference(model, make_copy=lambda: copy.deepcopy(model))
         self.model = model
+        # the generation backend (generate / continuous batching / vLLM: args.use_vllm, ...), see _sync_sampler
+        self.sampler = make_sampler(args, model, self.processing_class)
+        self._sampler_synced_version = None  # fine-tunes the weights pushed to the sampler had seen (None: never)
         # every reward source (ensemble members included) on this process's device, through the reward contract
         self.reward_funcs = RewardFunctions(reward_funcs, reward_processing_classes, args.reward_weights).place(device)
         self.eval_reward_funcs = RewardFunctions(eval_reward_funcs).place(device) if eval_reward_funcs is not None else None
@@ -326,11 +329,27 @@ class CEMTrainer:
         per_chunk = max(1, self.args.generation_chunk_size // num_generations)
         chunks = my_chunks(chunk_bounds(len(rows), per_chunk), self._process_index, self._num_processes)
         parts = []
+        self._sync_sampler(stream)
         for start, end in progress_bar(chunks, desc=desc, enabled=not self.args.disable_tqdm and self._is_main):
             torch.manual_seed(stream_seed(self.args.seed, *stream, start))  # the chunk's own stream (all devices)
             with self._zero3_hidden():  # the sampling model is whole on every process (see `_save_round_model`)
                 parts.append((start, self._sample_chunk(dataset, rows[start:end], start, num_generations, temperature)))
         return self._gather_parts(parts)
+
+    def _sync_sampler(self, stream: tuple) -> None:
+        """Push the model's weights to a generation engine with its own copy (vLLM) once per round: the weights are
+        those after ``r`` fine-tunes when sampling round ``r`` (``("round", r)``) and after ``r + 1`` when evaluating
+        after round ``r`` (``("eval", r)``; ``("eval", -1)`` is the initial model). Round ``r + 1`` samples the weights
+        evaluated after round ``r``: no second push. ``generate`` and continuous batching read ``self.model``."""
+        if not self.sampler.needs_weight_sync:
+            return
+        kind, r = stream[0], stream[1]
+        version = r + 1 if kind == "eval" else r
+        if version == self._sampler_synced_version:
+            return
+        with self._zero3_hidden():  # the sampling model is whole on every process (see `_save_round_model`)
+            self.sampler.sync_weights(self.model)  # PEFT merge -> push -> unmerge (TRL's sync_weights)
+        self._sampler_synced_version = version
 
     def _sample_chunk(self, dataset, rows: list[int], offset: int, num_generations: int, temperature: float) -> dict:
         """Columns of one chunk's samples (``group`` counts from ``offset``)."""
@@ -340,7 +359,7 @@ class CEMTrainer:
             self.model, self.processing_class, prompts,
             max_new_tokens=self.args.max_completion_length, temperature=temperature, top_k=self.args.top_k,
             top_p=self.args.top_p, num_generations=num_generations, batch_size=self.args.generation_chunk_size,
-            max_prompt_length=self.args.max_prompt_length,
+            max_prompt_length=self.args.max_prompt_length, sampler=self.sampler,
         )
         T = rollout.completion_ids.size(1)
         if T > 0:

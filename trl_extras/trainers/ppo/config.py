@@ -29,12 +29,13 @@ from ...core.ppo import LOSS_TYPES
 from ...utils.completions import LOG_COMPLETIONS_HELP, LOG_UNIQUE_PROMPTS_HELP, NUM_COMPLETIONS_TO_PRINT_HELP
 from ...utils.finite import NONFINITE_ACTION_HELP
 from ...utils.resume import RESUME_ALLOW_CHANGES_HELP
+from ..sampler_config import GENERATION_BACKEND_DICT_FIELDS, GenerationBackendConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class PPOConfig(_BaseConfig):
+class PPOConfig(GenerationBackendConfig, _BaseConfig):
     r"""
     Configuration for :class:`~trl_extras.PPOTrainer`. Every field carries its help text (``trl-extras ppo --help``).
 
@@ -46,7 +47,9 @@ class PPOConfig(_BaseConfig):
     ``value_learning_rate`` (default ``10 x learning_rate``: the critic starts far from its targets).
     """
 
-    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs", "generation_kwargs"]
+    _VALID_DICT_FIELDS = (
+        _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs", "generation_kwargs"] + GENERATION_BACKEND_DICT_FIELDS
+    )
 
     # Overridden TrainingArguments / TRL defaults
     learning_rate: float = field(

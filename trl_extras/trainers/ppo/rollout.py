@@ -23,6 +23,8 @@ SAMPLED_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mas
 #: The fields the update reads besides the sampled ones (steps 3-10 of ``PPOTrainer._rollout``).
 UPDATE_FIELDS = ("train_scores", "group_index", "old_logprobs", "old_values", "advantages", "returns", "ref_logprobs",
                  "kl_coef")  # fmt: skip
+#: Fields only some rollouts have (the engine's own log-probs: vLLM, continuous batching).
+OPTIONAL_FIELDS = ("sampler_logprobs",)
 
 
 @dataclass
@@ -45,6 +47,9 @@ class RolloutBatch:
         ref_logprobs: ``(B, T)`` log-probs of the sampled tokens under the reference (a sampled-token KL penalty
             with a direct gradient needs them in the update).
         kl_coef: ``(B,)`` the β of this batch's rewards (the adaptive controller may move before the update ends).
+        sampler_logprobs: ``(B, T)`` the generation engine's own log-probs of the sampled tokens, when it returns
+            them (vLLM, continuous batching): compared with the trainer's (``rollout/logprob_gap``) and, with
+            ``vllm_importance_sampling_correction``, the importance-sampling ratio's denominator.
         num_items_in_batch: ``()`` not a row tensor: on a micro-batch handed to ``compute_loss``, the valid tokens of
             its optimizer step's whole minibatch on all processes (the ``'dapo'`` normaliser,
             ``PPOSchedule.minibatch_token_counts``); ``None`` on the whole batch. Never indexed nor saved.
@@ -63,6 +68,7 @@ class RolloutBatch:
     returns: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     kl_coef: torch.Tensor | None = None
+    sampler_logprobs: torch.Tensor | None = None
     num_items_in_batch: torch.Tensor | None = None
 
     # --------------------------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from ...modeling.generation import (
     ensure_pad_token,
     generate_rollouts,
     is_conversational_prompt,
+    make_sampler,
     off_policy_sampling_settings,
     sampling_generation_config,
 )
@@ -387,6 +388,9 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         self._stopped_by: str | None = None
         if hasattr(self.policy, "add_model_tags"):
             self.policy.add_model_tags(self._tag_names)
+        # the generation backend (generate / continuous batching / vLLM: args.use_vllm, ...), see _sync_sampler_if_changed
+        self.sampler = make_sampler(args, self.policy, tokenizer, self.accelerator)
+        self._sampler_synced_step = None  # global_step of the weights the sampler holds (None: never pushed)
 
     def _place_reward_models(self) -> None:
         """Reward models to the device through the reward contract; under DeepSpeed a reward model becomes an
@@ -775,6 +779,44 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             metrics["kl/budget_stop"].append(1.0)
             self.control.should_training_stop = True
 
+    def _sync_sampler_if_changed(self) -> None:
+        """Push the policy's weights to a generation engine that holds its own copy (vLLM) when the policy changed
+        since the last push: once per rollout after the updates, never twice for the same weights (e.g. evaluation
+        between updates, or eval-only runs after the first push). The first rollout pushes, as TRL's GRPO does: the
+        engine loaded the checkpoint from disk, which an in-memory model or an adapter may not match. ``generate``
+        and continuous batching read the live model: nothing to do."""
+        if not self.sampler.needs_weight_sync or self._sampler_synced_step == self.state.global_step:
+            return
+        self.sampler.sync_weights(self.policy)  # PEFT merge -> push -> unmerge, ZeRO-3 gathered (TRL's sync_weights)
+        self._sampler_synced_step = self.state.global_step
+
+    def _sampler_correction(self, sampler_logprobs, logprobs, mask, advantages, metrics) -> torch.Tensor:
+        """Engine vs trainer log-probs: log ``rollout/logprob_gap/mean|max`` when the engine returned log-probs and,
+        with ``use_vllm`` and ``vllm_importance_sampling_correction``, scale the advantages by TRL's truncated / masked
+        importance-sampling ratio (``rho >= 0`` times the clipped surrogate's advantage equals ``rho`` times its loss,
+        as TRL multiplies the per-token loss). The old log-probs stay the trainer's own (ratio 1 at the first update)."""
+        if sampler_logprobs is None:
+            return advantages
+        from ...core.sampler_correction import importance_sampling_ratio, logprob_gap
+
+        sampler_logps = sampler_logprobs.to(logprobs.device)
+        gap = logprob_gap(logprobs, sampler_logps, mask)
+        zero = torch.zeros((), device=logprobs.device)
+        row = torch.stack([gap.sum() if gap.numel() else zero, torch.tensor(float(gap.numel()), device=zero.device),
+                           gap.max() if gap.numel() else zero]).reshape(1, -1)  # fmt: skip
+        table = self.accelerator.gather(row) if self.accelerator.num_processes > 1 else row
+        metrics["rollout/logprob_gap/mean"].append(float(table[:, 0].sum() / table[:, 1].sum().clamp(min=1)))
+        metrics["rollout/logprob_gap/max"].append(float(table[:, 2].max()))
+        args = self.args
+        if not (args.use_vllm and args.vllm_importance_sampling_correction):
+            return advantages
+        ratio = importance_sampling_ratio(
+            logprobs, sampler_logps, mask, args.vllm_importance_sampling_mode,
+            args.vllm_importance_sampling_clip_min, args.vllm_importance_sampling_clip_max,
+        )  # fmt: skip
+        metrics["rollout/importance_sampling_ratio/mean"].append(self._global_masked_mean(ratio, mask))
+        return advantages * ratio
+
     @torch.no_grad()
     def _rollout(self, rows: list[dict], mode: str) -> RolloutBatch:
         """Sample, score, and (in training) compute KL-penalized rewards, values, GAE advantages and returns.
@@ -785,6 +827,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         extra = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
 
         # 1. Rollout: sample at `temperature`; the mask keeps tokens through the first EOS, the rest is padding.
+        self._sync_sampler_if_changed()
         rollout = generate_rollouts(
             self.model_wrapped,
             self._tokenizer,
@@ -795,6 +838,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             batch_size=args.generation_chunk_size or len(prompts),
             max_prompt_length=args.max_prompt_length,
             accelerator=self.accelerator,
+            sampler=self.sampler,
         )
         prompt_ids, completion_ids = rollout.prompt_ids.to(device), rollout.completion_ids.to(device)
         input_ids = torch.cat([prompt_ids, completion_ids], 1)
@@ -817,6 +861,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         batch = dataclasses.replace(
             batch, train_scores=self._shaped_scores(raw_scores, is_eos),
             group_index=torch.arange(len(rows), device=device) // args.num_generations,  # the prompt groups
+            sampler_logprobs=None if rollout.sampler_logprobs is None else rollout.sampler_logprobs.to(device),
         )
         if self._single_pass_update():
             # 5.-10. deferred to the update (compute_loss, step 11a): its one forward, from the sampling policy, gives
@@ -867,10 +912,13 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             advantages, mask, mode=args.advantage_normalization, keep_mean=args.advantage_keep_mean,
             group_index=batch.group_index, accelerator=self.accelerator,
         )
+        metrics = self._metrics["train"]
+        # 9a. With an engine that returns its own log-probs: their gap to ours, and TRL's importance-sampling
+        #     correction of the advantages when asked for (vLLM).
+        advantages = self._sampler_correction(batch.sampler_logprobs, logprobs, mask, advantages, metrics)
 
         # 10. KL bookkeeping: adaptive beta, the budget that stops training, metrics (per-sequence sums).
         self._kl_bookkeeping(stats["exact_kl"], kl, mask, beta)
-        metrics = self._metrics["train"]
         metrics["score"].append(self._gather_mean(scores))
         metrics["penalized_reward"].append(self._gather_mean(rewards.sum(1)))
         metrics["entropy"].append(self._gather_mean(masked_mean(stats["entropy"], mask, dim=1)))
