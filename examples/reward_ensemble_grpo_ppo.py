@@ -67,6 +67,9 @@ def main():
     print(f"members' means {[round(m, 3) for m in stats['mean']]}, stds {[round(s, 3) for s in stats['std']]} "
           f"before calibration; saved to {rm_dir}")
     ensemble = RewardEnsemble.from_pretrained(rm_dir, penalty="variance", coef=args.coef)
+    scores = ensemble.score(list(reference["prompt"]), list(reference["chosen"]))  # members (K, N), mean, var, std
+    penalized = scores.penalized("variance", args.coef)  # mean − λ·var; "std"; "min" (worst case)
+    print(f"chosen answers: members' std {float(scores.std.mean()):.3f}, penalized reward {float(penalized.mean()):.3f}")
 
     # 3. TRL's GRPOTrainer takes the ensemble as a reward function as is
     grpo = GRPOTrainer(
