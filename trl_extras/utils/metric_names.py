@@ -229,8 +229,8 @@ METRICS: tuple[Metric, ...] = (
            "flat or slowly rising; a sharp rise means the policy went where the members disagree "
            "(what the variance penalty punishes)", eval=True),
     # ------------------------------------------------------------------------------------------------- callbacks
-    Metric("eval_reward", "Callbacks", "RewardEarlyStoppingCallback", "mean reward of the model's answers to the "
-           "held-out prompts", "`measure_policy`: sample (seeded), score with the callback's reward(s), mean",
+    Metric("eval_reward", "Callbacks", "RewardEarlyStoppingCallback (PPOTrainer.evaluate() logs `reward` under "
+           "this name too)", "mean reward of the model's answers to the held-out prompts", "`measure_policy`: sample (seeded), score with the callback's reward(s), mean",
            PER_EVAL, "rises, then flattens: the patience counter stops the run there"),
     Metric("eval_reward_{name}", "Callbacks", "RewardEarlyStoppingCallback", "an `extra_reward_funcs` reward of "
            "the same answers (e.g. gold)", "mean of that reward", PER_EVAL, "moves with `eval_reward`"),
