@@ -200,6 +200,7 @@ def test_every_logged_key_is_documented(name, logged_keys):
 def test_the_runs_reach_the_rarer_keys(logged_keys):
     """The runs above exercise what they claim (otherwise a key could be undocumented and never checked)."""
     every = set().union(*logged_keys.values())
+    print(f"\n{len(every)} logged keys: " + " ".join(sorted(every)))  # -s shows them
     for key in ("kl/exact", "kl/k3", "loss/kl", "policy/early_stop", "kl/budget_stop", "eval_reward",
                 "rewards/gold_reward/mean", "ensemble/std", "exact_kl", "cem/kl_to_ref", "cem/eval_reward_mean",
                 "cem/gold_mean", "cem/reward_log/ensemble/std", "cem/elite_quantile", "eval_stage1/accuracy",
