@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 #: When a metric is logged (the "when" column).
 EVERY_STEP = "every logged step"
-PER_ROLLOUT = "per rollout batch (repeated at each logged step that trains on it)"
-PER_UPDATE = "per logged step (mean over the optimizer steps since the last log)"
+PER_ROLLOUT = "per rollout batch (repeated on each logged step trained on it)"
+PER_UPDATE = "per logged step (mean of the steps since the last log)"
 PER_EVAL = "per evaluation"
 PER_ROUND = "per CEM round"
 PER_REFRESH = "per refresh"
