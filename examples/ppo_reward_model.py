@@ -54,11 +54,6 @@ def main():
 
     prompts = (load_dataset("json", data_files=args.prompts, split="train") if args.prompts
                else task.prompt_dataset("train"))
-    peft_config = None
-    if args.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     stop_at = args.stop_at or max(1, args.max_steps // 2)
     config = PPOConfig(
         output_dir=args.output_dir, max_steps=args.max_steps, learning_rate=1e-4,
@@ -70,6 +65,11 @@ def main():
     )
 
     def trainer(callbacks=()):
+        peft_config = None
+        if args.lora:  # a fresh LoraConfig for each trainer: peft fills in the one it is given ("all-linear" becomes
+            from peft import LoraConfig  # the module list), which the resume check would see as a changed setting
+
+            peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
         return PPOTrainer(model=testbed_model_path(args.model), reward_funcs=args.reward_model or my_reward,
                           args=config, train_dataset=prompts, peft_config=peft_config, callbacks=list(callbacks))
 

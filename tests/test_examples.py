@@ -65,7 +65,7 @@ def tiny_runs(out: Path) -> list[tuple[str, list[str], str]]:
                                       "--rm_steps", "1", "--rl_steps", "1", "--batch_size", "8",
                                       "--max_completion_length", "6"],
          r"GRPO: ensemble/mean .*ensemble/std [\d.]+ -> [\d.]+\nPPO: ensemble/mean"),
-        ("ppo_reward_model", ["--reward_model", rm, "--output_dir", str(out / "ppo"), "--max_steps", "2",
+        ("ppo_reward_model", ["--reward_model", rm, "--lora", "--output_dir", str(out / "ppo"), "--max_steps", "2",
                               "--batch_size", "8", "--max_completion_length", "6"],
          r"resuming from checkpoint .*checkpoint-1 at step 1(.|\n)*kl/exact: (.|\n)*policy saved"),
         ("grpo_exact_kl", ["--reward_model", rm_lora, "--lora", "--output_dir", str(out / "grpo"), "--max_steps",
