@@ -1,9 +1,9 @@
 """Every script in examples/ runs, as a user runs it, on the testbed with tiny settings given by its own flags
 (issue 27); the same scripts on SmolLM2 under the ``real`` marker.
 
-The scripts run in ONE child process, one after another (``runpy``, each with its own ``sys.argv`` and globals, as
-``python examples/<name>.py ...`` runs it): importing torch + transformers + TRL costs ~7 s per process on two
-cores, which separate processes would pay a dozen times. The child has a timeout; each script's wall and CPU time
+The scripts run in child processes, one after another in each (``runpy``, each with its own ``sys.argv`` and
+globals, as ``python examples/<name>.py ...`` runs it): importing torch + transformers + TRL costs ~7 s per process
+on two cores, which a process per script would pay a dozen times; two children (one thread each) use two cores. The child has a timeout; each script's wall and CPU time
 (imports excluded: they are paid once) are printed when the scripts have run (``-s`` shows them). Chained like a user's session: the reward model
 ``reward_two_stage.py`` writes is the reward of the PPO, GRPO and refresh examples.
 """
@@ -94,21 +94,42 @@ def tiny_runs(out: Path) -> list[tuple[str, list[str], str]]:
     ]
 
 
-def run_examples(runs, cwd: Path, timeout: int) -> dict[str, dict]:
-    """Run ``runs`` in one child process; ``{label: {"rc", "seconds", "output"}}`` where ``label`` is the example
+#: Examples that use no other example's output: on two cores they run in a second child beside the chain that
+#: starts with reward_two_stage (whose reward models the PPO, GRPO and refresh examples and side_by_side use).
+INDEPENDENT = ("reward_easy_pair_filtering", "reward_ensemble_grpo_ppo", "cem_rounds", "sft_reward_early_stopping",
+               "synthetic_pairs_dpo", "quickstart_ppo")
+
+
+def run_examples(runs, cwd: Path, timeout: int, parallel: bool = False) -> dict[str, dict]:
+    """Run ``runs`` in one child process (two with ``parallel``: the :data:`INDEPENDENT` ones in the second, both
+    with one torch thread); ``{label: {"rc", "seconds", "cpu_seconds", "output"}}`` where ``label`` is the example
     name (``name#2`` for its second run)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TRL_EXTRAS_PROGRESS": "lines"}  # fmt: skip
-    payload = json.dumps([(name, argv) for name, argv, _ in runs])
-    proc = subprocess.run([sys.executable, "-c", RUNNER, payload, str(EXAMPLES)], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)  # fmt: skip
-    results, counts = {}, {}
-    for m in re.finditer(r"=== BEGIN (\S+) ===\n(.*?)=== END \1 rc=(-?\d+) seconds=([\d.]+) cpu=([\d.]+) ===",
-                         proc.stdout, re.S):  # fmt: skip
-        counts[m[1]] = counts.get(m[1], 0) + 1
-        label = m[1] if counts[m[1]] == 1 else f"{m[1]}#{counts[m[1]]}"
-        results[label] = {"rc": int(m[3]), "seconds": float(m[4]), "cpu_seconds": float(m[5]), "output": m[2]}
-    results["_child"] = {"rc": proc.returncode, "output": proc.stdout[-4000:]}
+    chains = [runs]
+    if parallel:
+        env["OMP_NUM_THREADS"] = "1"  # two children on two cores: one thread each, no oversubscription
+        chains = [[r for r in runs if r[0] not in INDEPENDENT], [r for r in runs if r[0] in INDEPENDENT]]
+    children = [subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps([(n, a) for n, a, _ in chain]),
+                                  str(EXAMPLES)], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)  # fmt: skip
+                for chain in chains if chain]
+    results, outputs = {}, []
+    try:
+        for child in children:
+            outputs.append((child.communicate(timeout=timeout)[0], child.returncode))
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    for stdout, _ in outputs:
+        counts = {}
+        for m in re.finditer(r"=== BEGIN (\S+) ===\n(.*?)=== END \1 rc=(-?\d+) seconds=([\d.]+) cpu=([\d.]+) ===",
+                             stdout, re.S):  # fmt: skip
+            counts[m[1]] = counts.get(m[1], 0) + 1
+            label = m[1] if counts[m[1]] == 1 else f"{m[1]}#{counts[m[1]]}"
+            results[label] = {"rc": int(m[3]), "seconds": float(m[4]), "cpu_seconds": float(m[5]), "output": m[2]}
+    results["_child"] = {"rc": [rc for _, rc in outputs], "output": "\n".join(out[-3000:] for out, _ in outputs)}
     return results
 
 
@@ -126,7 +147,7 @@ TINY = tiny_runs(Path("OUT"))
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("examples")
-    results = run_examples(tiny_runs(out), out, timeout=900)
+    results = run_examples(tiny_runs(out), out, timeout=900, parallel=(os.cpu_count() or 1) >= 2)
     times = {k: (v["seconds"], v["cpu_seconds"]) for k, v in results.items() if k != "_child"}
     print("\nexample (wall, CPU) seconds on the testbed: " + json.dumps(times))
     return results
