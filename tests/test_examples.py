@@ -3,9 +3,10 @@
 
 The scripts run in child processes, one after another in each (``runpy``, each with its own ``sys.argv`` and
 globals, as ``python examples/<name>.py ...`` runs it): importing torch + transformers + TRL costs ~7 s per process
-on two cores, which a process per script would pay a dozen times; two children (one thread each) use two cores. The child has a timeout; each script's wall and CPU time
-(imports excluded: they are paid once) are printed when the scripts have run (``-s`` shows them). Chained like a user's session: the reward model
-``reward_two_stage.py`` writes is the reward of the PPO, GRPO and refresh examples.
+on two cores, which a process per script would pay a dozen times; two children (one torch thread each) use two
+cores. The children have a timeout; each script's wall and CPU time (the first script of a child also pays the
+trainers' lazy imports) are printed when the scripts have run (``-s`` shows them). Chained like a user's session:
+the reward models ``reward_two_stage.py`` writes are the rewards of the PPO, GRPO and refresh examples.
 """
 
 from __future__ import annotations
