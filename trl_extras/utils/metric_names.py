@@ -97,6 +97,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("advantages/mean", "PPO", _PPO, "mean advantage after normalization",
            "masked mean of GAE advantages after `advantage_normalization`", PER_ROLLOUT,
            "0 with `batch` normalization (unless `advantage_keep_mean`)"),
+    Metric("rollout/logprob_gap/{mean|max}", "PPO", _PPO, "gap between the generation engine's log-probs and the "
+           "trainer's for the sampled tokens (only when the engine returns log-probs: vLLM, continuous batching)",
+           "|log π_engine − log π_trainer| over valid tokens: token mean, and max", PER_ROLLOUT,
+           "near 0; a large gap means the engine samples from another distribution (dtype, stale weights)"),
+    Metric("rollout/importance_sampling_ratio/mean", "PPO", _PPO, "TRL's truncated importance-sampling ratio "
+           "π_trainer/π_engine applied to the advantages (`use_vllm` with `vllm_importance_sampling_correction`)",
+           "TRL's GRPO correction (`vllm_importance_sampling_mode`, clipped), mean over valid tokens", PER_ROLLOUT,
+           "near 1"),
     # ------------------------------------------------------------------------------------------------- PPO: update
     Metric("loss/policy", "PPO", _PPO, "clipped surrogate loss",
            "−min(ρ·A, clip(ρ, 1−ε, 1+ε)·A), aggregated by `loss_type` (`core.ppo.policy_loss`)", PER_UPDATE,
