@@ -22,6 +22,7 @@ from .models import (
     make_tiny_checkpoints,
     save_tiny,
 )
+from .names import testbed_model_path
 from .policy import SFTBuildConfig, build_reward_base, build_sft_policy, default_cache_dir, train_sft_policy
 from .smollm2 import smollm2_installed, smollm2_path
 from .task import gold_reward, gold_reward_fn, heuristic_reward, heuristic_reward_fn, parse_completion, parse_prompt
@@ -57,6 +58,7 @@ __all__ = [
     "to_conversational_completion",
     "to_conversational_prompt",
     "task_module",
+    "testbed_model_path",
     "train_sft_policy",
 ]
 
