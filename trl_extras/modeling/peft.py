@@ -18,6 +18,16 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def add_adapter(model, peft_config):
+    """``get_peft_model`` on a COPY of the caller's ``peft_config``: PEFT writes into the config it is given (it
+    expands ``target_modules="all-linear"`` into a module list, sets ``base_model_name_or_path``), so the user's
+    object would differ from what they wrote, and a second trainer built from it (a resume) would fingerprint
+    other settings than the first."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, copy.deepcopy(peft_config))
+
+
 def merged_copy(model, adapter_name: str | None = None):
     """An independent plain ``transformers`` model computing what ``model`` computes now.
 

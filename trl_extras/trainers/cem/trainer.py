@@ -45,7 +45,7 @@ from ...core.diversity import grouped_distinct_n, unique_fraction
 from ...core.selection import quantile_schedule, select_elites
 from ...modeling.generation import ensure_pad_token, generate_rollouts, make_sampler, prompt_text
 from ...modeling.lm import completion_entropies
-from ...modeling.peft import is_peft_model
+from ...modeling.peft import add_adapter, is_peft_model
 from ...modeling.prompt_checks import (
     NUM_PROBE_PROMPTS,
     ShortCompletionWarning,
@@ -196,9 +196,7 @@ class CEMTrainer:
         model = model.to(device)
         self.peft_config = peft_config
         if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
+            model = add_adapter(model, peft_config)
         self._is_peft = is_peft_model(model)
         keep_4bit_layers_differentiable(model)  # rounds alternate no-grad sampling and training (see the function)
         # Reference for the KL control: the initial model (the shared resolver: a frozen copy; under PEFT the

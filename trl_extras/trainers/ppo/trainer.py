@@ -72,7 +72,7 @@ from ...modeling.generation import (
     sampling_generation_config,
 )
 from ...modeling.lm import completion_token_stats
-from ...modeling.peft import is_peft_model, merged_copy
+from ...modeling.peft import add_adapter, is_peft_model, merged_copy
 from ...modeling.prompt_checks import (
     NUM_PROBE_PROMPTS,
     ShortCompletionWarning,
@@ -275,11 +275,9 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             logger.warning(message)
 
         if peft_config is not None:
-            from peft import get_peft_model
-
             if is_peft_model(model):
                 raise ValueError("Pass either a PeftModel or `peft_config`, not both.")
-            model = get_peft_model(model, peft_config)
+            model = add_adapter(model, peft_config)
         is_peft = is_peft_model(model)
         keep_4bit_layers_differentiable(model)  # rollouts run under no_grad, then we train through the same layers
         if not is_peft and (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
@@ -528,12 +526,9 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         if value_peft_config is None and peft_config is not None and not is_peft_model(value_model):
             value_peft_config = copy.deepcopy(peft_config)
             value_peft_config.task_type = "SEQ_CLS"
-            # get_peft_model wrote the policy's path into peft_config; the value model may start from another model
-            value_peft_config.base_model_name_or_path = None
+            value_peft_config.base_model_name_or_path = None  # the value model may start from another model
         if value_peft_config is not None:
-            from peft import get_peft_model
-
-            value_model = get_peft_model(value_model, value_peft_config)
+            value_model = add_adapter(value_model, value_peft_config)
         value_model.config.pad_token_id = tokenizer.pad_token_id
         keep_4bit_layers_differentiable(value_model)
         if args.gradient_checkpointing and hasattr(value_model, "gradient_checkpointing_enable"):
