@@ -588,3 +588,19 @@ def test_batch_layout_uses_grpo_names(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="trl_extras.trainers.ppo.config"):
         _args(tmp_path, disable_dropout=False)
     assert any("disable_dropout=False" in r.message for r in caplog.records)
+
+
+def test_resume_inside_a_rollout_batch_logs_its_rollout_metrics(tiny_paths, tmp_path):
+    """Each logged step carries the rollout it trains on (reward, kl/*, entropy...): a run resumed inside a rollout
+    batch's epochs did not sample that batch, so its first logged steps had update metrics only (found by the
+    examples' stop-and-resume run). The buffer file keeps what the rollout logged."""
+    kw = dict(max_steps=4, save_strategy="steps", save_steps=1, num_mini_batches=2, num_ppo_epochs=2,
+              logging_steps=1)  # a 4-step cycle: checkpoint-1 is inside the first batch
+    first = _trainer(tiny_paths, tmp_path, **kw)
+    first.train()
+    uninterrupted = [h for h in first.state.log_history if "loss/policy" in h]
+    resumed = _trainer(tiny_paths, tmp_path, **kw)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-1"))
+    after = [h for h in resumed.state.log_history if "loss/policy" in h and h["step"] > 1]
+    assert after and all("reward" in h and "kl/exact" in h for h in after)
+    assert after[0]["reward"] == pytest.approx(uninterrupted[1]["reward"])  # the batch's own rollout, not another

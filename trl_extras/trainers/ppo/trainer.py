@@ -1178,8 +1178,11 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         if not self._schedule.in_batch() or self._rollout_batch is None:
             return
         os.makedirs(output_dir, exist_ok=True)
-        # the schedule's state (step, epoch permutations, minibatch token counts, early stop) and the batch's rows
-        state = {**self._schedule.state_dict(), "buffer": self._rollout_batch.state_dict()}
+        # the schedule's state (step, epoch permutations, minibatch token counts, early stop), the batch's rows, and
+        # what its rollout logged (`log` repeats it at each step trained on the batch: a resumed run's first logged
+        # step would otherwise have no reward, KL or entropy)
+        state = {**self._schedule.state_dict(), "buffer": self._rollout_batch.state_dict(),
+                 "rollout_metrics": {k: float(v) for k, v in self._last_rollout_metrics.items()}}
         path = os.path.join(output_dir, rollout_buffer_file(self.accelerator.process_index))
         atomic_writer(path, lambda tmp: torch.save(state, tmp))
 
@@ -1335,6 +1338,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
                              "another checkpoint. Resume from an intact checkpoint.")
         device = self.accelerator.device
         self._rollout_batch = RolloutBatch.from_state_dict(state["buffer"], where=where).to(device)
+        self._last_rollout_metrics = dict(state.get("rollout_metrics", {}))  # absent in older checkpoints
         schedule.load_state_dict(state, device=device)
 
     @staticmethod
