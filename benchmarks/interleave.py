@@ -57,6 +57,10 @@ def _as_metrics(out) -> dict:
     raise TypeError(f"a variant must return a number or a dict of numbers, got {type(out).__name__}")
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def summarise(runs: list[dict], names: list[str], baseline: str) -> dict:
     """Per-variant spread of every numeric metric, and per-variant paired ratios to ``baseline``.
 
@@ -66,8 +70,9 @@ def summarise(runs: list[dict], names: list[str], baseline: str) -> dict:
     by = {name: [r for r in runs if r["variant"] == name] for name in names}
     metrics = {}
     for name in names:
-        keys = [k for k, v in by[name][0]["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        metrics[name] = {k: spread([float(r["metrics"][k]) for r in by[name]]) for k in keys}
+        keys = list(dict.fromkeys(k for r in by[name] for k, v in r["metrics"].items() if _is_number(v)))
+        metrics[name] = {k: spread([float(r["metrics"][k]) for r in by[name] if _is_number(r["metrics"].get(k))])
+                         for k in keys}
     ratios = {}
     base_rounds = {r["round"]: r["metrics"] for r in by[baseline]}
     for name in names:
@@ -78,7 +83,8 @@ def summarise(runs: list[dict], names: list[str], baseline: str) -> dict:
             if key not in metrics[baseline]:
                 continue
             paired = [float(r["metrics"][key]) / float(base_rounds[r["round"]][key]) for r in by[name]
-                      if r["round"] in base_rounds and float(base_rounds[r["round"]][key]) != 0]
+                      if _is_number(r["metrics"].get(key)) and _is_number(base_rounds.get(r["round"], {}).get(key))
+                      and float(base_rounds[r["round"]][key]) != 0]
             if not paired:
                 continue
             base_median = metrics[baseline][key]["median"]
