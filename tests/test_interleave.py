@@ -89,3 +89,37 @@ def test_timed_adds_seconds_and_samples_per_s(interleave):
     metrics = interleave.timed(lambda: {"generation_s": 0.0}, samples=10)()
     assert metrics["seconds"] > 0 and metrics["samples_per_s"] == pytest.approx(10 / metrics["seconds"])
     assert metrics["generation_s"] == 0.0
+
+
+def test_phase_timer_exclusive_times_context_and_restore(monkeypatch):
+    spec = importlib.util.spec_from_file_location("phases", ROOT / "benchmarks" / "phases.py")
+    phases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(phases)
+    clock = {"t": 0.0}
+    monkeypatch.setattr(phases.time, "perf_counter", lambda: clock["t"])
+
+    class Trainer:
+        def stats(self):
+            clock["t"] += 1.0
+
+        def rollout(self):
+            clock["t"] += 2.0
+            self.stats()
+
+        def step(self):
+            self.rollout()
+            self.stats()
+            clock["t"] += 4.0
+
+    trainer = Trainer()
+    timer = phases.PhaseTimer()
+    with timer:
+        timer.patch(trainer, "step", "update")
+        timer.patch(trainer, "rollout", phases.ROLLOUT)
+        timer.patch(trainer, "stats", phases.by_context("rollout statistics", "update"))
+        assert not timer.patch(trainer, "renamed", "x") and timer.missing == ["Trainer.renamed"]
+        trainer.step()
+    # rollout 2 s exclusive, its stats 1 s; the update's own 4 s plus the stats it called (1 s)
+    assert dict(timer.totals) == {"rollout statistics": 1.0, phases.ROLLOUT: 2.0, "update": 5.0}
+    assert timer.split(10.0)["other"] == 2.0
+    assert "step" not in vars(trainer) and "stats" not in vars(trainer)  # restored to the class's methods
