@@ -124,7 +124,8 @@ def run_interleaved(variants: dict[str, Callable[[], object]], rounds: int = 3, 
         runs.append({"round": r, "variant": name, "metrics": metrics, "load_before": before, "load_after": load_average()})
         if log:
             log(f"[interleave] round {r + 1}/{rounds} {name}: "
-                + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+                + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                            if isinstance(v, (int, float, str)))
                 + f" (load {before[0] if before else '?'})")
     out = {"order": [f"{r}:{n}" for r, n in schedule(names, rounds)], "rounds": rounds, "baseline": baseline,
            "load_start": load_start, "load_end": load_average(), "cpus": os.cpu_count(), "runs": runs, "meta": meta or {}}
