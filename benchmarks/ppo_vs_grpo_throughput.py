@@ -4,7 +4,8 @@ Same model, prompts, batch, group size (4) and completion length; the trainers' 
 PPO, ... ``--pairs`` rounds, after an untimed one-rollout warm-up of each) in one process, so both see the same
 machine load; the ratio is the median of the per-round PPO/GRPO ratios with their min-max spread, and the load
 average is recorded at the start and end (``benchmarks/interleave.py``). Samples/s = sampled sequences that went
-through a full update per second of ``trainer.train()``.
+through a full update per second of the training steps (``trainer.train()`` minus its fixed set-up before the first
+step, which does not grow with the run); ``samples_per_s_with_setup`` counts the whole ``train()`` call.
 
 Phase split (``benchmarks/phases.py``: exclusive wall time from timing wrappers this script installs around the
 trainers' functions; no trainer code is changed):
@@ -16,6 +17,7 @@ trainers' functions; no trainer code is changed):
   * value               PPO: the value model's forward in the rollout
   * rollout (other)     the rest of ``_prepare_inputs`` (rewards/advantages, buffers)
   * update              the rest of ``training_step``: the loss's forward (log-probs, values, KL) and backward
+  * train setup         ``train()`` until its ``on_train_begin`` (optimizer creation, accelerate's prepare)
   * other               ``train()`` minus all of the above: optimizer step, logging, callbacks
 
     python benchmarks/ppo_vs_grpo_throughput.py --model tiny                     # testbed policy, about 2 min
@@ -52,7 +54,7 @@ RESULTS = Path(__file__).parent / "results"
 COMMON = dict(use_cpu=True, bf16=False, report_to="none", save_strategy="no", gradient_checkpointing=False,
               lr_scheduler_type="constant", logging_steps=1, seed=0, disable_tqdm=True)
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
-PHASE_ORDER = ("generation", "reward scoring", "rollout statistics", "value", ROLLOUT, "update", "other")
+PHASE_ORDER = ("generation", "reward scoring", "rollout statistics", "value", ROLLOUT, "update", "train setup", "other")
 
 
 def _lora():
@@ -117,19 +119,34 @@ def instrument(trainer) -> PhaseTimer:
 
 def one_run(variant: str, setup: dict, rollouts: int, out: str) -> dict:
     """Build a fresh trainer (not timed), train ``rollouts`` rollout batches, return samples/s and the phase split."""
+    from transformers import TrainerCallback
+
     trainer = VARIANTS[variant][1](setup, rollouts, out)
     timer = instrument(trainer)
+    began = {}
+
+    class TrainBegin(TrainerCallback):  # train()'s own set-up (optimizer, accelerate's prepare) until the first step
+        def on_train_begin(self, args, state, control, **kwargs):
+            began["t"] = time.perf_counter()
+
+    trainer.add_callback(TrainBegin())
     try:
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
     finally:
         timer.restore()
+    split = timer.split(seconds)
+    split["train setup"] = began.get("t", t0) - t0
+    split["other"] -= split["train setup"]
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     samples = rollouts * setup["batch"]
-    metrics = {"seconds": seconds, "samples_per_s": samples / seconds,
+    # samples/s of the steps (train()'s fixed set-up excluded: it does not grow with the run's length) and of the
+    # whole train() call
+    metrics = {"seconds": seconds, "samples_per_s": samples / (seconds - split["train setup"]),
+               "samples_per_s_with_setup": samples / seconds,
                "mean_completion_length": statistics.mean(lengths) if lengths else float("nan")}
-    for phase, s in timer.split(seconds).items():
+    for phase, s in split.items():
         metrics[f"phase/{phase}_s"] = s
     metrics["wrapped"] = timer.patched
     metrics["not_found"] = timer.missing
@@ -227,14 +244,18 @@ def write_markdown(result: dict, name: str) -> None:
         f"{result['rounds']} interleaved rounds ({' '.join(names)}, repeated); {load_text(result)}. "
         f"Ratios: median of the per-round ratios to {m['labels'][base]} (min-max). `{m['command']}`",
         "",
-        f"| run | samples/s median (min-max) | vs {m['labels'][base]} | mean completion length |",
-        "|---|---|---|---|",
+        "samples/s: of the training steps (train()'s fixed set-up excluded); in brackets: of the whole train() call.",
+        "",
+        f"| run | samples/s median (min-max) | vs {m['labels'][base]} | with set-up: samples/s, ratio | "
+        "mean completion length |",
+        "|---|---|---|---|---|",
     ]
     for n in names:
-        s = metrics[n]["samples_per_s"]
+        s, w = metrics[n]["samples_per_s"], metrics[n]["samples_per_s_with_setup"]
         ratio = "1.00x" if n == base else ratio_text(result, n, "samples_per_s")
+        ratio_w = "1.00x" if n == base else ratio_text(result, n, "samples_per_s_with_setup")
         lines.append(f"| {m['labels'][n]} | {s['median']:.3g} ({s['min']:.3g}-{s['max']:.3g}) | {ratio} | "
-                     f"{metrics[n]['mean_completion_length']['median']:.1f} |")
+                     f"{w['median']:.3g}, {ratio_w} | {metrics[n]['mean_completion_length']['median']:.1f} |")
     lines += ["", "Seconds per run by phase (median over rounds; exclusive times, `benchmarks/phases.py`):", "",
               "| phase | " + " | ".join(m["labels"][n] for n in names) + " |",
               "|---|" + "---|" * len(names)]
