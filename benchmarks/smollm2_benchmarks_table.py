@@ -37,7 +37,7 @@ def throughput_row(r: dict) -> list[str]:
         f"{m['labels']['ppo']} vs TRL {m['labels']['grpo']}, LoRA, {m['dtype']} weights, batch {m['batch']}, "
         f"{m['max_completion_length']} new tokens, {m['rollouts_per_run']} rollouts per run",
         f"`{m['command']}`",
-        f"{ppo['median']:.3f} vs {grpo['median']:.3f} samples/s: PPO **{ratio['median']:.2f}×** GRPO's "
+        f"{ppo['median']:.3f} vs {grpo['median']:.3f} samples/s (training steps): PPO **{ratio['median']:.2f}×** GRPO's "
         f"(min–max {ratio['min']:.2f}–{ratio['max']:.2f} over {ratio['n']} interleaved pairs; {load} on "
         f"{r.get('cpus', '?')} CPUs)",
     ]
