@@ -258,6 +258,12 @@ def markdown(result: dict) -> str:
         lines.append(f"| {t.upper()} | {cell(x['gold_T1_start'])} | {cell(x['gold_T1_final'])} | "
                      f"{cell(x['gold_greedy_start'])} | {cell(x['gold_greedy_final'])} | "
                      f"{cell(x['train_seconds'], '.0f')} |")
+    paired = result["ratios"].get("ppo", {})
+    if "train_seconds" in paired:
+        names = {"train_seconds": "training seconds", "gold_T1_final": "final gold T=1",
+                 "gold_greedy_final": "final gold greedy"}
+        lines += ["", "PPO / GRPO, paired per seed, median (min-max): "
+                  + "; ".join(f"{label} {cell(paired[k], '.2f')}" for k, label in names.items() if k in paired) + "."]
     lines += ["", "Median (min-max) over seeds. Goal (issue 23): PPO reaches GRPO's final gold in <= 1.0x GRPO's "
                   "training time (paired per seed):", "",
               "| gold | per seed: GRPO final, GRPO s, PPO s to reach it | ratio median (min-max) | reached |",
