@@ -244,7 +244,7 @@ def write_markdown(result: dict, name: str) -> None:
         f"{result['rounds']} interleaved rounds ({' '.join(names)}, repeated); {load_text(result)}. "
         f"Ratios: median of the per-round ratios to {m['labels'][base]} (min-max). `{m['command']}`",
         "",
-        "samples/s: of the training steps (train()'s fixed set-up excluded); in brackets: of the whole train() call.",
+        "samples/s: of the training steps (train()'s fixed set-up excluded); *with set-up*: of the whole train() call.",
         "",
         f"| run | samples/s median (min-max) | vs {m['labels'][base]} | with set-up: samples/s, ratio | "
         "mean completion length |",
