@@ -204,7 +204,8 @@ def time_to_reach(curve: list[dict], key: str, target: float) -> float | None:
 
 
 def goal_ratios(result: dict) -> dict:
-    """Per seed: PPO's time to reach GRPO's final gold (same seed) / GRPO's training seconds, for T=1 and greedy."""
+    """Per seed: PPO's time to reach GRPO's final gold (same seed) / GRPO's training seconds, for T=1 and greedy
+    (no ratio where GRPO ended at or below its start: reaching that is no goal)."""
     runs = {(r["variant"], r["metrics"]["seed"]): r["metrics"] for r in result["runs"]}
     out = {}
     for key in ("gold_T1", "gold_greedy"):
@@ -213,9 +214,11 @@ def goal_ratios(result: dict) -> dict:
             if variant != "grpo" or ("ppo", seed) not in runs:
                 continue
             ppo = runs[("ppo", seed)]
-            t = time_to_reach(ppo["curve"], key, grpo[f"{key}_final"])
+            gained = grpo[f"{key}_final"] > grpo["curve"][0][key]  # else the target is the start: no goal to time
+            t = time_to_reach(ppo["curve"], key, grpo[f"{key}_final"]) if gained else None
             rows.append({"seed": seed, "grpo_final": grpo[f"{key}_final"], "grpo_seconds": grpo["train_seconds"],
-                         "ppo_seconds_to_reach": t, "ratio": None if t is None else t / grpo["train_seconds"]})
+                         "grpo_gained": gained, "ppo_seconds_to_reach": t,
+                         "ratio": None if t is None else t / grpo["train_seconds"]})
         reached = [r["ratio"] for r in rows if r["ratio"] is not None]
         out[key] = {"per_seed": rows, "reached": f"{len(reached)}/{len(rows)}",
                     "ratio": spread(reached) if reached else None}
@@ -271,7 +274,8 @@ def markdown(result: dict) -> str:
     for key, g in result["goal"].items():
         per = "; ".join(
             f"seed {r['seed']}: {r['grpo_final']:.3f}, {r['grpo_seconds']:.0f} s, "
-            + ("never" if r["ppo_seconds_to_reach"] is None else f"{r['ppo_seconds_to_reach']:.0f} s")
+            + ("GRPO gained nothing" if not r.get("grpo_gained", True) else "never"
+               if r["ppo_seconds_to_reach"] is None else f"{r['ppo_seconds_to_reach']:.0f} s")
             for r in g["per_seed"])
         ratio = "–" if g["ratio"] is None else cell(g["ratio"], ".2f").replace(" (", "x (")
         lines.append(f"| {key.replace('gold_', '')} | {per} | {ratio} | {g['reached']} |")

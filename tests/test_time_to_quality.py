@@ -51,3 +51,11 @@ def test_goal_ratios_pair_each_ppo_seed_with_the_same_grpo_seed(ttq):
     greedy = goal["gold_greedy"]
     assert [r["ratio"] for r in greedy["per_seed"]] == [pytest.approx(60 / 40), pytest.approx(100 / 50)]
     assert greedy["ratio"]["median"] == pytest.approx(1.75)
+
+
+def test_no_goal_where_grpo_gained_nothing(ttq):
+    runs = [_run("grpo", 0, _curve([(0, 0.0, 0.3), (40, 0.0, 0.4)])),
+            _run("ppo", 0, _curve([(0, 0.0, 0.3), (20, 0.0, 0.5)]))]
+    goal = ttq.goal_ratios({"runs": runs})
+    assert goal["gold_T1"]["per_seed"][0]["ratio"] is None and goal["gold_T1"]["reached"] == "0/1"
+    assert goal["gold_greedy"]["per_seed"][0]["ratio"] == pytest.approx(0.5)
