@@ -37,6 +37,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from interleave import run_interleaved  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -90,20 +93,26 @@ def time_interleaved(a) -> dict:
 
     fns = {"one_member": one, "ensemble_trunk_once": lambda: fast.raw_scores(prompts, completions),
            "ensemble_full_passes": lambda: slow.raw_scores(prompts, completions)}  # fmt: skip
-    for fn in fns.values():  # warm-up
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(a.repeats):
-        for name, fn in fns.items():
+    def timed(fn):
+        def run():
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
             fn()
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    ratios = {name: sorted(t / o for t, o in zip(times[name], times["one_member"]))[a.repeats // 2] for name in fns}
-    return {"times_s": times, "median_ratio_per_round": ratios}
+            return {"seconds": time.perf_counter() - start}
+        return run
+
+    # benchmarks/interleave.py: rounds of every variant in turn, ratio = median of the per-round ratios
+    res = run_interleaved({name: timed(fn) for name, fn in fns.items()}, rounds=a.repeats, baseline="one_member",
+                          warmup=True, log=None)
+    times = {name: [r["metrics"]["seconds"] for r in res["runs"] if r["variant"] == name] for name in fns}
+    ratios = {name: 1.0 if name == "one_member" else res["ratios"][name]["seconds"]["median"] for name in fns}
+    spreads = {name: [res["ratios"][name]["seconds"]["min"], res["ratios"][name]["seconds"]["max"]]
+               for name in fns if name != "one_member"}
+    return {"times_s": times, "median_ratio_per_round": ratios, "ratio_min_max_per_round": spreads,
+            "load_start": res["load_start"], "load_end": res["load_end"]}
 
 
 def _base(a):
@@ -283,6 +292,9 @@ def main() -> int:
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "rows": rows,
         "interleaved_times_s": timing["times_s"],
+        "interleaved_ratio_min_max": timing.get("ratio_min_max_per_round"),
+        "load_start": timing.get("load_start"),
+        "load_end": timing.get("load_end"),
         "time_ratio_trunk_once": ratios["ensemble_trunk_once"],
         "memory_ratio_trunk_once": rows["ensemble_trunk_once"]["held_mib"] / one["held_mib"],
         "time_ratio_full_passes": ratios["ensemble_full_passes"],

@@ -2,8 +2,9 @@
 
     python benchmarks/smollm2_benchmarks_table.py   # then: python -m trl_extras.utils.readme_tables --write
 
-Reads ``benchmarks/results/{ensemble_speed,ppo_vs_grpo_throughput,exact_kl_memory}_smollm2.json`` (written by
-``ensemble_speed.py --model smollm2``, ``ppo_vs_grpo_throughput.py --model smollm2`` and
+Reads ``benchmarks/results/{ensemble_speed,exact_kl_memory}_smollm2.json`` and
+``ppo_vs_grpo_throughput_smollm2_{fp32,bf16}.json`` (written by
+``ensemble_speed.py --model smollm2``, ``ppo_vs_grpo_throughput.py --model smollm2 --dtype fp32|bf16`` and
 ``exact_kl_memory.py --model smollm2``) and writes ``benchmarks/results/smollm2_benchmarks_table.md``.
 """
 
@@ -28,14 +29,17 @@ def ensemble_row(r: dict) -> list[str]:
 
 
 def throughput_row(r: dict) -> list[str]:
-    grpo, ppo = (next(run for run in r["runs"] if run["run"].startswith(name)) for name in ("GRPO", "PPO"))
+    """A row from ``ppo_vs_grpo_throughput.py``'s interleaved result (ratio: median of the per-round ratios)."""
+    m, metrics, ratio = r["meta"], r["metrics"], r["ratios"]["ppo"]["samples_per_s"]
+    ppo, grpo = metrics["ppo"]["samples_per_s"], metrics["grpo"]["samples_per_s"]
+    load = f"load {r['load_start'][0]:.1f} → {r['load_end'][0]:.1f}" if r.get("load_start") and r.get("load_end") else ""
     return [
-        f"{ppo['run']} vs TRL {grpo['run']}, batch {r['batch']}, {r['max_completion_length']} new tokens, "
-        f"{r['rollouts']} rollouts",
-        f"`benchmarks/ppo_vs_grpo_throughput.py --model smollm2 --batch {r['batch']} --length "
-        f"{r['max_completion_length']} --rollouts {r['rollouts']}`",
-        f"{ppo['samples_per_s']:.4f} vs {grpo['samples_per_s']:.4f} samples/s: PPO "
-        f"{ppo['samples_per_s'] / grpo['samples_per_s']:.2f}× GRPO's",
+        f"{m['labels']['ppo']} vs TRL {m['labels']['grpo']}, LoRA, {m['dtype']} weights, batch {m['batch']}, "
+        f"{m['max_completion_length']} new tokens, {m['rollouts_per_run']} rollouts per run",
+        f"`{m['command']}`",
+        f"{ppo['median']:.3f} vs {grpo['median']:.3f} samples/s (training steps): PPO **{ratio['median']:.2f}×** GRPO's "
+        f"(min–max {ratio['min']:.2f}–{ratio['max']:.2f} over {ratio['n']} interleaved pairs; {load} on "
+        f"{r.get('cpus', '?')} CPUs)",
     ]
 
 
@@ -56,7 +60,8 @@ def exact_kl_row(r: dict) -> list[str]:
 def table(results: Path = RESULTS) -> str:
     rows = [
         ensemble_row(json.loads((results / "ensemble_speed_smollm2.json").read_text())),
-        throughput_row(json.loads((results / "ppo_vs_grpo_throughput_smollm2.json").read_text())),
+        *(throughput_row(json.loads(path.read_text())) for path in
+          (results / f"ppo_vs_grpo_throughput_smollm2_{dtype}.json" for dtype in ("fp32", "bf16")) if path.exists()),
         exact_kl_row(json.loads((results / "exact_kl_memory_smollm2.json").read_text())),
     ]
     lines = ["| benchmark | command | result |", "|---|---|---|", *("| " + " | ".join(row) + " |" for row in rows)]
