@@ -251,3 +251,42 @@ def test_ref_hidden_shape_is_checked(models):
     with pytest.raises(ValueError, match="ref_hidden"):
         policy_logprobs(policy, ids, mask, T, ref_model=ref, with_exact_kl=True,
                         ref_hidden=torch.zeros(3, T + 1, policy.config.hidden_size))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ExactKLGRPOTrainer: one policy pass for GRPO's loss and the exact KL
+# ---------------------------------------------------------------------------------------------------------------
+def test_exact_kl_grpo_one_policy_pass(tiny_paths, tmp_path, monkeypatch):
+    from test_exact_kl_grpo import _prepared_batch, _trainer
+
+    from trl_extras.modeling.lm import split_lm
+
+    trainer = _trainer(tiny_paths, tmp_path, exact_kl_coef=3.0, loss_type="bnpo")
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer.model.eval()
+    inputs = _prepared_batch(trainer)
+    trunk = split_lm(trainer.model)[0]
+    calls, handle = _count_forwards(trunk)
+    try:
+        trainer.model.zero_grad(set_to_none=True)
+        loss = trainer.compute_loss(trainer.model, inputs)
+        loss.backward()
+        one_pass_calls = len(calls)
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        # before: GRPO's own forward, then a second policy pass for the KL (the fallback path)
+        monkeypatch.setattr(type(trainer), "_one_pass_possible", lambda self, model: False)
+        calls.clear()
+        trainer.model.zero_grad(set_to_none=True)
+        before = trainer.compute_loss(trainer.model, inputs)
+        before.backward()
+        two_pass_calls = len(calls)
+    finally:
+        handle.remove()
+    assert one_pass_calls == 1 and two_pass_calls == 2
+    assert loss.item() == pytest.approx(before.item(), rel=1e-5, abs=1e-6)
+    assert grads
+    for n, p in trainer.model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)

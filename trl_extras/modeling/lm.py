@@ -393,6 +393,7 @@ def completion_token_stats(
     reference_context=None,
     ref_hidden: torch.Tensor | None = None,
     return_ref_hidden: bool = False,
+    position_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Log-probs, reference log-probs, exact KL and entropy of the completion tokens (no gradients).
 
@@ -414,6 +415,7 @@ def completion_token_stats(
         ref_hidden: the reference trunk's ``(B, T, H)`` output if already computed (:func:`reference_hidden_states`).
         return_ref_hidden: also return ``ref_hidden`` (the reference trunk's ``(B, T, H)`` output this call
             computed), for the update to reuse (``policy_logprobs(ref_hidden=...)``).
+        position_ids: ``(B, L)`` (default: from ``attention_mask``, as generation counts them).
 
     Returns:
         dict of ``(B, T)`` float32 tensors: ``logprobs`` (always), ``ref_logprobs`` (when there is a reference),
@@ -428,7 +430,7 @@ def completion_token_stats(
             model, ref_model, input_ids, attention_mask, logits_to_keep, temperature, chunk_size,
             with_ref_logprobs=True, with_exact_kl=with_exact_kl, with_entropy=with_entropy,
             reference_context=reference_context, caller="completion_token_stats", ref_hidden=ref_hidden,
-            return_ref_hidden=return_ref_hidden,
+            return_ref_hidden=return_ref_hidden, position_ids=position_ids,
         )
 
 
@@ -533,6 +535,7 @@ def exact_kl_to_reference(
     temperature: float = 1.0,
     chunk_size: int | None = 64,
     reference_context=None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact per-token KL(π‖π_ref) of the completion positions WITH gradients for the policy (a loss term).
 
@@ -553,5 +556,5 @@ def exact_kl_to_reference(
     """
     return policy_logprobs(
         model, input_ids, attention_mask, logits_to_keep, temperature=temperature, chunk_size=chunk_size,
-        ref_model=ref_model, with_exact_kl=True, reference_context=reference_context,
+        ref_model=ref_model, with_exact_kl=True, reference_context=reference_context, position_ids=position_ids,
     )["exact_kl"]

@@ -781,6 +781,9 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             stats = completion_token_stats(
                 policy, ref, input_ids, attention_mask, logits_to_keep=T, temperature=args.temperature,
                 chunk_size=args.exact_kl_chunk_size, with_exact_kl=True, with_entropy=True,
+                # [issue 23] keep the reference trunk's (B, T, H) output for the update's exact KL (rollout key
+                # `ref_hidden`): the update then runs only the reference's head, never its trunk
+                return_ref_hidden=args.cache_reference_states and KL_PENALTIES.get(args.kl_estimator).needs_full_vocabulary,
             )
             policy.train(was_training)
             # 6. Values V(s_t) at the positions that predict each completion token.
@@ -833,6 +836,8 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             ref_logprobs=ref_logprobs,  # a sampled-token penalty with a direct gradient needs them in the update
             kl_coef=torch.full((len(rows),), beta, device=device),  # the beta of this batch's rewards
         )
+        if "ref_hidden" in stats:  # [issue 23] the reference trunk's (B, T, H) output, reused by compute_loss (11)
+            batch["ref_hidden"] = stats["ref_hidden"]
         return batch
 
     def _prepare_inputs(self, generation_batch):
@@ -914,6 +919,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             with_policy=with_policy, chunk_size=args.exact_kl_chunk_size,
             with_exact_kl=with_kl and penalty.needs_full_vocabulary,
             ref_model=None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model),
+            ref_hidden=inputs.get("ref_hidden"),  # [issue 23] cached at rollout (step 5): no reference trunk here
         )
         with self.accelerator.autocast():
             if self._joint_model:
