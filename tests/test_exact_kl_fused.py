@@ -290,3 +290,37 @@ def test_exact_kl_grpo_one_policy_pass(tiny_paths, tmp_path, monkeypatch):
     for n, p in trainer.model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DDP (2 CPU processes): the chunked head runs inside the wrapper's forward, gradients equal one process
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["exact", "k1"])
+def test_two_process_chunked_update_equals_one_process(tiny_paths, tmp_path, mode):
+    import json
+    import sys
+    from pathlib import Path
+
+    from helpers import launch_two_processes
+
+    script = Path(__file__).parent / "scripts" / "fused_kl_ddp.py"
+    out = tmp_path / "result.json"
+    launch_two_processes(script, "ddp", tmp_path, tiny_paths["policy"], str(out), mode, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["num_processes"] == 2 and result["wrapper"] == "DistributedDataParallel"
+    assert result["head_calls"] == 0  # no (B, T, V) fallback through the head module: the fused kernel ran
+
+    sys.path.insert(0, str(script.parent))
+    try:
+        from fused_kl_ddp import build, global_batch, step
+    finally:
+        sys.path.pop(0)
+    policy, ref = build(tiny_paths["policy"])
+    ids, mask, T, a = global_batch(policy.config.vocab_size)
+    loss = step(policy, ref, ids, mask, T, a, mode)
+    assert result["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-5)
+    grads = {n: p.grad for n, p in policy.named_parameters() if p.grad is not None}
+    assert set(result["grads"]) == set(grads) and grads
+    for n, g in grads.items():  # DDP averages the two shards' gradients: one process's sum / 2
+        torch.testing.assert_close(torch.tensor(result["grads"][n]), g / 2, atol=1e-5, rtol=1e-4, msg=n)
