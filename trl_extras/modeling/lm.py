@@ -45,6 +45,12 @@ __all__ = [
     "split_lm",
 ]
 
+#: The previous paths, for benchmarks' before/after comparisons only (``benchmarks/exact_kl_memory.py``): False sends
+#: plain heads through the activation-checkpointed head (not the fused kernel), resp. makes a DDP/DeepSpeed wrapper
+#: in grad mode build its full (B, T, V) logits (the chunked pass not run inside its forward).
+_FUSED_HEAD = True
+_INSIDE_WRAPPER = True
+
 # config attributes that make ``head(hidden)`` differ from the model's logits (the list TRL's fused LM head knows)
 _NON_SEPARABLE_ATTRS = (
     "final_logit_softcapping",
@@ -289,6 +295,8 @@ def _token_stats(
         raise ValueError(f"{caller}: ref_hidden was given but the reference has no separable head.")
     pol_split = split_lm(policy)
     wrapped = track and policy is not model
+    if wrapped and not _INSIDE_WRAPPER:
+        pol_split = None  # (the previous behaviour, for benchmarks: the wrapper's own forward, full logits)
 
     def compute():
         # The reference: cached hidden states, or its trunk once (no grad); its head per chunk (or full logits).
@@ -312,7 +320,7 @@ def _token_stats(
             trunk, head = pol_split
             hidden = hidden_of(trunk)
             plain = _plain_head(head)
-            if plain is not None and (not use_ref or r_plain is not None):
+            if _FUSED_HEAD and plain is not None and (not use_ref or r_plain is not None):
                 # (1) the fused kernel: no (chunk, V) buffer survives a chunk, no logits recomputed for a frozen head
                 out = head_token_stats(
                     hidden.to(plain[0].device), plain[0], plain[1], labels.to(plain[0].device),
