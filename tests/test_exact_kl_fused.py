@@ -324,3 +324,69 @@ def test_two_process_chunked_update_equals_one_process(tiny_paths, tmp_path, mod
     assert set(result["grads"]) == set(grads) and grads
     for n, g in grads.items():  # DDP averages the two shards' gradients: one process's sum / 2
         torch.testing.assert_close(torch.tensor(result["grads"][n]), g / 2, atol=1e-5, rtol=1e-4, msg=n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# grad_hint: one combined gradient projection when the loss is known; a wrong hint costs a recompute, not the result
+# ---------------------------------------------------------------------------------------------------------------
+def _ppo_loss_parts(B=3, T=7, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    old = -3.0 + torch.randn(B, T, generator=g)
+    adv = torch.randn(B, T, generator=g)
+    kl_coef = torch.tensor([0.1, 0.3, 0.05])
+    mask = torch.ones(B, T)
+    mask[1, -3:] = 0
+    return old, adv, kl_coef, mask
+
+
+@pytest.mark.parametrize("hint_ok", [True, False])
+def test_grad_hint_gives_the_same_gradient(monkeypatch, hint_ok):
+    from trl_extras.core.ppo import aggregate_loss, aggregation_weights, policy_loss, surrogate_grad_hint
+    from trl_extras.modeling import head_kernel
+
+    h, w, rh, rw, y, a, c = _inputs()
+    old, adv, kl_coef, mask = _ppo_loss_parts()
+
+    def aggregate(x):
+        return aggregate_loss(x, mask, "grpo")
+
+    weights = aggregation_weights(aggregate, mask.shape)
+    hint = surrogate_grad_hint(old, adv, 0.2, kl_coef if hint_ok else 2 * kl_coef, weights)
+    recomputed = []
+    original = head_kernel._recompute_backward
+    monkeypatch.setattr(head_kernel, "_recompute_backward", lambda *a, **k: recomputed.append(1) or original(*a, **k))
+
+    def loss_of(out):
+        losses, _ = policy_loss(out["logprobs"], old, adv, 0.2)
+        return 0.5 * aggregate(losses + kl_coef[:, None] * out["exact_kl"])  # 0.5: a loss scale, as accumulation
+
+    h1 = h.clone().requires_grad_()
+    loss_of(head_token_stats(h1, w, None, y, rh, rw, None, temperature=0.8, chunk_size=3, with_exact_kl=True,
+                             grad_hint=hint)).backward()  # fmt: skip
+    h2 = h.clone().requires_grad_()
+    loss_of(_brute(h2, w, rh, rw, y, 0.8)).backward()
+    torch.testing.assert_close(h1.grad, h2.grad, atol=1e-6, rtol=1e-4)
+    assert recomputed == ([] if hint_ok else [1])
+
+
+def test_ppo_update_uses_cached_reference_and_the_hinted_gradient(tiny_paths, tmp_path, monkeypatch):
+    """PPOTrainer (LoRA, exact KL): the rollout batch carries the reference's hidden states, the update consumes
+    them, and every update backward takes the hinted single projection (the hint matches the real loss under the
+    Trainer's scaling: no recompute)."""
+    from peft import LoraConfig
+    from test_ppo import _trainer
+
+    from trl_extras.modeling import head_kernel
+
+    scales, recomputed = [], []
+    original_scale, original_recompute = head_kernel._hint_scale, head_kernel._recompute_backward
+    monkeypatch.setattr(head_kernel, "_hint_scale", lambda *a: scales.append(original_scale(*a)) or scales[-1])
+    monkeypatch.setattr(head_kernel, "_recompute_backward",
+                        lambda *a, **k: recomputed.append(1) or original_recompute(*a, **k))  # fmt: skip
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = _trainer(tiny_paths, tmp_path, peft_config=cfg, max_steps=2, num_ppo_epochs=2, num_mini_batches=2,
+                       gradient_accumulation_steps=2, learning_rate=5e-2, kl_estimator="exact")  # fmt: skip
+    trainer.train()
+    assert "ref_hidden" in trainer._buffer
+    assert trainer._buffer["ref_hidden"].shape[:2] == trainer._buffer["completion_ids"].shape
+    assert scales and all(s is not None for s in scales) and not recomputed

@@ -65,7 +65,9 @@ def _project(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
 class _HeadStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, ref_hidden, ref_weight, ref_bias, opts):
-        temperature, chunk, with_lp, with_ref_lp, with_kl, with_entropy, precompute, dtype = opts
+        temperature, chunk, with_lp, with_ref_lp, with_kl, with_entropy, precompute, dtype, hint = opts
+        if hint is not None:  # one projection of the combined logits gradient (see `grad_hint`)
+            precompute = False
         B, T, _ = hidden.shape
         dev = hidden.device
         with _gathered(weight, bias, ref_weight, ref_bias):
@@ -78,6 +80,9 @@ class _HeadStats(torch.autograd.Function):
             lp, ref_lp, kl, ent = zeros(), zeros(), zeros(), zeros()
             grad_kl_part = hidden.new_zeros(B, T, hidden.shape[-1], dtype=torch.float32) if precompute and with_kl else None
             grad_lp_part = hidden.new_zeros(B, T, hidden.shape[-1], dtype=torch.float32) if precompute and with_lp else None
+            if hint is not None:
+                hinted = hidden.new_zeros(B, T, hidden.shape[-1], dtype=torch.float32)
+                hint_lp, hint_kl = zeros(), zeros()
             for start in range(0, T, chunk):
                 s = slice(start, min(start + chunk, T))
                 n = B * (s.stop - s.start)
@@ -87,10 +92,25 @@ class _HeadStats(torch.autograd.Function):
                 rz = _project(ref_hidden[:, s].reshape(n, -1).to(device=dev, dtype=dtype), rw, rb) if use_ref else None
                 st, probs, diff = forward_stats(
                     z, y, rz, temperature, with_exact_kl=with_kl, with_entropy=with_entropy, owned=True,
-                    ref_owned=True, keep_probs=precompute,
+                    ref_owned=True, keep_probs=precompute or hint is not None,
                 )
                 del z, rz
                 shape = (B, s.stop - s.start)
+                if hint is not None:
+                    g_lp, g_kl = hint(st["logprobs"].view(shape), st["exact_kl"].view(shape) if with_kl else None, s)
+                    g_lp = g_lp.reshape(n).float()
+                    hint_lp[:, s] = g_lp.view(shape)
+                    if with_kl:
+                        g_kl = g_kl.reshape(n).float()
+                        hint_kl[:, s] = g_kl.view(shape)
+                        # g_kl · π ⊙ (d − KL) − g_lp · π, in d's buffer; then + g_lp · onehot(y) through W[y]
+                        comb = diff.sub_(st["exact_kl"].unsqueeze(-1)).mul_(probs).mul_(g_kl.unsqueeze(-1))
+                        comb.sub_(probs.mul_(g_lp.unsqueeze(-1)))
+                    else:
+                        comb = probs.mul_(-g_lp.unsqueeze(-1))
+                    proj = (comb.to(dtype) @ w).float() + g_lp.unsqueeze(-1) * w[y].float()
+                    hinted[:, s] = proj.view(*shape, -1)
+                    del comb, proj
                 lp[:, s] = st["logprobs"].view(shape)
                 if with_ref_lp:
                     ref_lp[:, s] = st["ref_logprobs"].view(shape)
@@ -111,8 +131,12 @@ class _HeadStats(torch.autograd.Function):
                 del probs, diff
         ctx.opts = opts
         ctx.hidden_dtype = hidden.dtype
+        ctx.precompute = precompute
         if precompute:
             ctx.save_for_backward(grad_lp_part, grad_kl_part)
+        elif hint is not None:  # the hinted gradient, and what a recompute needs if the real gradient differs
+            ctx.save_for_backward(hidden, weight, bias, labels, ref_hidden, ref_weight, ref_bias, kl, hinted, hint_lp,
+                                  hint_kl)  # fmt: skip
         else:
             ctx.save_for_backward(hidden, weight, bias, labels, ref_hidden, ref_weight, ref_bias, kl)
         ctx.mark_non_differentiable(ref_lp, ent)
@@ -123,10 +147,22 @@ class _HeadStats(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_lp, g_ref_lp, g_kl, g_ent):
-        temperature, chunk, with_lp, with_ref_lp, with_kl, with_entropy, precompute, dtype = ctx.opts
+        temperature, chunk, with_lp, with_ref_lp, with_kl, with_entropy, _, dtype, hint = ctx.opts
+        precompute = ctx.precompute
         none = (None,) * 7
         if g_lp is None and g_kl is None:
             return none + (None,)
+        if hint is not None:
+            hidden, weight, bias, labels, ref_hidden, ref_weight, ref_bias, kl, hinted, hint_lp, hint_kl = (
+                ctx.saved_tensors
+            )
+            scale = _hint_scale(g_lp, g_kl if with_kl else None, hint_lp, hint_kl if with_kl else None)
+            if scale is not None and not ctx.needs_input_grad[1] and not ctx.needs_input_grad[2]:
+                grad = hinted * (scale / temperature)
+                return (grad.to(ctx.hidden_dtype),) + none
+            # the loss is not what the hint said (or the head trains): recompute, correct whatever the hint was
+            return _recompute_backward(ctx, g_lp, g_kl, hidden, weight, bias, labels, ref_hidden, ref_weight, ref_bias,
+                                       kl)  # fmt: skip
         if precompute:
             grad_lp_part, grad_kl_part = ctx.saved_tensors
             grad = None
@@ -138,48 +174,70 @@ class _HeadStats(torch.autograd.Function):
             if temperature != 1.0:
                 grad = grad.div_(temperature)
             return (grad.to(ctx.hidden_dtype),) + none
-        hidden, weight, bias, labels, ref_hidden, ref_weight, ref_bias, kl = ctx.saved_tensors
-        B, T, _ = hidden.shape
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
-        with _gathered(weight, bias, ref_weight, ref_bias):
-            w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
-            use_ref = ref_hidden is not None
-            if use_ref:
-                rw = ref_weight.to(dtype) if ref_weight is not weight else w
-                rb = None if ref_bias is None else ref_bias.to(dtype)
-            for start in range(0, T, chunk):
-                s = slice(start, min(start + chunk, T))
-                n = B * (s.stop - s.start)
-                h = hidden[:, s].reshape(n, -1).to(dtype)
-                y = labels[:, s].reshape(n)
-                z = _project(h, w, b)
-                rz = _project(ref_hidden[:, s].reshape(n, -1).to(device=h.device, dtype=dtype), rw, rb) if use_ref else None
-                _, probs, diff = forward_stats(
-                    z, y, rz if with_kl else None, temperature, with_exact_kl=with_kl, with_entropy=False,
-                    owned=True, ref_owned=True, keep_probs=True,
-                )
-                gz = logits_grad(
-                    probs, diff, kl[:, s].reshape(n) if with_kl else None, y,
-                    None if g_lp is None else g_lp[:, s].reshape(n).float(),
-                    None if (g_kl is None or not with_kl) else g_kl[:, s].reshape(n).float(), temperature,
-                )
-                del probs, diff, z, rz
-                gzc = gz.to(dtype)
-                if grad_h is not None:
-                    grad_h[:, s] = (gzc @ w).float().view(B, s.stop - s.start, -1)
-                if grad_w is not None:
-                    grad_w.add_((gzc.t() @ h).float())
-                if grad_b is not None:
-                    grad_b.add_(gz.sum(0))
-        return (
-            None if grad_h is None else grad_h.to(hidden.dtype),
-            None if grad_w is None else grad_w.to(weight.dtype),
-            None if grad_b is None else grad_b.to(bias.dtype),
-            None, None, None, None, None,
-        )
+        return _recompute_backward(ctx, g_lp, g_kl, *ctx.saved_tensors)
+
+
+def _hint_scale(g_lp, g_kl, hint_lp, hint_kl) -> float | None:
+    """``c`` when the real upstream gradients equal ``c ×`` the hinted ones (a loss scale, accumulation division),
+    to float32 rounding; ``None`` otherwise."""
+    real = [torch.zeros_like(hint_lp) if g_lp is None else g_lp.float()]
+    hinted = [hint_lp]
+    if hint_kl is not None:
+        real.append(torch.zeros_like(hint_kl) if g_kl is None else g_kl.float())
+        hinted.append(hint_kl)
+    a, h = torch.cat([x.reshape(-1) for x in real]), torch.cat([x.reshape(-1) for x in hinted])
+    hh = float(h.dot(h))
+    if hh == 0.0:
+        return 0.0 if float(a.abs().max()) == 0.0 else None
+    c = float(a.dot(h)) / hh
+    tol = 1e-5 * max(float(a.abs().max()), abs(c) * float(h.abs().max())) + 1e-30
+    return c if float((a - c * h).abs().max()) <= tol else None
+
+
+def _recompute_backward(ctx, g_lp, g_kl, hidden, weight, bias, labels, ref_hidden, ref_weight, ref_bias, kl):
+    """Backward by recomputing each chunk's logits (a trainable head, or a loss other than the hint said)."""
+    temperature, chunk, with_lp, with_ref_lp, with_kl, with_entropy, _, dtype, hint = ctx.opts
+    B, T, _ = hidden.shape
+    need_h, need_w, need_b = ctx.needs_input_grad[:3]
+    grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+    with _gathered(weight, bias, ref_weight, ref_bias):
+        w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
+        use_ref = ref_hidden is not None
+        if use_ref:
+            rw = ref_weight.to(dtype) if ref_weight is not weight else w
+            rb = None if ref_bias is None else ref_bias.to(dtype)
+        for start in range(0, T, chunk):
+            s = slice(start, min(start + chunk, T))
+            n = B * (s.stop - s.start)
+            h = hidden[:, s].reshape(n, -1).to(dtype)
+            y = labels[:, s].reshape(n)
+            z = _project(h, w, b)
+            rz = _project(ref_hidden[:, s].reshape(n, -1).to(device=h.device, dtype=dtype), rw, rb) if use_ref else None
+            _, probs, diff = forward_stats(
+                z, y, rz if with_kl else None, temperature, with_exact_kl=with_kl, with_entropy=False,
+                owned=True, ref_owned=True, keep_probs=True,
+            )
+            gz = logits_grad(
+                probs, diff, kl[:, s].reshape(n) if with_kl else None, y,
+                None if g_lp is None else g_lp[:, s].reshape(n).float(),
+                None if (g_kl is None or not with_kl) else g_kl[:, s].reshape(n).float(), temperature,
+            )
+            del probs, diff, z, rz
+            gzc = gz.to(dtype)
+            if grad_h is not None:
+                grad_h[:, s] = (gzc @ w).float().view(B, s.stop - s.start, -1)
+            if grad_w is not None:
+                grad_w.add_((gzc.t() @ h).float())
+            if grad_b is not None:
+                grad_b.add_(gz.sum(0))
+    return (
+        None if grad_h is None else grad_h.to(hidden.dtype),
+        None if grad_w is None else grad_w.to(weight.dtype),
+        None if grad_b is None else grad_b.to(bias.dtype),
+        None, None, None, None, None,
+    )
 
 
 def head_token_stats(
@@ -195,6 +253,7 @@ def head_token_stats(
     with_ref_logprobs: bool = False,
     with_exact_kl: bool = False,
     with_entropy: bool = False,
+    grad_hint=None,
 ) -> dict[str, torch.Tensor]:
     """Per-position statistics of ``softmax((hidden @ weight.T + bias) / temperature)`` (module docstring).
 
@@ -206,6 +265,12 @@ def head_token_stats(
             needed for ``with_ref_logprobs`` / ``with_exact_kl``. ``ref_hidden`` may live on another device (CPU).
         temperature: logits are divided by it. chunk_size: positions per chunk (``None``: all ``T``).
         with_ref_logprobs / with_exact_kl / with_entropy: which statistics to add to ``logprobs``.
+        grad_hint: optional ``fn(logprobs (B, c), exact_kl (B, c) or None, positions: slice) -> (g_lp, g_kl)``,
+            the gradient the loss will send to each position's log-prob and KL, given their values (e.g. PPO's
+            clipped surrogate + β·KL, times the aggregation weights: ``core.ppo``'s per-position derivative). With
+            it the forward projects the COMBINED logits gradient once (one GEMM instead of two); the backward
+            checks that the real upstream gradients are the hinted ones times one scalar (loss scaling,
+            accumulation) and otherwise recomputes the chunk's logits: a wrong hint costs time, never correctness.
 
     Returns:
         dict of ``(B, T)`` float32: ``logprobs`` (and ``exact_kl``) differentiable w.r.t. ``hidden`` (and the head
@@ -231,7 +296,7 @@ def head_token_stats(
     chunk = T if chunk_size is None else min(int(chunk_size), T)
     opts = (
         float(temperature), chunk, True, with_ref_logprobs, with_exact_kl, with_entropy, precompute,
-        _compute_dtype(hidden),
+        _compute_dtype(hidden), grad_hint if (precompute and grad_hint is not None) else None,
     )
     lp, ref_lp, kl, ent = _HeadStats.apply(
         hidden, weight, bias, labels, ref_hidden if use_ref else None, ref_weight if use_ref else None,

@@ -255,6 +255,7 @@ def _token_stats(
     ref_hidden: torch.Tensor | None = None,
     return_ref_hidden: bool = False,
     position_ids: torch.Tensor | None = None,
+    grad_hint=None,
 ) -> dict[str, torch.Tensor]:
     """The one driver of the chunked statistics, in grad mode (update) or not (rollout); see the callers.
 
@@ -327,7 +328,7 @@ def _token_stats(
                     ref_hidden=r_hidden if use_ref else None, ref_weight=r_plain[0] if use_ref else None,
                     ref_bias=r_plain[1] if use_ref else None, temperature=temperature, chunk_size=chunk_size,
                     with_ref_logprobs=use_ref and with_ref_logprobs, with_exact_kl=with_exact_kl,
-                    with_entropy=with_entropy,
+                    with_entropy=with_entropy, grad_hint=grad_hint,
                 )
                 out = {k: v.to(device) for k, v in out.items()}
                 if return_ref_hidden and use_ref:
@@ -497,6 +498,7 @@ def policy_logprobs(
     reference_context=None,
     ref_hidden: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
+    grad_hint=None,
 ) -> dict[str, torch.Tensor]:
     """Log-probs (optionally the exact KL to the reference, and the entropy) of the completion tokens WITH
     gradients, for the policy update.
@@ -520,6 +522,9 @@ def policy_logprobs(
             its head per chunk.
         position_ids: ``(B, L)`` position ids (default: from ``attention_mask``, as generation counts them; TRL's
             GRPO forward uses ``0 … L−1``).
+        grad_hint: how the loss will depend on each position's log-prob and KL (``core.ppo.surrogate_grad_hint``):
+            the fused kernel then projects one combined gradient per chunk instead of two (checked in backward;
+            a wrong hint costs a recompute, never correctness). See ``modeling.head_kernel.head_token_stats``.
 
     Returns:
         dict of ``(B, T)`` float32: ``logprobs`` (requires grad when the model has trainable parameters),
@@ -530,7 +535,7 @@ def policy_logprobs(
             model, ref_model, input_ids, attention_mask, logits_to_keep, temperature, chunk_size,
             with_ref_logprobs=False, with_exact_kl=with_exact_kl, with_entropy=with_entropy,
             reference_context=reference_context, caller="policy_logprobs", ref_hidden=ref_hidden,
-            position_ids=position_ids,
+            position_ids=position_ids, grad_hint=grad_hint,
         )
 
 

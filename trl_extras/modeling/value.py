@@ -93,6 +93,7 @@ def policy_and_values(
     ref_model: nn.Module | None = None,
     reference_context=None,
     ref_hidden: torch.Tensor | None = None,
+    grad_hint=None,
 ) -> tuple[dict | None, torch.Tensor]:
     """The update's forward: policy log-probs of the last ``T = logits_to_keep`` tokens (and optionally their
     exact KL to the reference, with gradient) and their values.
@@ -103,7 +104,7 @@ def policy_and_values(
         with_policy: ``False`` during the value warm-up (no policy forward at all).
         chunk_size, with_exact_kl, ref_model, reference_context, ref_hidden: as in
             :func:`trl_extras.modeling.lm.policy_logprobs` (``ref_hidden``: the reference trunk's output cached at
-            rollout, used only with ``with_exact_kl``)
+            rollout, used only with ``with_exact_kl``); grad_hint: as in ``policy_logprobs`` (PPO's surrogate)
             (the same chunked pass as the rollout's ``completion_token_stats``).
 
     Returns:
@@ -117,7 +118,7 @@ def policy_and_values(
     out = policy_logprobs(
         policy, input_ids, attention_mask, T, temperature=temperature, chunk_size=chunk_size,
         with_exact_kl=with_exact_kl, ref_model=ref_model, reference_context=reference_context,
-        ref_hidden=ref_hidden if with_exact_kl else None,
+        ref_hidden=ref_hidden if with_exact_kl else None, grad_hint=grad_hint,
     )
     return out, values
 

@@ -51,10 +51,12 @@ from ...core.ppo import (
     FixedKLController,
     RunningMoments,
     aggregate_loss,
+    aggregation_weights,  # [issue 23]
     approx_kl,
     explained_variance,
     policy_loss,
     scores_to_token_rewards,
+    surrogate_grad_hint,  # [issue 23]
     value_loss,
 )
 from ...modeling.generation import (
@@ -920,6 +922,12 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             with_exact_kl=with_kl and penalty.needs_full_vocabulary,
             ref_model=None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model),
             ref_hidden=inputs.get("ref_hidden"),  # [issue 23] cached at rollout (step 5): no reference trunk here
+            # [issue 23] how step 13's loss depends on each position's log-prob and exact KL: the fused head kernel then
+            # projects one combined gradient per chunk (checked in backward: a mismatch recomputes, see core.ppo)
+            grad_hint=surrogate_grad_hint(
+                inputs["old_logprobs"], inputs["advantages"], args.cliprange, inputs["kl_coef"],
+                aggregation_weights(lambda x: self._aggregate(x, mask, inputs), mask.shape, mask.device),
+            ) if with_kl and penalty.needs_full_vocabulary else None,
         )
         with self.accelerator.autocast():
             if self._joint_model:
