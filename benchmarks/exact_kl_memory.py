@@ -247,7 +247,7 @@ def _ppo_child(variant: str, kind: str, layers: int, B: int, Tc: int, chunk: int
     import torch
 
     import trl_extras.modeling.lm as lm
-    from trl_extras.core.ppo import aggregate_loss, policy_loss
+    from trl_extras.core.ppo import aggregate_loss, aggregation_weights, policy_loss, surrogate_grad_hint
 
     name, _, when = variant.partition("@")
     if when == "before":
@@ -264,6 +264,12 @@ def _ppo_child(variant: str, kind: str, layers: int, B: int, Tc: int, chunk: int
     old_lp, ref_hidden = st["logprobs"] - 0.01, st["ref_hidden"]
     adv = torch.randn(B, Tc, generator=g)
     cmask = mask[:, -Tc:]
+    kl_coef = torch.full((B,), 0.05)
+
+    def aggregate(x):
+        return aggregate_loss(x, cmask, "dapo", num_items_in_batch=cmask.sum())
+
+    weights = aggregation_weights(aggregate, cmask.shape)
 
     def run():
         with autocast:
@@ -274,11 +280,14 @@ def _ppo_child(variant: str, kind: str, layers: int, B: int, Tc: int, chunk: int
                 return out["exact_kl"] if name == "stats-exact" else out["ref_logprobs"] - out["logprobs"]
             exact = name == "update-exact"
             cached = ref_hidden if (exact and when != "before") else None
-            out = lm.policy_logprobs(policy, ids, mask, Tc, chunk_size=chunk, with_exact_kl=exact, ref_hidden=cached)
+            # as PPOTrainer.compute_loss: the hint of the loss below (after), none (before)
+            hint = surrogate_grad_hint(old_lp, adv, 0.2, kl_coef, weights) if (exact and when != "before") else None
+            out = lm.policy_logprobs(policy, ids, mask, Tc, chunk_size=chunk, with_exact_kl=exact, ref_hidden=cached,
+                                     grad_hint=hint)  # fmt: skip
             losses, _ = policy_loss(out["logprobs"], old_lp, adv, 0.2)
             if exact:
-                losses = losses + 0.05 * out["exact_kl"]
-            aggregate_loss(losses, cmask, "dapo", num_items_in_batch=cmask.sum()).backward()
+                losses = losses + kl_coef[:, None] * out["exact_kl"]
+            aggregate(losses).backward()
         policy.zero_grad(set_to_none=True)
         return (out["exact_kl"] if exact else out["logprobs"]).detach()
 
