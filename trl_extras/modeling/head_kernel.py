@@ -13,6 +13,13 @@ logits before the next chunk. Two gradient modes:
   fused multiply-add: no logits are recomputed (the checkpoint path projected every chunk three times through each
   head; here twice through the policy head and once through the reference head). Kept for backward: ``2·B·T·H``
   float32 (H ≪ V).
+- **frozen head with a gradient hint** (``grad_hint``: PPO's update, ``core.ppo.surrogate_grad_hint``): the caller
+  says how the loss depends on each position's log-prob and KL given their values, so the forward knows
+  ``(g_lp, g_kl)`` per position and projects the COMBINED logits gradient ``g_kl·π⊙(d−KL) − g_lp·π`` once (plus
+  ``g_lp·W[y]``): the policy head twice in all (logits, gradient) and the reference head once, the floor for an
+  exact KL with its gradient. The backward checks that the real upstream gradients are the hinted ones times one
+  scalar (loss scaling, gradient accumulation) and otherwise recomputes: a wrong hint costs time, never
+  correctness.
 - **trainable head** (weight or bias requires grad, e.g. a fully fine-tuned head): the backward recomputes each
   chunk's logits (both heads) and applies the closed-form logits gradient (``core.kl.logits_grad``), then the two
   GEMMs for ``∂h`` and ``∂W``.
