@@ -226,8 +226,9 @@ def forward_stats(
         if labels is not None:
             out["ref_logprobs"] = ref_logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         if with_exact_kl:
-            # in place: (log π − log π_ref) in the reference's buffer, π in logp's buffer (or the entropy's)
-            diff = ref_logp.neg_().add_(logp)
+            # in place: (log π − log π_ref) in the reference's buffer (one pass: a − b, the same bits as −b + a), π
+            # in logp's buffer (or the entropy's)
+            diff = torch.sub(logp, ref_logp, out=ref_logp)
             del ref_logp
             if probs is None:
                 probs = logp.exp_()

@@ -110,9 +110,10 @@ class _HeadStats(torch.autograd.Function):
                     if with_kl:
                         g_kl = g_kl.reshape(n).float()
                         hint_kl[:, s] = g_kl.view(shape)
-                        # g_kl · π ⊙ (d − KL) − g_lp · π, in d's buffer; then + g_lp · onehot(y) through W[y]
-                        comb = diff.sub_(st["exact_kl"].unsqueeze(-1)).mul_(probs).mul_(g_kl.unsqueeze(-1))
-                        comb.sub_(probs.mul_(g_lp.unsqueeze(-1)))
+                        # g_kl · π ⊙ (d − KL) − g_lp · π = π ⊙ (g_kl·d − (g_kl·KL + g_lp)), in d's buffer (3 passes);
+                        # then + g_lp · onehot(y) through W[y]
+                        shift = (g_kl * st["exact_kl"] + g_lp).unsqueeze(-1)
+                        comb = diff.mul_(g_kl.unsqueeze(-1)).sub_(shift).mul_(probs)
                     else:
                         comb = probs.mul_(-g_lp.unsqueeze(-1))
                     proj = (comb.to(dtype) @ w).float() + g_lp.unsqueeze(-1) * w[y].float()
