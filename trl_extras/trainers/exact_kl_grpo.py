@@ -138,6 +138,8 @@ class ExactKLGRPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, GRPOTrainer):
         keep_4bit_layers_differentiable(self.model)
         self.exact_kl_coef = args.exact_kl_coef
         self._exact_kl_ref = None
+        # set by compute_loss for the one call of GRPO's log-prob pass that also computes the exact KL
+        self._exact_kl_pending: dict | None = None
         if self.exact_kl_coef > 0:
             # the shared resolver: a frozen copy, or inside the PEFT policy (adapter disabled while it is the
             # identity, else a frozen "ref" copy of the starting adapter). GRPO itself adds no "ref" adapter here
@@ -250,7 +252,7 @@ class ExactKLGRPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, GRPOTrainer):
         reference too. Padded completion positions get 0 like GRPO's fused head (which labels them -100).
         Multimodal inputs, MoE auxiliary losses and GRPO's own calls outside ``compute_loss`` (old/reference
         log-probs at generation) go to GRPO's implementation."""
-        holder, self._exact_kl_pending = getattr(self, "_exact_kl_pending", None), None
+        holder, self._exact_kl_pending = self._exact_kl_pending, None
         if holder is None or compute_aux_loss or any(v is not None for v in multimodal.values()):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
