@@ -271,7 +271,8 @@ def head_token_stats(
         labels: ``(B, T)`` token ids.
         ref_hidden, ref_weight, ref_bias: the reference's ``(B, T, H_ref)`` hidden states and head (constants);
             needed for ``with_ref_logprobs`` / ``with_exact_kl``. ``ref_hidden`` may live on another device (CPU).
-        temperature: logits are divided by it. chunk_size: positions per chunk (``None``: all ``T``).
+        temperature: logits are divided by it. chunk_size: positions per chunk (``None``: all ``T``); halved
+            (rounded up) when the reference is used, since its logits chunk coexists with the policy's.
         with_ref_logprobs / with_exact_kl / with_entropy: which statistics to add to ``logprobs``.
         grad_hint: optional ``fn(logprobs (B, c), exact_kl (B, c) or None, positions: slice) -> (g_lp, g_kl)``,
             the gradient the loss will send to each position's log-prob and KL, given their values (e.g. PPO's
@@ -302,6 +303,10 @@ def head_token_stats(
     precompute = track and not head_trainable
     T = hidden.shape[1]
     chunk = T if chunk_size is None else min(int(chunk_size), T)
+    if use_ref and chunk_size is not None:
+        # with a reference two (chunk, V) float32 buffers coexist (log π and log π_ref): half the positions per
+        # chunk keeps the peak at or below the policy-only (k1) path's one buffer, at no extra arithmetic
+        chunk = max(1, (chunk + 1) // 2)
     opts = (
         float(temperature), chunk, True, with_ref_logprobs, with_exact_kl, with_entropy, precompute,
         _compute_dtype(hidden), grad_hint if (precompute and grad_hint is not None) else None,
