@@ -208,9 +208,9 @@ def _recompute_backward(ctx, g_lp, g_kl, hidden, weight, bias, labels, ref_hidde
     B, T, _ = hidden.shape
     need_h, need_w, need_b = ctx.needs_input_grad[:3]
     grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
-    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-    grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
-    with _gathered(weight, bias, ref_weight, ref_bias):
+    with _gathered(weight, bias, ref_weight, ref_bias):  # (full shapes inside: ZeRO-3 partitions outside)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
         use_ref = ref_hidden is not None
         if use_ref:

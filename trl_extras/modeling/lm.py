@@ -174,8 +174,16 @@ def _resolve_reference(policy, ref_model, reference_context, required: bool, cal
 
 
 def _plain_head(head):
-    """``(weight, bias)`` of a head the fused kernel can read directly (exactly ``nn.Linear``), else ``None``."""
-    return (head.weight, head.bias) if is_plain_linear(head) else None
+    """``(weight, bias)`` of a head the fused kernel can read directly (exactly ``nn.Linear``), else ``None``.
+
+    A TRAINABLE head partitioned by DeepSpeed ZeRO-3 (``ds_id``) is not read directly: its gradient must reach the
+    partition through the module's own hooks, so it goes through the (checkpointed) module call instead."""
+    if not is_plain_linear(head):
+        return None
+    params = [p for p in (head.weight, head.bias) if p is not None]
+    if any(hasattr(p, "ds_id") and p.requires_grad for p in params):
+        return None
+    return head.weight, head.bias
 
 
 @contextlib.contextmanager
