@@ -187,10 +187,11 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _measure(run, timing_runs: int) -> dict:
+def _measure(run, timing_runs: int, warm_up: bool = True) -> dict:
     """Warm up once, then peak extra RSS of the first measured run and the median time of ``timing_runs``."""
-    out = run()
-    del out
+    if warm_up:
+        out = run()
+        del out
     Path("/proc/self/clear_refs").write_text("5")
     before = _rss_kib("VmRSS")
     times = []
@@ -242,6 +243,27 @@ def _ppo_model(kind: str, layers: int):
 
 
 def _ppo_child(variant: str, kind: str, layers: int, B: int, Tc: int, chunk: int, timing_runs: int, bf16: bool) -> dict:
+    return {"variant": variant, **_measure(_ppo_runs([variant], kind, layers, B, Tc, chunk, bf16)[variant], timing_runs)}
+
+
+def _ppo_in_process(variants, pairs: int, kind: str, layers: int, B: int, Tc: int, chunk: int, bf16: bool) -> dict:
+    """All variants in ONE process (model loaded and warmed up once), interleaved A, B, A, B, ...: for a model
+    whose load and warm-up cost more than the measured runs (full-depth SmolLM2 on a shared 2-core CPU)."""
+    runs = _ppo_runs(variants, kind, layers, B, Tc, chunk, bf16)
+    for v in variants:  # warm-up (lazy inits, thread pools, allocator)
+        del_ = runs[v]()
+        del del_
+    out = {v: [] for v in variants}
+    for rep in range(pairs):
+        for v in variants:
+            out[v].append({"variant": v, **_measure(runs[v], 1, warm_up=False)})
+            print(f"pair {rep} {v}: peak {out[v][-1]['peak_extra_mib']:.1f} MiB, {out[v][-1]['seconds']:.3f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return out
+
+
+def _ppo_runs(variants, kind: str, layers: int, B: int, Tc: int, chunk: int, bf16: bool) -> dict:
+    """``{variant: run()}`` on one model and batch (a ``@before`` variant switches the module to the old paths)."""
     import contextlib
 
     import torch
@@ -249,8 +271,9 @@ def _ppo_child(variant: str, kind: str, layers: int, B: int, Tc: int, chunk: int
     import trl_extras.modeling.lm as lm
     from trl_extras.core.ppo import aggregate_loss, aggregation_weights, policy_loss, surrogate_grad_hint
 
-    name, _, when = variant.partition("@")
-    if when == "before":
+    if any(v.endswith("@before") for v in variants):
+        if len(variants) > 1:
+            raise ValueError("@before variants switch module-level paths: run them one per process")
         lm._FUSED_HEAD = False
     policy = _ppo_model(kind, layers)
     vocab = policy.config.vocab_size
@@ -271,7 +294,11 @@ def _ppo_child(variant: str, kind: str, layers: int, B: int, Tc: int, chunk: int
 
     weights = aggregation_weights(aggregate, cmask.shape)
 
-    def run():
+    def make_run(variant):
+        name, _, when = variant.partition("@")
+        return lambda: run(name, when)
+
+    def run(name, when):
         with autocast:
             if name.startswith("stats"):
                 with torch.no_grad():
@@ -291,7 +318,7 @@ def _ppo_child(variant: str, kind: str, layers: int, B: int, Tc: int, chunk: int
         policy.zero_grad(set_to_none=True)
         return (out["exact_kl"] if exact else out["logprobs"]).detach()
 
-    return {"variant": variant, **_measure(run, timing_runs)}
+    return {v: make_run(v) for v in variants}
 
 
 def _kernel_child(variant: str, N: int, H: int, Vk: int, rows: int, timing_runs: int) -> dict:
@@ -390,7 +417,14 @@ def _suite(args) -> None:
                   "--chunk", str(args.chunk)]  # fmt: skip
     load_start = os.getloadavg()
     runs: dict[str, list[dict]] = {v: [] for v in variants}
-    for rep in range(args.pairs):
+    if args.in_process and args.suite == "ppo":
+        cmd = [sys.executable, __file__, "--suite-child", ",".join(variants), "--suite", "ppo", "--in-process",
+               "--pairs", str(args.pairs), *common]  # fmt: skip
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        if res.returncode != 0:
+            raise RuntimeError("in-process child failed")
+        runs = json.loads(res.stdout.strip().splitlines()[-1])
+    for rep in range(0 if (args.in_process and args.suite == "ppo") else args.pairs):
         for v in variants:  # A, B, A, B, ...: a load drift hits both sides of each ratio alike
             if args.suite == "ddp":
                 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
@@ -423,7 +457,7 @@ def _suite(args) -> None:
     setup = {"suite": args.suite, "model_kind": args.model_kind if args.suite != "kernel" else None,
              "layers": args.layers if args.suite != "kernel" else None, "B": args.batch, "T": args.length,
              "chunk": args.chunk, "bf16_autocast": bf16 and args.suite == "ppo", "pairs": args.pairs,
-             "timing_runs": args.timing_runs, "loadavg_start": load_start, "loadavg_end": load_end,
+             "timing_runs": args.timing_runs, "in_process": args.in_process, "loadavg_start": load_start, "loadavg_end": load_end,
              "cpu_count": os.cpu_count(), "torch_threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
     if args.suite == "kernel":
         setup.update(N=args.batch * args.length, H=args.hidden, V=args.vocab, our_rows_per_chunk=args.chunk,
@@ -452,6 +486,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=CHUNK)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--in-process", action="store_true",
+                        help="ppo: all variants interleaved in ONE process (one model load and warm-up)")
     parser.add_argument("--variants-ppo", nargs="+", default=["update-exact", "update-k1", "update-exact@before",
                         "update-k1@before", "stats-exact", "stats-k1"])  # fmt: skip
     parser.add_argument("--suite-child", default=None, help=argparse.SUPPRESS)
@@ -483,6 +519,10 @@ def main() -> None:
              "--kv-heads", str(args.kv_heads)] + (["--intermediate", str(args.intermediate)] if args.intermediate else [])
     if args.ddp_child:
         _ddp_child(args.ddp_child, args.ddp_out, args.layers, args.batch, args.length, args.chunk)
+        return
+    if args.suite_child and args.in_process:
+        print(json.dumps(_ppo_in_process(args.suite_child.split(","), args.pairs, args.model_kind, args.layers,
+                                         args.batch, args.length, args.chunk, not args.no_bf16)))  # fmt: skip
         return
     if args.suite_child:
         if args.suite == "ppo":
