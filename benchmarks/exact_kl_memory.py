@@ -455,7 +455,7 @@ def _suite(args) -> None:
                 ratios[f"{metric}:{name}"] = {"median": statistics.median(per_pair), "min": min(per_pair),
                                               "max": max(per_pair), "per_pair": per_pair}  # fmt: skip
     setup = {"suite": args.suite, "model_kind": args.model_kind if args.suite != "kernel" else None,
-             "layers": args.layers if args.suite != "kernel" else None, "B": args.batch, "T": args.length,
+             "layers": (30 if args.model_kind == "smollm2" else args.layers) if args.suite != "kernel" else None, "B": args.batch, "T": args.length,
              "chunk": args.chunk, "bf16_autocast": bf16 and args.suite == "ppo", "pairs": args.pairs,
              "timing_runs": args.timing_runs, "in_process": args.in_process, "loadavg_start": load_start, "loadavg_end": load_end,
              "cpu_count": os.cpu_count(), "torch_threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
