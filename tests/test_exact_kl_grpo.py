@@ -95,7 +95,9 @@ def _manual_term(trainer, ref, inputs):
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
     mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
     T = inputs["completion_ids"].size(1)
-    stats = completion_token_stats(trainer.model, ref, ids, mask, T, temperature=trainer.temperature)
+    positions = torch.arange(ids.size(1)).expand_as(ids)  # GRPO's forward counts positions 0 … L−1 (one pass)
+    stats = completion_token_stats(trainer.model, ref, ids, mask, T, temperature=trainer.temperature,
+                                   position_ids=positions)  # fmt: skip
     m = inputs["completion_mask"].float()
     per_seq = (stats["exact_kl"] * m).sum(-1) / m.sum(-1).clamp(min=1)  # per-sequence mean ("grpo" aggregation)
     return stats["exact_kl"], m, per_seq

@@ -45,6 +45,8 @@ __all__ = [
     "entropy_from_logits",
     "exact_kl_from_logprobs",
     "token_stats_from_logits",
+    "forward_stats",
+    "logits_grad",
 ]
 
 #: The per-token KL penalties PPO offers (``PPOConfig.kl_estimator``). Each entry is
@@ -184,12 +186,37 @@ def token_stats_from_logits(
     track = torch.is_grad_enabled() and logits.requires_grad
     if track:
         return _token_stats_with_grad(logits, labels, ref_logits, temperature, with_exact_kl, with_entropy, ref_owned)
+    return forward_stats(
+        logits, labels, ref_logits, temperature, with_exact_kl=with_exact_kl, with_entropy=with_entropy,
+        owned=owned, ref_owned=ref_owned,
+    )[0]
+
+
+def forward_stats(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    ref_logits: torch.Tensor | None,
+    temperature: float,
+    *,
+    with_exact_kl: bool,
+    with_entropy: bool,
+    owned: bool,
+    ref_owned: bool,
+    keep_probs: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """The no-grad arithmetic of :func:`token_stats_from_logits` (one copy, shared with the fused head kernel of
+    ``trl_extras.modeling.head_kernel`` so the rollout's statistics and the update's agree bit for bit).
+
+    Works in place on owned buffers: ``logits`` becomes log π then π, ``ref_logits`` log π_ref then
+    ``d = log π − log π_ref``. Returns ``(stats, probs, diff)``: ``stats`` as :func:`token_stats_from_logits`;
+    ``probs`` the ``(..., V)`` float32 π when computed (always with ``with_exact_kl`` or ``keep_probs``), ``diff`` the
+    ``(..., V)`` float32 ``d`` when ``with_exact_kl`` (both for a closed-form gradient, :func:`logits_grad`)."""
     out = {}
     logp = _log_softmax(logits, temperature, owned)
     del logits  # (an owned buffer now holds logp)
     if labels is not None:
         out["logprobs"] = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    probs = None
+    probs = diff = None
     if with_entropy:
         probs = logp.exp()
         out["entropy"] = -_rowdot(probs, logp)
@@ -199,13 +226,44 @@ def token_stats_from_logits(
         if labels is not None:
             out["ref_logprobs"] = ref_logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         if with_exact_kl:
-            # in place: (log π − log π_ref) in the reference's buffer, π in logp's buffer (or the entropy's)
-            diff = ref_logp.neg_().add_(logp)
+            # in place: (log π − log π_ref) in the reference's buffer (one pass: a − b, the same bits as −b + a), π
+            # in logp's buffer (or the entropy's)
+            diff = torch.sub(logp, ref_logp, out=ref_logp)
             del ref_logp
             if probs is None:
                 probs = logp.exp_()
             out["exact_kl"] = _rowdot(probs, diff)
-    return out
+    if keep_probs and probs is None:
+        probs = logp.exp_()
+    return out, probs, diff
+
+
+def logits_grad(
+    probs: torch.Tensor,
+    diff: torch.Tensor | None,
+    kl: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    grad_lp: torch.Tensor | None,
+    grad_kl: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
+    """Closed-form gradient w.r.t. the logits ``z`` of ``Σ g_lp·log π(y) + Σ g_kl·KL(π‖π_ref)``, ``π = softmax(z/τ)``.
+
+    ``∂ log π(y)/∂z = (onehot(y) − π)/τ`` and ``∂ KL/∂z = π ⊙ (d − KL)/τ`` with ``d = log π − log π_ref``.
+    ``probs``/``diff``: ``(..., V)`` float32 buffers, OVERWRITTEN (the result lives in one of them); ``kl``,
+    ``labels``, ``grad_*``: ``(...)``. Returns ``(..., V)`` float32."""
+    grad = None
+    if diff is not None and grad_kl is not None:
+        grad = diff.sub_(kl.unsqueeze(-1)).mul_(probs).mul_(grad_kl.unsqueeze(-1))  # π ⊙ (d − KL) · g_kl
+    if labels is not None and grad_lp is not None:
+        part = probs.mul_(-grad_lp.unsqueeze(-1))  # −π · g_lp (π is not needed any more)
+        part.scatter_add_(-1, labels.unsqueeze(-1), grad_lp.unsqueeze(-1).to(part.dtype))  # + onehot(y) · g_lp
+        grad = part if grad is None else grad.add_(part)
+    if grad is None:
+        grad = torch.zeros_like(probs)
+    if temperature != 1.0:
+        grad = grad.div_(temperature)
+    return grad
 
 
 def _token_stats_with_grad(logits, labels, ref_logits, temperature, with_exact_kl, with_entropy, ref_owned) -> dict:
@@ -262,17 +320,7 @@ class _LogprobAndKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_lp, grad_kl):
         probs, diff, kl, labels = ctx.saved_tensors
-        grad = None
-        if diff is not None and grad_kl is not None:
-            grad = diff.sub_(kl.unsqueeze(-1)).mul_(probs).mul_(grad_kl.unsqueeze(-1))  # π ⊙ (d − KL) · g_kl
-        if labels is not None and grad_lp is not None:
-            part = probs.mul_(-grad_lp.unsqueeze(-1))  # −π · g_lp (π is not needed any more)
-            part.scatter_add_(-1, labels.unsqueeze(-1), grad_lp.unsqueeze(-1))  # + onehot(y) · g_lp
-            grad = part if grad is None else grad.add_(part)
-        if grad is None:
-            grad = torch.zeros_like(probs)
-        if ctx.temperature != 1.0:
-            grad = grad.div_(ctx.temperature)
+        grad = logits_grad(probs, diff, kl, labels, grad_lp, grad_kl, ctx.temperature)
         return grad.to(ctx.logits_dtype), None, None, None
 
 

@@ -24,6 +24,8 @@ from .masked import masked_mean, masked_var
 from .registry import Registry
 
 __all__ = [
+    "aggregation_weights",
+    "surrogate_grad_hint",
     "GRPO_LOSS_AGGREGATION",
     "LOSS_AGGREGATIONS",
     "LOSS_TYPES",
@@ -160,6 +162,44 @@ def policy_loss(
         return losses, torch.zeros_like(losses, dtype=torch.bool)
     clipped_losses = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
     return torch.max(losses, clipped_losses), clipped_losses > losses
+
+
+def aggregation_weights(aggregate, shape: tuple, device=None) -> torch.Tensor:
+    """``∂ aggregate(x) / ∂x`` at ``x = 0``, ``(B, T)``: the weight of each position's per-token loss in a LINEAR
+    aggregation (every entry of :data:`LOSS_AGGREGATIONS` is linear). ``aggregate``: ``(B, T) -> scalar``."""
+    with torch.enable_grad():
+        x = torch.zeros(shape, device=device, requires_grad=True)
+        (w,) = torch.autograd.grad(aggregate(x), x, allow_unused=True)
+    return torch.zeros(shape, device=device) if w is None else w
+
+
+def surrogate_grad_hint(
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    cliprange: float | None,
+    kl_coef: torch.Tensor,
+    weights: torch.Tensor,
+):
+    """The gradient PPO's policy loss ``Σ_t w_t·(policy_loss(log π_t) + β·KL_t)`` sends to each position's
+    log-prob and KL, as a function of their values: ``fn(logprobs (B, c), kl (B, c) or None, positions: slice) ->
+    (g_lp, g_kl)`` for the fused head kernel's ``grad_hint`` (``trl_extras.modeling.head_kernel``).
+
+    Args:
+        old_logprobs, advantages: ``(B, T)``; cliprange: ε (or None); kl_coef: ``(B,)`` β of each row;
+        weights: ``(B, T)`` aggregation weights (:func:`aggregation_weights`).
+    """
+
+    def hint(logprobs: torch.Tensor, kl: torch.Tensor | None, positions: slice):
+        w = weights[:, positions].to(logprobs.device)
+        with torch.enable_grad():
+            x = logprobs.detach().float().requires_grad_(True)
+            losses, _ = policy_loss(x, old_logprobs[:, positions].to(x.device), advantages[:, positions].to(x.device),
+                                    cliprange)  # fmt: skip
+            (g_lp,) = torch.autograd.grad((losses * w).sum(), x)
+        g_kl = None if kl is None else (kl_coef.to(w.device, torch.float32)[:, None] * w).expand_as(kl)
+        return g_lp, g_kl
+
+    return hint
 
 
 def value_loss(

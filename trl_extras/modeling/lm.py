@@ -17,8 +17,10 @@ Conventions (the same as TRL's GRPO and ``trl_extras.modeling.generation``):
 Models without a separable head (final logit soft-capping, logit scaling, or no ``get_output_embeddings``) fall
 back to the model's own forward with ``logits_to_keep``: the full ``(B, T, V)`` logits of the policy and the
 reference then coexist (correct numbers, no memory saving). Wrapped models (DDP/DeepSpeed ``.module``) are
-unwrapped for the no-grad statistics; :func:`policy_logprobs` calls the wrapper's own forward when it cannot
-go through the trunk, so gradient synchronisation hooks still run.
+unwrapped for the no-grad statistics; with gradients, :func:`policy_logprobs` runs trunk + chunked head INSIDE the
+wrapper's forward (its hooks synchronise gradients), so no ``(B, T, V)`` tensor exists there either.
+:func:`reference_hidden_states` caches the reference trunk's output once per rollout batch so the update runs only
+the reference's head.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..core.kl import token_stats_from_logits
+from .head_kernel import head_token_stats, is_plain_linear
 from .peft import is_peft_model as _is_peft
 from .reference import reference_context as _peft_reference  # the "ref" adapter, or the adapter disabled
 
@@ -38,8 +41,15 @@ __all__ = [
     "exact_kl_to_reference",
     "policy_logprobs",
     "position_ids_from_mask",
+    "reference_hidden_states",
     "split_lm",
 ]
+
+#: The previous paths, for benchmarks' before/after comparisons only (``benchmarks/exact_kl_memory.py``): False sends
+#: plain heads through the activation-checkpointed head (not the fused kernel), resp. makes a DDP/DeepSpeed wrapper
+#: in grad mode build its full (B, T, V) logits (the chunked pass not run inside its forward).
+_FUSED_HEAD = True
+_INSIDE_WRAPPER = True
 
 # config attributes that make ``head(hidden)`` differ from the model's logits (the list TRL's fused LM head knows)
 _NON_SEPARABLE_ATTRS = (
@@ -163,6 +173,80 @@ def _resolve_reference(policy, ref_model, reference_context, required: bool, cal
     return None, None
 
 
+def _plain_head(head):
+    """``(weight, bias)`` of a head the fused kernel can read directly (exactly ``nn.Linear``), else ``None``.
+
+    A TRAINABLE head partitioned by DeepSpeed ZeRO-3 (``ds_id``) is not read directly: its gradient must reach the
+    partition through the module's own hooks, so it goes through the (checkpointed) module call instead."""
+    if not is_plain_linear(head):
+        return None
+    params = [p for p in (head.weight, head.bias) if p is not None]
+    if any(hasattr(p, "ds_id") and p.requires_grad for p in params):
+        return None
+    return head.weight, head.bias
+
+
+@contextlib.contextmanager
+def _forward_replaced(module, fn):
+    """Inside the block ``module(...)`` runs ``fn(...)``: an instance attribute shadows the class's ``forward`` (an
+    existing instance-level ``forward``, e.g. accelerate's autocast wrapper, is put back on exit)."""
+    had = "forward" in module.__dict__
+    previous = module.__dict__.get("forward")
+    module.forward = fn
+    try:
+        yield
+    finally:
+        if had:
+            module.forward = previous
+        else:
+            del module.forward
+
+
+def _inside_wrapper(model, policy, compute):
+    """Run ``compute()`` as the forward of the DDP/DeepSpeed ``model`` wrapping ``policy`` (the approach of TRL's
+    ``add_fused_lm_head``): the wrapper's pre/post-forward hooks run around the trunk and the chunked head kernel, so
+    gradients synchronise (and ZeRO-3 gathers parameters) as after an ordinary forward, and no ``(B, T, V)`` tensor
+    exists."""
+    with _forward_replaced(policy, lambda *args, **kwargs: compute()):
+        return model()
+
+
+def reference_hidden_states(
+    model,
+    ref_model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    reference_context=None,
+) -> torch.Tensor:
+    """The reference trunk's final hidden states ``(B, T, H)`` at the positions predicting the last ``T`` tokens (no
+    gradient), for :func:`policy_logprobs` ``(ref_hidden=...)``: computed once per rollout batch, the update then
+    runs only the reference HEAD per chunk, never its trunk.
+
+    Args:
+        model: the policy (its PEFT reference is used when ``ref_model`` is None: the ``"ref"`` adapter or the
+            adapter disabled, see ``reference_context``).
+        ref_model: a separate reference model (plain, PEFT, 4-bit, or DDP/DeepSpeed-wrapped), or None.
+        input_ids, attention_mask: ``(B, L)``; logits_to_keep: ``T``.
+
+    Size: ``B × T × H`` elements of the trunk's output dtype (e.g. B=8, T=512, H=896 in bf16: 7 MiB; the logits
+    they replace would be ``B × T × V`` floats: 2.3 GiB at V=152k).
+
+    Raises ValueError when the reference's head is not separable (soft-capping / logit scaling / no
+    ``get_output_embeddings``): such a reference has no hidden-state shortcut.
+    """
+    T = _check_inputs(input_ids, attention_mask, logits_to_keep)
+    ref, ref_ctx = _resolve_reference(_unwrap(model), ref_model, reference_context, True, "reference_hidden_states")
+    split = split_lm(ref)
+    if split is None:
+        raise ValueError(
+            f"reference_hidden_states: the reference {type(ref).__name__} has no separable head (logit soft-capping or "
+            "scaling, or no output embeddings); its statistics need its full forward."
+        )
+    with torch.no_grad(), ref_ctx():
+        return _hidden(split[0], input_ids, attention_mask, T)
+
+
 def _token_stats(
     model,
     ref_model,
@@ -176,8 +260,20 @@ def _token_stats(
     with_entropy: bool,
     reference_context,
     caller: str,
+    ref_hidden: torch.Tensor | None = None,
+    return_ref_hidden: bool = False,
+    position_ids: torch.Tensor | None = None,
+    grad_hint=None,
 ) -> dict[str, torch.Tensor]:
-    """The one driver of the chunked statistics, in grad mode (update) or not (rollout); see the callers."""
+    """The one driver of the chunked statistics, in grad mode (update) or not (rollout); see the callers.
+
+    Paths, in order of preference: (1) trunk -> (B, T, H) hidden, then the fused head kernel
+    (``modeling.head_kernel``) when the heads are plain ``nn.Linear``; (2) trunk + head per chunk under activation
+    checkpointing (a LoRA-wrapped or otherwise non-plain head); (3) the model's own (B, T, V) logits (no separable
+    head). Under a DDP/DeepSpeed wrapper in grad mode, (1) and (2) run INSIDE the wrapper's forward.
+    ``ref_hidden``: the reference trunk's cached ``(B, T, H)`` output (:func:`reference_hidden_states`): its trunk
+    is then not run. ``position_ids``: ``(B, L)`` (default: from the mask, as generation counts them).
+    """
     T = _check_inputs(input_ids, attention_mask, logits_to_keep)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
@@ -186,76 +282,119 @@ def _token_stats(
     policy = _unwrap(model)
     ref, ref_ctx = _resolve_reference(policy, ref_model, reference_context, with_exact_kl, caller)
     use_ref = ref is not None and (with_ref_logprobs or with_exact_kl)
+    if ref_hidden is not None and ref_hidden.shape[:2] != (input_ids.shape[0], T):
+        raise ValueError(
+            f"{caller}: ref_hidden {tuple(ref_hidden.shape)} must be (B, T, H) = ({input_ids.shape[0]}, {T}, H)."
+        )
     labels = input_ids[:, -T:]
     device = input_ids.device
     step = T if chunk_size is None else chunk_size
     track = torch.is_grad_enabled()
     chunks = [slice(start, min(start + step, T)) for start in range(0, T, step)]
+    if position_ids is None:
+        position_ids = position_ids_from_mask(attention_mask)
 
-    # The reference: trunk once to (B, T, H) hidden states (no grad), head per chunk; or full logits (fallback).
-    get_ref, ref_owned = None, False
-    if use_ref:
-        ref_split = split_lm(ref)
-        with torch.no_grad(), ref_ctx():
-            if ref_split is not None:
-                ref_hidden = _hidden(ref_split[0], input_ids, attention_mask, T)
-                ref_head, ref_dev = ref_split[1], _device_of(ref_split[1])
-                ref_owned = True  # each chunk's logits are a fresh head output
-            else:
-                ref_logits = _full_logits(ref, input_ids, attention_mask, T)
+    def hidden_of(trunk):
+        out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        out = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return out[:, -T - 1 : -1, :]
+
+    ref_split = split_lm(ref) if use_ref else None
+    if use_ref and ref_split is None and ref_hidden is not None:
+        raise ValueError(f"{caller}: ref_hidden was given but the reference has no separable head.")
+    pol_split = split_lm(policy)
+    wrapped = track and policy is not model
+    if wrapped and not _INSIDE_WRAPPER:
+        pol_split = None  # (the previous behaviour, for benchmarks: the wrapper's own forward, full logits)
+
+    def compute():
+        # The reference: cached hidden states, or its trunk once (no grad); its head per chunk (or full logits).
+        r_hidden, r_head = ref_hidden, None
+        if use_ref:
+            with torch.no_grad(), ref_ctx():
+                if ref_split is not None:
+                    if r_hidden is None:
+                        r_hidden = hidden_of(ref_split[0])
+                    r_head = ref_split[1]
+                    r_plain = _plain_head(r_head)
+                else:
+                    r_plain = None
+                    ref_logits = _full_logits(ref, input_ids, attention_mask, T)
+        pieces: dict[str, list] = {}
+        if pol_split is None:
+            # fallback: the policy's full (B, T, V) logits (documented: no memory saving for the policy)
+            logits = _full_logits(model if track else policy, input_ids, attention_mask, T)
+            head = None
+        else:
+            trunk, head = pol_split
+            hidden = hidden_of(trunk)
+            plain = _plain_head(head)
+            if _FUSED_HEAD and plain is not None and (not use_ref or r_plain is not None):
+                # (1) the fused kernel: no (chunk, V) buffer survives a chunk, no logits recomputed for a frozen head
+                out = head_token_stats(
+                    hidden.to(plain[0].device), plain[0], plain[1], labels.to(plain[0].device),
+                    ref_hidden=r_hidden if use_ref else None, ref_weight=r_plain[0] if use_ref else None,
+                    ref_bias=r_plain[1] if use_ref else None, temperature=temperature, chunk_size=chunk_size,
+                    with_ref_logprobs=use_ref and with_ref_logprobs, with_exact_kl=with_exact_kl,
+                    with_entropy=with_entropy, grad_hint=grad_hint,
+                )
+                out = {k: v.to(device) for k, v in out.items()}
+                if return_ref_hidden and use_ref:
+                    out["ref_hidden"] = r_hidden
+                return out
+            pol_dev = _device_of(head)
 
         def get_ref(s):
             with torch.no_grad(), ref_ctx():  # a LoRA-wrapped head must be disabled too
                 if ref_split is None:
                     return ref_logits[:, s]
-                return ref_head(ref_hidden[:, s].to(ref_dev)).to(device)
+                return r_head(r_hidden[:, s].to(_device_of(r_head))).to(device)
 
-    def kernel(logits, s, owned):
-        ref_logits_s = get_ref(s) if use_ref else None
-        return token_stats_from_logits(
-            logits, labels[:, s], ref_logits_s, temperature, with_exact_kl=with_exact_kl,
-            with_entropy=with_entropy and not track, owned=owned, ref_owned=ref_owned,
-        )
+        def kernel(logits, s, owned):
+            ref_logits_s = get_ref(s) if use_ref else None
+            return token_stats_from_logits(
+                logits, labels[:, s], ref_logits_s, temperature, with_exact_kl=with_exact_kl,
+                with_entropy=with_entropy and not track, owned=owned, ref_owned=ref_split is not None,
+            )
 
-    # With gradients, a DDP/DeepSpeed wrapper must run its own forward (its hooks synchronise gradients).
-    pol_split = None if (track and policy is not model) else split_lm(policy)
-    pieces: dict[str, list] = {}
-    if pol_split is None:
-        # fallback: the policy's full (B, T, V) logits (documented: no memory saving for the policy)
-        logits = _full_logits(model if track else policy, input_ids, attention_mask, T)
-        for s in chunks:
-            for k, v in kernel(logits[:, s], s, owned=False).items():
-                pieces.setdefault(k, []).append(v)
-        hidden, head = None, None
-    else:
-        trunk, head = pol_split
-        pol_dev = _device_of(head)
-        hidden = _hidden(trunk, input_ids, attention_mask, T)
-        keys = ["logprobs"] + (["ref_logprobs"] if use_ref and with_ref_logprobs else [])
-        keys += ["exact_kl"] if with_exact_kl else []
-
-        def chunk_fn(h, start, stop):
-            st = kernel(head(h.to(pol_dev)).to(device), slice(start, stop), owned=True)
-            return torch.stack([st[k] for k in keys], -1) if track else st
-
-        for s in chunks:
-            if track:
-                # recompute the chunk's logits (and the reference's) in backward instead of keeping them alive
-                stacked = checkpoint(chunk_fn, hidden[:, s], s.start, s.stop, use_reentrant=False)
-                st = {k: stacked[..., i] for i, k in enumerate(keys)}
-            else:
-                st = chunk_fn(hidden[:, s], s.start, s.stop)
-            for k, v in st.items():
-                pieces.setdefault(k, []).append(v)
-    out = {k: torch.cat(v, dim=1) for k, v in pieces.items() if k != "ref_logprobs" or with_ref_logprobs}
-    if with_entropy and track:  # a metric: no gradient, from the (detached) logits again
-        with torch.no_grad():
-            ents = []
+        if pol_split is None:
             for s in chunks:
-                lg = head(hidden[:, s].detach().to(pol_dev)).to(device) if head is not None else logits[:, s].detach()
-                ents.append(token_stats_from_logits(lg, temperature=temperature, with_entropy=True)["entropy"])
-            out["entropy"] = torch.cat(ents, dim=1)
-    return out
+                for k, v in kernel(logits[:, s], s, owned=False).items():
+                    pieces.setdefault(k, []).append(v)
+        else:
+            # (2) a non-plain head: head + kernel per chunk under activation checkpointing
+            keys = ["logprobs"] + (["ref_logprobs"] if use_ref and with_ref_logprobs else [])
+            keys += ["exact_kl"] if with_exact_kl else []
+
+            def chunk_fn(h, start, stop):
+                st = kernel(head(h.to(pol_dev)).to(device), slice(start, stop), owned=True)
+                return torch.stack([st[k] for k in keys], -1) if track else st
+
+            for s in chunks:
+                if track:
+                    stacked = checkpoint(chunk_fn, hidden[:, s], s.start, s.stop, use_reentrant=False)
+                    st = {k: stacked[..., i] for i, k in enumerate(keys)}
+                else:
+                    st = chunk_fn(hidden[:, s], s.start, s.stop)
+                for k, v in st.items():
+                    pieces.setdefault(k, []).append(v)
+        out = {k: torch.cat(v, dim=1) for k, v in pieces.items() if k != "ref_logprobs" or with_ref_logprobs}
+        if with_entropy and track:  # a metric: no gradient, from the (detached) logits again
+            with torch.no_grad():
+                ents = []
+                for s in chunks:
+                    lg = head(hidden[:, s].detach().to(pol_dev)).to(device) if head is not None else logits[:, s].detach()
+                    ents.append(token_stats_from_logits(lg, temperature=temperature, with_entropy=True)["entropy"])
+                out["entropy"] = torch.cat(ents, dim=1)
+        if return_ref_hidden and use_ref and ref_split is not None:
+            out["ref_hidden"] = r_hidden
+        return out
+
+    if wrapped and pol_split is not None:
+        # With gradients, a DDP/DeepSpeed wrapper's own forward must run (its hooks synchronise gradients): the trunk
+        # and the chunked head run inside it, so no (B, T, V) tensor exists there either.
+        return _inside_wrapper(model, policy, compute)
+    return compute()
 
 
 def completion_token_stats(
@@ -269,6 +408,9 @@ def completion_token_stats(
     with_exact_kl: bool = True,
     with_entropy: bool = True,
     reference_context=None,
+    ref_hidden: torch.Tensor | None = None,
+    return_ref_hidden: bool = False,
+    position_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Log-probs, reference log-probs, exact KL and entropy of the completion tokens (no gradients).
 
@@ -287,6 +429,10 @@ def completion_token_stats(
             reference runs: the PEFT ``model`` itself when ``ref_model`` is None (default:
             ``trl_extras.modeling.reference_context(model)``: the ``"ref"`` adapter if any, else the adapter
             disabled).
+        ref_hidden: the reference trunk's ``(B, T, H)`` output if already computed (:func:`reference_hidden_states`).
+        return_ref_hidden: also return ``ref_hidden`` (the reference trunk's ``(B, T, H)`` output this call
+            computed), for the update to reuse (``policy_logprobs(ref_hidden=...)``).
+        position_ids: ``(B, L)`` (default: from ``attention_mask``, as generation counts them).
 
     Returns:
         dict of ``(B, T)`` float32 tensors: ``logprobs`` (always), ``ref_logprobs`` (when there is a reference),
@@ -300,7 +446,8 @@ def completion_token_stats(
         return _token_stats(
             model, ref_model, input_ids, attention_mask, logits_to_keep, temperature, chunk_size,
             with_ref_logprobs=True, with_exact_kl=with_exact_kl, with_entropy=with_entropy,
-            reference_context=reference_context, caller="completion_token_stats",
+            reference_context=reference_context, caller="completion_token_stats", ref_hidden=ref_hidden,
+            return_ref_hidden=return_ref_hidden, position_ids=position_ids,
         )
 
 
@@ -358,6 +505,9 @@ def policy_logprobs(
     with_exact_kl: bool = False,
     reference_context=None,
     with_ref_logprobs: bool = False,
+    ref_hidden: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    grad_hint=None,
 ) -> dict[str, torch.Tensor]:
     """Log-probs (optionally the exact KL to the reference, and the entropy) of the completion tokens WITH
     gradients, for the policy update.
@@ -366,10 +516,11 @@ def policy_logprobs(
         model: the policy (possibly PEFT- or DDP/DeepSpeed-wrapped).
         input_ids, attention_mask: ``(B, L)``; logits_to_keep: ``T`` completion tokens at the end.
         temperature: sampling temperature.
-        chunk_size: positions per chunk (``None``: all ``T`` at once). An unwrapped model with a separable head
-            goes through trunk + head, chunk by chunk, each chunk recomputed in backward (activation
-            checkpointing), so only ``(B, chunk, V)`` logits exist at a time. A DDP/DeepSpeed wrapper (whose own
-            forward must run) or a model without a separable head builds its ``(B, T, V)`` logits once.
+        chunk_size: positions per chunk (``None``: all ``T`` at once). A model with a separable head goes through
+            trunk + head, chunk by chunk, so only ``(B, chunk, V)`` logits exist at a time: a plain ``nn.Linear``
+            head through the fused kernel (``modeling.head_kernel``: no logits recomputed in backward when the head
+            is frozen), another head under activation checkpointing. A DDP/DeepSpeed wrapper runs this inside its
+            own forward (gradients synchronise). Only a model without a separable head builds ``(B, T, V)`` logits.
         with_entropy: also return the entropy (computed under no_grad: a metric, not a loss term).
         ref_model, reference_context: the reference, as in :func:`completion_token_stats` (needed only with
             ``with_exact_kl``); its trunk runs once under no_grad and its head per chunk (recomputed in backward).
@@ -377,6 +528,14 @@ def policy_logprobs(
             (the direct term of the KL gradient, Amini et al. 2025), in the same chunked pass as the log-probs.
         with_ref_logprobs: also return ``ref_logprobs``, the sampled tokens' log-probs under the reference (no
             gradient; for an update that also computes the rollout's statistics, e.g. PPO's single on-policy pass).
+        ref_hidden: the reference trunk's ``(B, T, H)`` output cached at rollout (:func:`reference_hidden_states`,
+            ``completion_token_stats(return_ref_hidden=True)``): the reference trunk then does not run here, only
+            its head per chunk.
+        position_ids: ``(B, L)`` position ids (default: from ``attention_mask``, as generation counts them; TRL's
+            GRPO forward uses ``0 … L−1``).
+        grad_hint: how the loss will depend on each position's log-prob and KL (``core.ppo.surrogate_grad_hint``):
+            the fused kernel then projects one combined gradient per chunk instead of two (checked in backward;
+            a wrong hint costs a recompute, never correctness). See ``modeling.head_kernel.head_token_stats``.
 
     Returns:
         dict of ``(B, T)`` float32: ``logprobs`` (requires grad when the model has trainable parameters),
@@ -386,7 +545,8 @@ def policy_logprobs(
         return _token_stats(
             model, ref_model, input_ids, attention_mask, logits_to_keep, temperature, chunk_size,
             with_ref_logprobs=with_ref_logprobs, with_exact_kl=with_exact_kl, with_entropy=with_entropy,
-            reference_context=reference_context, caller="policy_logprobs",
+            reference_context=reference_context, caller="policy_logprobs", ref_hidden=ref_hidden,
+            position_ids=position_ids, grad_hint=grad_hint,
         )
 
 
@@ -399,6 +559,7 @@ def exact_kl_to_reference(
     temperature: float = 1.0,
     chunk_size: int | None = 64,
     reference_context=None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact per-token KL(π‖π_ref) of the completion positions WITH gradients for the policy (a loss term).
 
@@ -419,5 +580,5 @@ def exact_kl_to_reference(
     """
     return policy_logprobs(
         model, input_ids, attention_mask, logits_to_keep, temperature=temperature, chunk_size=chunk_size,
-        ref_model=ref_model, with_exact_kl=True, reference_context=reference_context,
+        ref_model=ref_model, with_exact_kl=True, reference_context=reference_context, position_ids=position_ids,
     )["exact_kl"]

@@ -94,6 +94,8 @@ def policy_and_values(
     reference_context=None,
     with_ref_logprobs: bool = False,
     with_entropy: bool = False,
+    ref_hidden: torch.Tensor | None = None,
+    grad_hint=None,
 ) -> tuple[dict | None, torch.Tensor]:
     """The update's forward: policy log-probs of the last ``T = logits_to_keep`` tokens (and optionally their
     exact KL to the reference, with gradient) and their values.
@@ -102,9 +104,10 @@ def policy_and_values(
         policy: causal LM (possibly PEFT/DDP-wrapped); value_model: :class:`TokenValueModel` (possibly DDP-wrapped).
         input_ids, attention_mask: ``(B, L)`` prompt + completion.
         with_policy: ``False`` during the value warm-up (no policy forward at all).
-        chunk_size, with_exact_kl, ref_model, reference_context, with_ref_logprobs, with_entropy: as in
-            :func:`trl_extras.modeling.lm.policy_logprobs` (the same chunked pass as the rollout's
-            ``completion_token_stats``).
+        chunk_size, with_exact_kl, ref_model, reference_context, with_ref_logprobs, with_entropy, ref_hidden: as in
+            :func:`trl_extras.modeling.lm.policy_logprobs` (``ref_hidden``: the reference trunk's output cached at
+            rollout, used only with ``with_exact_kl``); grad_hint: as in ``policy_logprobs`` (PPO's surrogate)
+            (the same chunked pass as the rollout's ``completion_token_stats``).
 
     Returns:
         ``(policy_logprobs(...) dict or None, values (B, T))`` -- ``values[:, t]`` is ``V(s_t)``, read at the
@@ -118,6 +121,7 @@ def policy_and_values(
         policy, input_ids, attention_mask, T, temperature=temperature, chunk_size=chunk_size,
         with_exact_kl=with_exact_kl, ref_model=ref_model, reference_context=reference_context,
         with_ref_logprobs=with_ref_logprobs, with_entropy=with_entropy,
+        ref_hidden=ref_hidden if with_exact_kl else None, grad_hint=grad_hint,
     )
     return out, values
 

@@ -13,8 +13,10 @@ direct term in the loss). Logits are divided by the sampling
 temperature; the computation is chunked over positions (``trl_extras.modeling.lm.exact_kl_to_reference``) so the
 ``(B, T, V)`` logits of the policy and the reference never coexist in full. The per-token KL is aggregated
 exactly as GRPO aggregates its own ``beta`` term for the configured ``loss_type``, so ``exact_kl_coef`` means what
-``beta`` means in GRPO, with the exact KL instead of k3. Cost: one extra policy forward (trunk once, head per
-chunk, recomputed in backward) and one reference forward per micro-batch.
+``beta`` means in GRPO, with the exact KL instead of k3. Cost: no extra policy pass -- GRPO's log-probs and the
+exact KL come from ONE chunked pass (``_get_per_token_logps_and_entropies`` is overridden inside ``compute_loss``:
+the policy trunk once, the fused head kernel of ``modeling.head_kernel`` per chunk) -- plus one reference forward per
+micro-batch. Positions are counted as GRPO's forward counts them (``0 … L−1``), for the reference too.
 
 GRPO's internals are private and change between releases: this subclass overrides only ``compute_loss`` (calling
 ``super()``), reads ``prompt_ids/prompt_mask/completion_ids/completion_mask`` (+ ``tool_mask``,
@@ -31,7 +33,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from ..core.ppo import GRPO_LOSS_AGGREGATION, aggregate_loss
 from ..modeling.generation import checkpoint_generation_config_hidden
-from ..modeling.lm import exact_kl_to_reference
+from ..modeling.lm import exact_kl_to_reference, policy_logprobs, split_lm
 from ..modeling.quantization import keep_4bit_layers_differentiable
 from ..modeling.reference import reference_adapter_hidden, resolve_reference
 from ..rewards.functions import check_unique_names
@@ -136,6 +138,8 @@ class ExactKLGRPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, GRPOTrainer):
         keep_4bit_layers_differentiable(self.model)
         self.exact_kl_coef = args.exact_kl_coef
         self._exact_kl_ref = None
+        # set by compute_loss for the one call of GRPO's log-prob pass that also computes the exact KL
+        self._exact_kl_pending: dict | None = None
         if self.exact_kl_coef > 0:
             # the shared resolver: a frozen copy, or inside the PEFT policy (adapter disabled while it is the
             # identity, else a frozen "ref" copy of the starting adapter). GRPO itself adds no "ref" adapter here
@@ -234,10 +238,49 @@ class ExactKLGRPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, GRPOTrainer):
             max_completion_length=self.max_completion_length,
         )
 
+    def _one_pass_possible(self, model) -> bool:
+        """Whether GRPO's log-probs and the exact KL can come from ONE chunked policy pass (``policy_logprobs``):
+        a separable head, GRPO's own fused head not asked to run in fp32 (``cast_lm_head_to_fp32``)."""
+        return not self.args.cast_lm_head_to_fp32 and split_lm(self.accelerator.unwrap_model(model)) is not None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):  # fmt: skip
+        """GRPO's log-probs; inside :meth:`compute_loss` (exact KL on) the same chunked pass also returns the exact
+        KL to the reference (stashed for ``compute_loss``), so the policy runs once per micro-batch, not twice.
+
+        Positions are counted ``0 … L−1`` as GRPO's own forward does (so GRPO's loss is unchanged), for the
+        reference too. Padded completion positions get 0 like GRPO's fused head (which labels them -100).
+        Multimodal inputs, MoE auxiliary losses and GRPO's own calls outside ``compute_loss`` (old/reference
+        log-probs at generation) go to GRPO's implementation."""
+        holder, self._exact_kl_pending = self._exact_kl_pending, None
+        if holder is None or compute_aux_loss or any(v is not None for v in multimodal.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal,
+            )
+        B, L = input_ids.shape
+        positions = torch.arange(L, device=input_ids.device).expand(B, L)  # GRPO's forward: no position_ids
+        with self.accelerator.autocast():
+            out = policy_logprobs(
+                model, input_ids, attention_mask, logits_to_keep, temperature=self.temperature,
+                chunk_size=self.args.exact_kl_chunk_size, with_entropy=compute_entropy, ref_model=self._exact_kl_ref,
+                with_exact_kl=True, position_ids=positions,
+            )
+        padded = attention_mask[:, -logits_to_keep:] == 0
+        holder["exact_kl"] = out["exact_kl"]
+        entropies = out["entropy"].masked_fill(padded, 0.0) if compute_entropy else None
+        return out["logprobs"].masked_fill(padded, 0.0), entropies, None
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        holder = {}
+        if self.exact_kl_coef != 0 and self._one_pass_possible(model):
+            self._exact_kl_pending = holder  # GRPO's forward below also computes the exact KL (one policy pass)
+        try:
+            loss = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        finally:
+            self._exact_kl_pending = None
         self.note_loss_terms(grpo=loss)  # a non-finite loss names its term (utils.finite)
         if self.exact_kl_coef == 0:
             return loss
@@ -246,15 +289,19 @@ class ExactKLGRPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, GRPOTrainer):
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         mask = mask.float()
-        per_token_kl = exact_kl_to_reference(
-            model,
-            self._exact_kl_ref,
-            input_ids,
-            attention_mask,
-            completion_ids.size(1),
-            temperature=self.temperature,
-            chunk_size=self.args.exact_kl_chunk_size,
-        )
+        per_token_kl = holder.get("exact_kl")
+        if per_token_kl is None:  # GRPO took another path (Liger, multimodal, MoE aux loss): a second policy pass
+            B, L = input_ids.shape
+            per_token_kl = exact_kl_to_reference(
+                model,
+                self._exact_kl_ref,
+                input_ids,
+                attention_mask,
+                completion_ids.size(1),
+                temperature=self.temperature,
+                chunk_size=self.args.exact_kl_chunk_size,
+                position_ids=torch.arange(L, device=input_ids.device).expand(B, L),
+            )
         mode = "train" if self.model.training else "eval"
         kl_term = self._aggregate_like_grpo(per_token_kl, mask, inputs, mode)
         self.note_loss_terms(kl=kl_term.detach())

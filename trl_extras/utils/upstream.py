@@ -16,7 +16,14 @@ import importlib
 import inspect
 from dataclasses import dataclass
 
-__all__ = ["PRIVATE_UPSTREAM_APIS", "TESTED_RANGES", "UpstreamAPI", "check_upstream_apis", "resolve"]
+__all__ = [
+    "PRIVATE_UPSTREAM_APIS",
+    "TESTED_RANGES",
+    "UpstreamAPI",
+    "check_upstream_apis",
+    "resolve",
+    "trl_chunked_divergence",
+]
 
 #: The versions the list below was checked against; pyproject.toml declares the same bounds.
 TESTED_RANGES = {"trl": ">=1.16,<1.17", "transformers": ">=5.0,<6"}
@@ -81,6 +88,13 @@ PRIVATE_UPSTREAM_APIS: tuple[UpstreamAPI, ...] = (
                 "modeling/generation.py (VLLMSampler)", ("prompts", "images", "num_generations")),  # fmt: skip
     UpstreamAPI("trl.generation.vllm_generation", "VLLMGeneration.sync_weights", "call",
                 "modeling/generation.py (VLLMSampler)", ()),  # fmt: skip
+    # -- TRL: the ZeRO-3 gather of a head read directly by a fused kernel (modeling/head_kernel.py), and TRL's chunked
+    #    reverse-KL kernel that tests/test_exact_kl_fused.py and benchmarks/exact_kl_memory.py compare ours with
+    UpstreamAPI("trl.trainer.utils", "maybe_gather_lm_head_ctx", "call", "modeling/head_kernel.py"),
+    UpstreamAPI("trl.kernels.chunked_divergence", "ChunkedDivergenceFunction.forward", "call",
+                "tests/test_exact_kl_fused.py, benchmarks/exact_kl_memory.py (comparison only)",
+                ("ctx", "student_hidden", "student_weight", "student_bias", "teacher_hidden", "teacher_weight",
+                 "teacher_bias", "beta", "temperature")),  # fmt: skip
     # -- transformers: the DeepSpeed config a nested Trainer would otherwise inherit (CEM's inner SFT rounds)
     UpstreamAPI("transformers.integrations.deepspeed", "_hf_deepspeed_config_weak_ref", "attribute",
                 "trainers/cem/trainer.py"),  # fmt: skip
@@ -122,3 +136,21 @@ def check_upstream_apis(apis=PRIVATE_UPSTREAM_APIS) -> list[str]:
         if problem:
             problems.append(problem)
     return problems
+
+
+def trl_chunked_divergence():
+    """``ChunkedDivergenceFunction.apply`` of TRL 1.16 (private: ``trl.kernels.chunked_divergence``), or ``None``
+    when it moved or changed its signature (the comparison that uses it is then skipped, nothing else depends on it).
+
+    Called as ``fn(student_hidden (N, H), student_weight (V, H), student_bias, teacher_hidden, teacher_weight,
+    teacher_bias, beta, temperature) -> (divergence (N,), entropy (N,))``; ``beta=1.0`` is the reverse
+    KL(student‖teacher) = our exact KL with the student as the policy.
+    """
+    api = next(a for a in PRIVATE_UPSTREAM_APIS if a.qualname == "ChunkedDivergenceFunction.forward")
+    try:
+        obj = resolve(api)
+    except (ImportError, AttributeError):
+        return None
+    if _signature_problem(api, obj) is not None:
+        return None
+    return resolve(UpstreamAPI(api.module, "ChunkedDivergenceFunction.apply", "call", api.used_in))

@@ -243,6 +243,17 @@ class PPOConfig(GenerationBackendConfig, _BaseConfig):
         default=128,
         metadata={"help": "Positions per chunk when computing exact KL/entropy (the (B, T, V) logits never coexist)."},
     )
+    cache_reference_states: bool = field(
+        default=True,
+        metadata={
+            "help": "With kl_estimator='exact': keep the reference trunk's final hidden states, computed once by the "
+            "rollout statistics, in the rollout batch (`RolloutBatch.ref_hidden`), so the update runs only the reference's "
+            "head per chunk, never its trunk. Size: rollout_batch_size (per process) x max_completion_length x "
+            "hidden_size x the trunk's dtype bytes, on the training device and in checkpoints' rollout buffer "
+            "(e.g. 64 x 256 x 576 x 2 B = 18 MiB for SmolLM2 in bf16; 64 x 1024 x 4096 x 2 B = 512 MiB for a 7B "
+            "model). False: the update re-runs the reference trunk on every micro-batch (no extra memory)."
+        },
+    )
 
     # PPO
     gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})

@@ -24,7 +24,7 @@ SAMPLED_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mas
 UPDATE_FIELDS = ("train_scores", "group_index", "old_logprobs", "old_values", "advantages", "returns", "ref_logprobs",
                  "kl_coef")  # fmt: skip
 #: Fields only some rollouts have (the engine's own log-probs: vLLM, continuous batching).
-OPTIONAL_FIELDS = ("sampler_logprobs",)
+OPTIONAL_FIELDS = ("sampler_logprobs", "ref_hidden")
 
 
 @dataclass
@@ -50,6 +50,9 @@ class RolloutBatch:
         sampler_logprobs: ``(B, T)`` the generation engine's own log-probs of the sampled tokens, when it returns
             them (vLLM, continuous batching): compared with the trainer's (``rollout/logprob_gap``) and, with
             ``vllm_importance_sampling_correction``, the importance-sampling ratio's denominator.
+        ref_hidden: ``(B, T, H)`` the reference trunk's final hidden states at the positions that predict each
+            completion token, kept from the rollout statistics (``PPOConfig.cache_reference_states`` with the exact
+            KL): the update's exact KL runs only the reference's head on them, never its trunk.
         num_items_in_batch: ``()`` not a row tensor: on a micro-batch handed to ``compute_loss``, the valid tokens of
             its optimizer step's whole minibatch on all processes (the ``'dapo'`` normaliser,
             ``PPOSchedule.minibatch_token_counts``); ``None`` on the whole batch. Never indexed nor saved.
@@ -69,6 +72,7 @@ class RolloutBatch:
     ref_logprobs: torch.Tensor | None = None
     kl_coef: torch.Tensor | None = None
     sampler_logprobs: torch.Tensor | None = None
+    ref_hidden: torch.Tensor | None = None
     num_items_in_batch: torch.Tensor | None = None
 
     # --------------------------------------------------------------------------------------------------------

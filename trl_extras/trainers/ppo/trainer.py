@@ -56,10 +56,12 @@ from ...core.ppo import (
     FixedKLController,
     RunningMoments,
     aggregate_loss,
+    aggregation_weights,  # [issue 23]
     approx_kl,
     explained_variance,
     policy_loss,
     scores_to_token_rewards,
+    surrogate_grad_hint,  # [issue 23]
     value_loss,
 )
 from ...modeling.generation import (
@@ -874,11 +876,15 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             stats = completion_token_stats(
                 policy, ref, input_ids, attention_mask, logits_to_keep=T, temperature=args.temperature,
                 chunk_size=args.exact_kl_chunk_size, with_exact_kl=True, with_entropy=True,
+                # keep the reference trunk's (B, T, H) output for the update's exact KL (RolloutBatch.ref_hidden):
+                # the update then runs only the reference's head, never its trunk
+                return_ref_hidden=args.cache_reference_states and KL_PENALTIES.get(args.kl_estimator).needs_full_vocabulary,
             )
             policy.train(was_training)
             # 6. Values V(s_t) at the positions that predict each completion token.
             values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1].float()
 
+        batch = dataclasses.replace(batch, ref_hidden=stats.get("ref_hidden"))
         return self._rewards_and_advantages(batch, stats, values)
 
     @torch.no_grad()
@@ -1018,6 +1024,14 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             with_policy=with_policy, chunk_size=args.exact_kl_chunk_size,
             with_exact_kl=single_pass or (with_kl and penalty.needs_full_vocabulary),
             ref_model=None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model),
+            ref_hidden=inputs.ref_hidden,  # cached at rollout (step 5): the reference trunk does not run here
+            # how step 13's loss depends on each position's log-prob and exact KL: the fused head kernel then projects
+            # one combined gradient per chunk (checked in backward: a mismatch recomputes, see core.ppo). The single
+            # pass has no advantages before this forward: no hint.
+            grad_hint=surrogate_grad_hint(
+                inputs.old_logprobs, inputs.advantages, args.cliprange, inputs.kl_coef,
+                aggregation_weights(lambda x: self._aggregate(x, mask, inputs), mask.shape, mask.device),
+            ) if with_kl and penalty.needs_full_vocabulary and not single_pass else None,
         )
         if single_pass:  # everything the rollout's statistics (step 5) hold
             forward_kwargs.update(with_ref_logprobs=True, with_entropy=True)
