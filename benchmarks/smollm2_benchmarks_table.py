@@ -2,10 +2,10 @@
 
     python benchmarks/smollm2_benchmarks_table.py   # then: python -m trl_extras.utils.readme_tables --write
 
-Reads ``benchmarks/results/{ensemble_speed,exact_kl_memory}_smollm2.json`` and
+Reads ``benchmarks/results/{ensemble_speed_smollm2,exact_kl_ppo_smollm2,ppo_vs_grpo_throughput_smollm2_*}.json`` and
 ``ppo_vs_grpo_throughput_smollm2_{fp32,bf16}.json`` (written by
 ``ensemble_speed.py --model smollm2``, ``ppo_vs_grpo_throughput.py --model smollm2 --dtype fp32|bf16`` and
-``exact_kl_memory.py --model smollm2``) and writes ``benchmarks/results/smollm2_benchmarks_table.md``.
+``exact_kl_memory.py --suite ppo --model-kind smollm2 --in-process``) and writes ``benchmarks/results/smollm2_benchmarks_table.md``.
 """
 
 from __future__ import annotations
@@ -43,17 +43,23 @@ def throughput_row(r: dict) -> list[str]:
     ]
 
 
-def exact_kl_row(r: dict) -> list[str]:
-    s, q, m = r["setup"], r["ratios"], r["summary"]
+def exact_kl_full_depth_row(r: dict) -> list[str]:
+    """The interleaved full-depth run (``exact_kl_memory.py --suite ppo --model-kind smollm2 --in-process``): time
+    ratios only (in one process the allocator reuses freed blocks, so its memory ratio is not a measurement)."""
+    s, q = r["setup"], r["ratios"]
+
+    def ratio(key):
+        x = q[key]
+        return f"{x['median']:.2f}× ({x['min']:.2f}–{x['max']:.2f})"
+
+    load = f"load {s['loadavg_start'][0]:.1f} → {s['loadavg_end'][0]:.1f}"
     return [
-        f"exact KL vs k1 with SmolLM2's head (V={s['V']}, hidden {s['hidden']}; a 1-layer model of its shapes, "
-        f"{s['dtype']}), T={s['T']}, B={s['B']}",
-        f"`benchmarks/exact_kl_memory.py --model smollm2 --repeats {s['repeats']} --timing-runs {s['timing_runs']}`",
-        f"rollout statistics: memory {q['memory_exact_over_k1']:.2f}×, time {q['time_exact_over_k1']:.2f}×; PPO update "
-        f"with the exact KL's direct term: memory {q['memory_update_exact_over_k1']:.2f}× "
-        f"({m['update-exact']['peak_extra_mib_median']:.0f} vs {m['update-k1']['peak_extra_mib_median']:.0f} MiB), "
-        f"time {q['time_update_exact_over_k1']:.2f}× ({m['update-exact']['seconds_median']:.1f} vs "
-        f"{m['update-k1']['seconds_median']:.1f} s); {s['repeats']} repeat(s)",
+        f"exact KL vs k1, real SmolLM2-135M, all {s['layers']} layers, LoRA r=16, bf16 autocast, T={s['T']}, B={s['B']}",
+        f"`benchmarks/exact_kl_memory.py --suite ppo --model-kind smollm2 --in-process --batch {s['B']} "
+        f"--length {s['T']}`",
+        f"PPO update time {ratio('seconds:update_exact_over_k1')}, rollout statistics time "
+        f"{ratio('seconds:stats_exact_over_k1')} (median of {s['pairs']} interleaved pairs, min–max; {load} on 2 "
+        "CPUs; memory: not measured reliably on this shared machine, `exact_kl_ppo_smollm2_fresh.md`)",
     ]
 
 
@@ -62,7 +68,7 @@ def table(results: Path = RESULTS) -> str:
         ensemble_row(json.loads((results / "ensemble_speed_smollm2.json").read_text())),
         *(throughput_row(json.loads(path.read_text())) for path in
           (results / f"ppo_vs_grpo_throughput_smollm2_{dtype}.json" for dtype in ("fp32", "bf16")) if path.exists()),
-        exact_kl_row(json.loads((results / "exact_kl_memory_smollm2.json").read_text())),
+        exact_kl_full_depth_row(json.loads((results / "exact_kl_ppo_smollm2.json").read_text())),
     ]
     lines = ["| benchmark | command | result |", "|---|---|---|", *("| " + " | ".join(row) + " |" for row in rows)]
     return "\n".join(lines) + "\n"
