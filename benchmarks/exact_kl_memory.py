@@ -56,6 +56,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from tensor_memory import PeakTensorMemory  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 V, T, B, P, CHUNK = 32000, 512, 8, 16, 64
 
@@ -167,6 +170,8 @@ PPO_PAIRS = {
     "update_exact_after_over_before": ("update-exact", "update-exact@before"),
     "update_k1_after_over_before": ("update-k1", "update-k1@before"),
     "stats_exact_over_k1": ("stats-exact", "stats-k1"),
+    "update_exact_full_logits_over_chunked": ("update-exact@full", "update-exact"),
+    "update_k1_full_logits_over_chunked": ("update-k1@full", "update-k1"),
 }
 KERNEL_PAIRS = {
     "kl_ours_over_trl": ("kernel-ours-kl", "kernel-trl-kl"),
@@ -206,8 +211,13 @@ def _measure(run, timing_runs: int, warm_up: bool = True) -> dict:
         out = run()
         times.append(time.perf_counter() - t0)
         del out
+    # Tensor by tensor (benchmarks/tensor_memory.py): what the computation allocates, free of the allocator's and
+    # the OS's noise that makes the RSS peak of the same run differ several-fold between processes. Untimed.
+    with PeakTensorMemory() as tracked:
+        out = run()
+    del out
     return {"peak_extra_mib": (peak - before) / 1024, "seconds": statistics.median(times), "all_seconds": times,
-            "value": value}  # fmt: skip
+            "peak_tensor_mib": tracked.peak_mib, "value": value}  # fmt: skip
 
 
 def _ppo_model(kind: str, layers: int):
@@ -257,7 +267,7 @@ def _ppo_in_process(variants, pairs: int, kind: str, layers: int, B: int, Tc: in
     for rep in range(pairs):
         for v in variants:
             out[v].append({"variant": v, **_measure(runs[v], 1, warm_up=False)})
-            print(f"pair {rep} {v}: peak {out[v][-1]['peak_extra_mib']:.1f} MiB, {out[v][-1]['seconds']:.3f} s",
+            print(f"pair {rep} {v}: peak {out[v][-1]['peak_extra_mib']:.1f} MiB (tensors {out[v][-1]['peak_tensor_mib']:.1f}), {out[v][-1]['seconds']:.3f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
     return out
 
@@ -271,10 +281,6 @@ def _ppo_runs(variants, kind: str, layers: int, B: int, Tc: int, chunk: int, bf1
     import trl_extras.modeling.lm as lm
     from trl_extras.core.ppo import aggregate_loss, aggregation_weights, policy_loss, surrogate_grad_hint
 
-    if any(v.endswith("@before") for v in variants):
-        if len(variants) > 1:
-            raise ValueError("@before variants switch module-level paths: run them one per process")
-        lm._FUSED_HEAD = False
     policy = _ppo_model(kind, layers)
     vocab = policy.config.vocab_size
     g = torch.Generator().manual_seed(0)
@@ -299,6 +305,15 @@ def _ppo_runs(variants, kind: str, layers: int, B: int, Tc: int, chunk: int, bf1
         return lambda: run(name, when)
 
     def run(name, when):
+        # "@before": the paths before issue 23 (no fused head: activation-checkpointed head per chunk, reference
+        # trunk re-run in the update); "@full": the (B, T, V) fallback (full logits of both models at once)
+        fused, lm._FUSED_HEAD = lm._FUSED_HEAD, when not in ("before", "full")
+        try:
+            return run_path(name, when, None if when == "full" else chunk)
+        finally:
+            lm._FUSED_HEAD = fused
+
+    def run_path(name, when, chunk):
         with autocast:
             if name.startswith("stats"):
                 with torch.no_grad():
@@ -306,9 +321,9 @@ def _ppo_runs(variants, kind: str, layers: int, B: int, Tc: int, chunk: int, bf1
                                                     with_exact_kl=name == "stats-exact", with_entropy=True)  # fmt: skip
                 return out["exact_kl"] if name == "stats-exact" else out["ref_logprobs"] - out["logprobs"]
             exact = name == "update-exact"
-            cached = ref_hidden if (exact and when != "before") else None
-            # as PPOTrainer.compute_loss: the hint of the loss below (after), none (before)
-            hint = surrogate_grad_hint(old_lp, adv, 0.2, kl_coef, weights) if (exact and when != "before") else None
+            cached = ref_hidden if (exact and not when) else None
+            # as PPOTrainer.compute_loss: the hint of the loss below (after), none (before, full)
+            hint = surrogate_grad_hint(old_lp, adv, 0.2, kl_coef, weights) if (exact and not when) else None
             out = lm.policy_logprobs(policy, ids, mask, Tc, chunk_size=chunk, with_exact_kl=exact, ref_hidden=cached,
                                      grad_hint=hint)  # fmt: skip
             losses, _ = policy_loss(out["logprobs"], old_lp, adv, 0.2)
@@ -442,15 +457,15 @@ def _suite(args) -> None:
                 if res.returncode != 0:
                     raise RuntimeError(res.stderr[-3000:])
                 runs[v].append(json.loads(res.stdout.strip().splitlines()[-1]))
-            print(f"pair {rep} {v}: peak {runs[v][-1]['peak_extra_mib']:.1f} MiB, {runs[v][-1]['seconds']:.3f} s",
+            print(f"pair {rep} {v}: peak {runs[v][-1]['peak_extra_mib']:.1f} MiB (tensors {runs[v][-1].get('peak_tensor_mib', float('nan')):.1f}), {runs[v][-1]['seconds']:.3f} s",
                   flush=True)
     load_end = os.getloadavg()
     ratios = {}
     for name, (a, b) in pairs.items():
         if a not in runs or b not in runs:
             continue
-        for metric in ("seconds", "peak_extra_mib"):
-            per_pair = [x[metric] / y[metric] for x, y in zip(runs[a], runs[b]) if y[metric] > 0]
+        for metric in ("seconds", "peak_extra_mib", "peak_tensor_mib"):
+            per_pair = [x[metric] / y[metric] for x, y in zip(runs[a], runs[b]) if y.get(metric, 0) > 0]
             if per_pair:
                 ratios[f"{metric}:{name}"] = {"median": statistics.median(per_pair), "min": min(per_pair),
                                               "max": max(per_pair), "per_pair": per_pair}  # fmt: skip
@@ -468,9 +483,13 @@ def _suite(args) -> None:
     lines = [f"# {name}", "", "```", json.dumps(setup), "```", "",
              "| ratio (A / B, per interleaved pair) | median | min | max |", "|---|---|---|---|"]  # fmt: skip
     lines += [f"| {k} | {v['median']:.3f} | {v['min']:.3f} | {v['max']:.3f} |" for k, v in ratios.items()]
-    lines += ["", "| variant | peak extra MiB (median) | seconds (median) |", "|---|---|---|"]
+    lines += ["", "peak tensor MiB: the most bytes of tensors the run allocated alive at once (benchmarks/tensor_memory.py); "
+              "peak extra MiB: process VmHWM - RSS before the run (noisy on CPU).", "",
+              "| variant | peak tensor MiB (median) | peak extra MiB (median) | seconds (median) |", "|---|---|---|---|"]
     for v, rs in runs.items():
-        lines.append(f"| {v} | {statistics.median(r['peak_extra_mib'] for r in rs):.1f} | "
+        tensor = [r["peak_tensor_mib"] for r in rs if "peak_tensor_mib" in r]
+        lines.append(f"| {v} | {statistics.median(tensor) if tensor else float('nan'):.1f} | "
+                     f"{statistics.median(r['peak_extra_mib'] for r in rs):.1f} | "
                      f"{statistics.median(r['seconds'] for r in rs):.3f} |")  # fmt: skip
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

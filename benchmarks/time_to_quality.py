@@ -96,6 +96,20 @@ def task_setup(task: str, args) -> dict:
     s["gold"] = tb.gold_reward_fn
     # rollout batch = sequences sampled per rollout, the same for both trainers
     s["rollout_batch"] = s["batch"] * s["mini_batches"]
+    if args.ppo_set:  # settings other than the recipe's, recorded in the result's meta and title
+        import yaml
+
+        overrides = {}
+        for item in args.ppo_set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--ppo-set {item!r}: expected KEY=VALUE, e.g. num_ppo_epochs=1")
+            try:  # YAML 1.1 reads "2e-4" as a string: numbers first
+                overrides[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+            except ValueError:
+                overrides[key] = yaml.safe_load(value)
+        s["ppo"] = {**s["ppo"], **overrides}
+        s["ppo_source"] += f", with {overrides} (not the recipe)"
     return s
 
 
@@ -176,8 +190,13 @@ def build(trainer: str, setup: dict, seed: int, out: str):
         from trl_extras.trainers.ppo import PPOConfig, PPOTrainer
 
         cfg = dict(s["ppo"])
-        steps = cfg["num_ppo_epochs"] * s["mini_batches"]
-        args = PPOConfig(**common, **cfg, num_mini_batches=s["mini_batches"], max_steps=s["rollouts"] * steps)
+        # PPO's minibatches may differ from GRPO's (--ppo-set num_mini_batches=1): the rollout batch stays the same
+        mini_batches = cfg.pop("num_mini_batches", s["mini_batches"])
+        if s["rollout_batch"] % mini_batches:
+            raise ValueError(f"num_mini_batches={mini_batches} does not divide the rollout batch {s['rollout_batch']}")
+        common["per_device_train_batch_size"] = s["rollout_batch"] // mini_batches
+        steps = cfg["num_ppo_epochs"] * mini_batches
+        args = PPOConfig(**common, **cfg, num_mini_batches=mini_batches, max_steps=s["rollouts"] * steps)
         return PPOTrainer(s["path"], reward_funcs=s["gold"], args=args, train_dataset=s["data"], peft_config=peft), steps
     from trl import GRPOConfig, GRPOTrainer
 
@@ -282,6 +301,31 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(names: list[str]) -> str:
+    """One row per result file (a PPO setting against GRPO, interleaved): what a user trades between settings."""
+    lines = ["| PPO settings | seeds | PPO / GRPO training s | final gold T=1, PPO vs GRPO | final gold greedy, PPO vs "
+             "GRPO | time to GRPO's final gold T=1 (reached) | greedy (reached) |", "|---|---|---|---|---|---|---|"]
+
+    def cell(v: dict | None, fmt: str = ".2f", x: str = "") -> str:
+        return "–" if v is None else f"{v['median']:{fmt}}{x} ({v['min']:{fmt}}-{v['max']:{fmt}})"
+
+    for name in names:
+        r = json.loads((RESULTS / f"{name}.json").read_text())
+        m, x, paired, goal = r["meta"], r["metrics"], r["ratios"]["ppo"], r["goal"]
+        recipe = TASKS[m["task"]]["ppo"]
+        changed = {k: v for k, v in m["ppo"].items() if recipe.get(k) != v}
+        if m["mini_batches"] != TASKS[m["task"]]["mini_batches"] and "num_mini_batches" not in changed:
+            changed["num_mini_batches"] = m["mini_batches"]
+        label = "recipe" if not changed else ", ".join(f"{k}={v}" for k, v in changed.items())
+        lines.append(
+            f"| {label} | {' '.join(map(str, m['seeds']))} | {cell(paired['train_seconds'], x='x')} | "
+            f"{x['ppo']['gold_T1_final']['median']:.3f} vs {x['grpo']['gold_T1_final']['median']:.3f} | "
+            f"{x['ppo']['gold_greedy_final']['median']:.3f} vs {x['grpo']['gold_greedy_final']['median']:.3f} | "
+            f"{cell(goal['gold_T1']['ratio'], x='x')} ({goal['gold_T1']['reached']}) | "
+            f"{cell(goal['gold_greedy']['ratio'], x='x')} ({goal['gold_greedy']['reached']}) |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -317,11 +361,21 @@ def main(argv=None):
     parser.add_argument("--eval-prompts", dest="eval_prompts", type=int, help="holdout prompts measured")
     parser.add_argument("--eval-samples", dest="eval_samples", type=int, help="answers per prompt at T=1")
     parser.add_argument("--eval-every", dest="eval_every", type=int, help="rollout batches between evaluations")
+    parser.add_argument("--ppo-set", dest="ppo_set", nargs="+", metavar="KEY=VALUE",
+                        help="PPOConfig settings instead of the recipe's (num_mini_batches included), e.g. "
+                             "num_ppo_epochs=1 num_mini_batches=1 learning_rate=3e-4")
     parser.add_argument("--time-budget", type=float, help="stop a run once its training clock passes this (s)")
     parser.add_argument("--min-seeds", type=int, default=3, help=argparse.SUPPRESS)  # 1 only for a smoke run
     parser.add_argument("--out", help="result name (default time_to_quality_<task>)")
     parser.add_argument("--render-only", action="store_true", help="rewrite .md and .png from the existing .json")
+    parser.add_argument("--summary", nargs="+", metavar="NAME",
+                        help="write <--out>.md: one row per result NAME (PPO settings side by side), then exit")
     args = parser.parse_args(argv)
+    if args.summary:
+        if not args.out:
+            parser.error("--summary needs --out (the table's name under benchmarks/results)")
+        (RESULTS / f"{args.out}.md").write_text(table := summary(args.summary))
+        return print(table)
     name = args.out or f"time_to_quality_{args.task}"
     if args.render_only:
         return write_outputs(json.loads((RESULTS / f"{name}.json").read_text()), name)
