@@ -2,10 +2,11 @@
 
     python benchmarks/smollm2_benchmarks_table.py   # then: python -m trl_extras.utils.readme_tables --write
 
-Reads ``benchmarks/results/{ensemble_speed_smollm2,exact_kl_ppo_smollm2,ppo_vs_grpo_throughput_smollm2_*}.json`` and
-``ppo_vs_grpo_throughput_smollm2_{fp32,bf16}.json`` (written by
-``ensemble_speed.py --model smollm2``, ``ppo_vs_grpo_throughput.py --model smollm2 --dtype fp32|bf16`` and
-``exact_kl_memory.py --suite ppo --model-kind smollm2 --in-process``) and writes ``benchmarks/results/smollm2_benchmarks_table.md``.
+Reads ``benchmarks/results/`` ``ensemble_speed_smollm2.json``, ``ppo_vs_grpo_throughput_smollm2_*.json``
+(``THROUGHPUT_FILES``), ``exact_kl_ppo_*.json`` (``EXACT_KL_FILES``) and ``time_to_quality_{arithmetic,sort_hard}.json``
+(written by ``ensemble_speed.py --model smollm2``, ``ppo_vs_grpo_throughput.py --model smollm2``,
+``exact_kl_memory.py --suite ppo --in-process`` and ``time_to_quality.py``; each row names its command) and writes
+``benchmarks/results/smollm2_benchmarks_table.md``.
 """
 
 from __future__ import annotations
@@ -44,31 +45,78 @@ def throughput_row(r: dict) -> list[str]:
 
 
 def exact_kl_full_depth_row(r: dict) -> list[str]:
-    """The interleaved full-depth run (``exact_kl_memory.py --suite ppo --model-kind smollm2 --in-process``): time
-    ratios only (in one process the allocator reuses freed blocks, so its memory ratio is not a measurement)."""
+    """An interleaved full-depth run (``exact_kl_memory.py --suite ppo --in-process``): time ratios, and memory as
+    the peak of live tensors (``benchmarks/tensor_memory.py``; the process RSS of one process reusing freed blocks is
+    not a measurement), where the file has it."""
     s, q = r["setup"], r["ratios"]
 
     def ratio(key):
         x = q[key]
         return f"{x['median']:.2f}× ({x['min']:.2f}–{x['max']:.2f})"
 
+    def peak(variant):
+        values = [run["peak_tensor_mib"] for run in r["runs"].get(variant, []) if "peak_tensor_mib" in run]
+        return f"{sorted(values)[len(values) // 2]:.0f} MiB" if values else "?"
+
+    what = ("real SmolLM2-135M, all 30 layers" if s["model_kind"] == "smollm2" else
+            f"Qwen2.5-0.5B shape (V=151,936, random weights), {s['layers']} layers")
+    parts = [f"PPO update time {ratio('seconds:update_exact_over_k1')}"]
+    if "peak_tensor_mib:update_exact_over_k1" in q:
+        parts.append(f"peak memory {ratio('peak_tensor_mib:update_exact_over_k1')} ({peak('update-exact')} vs "
+                     f"{peak('update-k1')})")
+    if "seconds:stats_exact_over_k1" in q:
+        parts.append(f"rollout statistics time {ratio('seconds:stats_exact_over_k1')}")
+    if "peak_tensor_mib:stats_exact_over_k1" in q:
+        parts.append(f"memory {ratio('peak_tensor_mib:stats_exact_over_k1')}")
+    if "peak_tensor_mib:update_exact_full_logits_over_chunked" in q:
+        parts.append(f"with the (B, T, V) fallback one exact update peaks at {peak('update-exact@full')} "
+                     f"({ratio('peak_tensor_mib:update_exact_full_logits_over_chunked')} of chunked)")
     load = f"load {s['loadavg_start'][0]:.1f} → {s['loadavg_end'][0]:.1f}"
+    command = (f"`benchmarks/exact_kl_memory.py --suite ppo --model-kind {s['model_kind']} --in-process --batch {s['B']} "
+               f"--length {s['T']}" + (f" --layers {s['layers']}`" if s["model_kind"] != "smollm2" else "`"))
     return [
-        f"exact KL vs k1, real SmolLM2-135M, all {s['layers']} layers, LoRA r=16, bf16 autocast, T={s['T']}, B={s['B']}",
-        f"`benchmarks/exact_kl_memory.py --suite ppo --model-kind smollm2 --in-process --batch {s['B']} "
-        f"--length {s['T']}`",
-        f"PPO update time {ratio('seconds:update_exact_over_k1')}, rollout statistics time "
-        f"{ratio('seconds:stats_exact_over_k1')} (median of {s['pairs']} interleaved pairs, min–max; {load} on 2 "
-        "CPUs; memory: not measured reliably on this shared machine, `exact_kl_ppo_smollm2_fresh.md`)",
+        f"exact KL vs k1, {what}, LoRA r=16, {'bf16 autocast' if s['bf16_autocast'] else 'fp32'}, T={s['T']}, "
+        f"B={s['B']}",
+        command,
+        ", ".join(parts) + f" (median of {s['pairs']} interleaved pairs, min–max; {load} on 2 CPUs)",
     ]
+
+
+def time_to_quality_row(r: dict) -> list[str]:
+    """``time_to_quality.py``: PPO's time to GRPO's final gold over GRPO's training time, paired per seed."""
+    m, x, goal = r["meta"], r["metrics"], r["goal"]
+
+    def reached(key):
+        g = goal[key]
+        ratio = g["ratio"]
+        cell = "never" if ratio is None else f"{ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f})"
+        return f"{cell}, {g['reached']} seeds"
+
+    return [
+        f"time to quality, PPO (recipe) vs TRL GRPO (β=0), {m['what']}, {len(m['seeds'])} seeds, rollout batch "
+        f"{m['rollout_batch']}, {m['rollouts']} rollouts",
+        f"`{m['command']}`",
+        f"PPO reaches GRPO's final gold at T=1 in {reached('gold_T1')}, greedy in {reached('gold_greedy')} of GRPO's "
+        f"training time; final gold PPO vs GRPO {x['ppo']['gold_T1_final']['median']:.3f} vs "
+        f"{x['grpo']['gold_T1_final']['median']:.3f} (T=1), {x['ppo']['gold_greedy_final']['median']:.3f} vs "
+        f"{x['grpo']['gold_greedy_final']['median']:.3f} (greedy); PPO's run {r['ratios']['ppo']['train_seconds']['median']:.2f}× "
+        f"GRPO's seconds (load {r['load_start'][0]:.1f} → {r['load_end'][0]:.1f})",
+    ]
+
+
+THROUGHPUT_FILES = ("fp32", "bf16", "fp32_b32_l64", "bf16_b32_l64", "bf16_4epochs")
+EXACT_KL_FILES = ("exact_kl_ppo_smollm2", "exact_kl_ppo_smollm2_t512", "exact_kl_ppo_qwen_24layers")
 
 
 def table(results: Path = RESULTS) -> str:
     rows = [
         ensemble_row(json.loads((results / "ensemble_speed_smollm2.json").read_text())),
         *(throughput_row(json.loads(path.read_text())) for path in
-          (results / f"ppo_vs_grpo_throughput_smollm2_{dtype}.json" for dtype in ("fp32", "bf16")) if path.exists()),
-        exact_kl_full_depth_row(json.loads((results / "exact_kl_ppo_smollm2.json").read_text())),
+          (results / f"ppo_vs_grpo_throughput_smollm2_{name}.json" for name in THROUGHPUT_FILES) if path.exists()),
+        *(exact_kl_full_depth_row(json.loads(path.read_text())) for path in
+          (results / f"{name}.json" for name in EXACT_KL_FILES) if path.exists()),
+        *(time_to_quality_row(json.loads(path.read_text())) for path in
+          (results / f"time_to_quality_{task}.json" for task in ("arithmetic", "sort_hard")) if path.exists()),
     ]
     lines = ["| benchmark | command | result |", "|---|---|---|", *("| " + " | ".join(row) + " |" for row in rows)]
     return "\n".join(lines) + "\n"

@@ -97,20 +97,27 @@ def task_setup(task: str, args) -> dict:
     # rollout batch = sequences sampled per rollout, the same for both trainers
     s["rollout_batch"] = s["batch"] * s["mini_batches"]
     if args.ppo_set:  # settings other than the recipe's, recorded in the result's meta and title
-        import yaml
-
-        overrides = {}
-        for item in args.ppo_set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise SystemExit(f"--ppo-set {item!r}: expected KEY=VALUE, e.g. num_ppo_epochs=1")
-            try:  # YAML 1.1 reads "2e-4" as a string: numbers first
-                overrides[key] = int(value) if value.lstrip("-").isdigit() else float(value)
-            except ValueError:
-                overrides[key] = yaml.safe_load(value)
+        overrides = parse_settings(args.ppo_set)
         s["ppo"] = {**s["ppo"], **overrides}
         s["ppo_source"] += f", with {overrides} (not the recipe)"
     return s
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``["num_ppo_epochs=1", "learning_rate=2e-4", "whiten_rewards=true"]`` -> typed values (numbers before YAML,
+    which reads ``2e-4`` as a string)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--ppo-set {item!r}: expected KEY=VALUE, e.g. num_ppo_epochs=1")
+        try:
+            out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key] = yaml.safe_load(value)
+    return out
 
 
 class QualityClock:

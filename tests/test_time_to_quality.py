@@ -59,3 +59,32 @@ def test_no_goal_where_grpo_gained_nothing(ttq):
     goal = ttq.goal_ratios({"runs": runs})
     assert goal["gold_T1"]["per_seed"][0]["ratio"] is None and goal["gold_T1"]["reached"] == "0/1"
     assert goal["gold_greedy"]["per_seed"][0]["ratio"] == pytest.approx(0.5)
+
+
+def test_ppo_settings_are_typed(ttq):
+    assert ttq.parse_settings(["num_ppo_epochs=1", "learning_rate=2e-4", "kl_estimator=k3", "whiten_rewards=true"]) == {
+        "num_ppo_epochs": 1, "learning_rate": 2e-4, "kl_estimator": "k3", "whiten_rewards": True}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        ttq.parse_settings(["num_ppo_epochs"])
+
+
+def test_summary_puts_each_setting_beside_the_recipe(ttq, tmp_path, monkeypatch):
+    """One row per result file: the settings that differ from the task's recipe, and the paired ratios."""
+    import json
+
+    def result(ppo, ppo_curve):
+        runs = [_run("grpo", 0, _curve([(0, 0.5, 0.5), (40, 0.8, 0.9)])), _run("ppo", 0, _curve(ppo_curve))]
+        final = {t: {k: {"median": r["metrics"][k], "min": 0, "max": 1} for k in ("gold_T1_final", "gold_greedy_final")}
+                 for t, r in zip(("grpo", "ppo"), runs)}
+        return {"meta": {"task": "sort_hard", "seeds": [0], "ppo": ppo, "mini_batches": 2}, "metrics": final,
+                "ratios": {"ppo": {"train_seconds": {"median": 2.0, "min": 2.0, "max": 2.0}}},
+                "goal": ttq.goal_ratios({"runs": runs})}
+
+    recipe = dict(ttq.TASKS["sort_hard"]["ppo"])
+    (tmp_path / "a.json").write_text(json.dumps(result(recipe, [(0, 0.5, 0.5), (80, 0.85, 0.95)])))
+    (tmp_path / "b.json").write_text(json.dumps(result({**recipe, "learning_rate": 2e-4, "num_mini_batches": 1},
+                                                       [(0, 0.5, 0.5), (80, 0.7, 0.7)])))
+    monkeypatch.setattr(ttq, "RESULTS", tmp_path)
+    rows = ttq.summary(["a", "b"]).splitlines()[2:]
+    assert rows[0].startswith("| recipe | 0 | 2.00x") and "2.00x (2.00-2.00) (1/1)" in rows[0]
+    assert rows[1].startswith("| learning_rate=0.0002, num_mini_batches=1 |") and "– (0/1)" in rows[1]
