@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import shutil
 from collections import defaultdict
@@ -136,8 +137,17 @@ def _first_prompts(dataset, n: int = NUM_PROBE_PROMPTS) -> list:
     ]
 
 
+# Metrics whose NaN means "undefined for that rollout" (not a failure): explained variance with constant returns
+# (core.ppo.explained_variance). A window averages their defined entries and logs NaN (as TRL logs NaN: as is)
+# only when none is defined. Every other metric keeps NaN visible; losses have their own guard (utils.finite).
+_NAN_WHEN_UNDEFINED = frozenset({"value/explained_variance"})
+
+
 def _window_reduce(key: str, values: list[float]) -> float:
-    """One logged value from a logging window's entries: min for ``*_min``, max for ``*_max``, else the mean."""
+    """One logged value from a logging window's entries: min for ``*_min``, max for ``*_max``, else the mean
+    (over the defined entries for the keys of ``_NAN_WHEN_UNDEFINED``)."""
+    if key in _NAN_WHEN_UNDEFINED:
+        values = [v for v in values if not math.isnan(v)] or [float("nan")]
     if key.endswith("_min"):
         return min(values)
     if key.endswith("_max"):
