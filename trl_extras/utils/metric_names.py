@@ -314,7 +314,10 @@ SECTIONS = {
                      "they appear beside it (`reward`, `reward_std`, `rewards/{name}/mean`, `entropy` and "
                      "`completions/mean_length` are in the PPO table).",
     "CEM": "`CEMTrainer` logs one entry per round through the round's fine-tuning trainer (`report_to`), also in "
-           "`cem_history.json` without the `cem/` prefix; held-out measurements as `cem/eval_<key>`.",
+           "`cem_history.json` without the `cem/` prefix; held-out measurements as `cem/eval_<key>`. The x axis "
+           "(`global_step`, W&B's `train/global_step`) is the fine-tuning steps of all rounds so far: the rounds' SFT "
+           "logs continue each other and round r's `cem/*` entry sits where its fine-tuning ended (also after a "
+           "resume); plot against `cem/round` for a per-round axis.",
     "Reward models": "TRL `RewardTrainer`'s keys; `TwoStageRewardTrainer` logs them as `stage{n}/<key>` and "
                      "`eval_stage{n}/<key>` (stage 1: dirty pairs, stage 2: clean pairs).",
     "Reward ensemble": "What a `RewardEnsemble` used as a reward function reports through `log_metric`.",
