@@ -41,10 +41,12 @@ def test_global_variance_decides_not_the_local_one():
     # this process's returns are constant, the other process's are not: the global ratio is defined
     returns, mask = torch.ones(2, 3), torch.ones(2, 3)
     values = 0.5 * returns
-    other_returns, other_values, other_mask = torch.tensor([[0.0, 2.0, 4.0]]), torch.tensor([[0.0, 1.0, 2.0]]), torch.ones(1, 3)
+    other_returns, other_values = torch.tensor([[0.0, 2.0, 4.0]]), torch.tensor([[0.0, 1.0, 2.0]])
+    other_mask = torch.ones(1, 3)
     acc = _TwoProcesses([(other_returns, other_mask), (other_returns - other_values, other_mask)])
     ev = explained_variance(values, returns, mask, accelerator=acc)
-    all_r, all_v = torch.cat([returns.flatten(), other_returns.flatten()]), torch.cat([values.flatten(), other_values.flatten()])
+    all_r = torch.cat([returns.flatten(), other_returns.flatten()])
+    all_v = torch.cat([values.flatten(), other_values.flatten()])
     expected = 1 - (all_r - all_v).var(unbiased=False) / all_r.var(unbiased=False)
     assert ev.item() == pytest.approx(expected.item(), rel=1e-5)
     # both processes constant and equal: undefined globally too

@@ -76,8 +76,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("completions/eos_rate", "PPO", _PPO, "share of completions that ended with EOS",
            "1 − share cut at `max_completion_length`", PER_ROLLOUT, "near 1; falling means answers get cut",
            eval=True),
-    Metric("kl/exact", "PPO", _PPO, "exact KL(π‖π_ref): sum over the completion's tokens, mean over sequences (the scale of old TRL PPOTrainer's "
-           "`objective/kl`; grows with the completions' length)",
+    Metric("kl/exact", "PPO", _PPO, "exact KL(π‖π_ref): sum over the completion's tokens, mean over sequences "
+           "(the scale of old TRL PPOTrainer's `objective/kl`; grows with the completions' length)",
            "Σ_t Σ_v π(v)(log π(v) − log π_ref(v)) over the completion's tokens, logits ÷ temperature "
            "(`core.kl.token_stats_from_logits`); `evaluate()`: on its completions", PER_ROLLOUT,
            "0 at the first rollout (the policy is the reference), then grows slowly; PPO's `kl_budget` stops on it",

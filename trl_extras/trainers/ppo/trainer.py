@@ -771,7 +771,8 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
 
     def _kl_bookkeeping(self, exact_kl: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> None:
         """Step 10 of the rollout, from the ``(B, T)`` exact KL and the penalty's KL (0 on padding): log their
-        per-sequence sums (and the exact KL's token mean) and β, move the adaptive β, and stop training past ``kl_budget``."""
+        per-sequence sums (and the exact KL's token mean) and β, move the adaptive β, and stop training past
+        ``kl_budget``."""
         args = self.args
         metrics = self._metrics["train"]
         mean_exact_kl = self._gather_mean((exact_kl * mask).sum(1))
