@@ -175,7 +175,8 @@ def test_registry_entries_are_distinct_and_complete():
 def test_lookup_follows_the_prefix_rules():
     assert lookup("rewards/my_rm/mean").key == "rewards/{name}/mean"
     assert lookup("eval_reward").key == "eval_reward"  # the callback's own key
-    assert lookup("eval_kl/exact") is None  # kl/exact is not logged by evaluate()
+    assert lookup("eval_kl/exact").key == "kl/exact"  # evaluate() logs the KL of its completions
+    assert lookup("eval_policy/clipfrac") is None  # evaluate() trains nothing
     assert lookup("eval_rewards/gold/mean").key == "rewards/{name}/mean"
     assert lookup("stage1/accuracy").key == "accuracy" and lookup("eval_stage2/accuracy").key == "accuracy"
     assert lookup("stage1/kl/exact") is None  # stage prefixes are for the reward trainer's keys only
@@ -205,7 +206,8 @@ def test_the_runs_reach_the_rarer_keys(logged_keys):
                 "rewards/gold_reward/mean", "ensemble/std", "exact_kl", "cem/kl_to_ref", "cem/eval_reward_mean",
                 "cem/gold_mean", "cem/reward_log/ensemble/std", "cem/elite_quantile", "eval_stage1/accuracy",
                 "stage2/accuracy", "refresh/accuracy_after", "measure/spread", "measure/kl", "eval_reward_gold",
-                "eval_reward_best", "value/explained_variance", "policy/approx_kl"):  # fmt: skip
+                "eval_reward_best", "value/explained_variance", "policy/approx_kl", "kl/exact_per_token",
+                "eval_kl/exact", "eval_kl/exact_per_token", "eval_entropy"):  # fmt: skip
         assert key in every, key
 
 

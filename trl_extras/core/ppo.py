@@ -276,9 +276,16 @@ def explained_variance(
 ) -> torch.Tensor:
     """``1 − Var(returns − values) / Var(returns)`` over valid tokens of ``(B, T)`` tensors (1 = perfect critic,
     ≤ 0 = useless). With ``accelerator`` both variances are over the valid tokens of all processes (the global
-    batch), not this process's share."""
+    batch), not this process's share.
+
+    Returns a scalar; NaN when ``Var(returns)`` is 0 (all valid returns equal, e.g. every reward 0 with no KL
+    penalty, or a single valid token): the ratio is undefined there, and CleanRL's ``np.nan if var_y == 0`` says so
+    instead of a clamped denominator's 1.0 (zero residual) or −1e8-scale number (any residual). The variances are
+    two-pass float64 moments (``masked_moments``), so equal float32 returns give exactly 0.
+    """
     var_returns = masked_var(returns, mask, accelerator=accelerator)
-    return 1.0 - masked_var(returns - values, mask, accelerator=accelerator) / var_returns.clamp_min(1e-8)
+    ev = 1.0 - masked_var(returns - values, mask, accelerator=accelerator) / var_returns
+    return torch.where(var_returns == 0, torch.full_like(ev, float("nan")), ev)
 
 
 class AdaptiveKLController:

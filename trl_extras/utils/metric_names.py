@@ -76,24 +76,35 @@ METRICS: tuple[Metric, ...] = (
     Metric("completions/eos_rate", "PPO", _PPO, "share of completions that ended with EOS",
            "1 − share cut at `max_completion_length`", PER_ROLLOUT, "near 1; falling means answers get cut",
            eval=True),
-    Metric("kl/exact", "PPO", _PPO, "exact KL(π‖π_ref) per sequence, batch mean",
+    Metric("kl/exact", "PPO", _PPO, "exact KL(π‖π_ref): sum over the completion's tokens, mean over sequences "
+           "(the scale of old TRL PPOTrainer's `objective/kl`; grows with the completions' length)",
            "Σ_t Σ_v π(v)(log π(v) − log π_ref(v)) over the completion's tokens, logits ÷ temperature "
-           "(`core.kl.token_stats_from_logits`)", PER_ROLLOUT,
-           "0 at the first rollout (the policy is the reference), then grows slowly; PPO's `kl_budget` stops on it"),
-    Metric("kl/{estimator}", "PPO", _PPO, "the sampled-token KL estimate PPO penalizes with (k1, k2, k3)",
+           "(`core.kl.token_stats_from_logits`); `evaluate()`: on its completions", PER_ROLLOUT,
+           "0 at the first rollout (the policy is the reference), then grows slowly; PPO's `kl_budget` stops on it",
+           eval=True),
+    Metric("kl/exact_per_token", "PPO", _PPO, "exact KL(π‖π_ref): mean over tokens (the scale of GRPO's `exact_kl`, "
+           "CEM's `kl_to_ref` and TRL GRPO's `kl`: compare PPO and GRPO on this one)",
+           "the per-token KL of `kl/exact`, averaged over the valid completion tokens of all processes",
+           PER_ROLLOUT, "0 at the first rollout, then grows slowly; about `kl/exact` ÷ mean completion length",
+           eval=True),
+    Metric("kl/{estimator}", "PPO", _PPO, "the sampled-token KL estimate PPO penalizes with (k1, k2, k3): "
+           "sum over the completion's tokens, mean over sequences",
            "Σ_t of Schulman's estimator on the sampled tokens (`core.kl.KL_PENALTIES`); logged only when "
-           "`kl_estimator` is not `exact`", PER_ROLLOUT, "an unbiased one (k1, k3) follows `kl/exact` with noise"),
+           "`kl_estimator` is not `exact`", PER_ROLLOUT, "an unbiased one (k1, k3) follows `kl/exact` with noise",
+           eval=True),
     Metric("kl/coef", "PPO", _PPO, "β, the KL penalty coefficient", "`kl_coef`, or the adaptive controller's "
            "value (Ziegler et al.)", PER_ROLLOUT, "constant when fixed; adaptive: settles where KL meets `target_kl`"),
     Metric("kl/budget_stop", "PPO", _PPO, "the KL budget stopped training", "1.0 when `kl/exact` > `kl_budget`",
            WHEN_IT_HAPPENS, "absent, or at the end of a run meant to stop there"),
     Metric("entropy", "PPO", f"{_PPO}; GRPO; SFT", "mean per-token entropy of the policy on its samples",
-           "Σ_v −π(v) log π(v) at each completion token, logits ÷ temperature (SFT: on the data; PPO's "
-           "`evaluate()` does not log it)", PER_ROLLOUT,
+           "Σ_v −π(v) log π(v) at each completion token, logits ÷ temperature (SFT: on the data; PPO: mean over "
+           "each sequence's tokens, then over sequences; `evaluate()`: on its completions)", PER_ROLLOUT,
            "falls slowly; a collapse to 0 means the policy stopped exploring", eval=True),
     Metric("value/explained_variance", "PPO", _PPO, "how well the value model predicts the returns",
-           "1 − Var(returns − values) / Var(returns) over valid tokens, all processes", PER_ROLLOUT,
-           "rises towards 1 over the first rollouts; stuck at or below 0 means the value model does not learn"),
+           "1 − Var(returns − values) / Var(returns) over valid tokens, all processes; NaN when Var(returns) = 0 "
+           "(all returns equal: undefined, CleanRL's convention; a log window averages the defined ones)",
+           PER_ROLLOUT, "rises towards 1 over the first rollouts; stuck at or below 0 means the value model does "
+           "not learn; NaN means constant returns (e.g. every reward 0)"),
     Metric("advantages/mean", "PPO", _PPO, "mean advantage after normalization",
            "masked mean of GAE advantages after `advantage_normalization`", PER_ROLLOUT,
            "0 with `batch` normalization (unless `advantage_keep_mean`)"),
@@ -112,7 +123,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("loss/value", "PPO", _PPO, "value loss (half the clipped squared error)",
            "½·max((V − R)², (clip(V) − R)²), aggregated by `loss_type` (`core.ppo.value_loss`)", PER_UPDATE,
            "falls over the run"),
-    Metric("loss/kl", "PPO", _PPO, "the KL in the loss's direct term (the loss adds β × this)",
+    Metric("loss/kl", "PPO", _PPO, "the KL in the loss's direct term (the loss adds β × this): mean over tokens",
            "per-token KL_t of the current policy to the reference, mean over valid tokens (only penalties with a "
            "direct gradient: `kl_estimator=\"exact\"`)", PER_UPDATE,
            "0 at the first update, then small (close to `kl/exact` ÷ completion length)"),
@@ -123,7 +134,7 @@ METRICS: tuple[Metric, ...] = (
            PER_UPDATE, "1 at the first update; far below 1 − ε means updates move too far"),
     Metric("policy/ratio_max", "PPO", _PPO, "largest ratio π/π_old in the window", "max over valid tokens",
            PER_UPDATE, "1 at the first update; far above 1 + ε means updates move too far"),
-    Metric("policy/approx_kl", "PPO", _PPO, "KL between the sampling policy and the updated one",
+    Metric("policy/approx_kl", "PPO", _PPO, "KL between the sampling policy and the updated one: mean over tokens",
            "k3 on the rollout's tokens: mean of (ρ − 1) − log ρ, ρ = π/π_old, over each accumulated batch",
            PER_UPDATE,
            "0 at a rollout's first update, small after; `kl_early_stop_target` stops the batch's epochs on it"),
@@ -140,7 +151,8 @@ METRICS: tuple[Metric, ...] = (
            "`clip_grad_norm_` of the value model (DDP/single process; DeepSpeed clips jointly)", PER_UPDATE,
            "finite and roughly stable"),
     # ------------------------------------------------------------------------------------------------- exact-KL GRPO
-    Metric("exact_kl", "Exact-KL GRPO", "ExactKLGRPOTrainer", "exact KL(π‖π_ref) per token, batch mean",
+    Metric("exact_kl", "Exact-KL GRPO", "ExactKLGRPOTrainer", "exact KL(π‖π_ref): mean over tokens (PPO's "
+           "`kl/exact_per_token`; PPO's `kl/exact` is the per-sequence sum)",
            "Σ_v π(v)(log π(v) − log π_ref(v)) per completion token, averaged over the global batch's tokens; "
            "the loss adds `exact_kl_coef` × its `loss_type` aggregate", EVERY_STEP,
            "0 at the first step (the policy is the reference), then grows slowly", eval=True),
@@ -155,7 +167,7 @@ METRICS: tuple[Metric, ...] = (
            "TRL GRPOTrainer", EVERY_STEP, "near 0", eval=True),
     Metric("clip_ratio/{low_mean|high_mean|region_mean|low_min|high_max}", "Exact-KL GRPO", "GRPO (TRL)", "GRPO's shares of clipped ratios", "TRL GRPOTrainer", EVERY_STEP,
            "0 with one update per generation batch", eval=True),
-    Metric("kl", "Exact-KL GRPO", "GRPO (TRL)", "TRL's sampled k3 KL (only with TRL's `beta` > 0)",
+    Metric("kl", "Exact-KL GRPO", "GRPO (TRL)", "TRL's sampled k3 KL (only with TRL's `beta` > 0): mean over tokens",
            "TRL GRPOTrainer", EVERY_STEP, "keep `beta=0` and read `exact_kl`", eval=True),
     Metric("step_time", "Exact-KL GRPO", "GRPO (TRL)", "seconds per optimizer step", "TRL GRPOTrainer", EVERY_STEP,
            "stable"),
@@ -206,12 +218,12 @@ METRICS: tuple[Metric, ...] = (
     Metric("cem/train_loss", "CEM", "CEMTrainer", "the round's fine-tuning loss", "SFTTrainer's training loss",
            PER_ROUND, "falls within and across rounds"),
     Metric("cem/train_steps", "CEM", "CEMTrainer", "optimizer steps of the round's fine-tuning", "", PER_ROUND, ""),
-    Metric("cem/kl_to_ref", "CEM", "CEMTrainer", "the round's mean exact KL to the initial model",
+    Metric("cem/kl_to_ref", "CEM", "CEMTrainer", "the round's exact KL to the initial model: mean over tokens",
            "mean of the fine-tuning's `kl_to_ref` (only with `kl_coef`)", PER_ROUND, "small, grows slowly"),
     Metric("cem/entropy_bonus", "CEM", "CEMTrainer", "the round's mean entropy bonus term",
            "mean of the fine-tuning's `entropy_bonus` (only with `entropy_coef`)", PER_ROUND, ""),
     Metric("kl_to_ref", "CEM", "CEMTrainer's fine-tuning (SFTTrainer)", "exact KL to the initial model on the "
-           "fine-tuning tokens", "Σ_v π(v)(log π(v) − log π_ref(v)), mean over label tokens (only with `kl_coef`)",
+           "fine-tuning tokens: mean over tokens", "Σ_v π(v)(log π(v) − log π_ref(v)), mean over label tokens (only with `kl_coef`)",
            EVERY_STEP, "small"),
     Metric("entropy_bonus", "CEM", "CEMTrainer's fine-tuning (SFTTrainer)", "the entropy the bonus rewards",
            "mean token entropy on the fine-tuning tokens (only with `entropy_coef`)", EVERY_STEP, ""),
@@ -249,7 +261,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("measure/{name}", "Callbacks", "RewardMeasureCallback (prefix `measure`)", "mean reward `name` of the "
            "policy's answers on the fixed prompts", "`measure_policy`", PER_MEASURE,
            "the proxy rises; gold rising with it (falling: Goodhart)"),
-    Metric("measure/kl", "Callbacks", "RewardMeasureCallback", "exact KL(π‖ref_model) per answer",
+    Metric("measure/kl", "Callbacks", "RewardMeasureCallback", "exact KL(π‖ref_model): sum over the completion's tokens, mean over sequences (answers)",
            "Σ_t exact KL over each sampled answer, mean (with `ref_model`)", PER_MEASURE, "0 at step 0, grows"),
     Metric("measure/length", "Callbacks", "RewardMeasureCallback", "mean answer length in tokens", "", PER_MEASURE,
            "stable"),
@@ -302,7 +314,10 @@ SECTIONS = {
                      "they appear beside it (`reward`, `reward_std`, `rewards/{name}/mean`, `entropy` and "
                      "`completions/mean_length` are in the PPO table).",
     "CEM": "`CEMTrainer` logs one entry per round through the round's fine-tuning trainer (`report_to`), also in "
-           "`cem_history.json` without the `cem/` prefix; held-out measurements as `cem/eval_<key>`.",
+           "`cem_history.json` without the `cem/` prefix; held-out measurements as `cem/eval_<key>`. The x axis "
+           "(`global_step`, W&B's `train/global_step`) is the fine-tuning steps of all rounds so far: the rounds' SFT "
+           "logs continue each other and round r's `cem/*` entry sits where its fine-tuning ended (also after a "
+           "resume); plot against `cem/round` for a per-round axis.",
     "Reward models": "TRL `RewardTrainer`'s keys; `TwoStageRewardTrainer` logs them as `stage{n}/<key>` and "
                      "`eval_stage{n}/<key>` (stage 1: dirty pairs, stage 2: clean pairs).",
     "Reward ensemble": "What a `RewardEnsemble` used as a reward function reports through `log_metric`.",

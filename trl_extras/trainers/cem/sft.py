@@ -11,9 +11,10 @@ from ...core.kl import entropy_from_logits, exact_kl
 from ...modeling.reference import reference_context
 from ...utils.finite import NonFiniteGuardMixin
 from ...utils.offline import NoTelemetryMixin
+from .log_steps import StepOffsetLogMixin
 
 
-class RegularizedSFTTrainer(NoTelemetryMixin, NonFiniteGuardMixin, SFTTrainer):
+class RegularizedSFTTrainer(StepOffsetLogMixin, NoTelemetryMixin, NonFiniteGuardMixin, SFTTrainer):
     """``SFTTrainer`` whose loss adds ``kl_coef·KL(π‖π_ref) − entropy_coef·H(π)`` on completion tokens.
 
     Both terms are exact over the vocabulary (``trl_extras.core.kl``) and are normalised like SFT's own NLL

@@ -57,6 +57,7 @@ from ...modeling.reference import reference_adapter_hidden, resolve_reference
 from ...rewards.functions import RewardFunctions
 from ...utils.progress import log_line, progress_bar, quiet_replica_logs
 from .config import CEMConfig
+from .log_steps import fine_tune_steps, state_at_step
 from .plots import plot_history
 from .round import CEMRound
 from .settings import ROUND_KIND, SETTINGS_FILE, cem_settings
@@ -541,6 +542,8 @@ class CEMTrainer:
             callbacks=self.callbacks, ref_model=self.ref_model, kl_coef=self.args.kl_coef,
             entropy_coef=self.args.entropy_coef,
         )
+        # the dashboards' x axis continues over rounds (log_steps): this round's steps follow the earlier rounds'
+        trainer.log_step_offset = fine_tune_steps(self.history)
         result = trainer.train()
         self.model = trainer.model
         metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step)}
@@ -841,12 +844,16 @@ class CEMTrainer:
         self.last_completions_table = log.flush(r)
 
     def _log_round(self, metrics: dict, trainer=None) -> None:
-        """The round's numeric metrics as ``cem/<name>`` to ``trainer``'s callbacks (report_to integrations)."""
+        """The round's numeric metrics as ``cem/<name>`` to ``trainer``'s callbacks (report_to integrations), at the
+        fine-tuning steps of all rounds so far (``self.history`` holds this round already): where this round's
+        fine-tuning ended on the dashboards' x axis (log_steps), not at ``trainer``'s own step, which restarts at 0
+        every round."""
         if trainer is None:
             return
         logs = {f"cem/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                 and not (isinstance(v, float) and math.isnan(v))}
-        trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs)
+        state = state_at_step(trainer.state, fine_tune_steps(self.history))
+        trainer.callback_handler.on_log(trainer.args, state, trainer.control, logs)
 
     def _write_history(self, stop_reason: str | None = None) -> None:
         if not self._is_main:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import shutil
 from collections import defaultdict
@@ -136,8 +137,17 @@ def _first_prompts(dataset, n: int = NUM_PROBE_PROMPTS) -> list:
     ]
 
 
+# Metrics whose NaN means "undefined for that rollout" (not a failure): explained variance with constant returns
+# (core.ppo.explained_variance). A window averages their defined entries and logs NaN (as TRL logs NaN: as is)
+# only when none is defined. Every other metric keeps NaN visible; losses have their own guard (utils.finite).
+_NAN_WHEN_UNDEFINED = frozenset({"value/explained_variance"})
+
+
 def _window_reduce(key: str, values: list[float]) -> float:
-    """One logged value from a logging window's entries: min for ``*_min``, max for ``*_max``, else the mean."""
+    """One logged value from a logging window's entries: min for ``*_min``, max for ``*_max``, else the mean
+    (over the defined entries for the keys of ``_NAN_WHEN_UNDEFINED``)."""
+    if key in _NAN_WHEN_UNDEFINED:
+        values = [v for v in values if not math.isnan(v)] or [float("nan")]
     if key.endswith("_min"):
         return min(values)
     if key.endswith("_max"):
@@ -761,11 +771,14 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
 
     def _kl_bookkeeping(self, exact_kl: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> None:
         """Step 10 of the rollout, from the ``(B, T)`` exact KL and the penalty's KL (0 on padding): log their
-        per-sequence sums and β, move the adaptive β, and stop training past ``kl_budget``."""
+        per-sequence sums (and the exact KL's token mean) and β, move the adaptive β, and stop training past
+        ``kl_budget``."""
         args = self.args
         metrics = self._metrics["train"]
         mean_exact_kl = self._gather_mean((exact_kl * mask).sum(1))
         metrics["kl/exact"].append(mean_exact_kl)
+        # the same KL per token (GRPO's `exact_kl` scale): `kl/exact` grows with the completions' length
+        metrics["kl/exact_per_token"].append(self._global_masked_mean(exact_kl, mask))
         mean_kl = self._gather_mean(kl.sum(1))
         if not KL_PENALTIES.get(args.kl_estimator).needs_full_vocabulary:  # a sampled estimate, beside the exact KL
             metrics[f"kl/{args.kl_estimator}"].append(mean_kl)
@@ -817,7 +830,8 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
     @torch.no_grad()
     def _rollout(self, rows: list[dict], mode: str) -> RolloutBatch:
         """Sample, score, and (in training) compute KL-penalized rewards, values, GAE advantages and returns.
-        Evaluation stops after scoring: its batch has the sampled and scored fields only."""
+        Evaluation stops after scoring and logging the completions' KL to the reference and entropy: its batch has the
+        sampled and scored fields only."""
         args = self.args
         device = self.accelerator.device
         prompts = [row["prompt"] for row in rows]
@@ -852,6 +866,9 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
             completion_mask=mask, scores=raw_scores,
         )
         if mode == "eval":
+            # 5 (eval). The policy-vs-reference KL and entropy of the eval completions, logged as `eval_kl/*` and
+            #    `eval_entropy` beside the eval reward (nothing is trained on them: no values, no advantages).
+            self._log_eval_token_stats(input_ids, attention_mask, mask, T)
             return batch
 
         # 3.-4. The score the policy is trained on: missing-EOS penalty, normalization, clipping.
@@ -886,6 +903,35 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
 
         batch = dataclasses.replace(batch, ref_hidden=stats.get("ref_hidden"))
         return self._rewards_and_advantages(batch, stats, values)
+
+    @torch.no_grad()
+    def _log_eval_token_stats(self, input_ids, attention_mask, mask: torch.Tensor, T: int) -> None:
+        """``evaluate()``'s KL and entropy of its ``(B, T)``-masked completions, under the names and scales the train
+        rollout logs (``kl/exact`` and ``kl/<kl_estimator>``: per-sequence sums, batch mean; ``entropy``: per-sequence
+        token mean, batch mean; ``kl/exact_per_token``: mean over tokens), from the same chunked pass as the
+        rollout's step 5 (``completion_token_stats``: logits / temperature, the PEFT reference with its adapter
+        disabled or the separate reference) -- also when the single-pass update skips that pass in training."""
+        args = self.args
+        policy = self.policy
+        was_training = policy.training
+        policy.eval()
+        ref = None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model)
+        with self.accelerator.autocast():
+            stats = completion_token_stats(
+                policy, ref, input_ids, attention_mask, logits_to_keep=T, temperature=args.temperature,
+                chunk_size=args.exact_kl_chunk_size, with_exact_kl=True, with_entropy=True,
+            )
+        policy.train(was_training)
+        metrics = self._metrics["eval"]
+        valid = mask.bool()
+        exact_kl = torch.where(valid, stats["exact_kl"], torch.zeros((), device=valid.device))
+        metrics["kl/exact"].append(self._gather_mean(exact_kl.sum(1)))
+        metrics["kl/exact_per_token"].append(self._global_masked_mean(exact_kl, mask))
+        penalty = KL_PENALTIES.get(args.kl_estimator)
+        if not penalty.needs_full_vocabulary:  # the sampled estimate the penalty uses, as `_kl_bookkeeping` logs it
+            kl = penalty(stats["logprobs"], stats["ref_logprobs"], exact_kl=stats["exact_kl"])
+            metrics[f"kl/{args.kl_estimator}"].append(self._gather_mean(torch.where(valid, kl, 0.0).sum(1)))
+        metrics["entropy"].append(self._gather_mean(masked_mean(stats["entropy"], mask, dim=1)))
 
     @torch.no_grad()
     def _rewards_and_advantages(self, batch: RolloutBatch, stats: dict, values: torch.Tensor) -> RolloutBatch:
@@ -1089,7 +1135,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         return pg_loss + args.vf_coef * vf_loss
 
     # ------------------------------------------------------------------------------------------------------------
-    # Evaluation: sample from the current policy and log rewards (no loss)
+    # Evaluation: sample from the current policy and log rewards, KL and entropy (no loss)
     # ------------------------------------------------------------------------------------------------------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         batch = self._prepare_inputs(inputs)
