@@ -192,7 +192,7 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _measure(run, timing_runs: int, warm_up: bool = True) -> dict:
+def _measure(run, timing_runs: int, warm_up: bool = True, track: bool = True) -> dict:
     """Warm up once, then peak extra RSS of the first measured run and the median time of ``timing_runs``."""
     if warm_up:
         out = run()
@@ -213,11 +213,14 @@ def _measure(run, timing_runs: int, warm_up: bool = True) -> dict:
         del out
     # Tensor by tensor (benchmarks/tensor_memory.py): what the computation allocates, free of the allocator's and
     # the OS's noise that makes the RSS peak of the same run differ several-fold between processes. Untimed.
-    with PeakTensorMemory() as tracked:
-        out = run()
-    del out
-    return {"peak_extra_mib": (peak - before) / 1024, "seconds": statistics.median(times), "all_seconds": times,
-            "peak_tensor_mib": tracked.peak_mib, "value": value}  # fmt: skip
+    result = {"peak_extra_mib": (peak - before) / 1024, "seconds": statistics.median(times), "all_seconds": times,
+              "value": value}  # fmt: skip
+    if track:  # deterministic: once per variant is enough (it slows the run several-fold)
+        with PeakTensorMemory() as tracked:
+            out = run()
+        del out
+        result["peak_tensor_mib"] = tracked.peak_mib
+    return result
 
 
 def _ppo_model(kind: str, layers: int):
@@ -266,8 +269,8 @@ def _ppo_in_process(variants, pairs: int, kind: str, layers: int, B: int, Tc: in
     out = {v: [] for v in variants}
     for rep in range(pairs):
         for v in variants:
-            out[v].append({"variant": v, **_measure(runs[v], 1, warm_up=False)})
-            print(f"pair {rep} {v}: peak {out[v][-1]['peak_extra_mib']:.1f} MiB (tensors {out[v][-1]['peak_tensor_mib']:.1f}), {out[v][-1]['seconds']:.3f} s",
+            out[v].append({"variant": v, **_measure(runs[v], 1, warm_up=False, track=rep == 0)})
+            print(f"pair {rep} {v}: peak {out[v][-1]['peak_extra_mib']:.1f} MiB (tensors {out[v][-1].get('peak_tensor_mib', float('nan')):.1f}), {out[v][-1]['seconds']:.3f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
     return out
 
@@ -465,7 +468,7 @@ def _suite(args) -> None:
         if a not in runs or b not in runs:
             continue
         for metric in ("seconds", "peak_extra_mib", "peak_tensor_mib"):
-            per_pair = [x[metric] / y[metric] for x, y in zip(runs[a], runs[b]) if y.get(metric, 0) > 0]
+            per_pair = [x[metric] / y[metric] for x, y in zip(runs[a], runs[b]) if metric in x and y.get(metric, 0) > 0]
             if per_pair:
                 ratios[f"{metric}:{name}"] = {"median": statistics.median(per_pair), "min": min(per_pair),
                                               "max": max(per_pair), "per_pair": per_pair}  # fmt: skip

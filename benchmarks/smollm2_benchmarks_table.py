@@ -89,18 +89,20 @@ def time_to_quality_row(r: dict) -> list[str]:
     def reached(key):
         g = goal[key]
         ratio = g["ratio"]
-        cell = "never" if ratio is None else f"{ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f})"
-        return f"{cell}, {g['reached']} seeds"
+        if ratio is None:
+            return f"never ({g['reached']} seeds)"
+        return f"{ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f}; reached in {g['reached']} seeds)"
 
     return [
         f"time to quality, PPO (recipe) vs TRL GRPO (β=0), {m['what']}, {len(m['seeds'])} seeds, rollout batch "
         f"{m['rollout_batch']}, {m['rollouts']} rollouts",
         f"`{m['command']}`",
-        f"PPO reaches GRPO's final gold at T=1 in {reached('gold_T1')}, greedy in {reached('gold_greedy')} of GRPO's "
-        f"training time; final gold PPO vs GRPO {x['ppo']['gold_T1_final']['median']:.3f} vs "
+        f"PPO's time to GRPO's final gold over GRPO's training time: T=1 {reached('gold_T1')}, greedy "
+        f"{reached('gold_greedy')}; final gold PPO vs GRPO {x['ppo']['gold_T1_final']['median']:.3f} vs "
         f"{x['grpo']['gold_T1_final']['median']:.3f} (T=1), {x['ppo']['gold_greedy_final']['median']:.3f} vs "
-        f"{x['grpo']['gold_greedy_final']['median']:.3f} (greedy); PPO's run {r['ratios']['ppo']['train_seconds']['median']:.2f}× "
-        f"GRPO's seconds (load {r['load_start'][0]:.1f} → {r['load_end'][0]:.1f})",
+        f"{x['grpo']['gold_greedy_final']['median']:.3f} (greedy); PPO's run "
+        f"{r['ratios']['ppo']['train_seconds']['median']:.2f}× GRPO's seconds (load {r['load_start'][0]:.1f} → "
+        f"{r['load_end'][0]:.1f})",
     ]
 
 
