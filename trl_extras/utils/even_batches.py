@@ -58,7 +58,7 @@ def pad_with_masked_rows(dataset, num_rows: int):
     indices ``0 .. len(dataset) - 1``; the masked ones follow."""
     if num_rows == 0:
         return dataset
-    from datasets import concatenate_datasets
+    from datasets import Dataset, concatenate_datasets
 
     missing = {"input_ids", "labels"} - set(dataset.column_names)
     if missing:
@@ -66,8 +66,9 @@ def pad_with_masked_rows(dataset, num_rows: int):
                          f"{sorted(missing)}.")
     lengths = [len(ids) for ids in dataset["input_ids"]]
     shortest = min(range(len(lengths)), key=lengths.__getitem__)
-    padding = dataset.select([shortest] * num_rows).map(lambda row: {"labels": [-100] * len(row["labels"])})
-    return concatenate_datasets([dataset, padding.cast(dataset.features)])
+    rows = dataset.select([shortest] * num_rows).to_dict()
+    rows["labels"] = [[-100] * len(labels) for labels in rows["labels"]]
+    return concatenate_datasets([dataset, Dataset.from_dict(rows, features=dataset.features)])
 
 
 class TailPaddedSampler:
