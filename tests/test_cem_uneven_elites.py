@@ -147,3 +147,21 @@ def test_mixin_shards_like_one_process_over_epochs(num_rows, num_processes):
         assert masked == [-102] * pad  # each masked row once
         real = [[[i for i in b if i >= 0] for b in s] for s in per_process]
         assert _trained_rows(real, num_rows) == one[epoch], epoch
+
+
+def test_logged_kl_leaves_out_processes_with_only_padding():
+    """``kl_to_ref``/``entropy_bonus`` are the mean over processes of their micro-batch means; a process whose
+    micro-batch is all masked rows has no such micro-batch in the one-process run, so it must not count as 0."""
+    from types import SimpleNamespace
+
+    from trl_extras.trainers.cem.sft import RegularizedSFTTrainer
+
+    def mean(local_sum, local_count, others):
+        # process 0's call; the other processes' (mean, has_tokens) rows are what they contributed to the gather
+        gather = lambda row: torch.cat([row, torch.tensor(others, dtype=torch.float32)])  # noqa: E731
+        stand_in = SimpleNamespace(accelerator=SimpleNamespace(gather=gather))
+        return RegularizedSFTTrainer._mean_over_processes(stand_in, torch.tensor(local_sum), torch.tensor(local_count))
+
+    assert mean(3.0, 6, [[0.0, 0.0]]) == pytest.approx(0.5)  # process 1 had only padding rows: one process's 0.5
+    assert mean(3.0, 6, [[0.25, 1.0]]) == pytest.approx(0.375)  # both trained: the mean of the two means
+    assert mean(0.0, 0, [[0.0, 0.0]]) == 0.0  # nobody trained a token (no elite): 0, not NaN
