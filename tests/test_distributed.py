@@ -250,8 +250,8 @@ EXACT = {"weights": 0.0, "token_entropy": 0.0, "metrics": 1e-6}  # metrics: floa
 
 
 def _check_cem_matches(single: dict, double: dict, one: Path, two: Path, tolerance: dict = EXACT) -> None:
-    """``tolerance``: on round 0's model weights, round 1's token entropies and round 0's logged training metrics
-    (relative); ``EXACT`` under DDP, whose micro-batch sums are the reference's."""
+    """``tolerance``: on the rounds' model weights and logged training metrics (relative; both rounds under DDP, round
+    0 under DeepSpeed) and round 1's token entropies; ``EXACT`` under DDP, whose micro-batch sums are the reference's."""
     print(f"CEM 2 rounds: 1 process {single['launch_s']:.1f} s ({single['wall_s']:.1f} s in train), "
           f"2 processes {double['launch_s']:.1f} s ({double['wall_s']:.1f} s in train)")
     for h in single["history"]:
@@ -261,14 +261,21 @@ def _check_cem_matches(single: dict, double: dict, one: Path, two: Path, toleran
     # 12 prompts x 4 answers; chunks of 4 prompts: process 0 sampled chunks 0 and 2, process 1 chunk 1
     rows = _round_columns(one, 0)
     assert len(rows["completion"]) == 48 and sum(rows["elite"]) == 12
-    # round 0's fine-tuning (12 elites: 3 full global batches of 4 per epoch) is the reference's, to the last bit
-    # under DDP; its logged KL is the whole global batch's, not process 0's share. Not round 1's: it fine-tunes on
-    # 10 elites, and with 2 processes accelerate's even_batches repeats 2 rows to fill the last global batch.
-    weight_difference = _max_weight_difference(one, two, 0)
-    print(f"round 0 model: max |weight difference| {weight_difference:.3g}")
-    assert weight_difference <= tolerance["weights"]
-    for key in ("train_loss", "kl_to_ref"):
-        assert double["history"][0][key] == pytest.approx(single["history"][0][key], rel=tolerance["metrics"]), key
+    # Both rounds' fine-tuning equals the reference's, to the last bit under DDP, and its logged KL is the whole
+    # global batch's, not process 0's share. Round 0 fine-tunes on 12 elites (3 full global batches of 4 per epoch);
+    # round 1 on 10, whose last global batch the 2 processes fill with 2 masked rows (utils/even_batches.py) where
+    # accelerate's even_batches alone would repeat 2 elites, training them twice (weights ~1e-2 apart).
+    # Under DeepSpeed only round 0 is compared: with the same padding, a ZeRO-2 round 1 was measured (CPU, 2026-12-07)
+    # max |weight difference| 1.0e-2 with 17% of the weights > 1e-4 apart and train_loss 4e-4 (relative) from one
+    # process's, which the 5.5e-6 of round 0 does not explain: open (see the cem-even branch's report).
+    assert sum(_round_columns(one, 1)["elite"]) % 4 != 0, "round 1 no longer covers an uneven last global batch"
+    for r in (0, 1) if tolerance is EXACT else (0,):
+        weight_difference = _max_weight_difference(one, two, r)
+        print(f"round {r} model: max |weight difference| {weight_difference:.3g}")
+        assert weight_difference <= tolerance["weights"], r
+        for key in ("train_loss", "kl_to_ref"):
+            assert double["history"][r][key] == pytest.approx(single["history"][r][key], rel=tolerance["metrics"]), (
+                r, key)
     _assert_same_rounds(one, two, 2, tolerance["token_entropy"])
     for key in ("num_samples", "reward_mean", "elite_reward_mean", "gold_mean", "train_steps", "fine_tune_rows"):
         assert [h[key] for h in double["history"]] == [h[key] for h in single["history"]], key
@@ -283,7 +290,8 @@ def _check_cem_matches(single: dict, double: dict, one: Path, two: Path, toleran
 def test_cem_two_processes_equal_one_process(tmp_path, sft_policy_path, cem_one_process):
     """Two rounds of CEM (heuristic reward, gold tracked, exact-KL fine-tuning) in one process with batch 2 x 2
     accumulation steps and under DDP on 2 processes with batch 2 each: the saved round datasets (samples, rewards,
-    elites, token entropies) and round 0's model are the same to the last bit,
+    elites, token entropies) and both rounds' models (round 1's elites do not fill the last global batch) are the
+    same to the last bit,
     the round files are written once; then a resume after deleting round 1's model continues to the same end."""
     import shutil
 

@@ -9,12 +9,13 @@ from trl import SFTTrainer
 
 from ...core.kl import entropy_from_logits, exact_kl
 from ...modeling.reference import reference_context
+from ...utils.even_batches import EvenBatchPaddingMixin
 from ...utils.finite import NonFiniteGuardMixin
 from ...utils.offline import NoTelemetryMixin
 from .log_steps import StepOffsetLogMixin
 
 
-class RegularizedSFTTrainer(StepOffsetLogMixin, NoTelemetryMixin, NonFiniteGuardMixin, SFTTrainer):
+class RegularizedSFTTrainer(StepOffsetLogMixin, NoTelemetryMixin, NonFiniteGuardMixin, EvenBatchPaddingMixin, SFTTrainer):
     """``SFTTrainer`` whose loss adds ``kl_coef·KL(π‖π_ref) − entropy_coef·H(π)`` on completion tokens.
 
     Both terms are exact over the vocabulary (``trl_extras.core.kl``) and are normalised like SFT's own NLL
@@ -29,6 +30,7 @@ class RegularizedSFTTrainer(StepOffsetLogMixin, NoTelemetryMixin, NonFiniteGuard
         self.ref_model = ref_model
         self.kl_coef = kl_coef
         self.entropy_coef = entropy_coef
+        self._pad_train_dataset_for_even_batches()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -49,14 +51,14 @@ class RegularizedSFTTrainer(StepOffsetLogMixin, NoTelemetryMixin, NonFiniteGuard
             self.note_loss_terms(kl=(kl.detach() * mask).sum())
             reg = reg + self.kl_coef * kl
             self._metrics[mode]["kl_to_ref"].append(
-                self._mean_over_processes((kl.detach() * mask).sum() / mask.sum().clamp(min=1))
+                self._mean_over_processes((kl.detach() * mask).sum(), mask.sum())
             )
         if self.entropy_coef:
             entropy = entropy_from_logits(logits)
             self.note_loss_terms(entropy=(entropy.detach() * mask).sum())
             reg = reg - self.entropy_coef * entropy
             self._metrics[mode]["entropy_bonus"].append(
-                self._mean_over_processes((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
+                self._mean_over_processes((entropy.detach() * mask).sum(), mask.sum())
             )
         num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
         reg_loss = (reg * mask).sum() / torch.as_tensor(num_tokens).clamp(min=1)
@@ -66,13 +68,18 @@ class RegularizedSFTTrainer(StepOffsetLogMixin, NoTelemetryMixin, NonFiniteGuard
         loss = loss + reg_loss.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
-    def _mean_over_processes(self, local_mean: torch.Tensor) -> float:
-        """The mean over processes of each one's micro-batch mean (a scalar tensor; every process calls this).
+    def _mean_over_processes(self, local_sum: torch.Tensor, local_count: torch.Tensor) -> float:
+        """The mean over processes of each one's micro-batch mean ``local_sum / local_count`` (scalar tensors; every
+        process calls this), over the processes whose micro-batch has a trained token.
 
         Under DDP/DeepSpeed each process sees only its share of the global batch; logging the local mean made the
         round's ``kl_to_ref``/``entropy_bonus`` rank 0's share alone. The mean of the per-process means is what one
-        process logs when it accumulates the same micro-batches (TRL averages the micro-batch values at logging)."""
-        return float(self.accelerator.gather(local_mean.detach().float().reshape(1)).mean())
+        process logs when it accumulates the same micro-batches (TRL averages the micro-batch values at logging).
+        A process whose micro-batch is only masked padding rows (see ``EvenBatchPaddingMixin``) has no such
+        micro-batch in the one-process run, so it is left out rather than counted as a mean of 0."""
+        local = torch.stack([local_sum.detach().float() / local_count.clamp(min=1), (local_count > 0).float()])
+        means, has_tokens = self.accelerator.gather(local.reshape(1, 2)).reshape(-1, 2).unbind(-1)
+        return float((means * has_tokens).sum() / has_tokens.sum().clamp(min=1))
 
     def _ref_logits(self, model, fwd):
         if self.ref_model is not None:
