@@ -34,7 +34,8 @@ skips the parts that would start too late (rerun them with ``--parts``).
 
 Phase timing (PPO): the policy's ``generate``, each reward function, ``completion_token_stats`` (the rollout's
 log-prob/KL/entropy statistics) and ``Trainer._prepare_inputs`` (the whole rollout) are wrapped with
-``torch.cuda.synchronize()`` + ``perf_counter``; a callback times each optimizer step. update = step − rollout,
+``torch.cuda.synchronize()`` + ``perf_counter`` (``benchmarks/phases.py``'s ``PhaseTimer``, inclusive times: a phase
+includes the phases nested in it); its step callback times each optimizer step. update = step − rollout,
 rollout_other = rollout − generation − scoring − statistics (value forward, GAE, tokenization, decoding).
 """
 
@@ -51,12 +52,13 @@ import subprocess
 import sys
 import time
 import traceback
-from collections import defaultdict
 from pathlib import Path
 
 from trl_extras.utils.offline import use_offline_env  # noqa: E402  (imports nothing from HF)
 
 use_offline_env()
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ (also when loaded by path, as tests do)
+from phases import PhaseTimer, cuda_synchronize_if_available  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -117,96 +119,27 @@ def prompts(n: int = 64):
 # ----------------------------------------------------------------------------------------------------------------
 # Measurement helpers
 # ----------------------------------------------------------------------------------------------------------------
-def _sync():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+_sync = cuda_synchronize_if_available  # also around the ensemble and generation timings below
 
 
-class Phases:
-    """Wall time per phase (synchronized) and per optimizer step, recorded through wrappers and a callback."""
-
-    def __init__(self):
-        self.current = defaultdict(float)
-        self.steps: list[dict] = []
-        self.wrapped: list[str] = []
-        self._patched: list[tuple] = []
-        self._t0 = None
-
-    def wrap(self, fn, phase: str):
-        def timed(*args, **kwargs):
-            _sync()
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _sync()
-                self.current[phase] += time.perf_counter() - start
-
-        self.wrapped.append(phase)
-        return timed
-
-    def patch(self, owner, attr: str, phase: str) -> bool:
-        """Replace ``owner.attr`` by a timed version; False when it does not exist (a renamed internal)."""
-        fn = getattr(owner, attr, None)
-        if fn is None:
-            return False
-        self._patched.append((owner, attr, owner.__dict__.get(attr) if hasattr(owner, "__dict__") else fn))
-        setattr(owner, attr, self.wrap(fn, phase))
-        return True
-
-    def patch_everywhere(self, module: str, attr: str, phase: str) -> bool:
-        """Time ``module.attr`` wherever a ``trl_extras`` module holds it (callers import it by name, so it is
-        patched in each importer); False when the function does not exist (a renamed internal)."""
-        import importlib
-
-        try:
-            original = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            return False
-        timed = self.wrap(original, phase)
-        for name, mod in list(sys.modules.items()):
-            if name.startswith("trl_extras") and getattr(mod, attr, None) is original:
-                self._patched.append((mod, attr, original))
-                setattr(mod, attr, timed)
-        return True
-
-    def restore(self) -> None:
-        """Undo :meth:`patch` (module-level functions stay patched otherwise, for the next run in this process)."""
-        for owner, attr, original in reversed(self._patched):
-            if original is None:
-                delattr(owner, attr)  # it was a class attribute seen through the instance
-            else:
-                setattr(owner, attr, original)
-        self._patched = []
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        phases = self
-
-        class StepTimer(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                _sync()
-                phases.current = defaultdict(float)
-                phases._t0 = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                _sync()
-                row = {k: round(v, 4) for k, v in phases.current.items()}
-                row["step"] = round(time.perf_counter() - phases._t0, 4)
-                rollout = row.get("rollout")
-                if rollout is not None:
-                    row["update"] = round(row["step"] - rollout, 4)
-                    inner = sum(row.get(k, 0.0) for k in ("generation", "scoring", "logprob_kl_stats"))
-                    row["rollout_other"] = round(rollout - inner, 4)
-                phases.steps.append(row)
-
-        return StepTimer()
+def _rollout_split(row: dict) -> dict:
+    """A step row of the inclusive phase times (``PhaseTimer.step_callback``) plus update = step − rollout and
+    rollout_other = rollout − generation − scoring − statistics (value forward, GAE, tokenization, decoding)."""
+    rollout = row.get("rollout")
+    if rollout is not None:
+        row["update"] = round(row["step"] - rollout, 4)
+        inner = sum(row.get(k, 0.0) for k in ("generation", "scoring", "logprob_kl_stats"))
+        row["rollout_other"] = round(rollout - inner, 4)
+    return row
 
 
-def force_full_length(model, phases: Phases | None = None):
+def timed_phases() -> PhaseTimer:
+    """The phase timer of the PPO/GRPO parts: inclusive times (a rollout contains its generation and scoring),
+    CUDA-synchronised before each clock read; its ``step_callback(_rollout_split)`` records ``steps``."""
+    return PhaseTimer(sync=_sync, inclusive=True)
+
+
+def force_full_length(model, phases: PhaseTimer | None = None):
     """Wrap ``model.generate`` so every call samples exactly ``max_new_tokens`` tokens (EOS masked until then via
     ``min_new_tokens``), timed as the ``generation`` phase when ``phases`` is given."""
     import copy
@@ -229,7 +162,7 @@ def force_full_length(model, phases: Phases | None = None):
 class TimedReward:
     """A reward function wrapped as the ``scoring`` phase (attributes forwarded to the original)."""
 
-    def __init__(self, fn, phases: Phases):
+    def __init__(self, fn, phases: PhaseTimer):
         self._fn, self._timed = fn, phases.wrap(fn, "scoring")
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
 
@@ -413,10 +346,10 @@ def _ppo_run(a, tmp: str, name: str, paths: dict, *, estimator: str, quantized: 
         value_model_init=value_init, gradient_checkpointing=True, model_init_kwargs={"dtype": torch.bfloat16},
     ))
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS, task_type="CAUSAL_LM") if lora_policy else None
-    phases = Phases()
+    phases = timed_phases()
     trainer = PPOTrainer(paths["policy"], reward_funcs=reward_funcs, args=args, train_dataset=prompts(),
                          reward_processing_classes=reward_procs, quantization_config=quant, peft_config=lora,
-                         callbacks=[phases.callback()])
+                         callbacks=[phases.step_callback(_rollout_split)])
     load_s = time.perf_counter() - t_load
     force_full_length(trainer.policy, phases)
     trainer.reward_functions.funcs = [TimedReward(f, phases) for f in trainer.reward_functions.funcs]
@@ -481,7 +414,7 @@ def part_ppo_vs_grpo(a, tmp: str) -> dict:
     print(json.dumps({k: v for k, v in ppo.items() if k != "steps_timed"}), flush=True)
 
     reset_peak()
-    phases = Phases()
+    phases = timed_phases()
     args = GRPOConfig(**common_args(
         a, os.path.join(tmp, "grpo"), per_device_train_batch_size=s["B"], num_generations=s["G"], max_steps=steps,
         max_completion_length=s["T"], beta=0.04, gradient_checkpointing=True,
@@ -490,7 +423,7 @@ def part_ppo_vs_grpo(a, tmp: str) -> dict:
     trainer = GRPOTrainer(paths["policy"], reward_funcs=distinct_char_reward, args=args, train_dataset=prompts(),
                           peft_config=LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS,
                                                  task_type="CAUSAL_LM"),
-                          callbacks=[phases.callback()])
+                          callbacks=[phases.step_callback(_rollout_split)])
     force_full_length(trainer.accelerator.unwrap_model(trainer.model), phases)
     phases.patch(trainer, "_prepare_inputs", "rollout")
     after_init = memory()

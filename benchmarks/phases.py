@@ -14,7 +14,12 @@ Times are *exclusive*: a phase's time excludes the time spent in wrapped calls n
 generation and scoring), so the phases add up to at most the total and ``other`` is the rest (optimizer step,
 logging, callbacks). A phase may depend on the caller: the same log-prob function is "rollout statistics" inside
 the rollout and part of the "update" inside the loss (:func:`by_context`). On a GPU, pass ``sync`` (e.g.
-``torch.cuda.synchronize``) so asynchronous kernels are charged to the phase that launched them.
+:func:`cuda_synchronize_if_available`) so asynchronous kernels are charged to the phase that launched them.
+
+``PhaseTimer(inclusive=True)`` keeps the nested phases in a phase's time instead (``benchmarks/gpu.py``: its
+rollout includes generation and scoring; it derives ``rollout_other`` = rollout − those itself).
+:meth:`PhaseTimer.step_callback` records one row of per-phase seconds per optimizer step (``steps``) of a
+``transformers`` Trainer.
 """
 
 from __future__ import annotations
@@ -28,6 +33,15 @@ from collections.abc import Callable
 ROLLOUT = "rollout (other)"  # the frame that marks "inside the rollout" for by_context
 
 
+def cuda_synchronize_if_available() -> None:
+    """Wait for the queued CUDA kernels (nothing without CUDA), so the clock read next charges them to the phase
+    that launched them rather than to whichever phase next waits on the GPU."""
+    import torch  # here, not at the top: the CPU benchmarks and tests import this module without touching CUDA
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def by_context(rollout: str, update: str, marker: str = ROLLOUT) -> Callable[[list[str]], str]:
     """A phase that is ``rollout`` when called (directly or not) inside a ``marker`` phase, else ``update``."""
 
@@ -38,10 +52,14 @@ def by_context(rollout: str, update: str, marker: str = ROLLOUT) -> Callable[[li
 
 
 class PhaseTimer:
-    """Exclusive wall time and call count per phase (see the module docstring)."""
+    """Wall time (exclusive, or ``inclusive`` of nested phases) and call count per phase, in total and per optimizer
+    step (see the module docstring). ``sync`` runs before each clock read (a GPU: wait for queued kernels)."""
 
-    def __init__(self, sync: Callable[[], None] | None = None):
+    def __init__(self, sync: Callable[[], None] | None = None, inclusive: bool = False):
+        self.inclusive = inclusive
         self.totals: dict[str, float] = defaultdict(float)
+        self.step_totals: dict[str, float] = defaultdict(float)  # the current optimizer step's (step_callback)
+        self.steps: list[dict] = []  # one row per optimizer step (step_callback)
         self.calls: dict[str, int] = defaultdict(int)
         self.patched: list[str] = []  # "owner.attr -> phase" for the record
         self.missing: list[str] = []  # wrappers asked for whose target does not exist (a renamed internal)
@@ -65,7 +83,9 @@ class PhaseTimer:
                     self._sync()
                 elapsed = time.perf_counter() - frame[1]
                 self._stack.pop()
-                self.totals[name] += elapsed - frame[2]
+                spent = elapsed if self.inclusive else elapsed - frame[2]
+                self.totals[name] += spent
+                self.step_totals[name] += spent
                 self.calls[name] += 1
                 if self._stack:
                     self._stack[-1][2] += elapsed
@@ -117,6 +137,30 @@ class PhaseTimer:
 
     def __exit__(self, *exc):
         self.restore()
+
+    def step_callback(self, finish_row: Callable[[dict], dict] | None = None):
+        """A ``transformers.TrainerCallback`` appending to ``steps``, per optimizer step, the seconds of each phase
+        within it and ``"step"`` (the whole step's wall time, ``sync``-ed like the phases), rounded to 0.1 ms;
+        ``finish_row(row)`` may add derived columns (e.g. update = step − rollout)."""
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class StepTimer(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if timer._sync:
+                    timer._sync()
+                timer.step_totals = defaultdict(float)
+                timer._step_start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if timer._sync:
+                    timer._sync()
+                row = {k: round(v, 4) for k, v in timer.step_totals.items()}
+                row["step"] = round(time.perf_counter() - timer._step_start, 4)
+                timer.steps.append(finish_row(row) if finish_row is not None else row)
+
+        return StepTimer()
 
     def split(self, total: float) -> dict[str, float]:
         """Seconds per phase plus ``other`` = ``total`` minus all phases."""

@@ -26,6 +26,9 @@ the reference's head.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -113,21 +116,23 @@ def _device_of(module) -> torch.device:
     return next(module.parameters()).device
 
 
-def trunk_hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """``(B, L, H)`` last hidden states of a transformer trunk over left-padded ``(B, L)`` inputs (positions counted
-    from each row's first real token, as in generation)."""
+def trunk_hidden_states(
+    trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(B, L, H)`` last hidden states of a transformer trunk over left-padded ``(B, L)`` inputs (``position_ids``
+    ``(B, L)``, default: counted from each row's first real token, as in generation)."""
     out = trunk(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
+        position_ids=position_ids_from_mask(attention_mask) if position_ids is None else position_ids,
         use_cache=False,
     )
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
-def _hidden(trunk, input_ids, attention_mask, T: int) -> torch.Tensor:
+def _hidden(trunk, input_ids, attention_mask, T: int, position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, T, H)`` hidden states at the positions that predict the last ``T`` tokens."""
-    return trunk_hidden_states(trunk, input_ids, attention_mask)[:, -T - 1 : -1, :]
+    return trunk_hidden_states(trunk, input_ids, attention_mask, position_ids)[:, -T - 1 : -1, :]
 
 
 def _full_logits(model, input_ids, attention_mask, T: int) -> torch.Tensor:
@@ -247,6 +252,244 @@ def reference_hidden_states(
         return _hidden(split[0], input_ids, attention_mask, T)
 
 
+@dataclass
+class _TokenStatsPlan:
+    """What one :func:`_token_stats` call computes and on which modules: its arguments checked and resolved once,
+    then read by every step below (``B`` rows, ``L`` tokens, the last ``T`` of which are the completion)."""
+
+    model: Any  # as the caller passed it: possibly a DDP/DeepSpeed wrapper, whose forward must run in grad mode
+    policy: Any  # ``model`` unwrapped
+    policy_split: tuple | None  # the policy's (trunk, head); None: the full-logits path
+    ref: Any  # the reference module (None: no reference)
+    ref_context: Callable | None  # zero-argument context factory under which ``ref`` acts as the reference
+    ref_split: tuple | None  # the reference's (trunk, head) when it is needed and separable
+    use_ref: bool  # a reference is needed (its log-probs or the exact KL) and exists
+    cached_ref_hidden: torch.Tensor | None  # (B, T, H) reference trunk output given by the caller
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L)
+    position_ids: torch.Tensor  # (B, L)
+    labels: torch.Tensor  # (B, T): the completion tokens whose log-probs are taken
+    T: int
+    chunks: list[slice]  # the positions of each head application, covering 0 … T−1 in order
+    temperature: float
+    chunk_size: int | None
+    track: bool  # grad mode (the update) or not (the rollout)
+    with_ref_logprobs: bool
+    with_exact_kl: bool
+    with_entropy: bool
+    return_ref_hidden: bool
+    grad_hint: Any
+
+    @property
+    def device(self) -> torch.device:
+        """Where the outputs live: the inputs' device (a head may sit on another one under device_map)."""
+        return self.input_ids.device
+
+    @property
+    def runs_inside_wrapper(self) -> bool:
+        """Grad mode through a DDP/DeepSpeed wrapper with a separable head: the wrapper's forward must run (its hooks
+        synchronise gradients), so the trunk and the chunked head run inside it (:func:`_inside_wrapper`)."""
+        return self.track and self.policy is not self.model and self.policy_split is not None
+
+
+def _plan_token_stats(
+    model, ref_model, input_ids, attention_mask, logits_to_keep, temperature, chunk_size, with_ref_logprobs,
+    with_exact_kl, with_entropy, reference_context, caller, ref_hidden, return_ref_hidden, position_ids, grad_hint,
+) -> _TokenStatsPlan:
+    """Check the arguments of :func:`_token_stats` (errors name the argument and the value) and resolve the modules:
+    the unwrapped policy, the reference and its context, and which of them has a separable (trunk, head)."""
+    T = _check_inputs(input_ids, attention_mask, logits_to_keep)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}.")
+    policy = _unwrap(model)
+    ref, ref_ctx = _resolve_reference(policy, ref_model, reference_context, with_exact_kl, caller)
+    use_ref = ref is not None and (with_ref_logprobs or with_exact_kl)
+    if ref_hidden is not None and ref_hidden.shape[:2] != (input_ids.shape[0], T):
+        raise ValueError(
+            f"{caller}: ref_hidden {tuple(ref_hidden.shape)} must be (B, T, H) = ({input_ids.shape[0]}, {T}, H)."
+        )
+    ref_split = split_lm(ref) if use_ref else None
+    if use_ref and ref_split is None and ref_hidden is not None:
+        raise ValueError(f"{caller}: ref_hidden was given but the reference has no separable head.")
+    track = torch.is_grad_enabled()
+    policy_split = split_lm(policy)
+    if track and policy is not model and not _INSIDE_WRAPPER:
+        policy_split = None  # (the previous behaviour, for benchmarks: the wrapper's own forward, full logits)
+    step = T if chunk_size is None else chunk_size
+    return _TokenStatsPlan(
+        model=model, policy=policy, policy_split=policy_split, ref=ref, ref_context=ref_ctx, ref_split=ref_split,
+        use_ref=use_ref, cached_ref_hidden=ref_hidden, input_ids=input_ids, attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask) if position_ids is None else position_ids,
+        labels=input_ids[:, -T:], T=T, chunks=[slice(start, min(start + step, T)) for start in range(0, T, step)],
+        temperature=temperature, chunk_size=chunk_size, track=track, with_ref_logprobs=with_ref_logprobs,
+        with_exact_kl=with_exact_kl, with_entropy=with_entropy, return_ref_hidden=return_ref_hidden,
+        grad_hint=grad_hint,
+    )
+
+
+@dataclass
+class _ReferenceOutputs:
+    """The reference's side of one call, computed once before the policy's chunks: either ``hidden`` ``(B, T, H)``
+    (its trunk's output, cached or just computed) with its ``head`` (and ``plain_head``, its ``(weight, bias)`` when
+    the fused kernel can read it directly), or, for a reference without a separable head, its full ``logits``
+    ``(B, T, V)``."""
+
+    hidden: torch.Tensor | None = None
+    head: Any = None
+    plain_head: tuple | None = None
+    logits: torch.Tensor | None = None
+
+
+def _completion_hidden(plan: _TokenStatsPlan, trunk) -> torch.Tensor:
+    """``(B, T, H)``: a trunk's hidden states at the positions predicting the completion (``H ≪ V``: the cheap part
+    of a causal LM, run once per call; the head is then applied per chunk)."""
+    return _hidden(trunk, plan.input_ids, plan.attention_mask, plan.T, plan.position_ids)
+
+
+def _run_reference(plan: _TokenStatsPlan) -> _ReferenceOutputs | None:
+    """The reference's trunk once (no grad, under its context), unless the caller cached its ``(B, T, H)`` output;
+    its full ``(B, T, V)`` logits when its head is not separable. None when no reference is needed."""
+    if not plan.use_ref:
+        return None
+    with torch.no_grad(), plan.ref_context():
+        if plan.ref_split is None:
+            return _ReferenceOutputs(logits=_full_logits(plan.ref, plan.input_ids, plan.attention_mask, plan.T))
+        trunk, head = plan.ref_split
+        hidden = plan.cached_ref_hidden if plan.cached_ref_hidden is not None else _completion_hidden(plan, trunk)
+        return _ReferenceOutputs(hidden=hidden, head=head, plain_head=_plain_head(head))
+
+
+def _reference_chunk_logits(plan: _TokenStatsPlan, reference: _ReferenceOutputs, s: slice) -> torch.Tensor:
+    """``(B, c, V)`` reference logits of the chunk ``s`` (no grad): its head on the chunk's hidden states (under the
+    reference context: a LoRA-wrapped head must be disabled too), or a slice of its full logits."""
+    with torch.no_grad(), plan.ref_context():
+        if reference.logits is not None:
+            return reference.logits[:, s]
+        return reference.head(reference.hidden[:, s].to(_device_of(reference.head))).to(plan.device)
+
+
+def _chunk_stats_from_logits(
+    plan: _TokenStatsPlan, reference: _ReferenceOutputs | None, logits: torch.Tensor, s: slice, owned: bool
+) -> dict[str, torch.Tensor]:
+    """``(B, c)`` statistics of the chunk ``s`` from the policy's ``(B, c, V)`` logits (``owned``: the kernel may
+    overwrite them in place) and the reference's logits of the same chunk (``core.kl.token_stats_from_logits``). In
+    grad mode the entropy is left out here: it is a metric, computed without gradient by :func:`_entropy_metric`."""
+    ref_logits = _reference_chunk_logits(plan, reference, s) if reference is not None else None
+    return token_stats_from_logits(
+        logits, plan.labels[:, s], ref_logits, plan.temperature, with_exact_kl=plan.with_exact_kl,
+        with_entropy=plan.with_entropy and not plan.track, owned=owned, ref_owned=plan.ref_split is not None,
+    )
+
+
+def _fused_kernel_stats(
+    plan: _TokenStatsPlan, hidden: torch.Tensor, plain_head: tuple, reference: _ReferenceOutputs | None
+) -> dict[str, torch.Tensor]:
+    """Path (1): both heads are plain ``nn.Linear``: the fused kernel (``modeling.head_kernel``) takes the policy's
+    ``(B, T, H)`` hidden states and head weights (and the reference's) and returns ``(B, T)`` statistics; no
+    ``(B, c, V)`` buffer survives a chunk and a frozen head's logits are not recomputed in backward."""
+    weight, bias = plain_head
+    out = head_token_stats(
+        hidden.to(weight.device), weight, bias, plan.labels.to(weight.device),
+        ref_hidden=reference.hidden if reference is not None else None,
+        ref_weight=reference.plain_head[0] if reference is not None else None,
+        ref_bias=reference.plain_head[1] if reference is not None else None,
+        temperature=plan.temperature, chunk_size=plan.chunk_size,
+        with_ref_logprobs=plan.use_ref and plan.with_ref_logprobs, with_exact_kl=plan.with_exact_kl,
+        with_entropy=plan.with_entropy, grad_hint=plan.grad_hint,
+    )
+    return {k: v.to(plan.device) for k, v in out.items()}
+
+
+def _checkpointed_head_stats(
+    plan: _TokenStatsPlan, hidden: torch.Tensor, head, reference: _ReferenceOutputs | None
+) -> dict[str, list[torch.Tensor]]:
+    """Path (2): a head the fused kernel cannot read (e.g. LoRA-wrapped): per chunk, the head on the ``(B, c, H)``
+    hidden states then :func:`_chunk_stats_from_logits`, under activation checkpointing in grad mode (the chunk's
+    ``(B, c, V)`` logits are recomputed in backward rather than kept). Returns each statistic's ``(B, c)`` pieces."""
+    head_device = _device_of(head)
+    # in grad mode the checkpointed function returns one tensor: the statistics stacked on a last axis, in this order
+    keys = ["logprobs"] + (["ref_logprobs"] if plan.use_ref and plan.with_ref_logprobs else [])
+    keys += ["exact_kl"] if plan.with_exact_kl else []
+
+    def chunk_fn(h, start, stop):
+        logits = head(h.to(head_device)).to(plan.device)
+        st = _chunk_stats_from_logits(plan, reference, logits, slice(start, stop), owned=True)
+        return torch.stack([st[k] for k in keys], -1) if plan.track else st
+
+    pieces: dict[str, list] = {}
+    for s in plan.chunks:
+        if plan.track:
+            stacked = checkpoint(chunk_fn, hidden[:, s], s.start, s.stop, use_reentrant=False)
+            st = {k: stacked[..., i] for i, k in enumerate(keys)}
+        else:
+            st = chunk_fn(hidden[:, s], s.start, s.stop)
+        for k, v in st.items():
+            pieces.setdefault(k, []).append(v)
+    return pieces
+
+
+def _full_logits_stats(
+    plan: _TokenStatsPlan, logits: torch.Tensor, reference: _ReferenceOutputs | None
+) -> dict[str, list[torch.Tensor]]:
+    """Path (3): the policy's own ``(B, T, V)`` logits (no separable head; documented: no memory saving for the
+    policy), sliced per chunk into :func:`_chunk_stats_from_logits`. Returns each statistic's ``(B, c)`` pieces."""
+    pieces: dict[str, list] = {}
+    for s in plan.chunks:
+        for k, v in _chunk_stats_from_logits(plan, reference, logits[:, s], s, owned=False).items():
+            pieces.setdefault(k, []).append(v)
+    return pieces
+
+
+def _entropy_metric(plan: _TokenStatsPlan, chunk_logits: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+    """``(B, T)`` policy entropy in grad mode, without gradient (a metric, not a loss term): the chunks' logits
+    ``chunk_logits(s)`` ``(B, c, V)`` computed again from detached inputs, one chunk at a time."""
+    with torch.no_grad():
+        ents = [
+            token_stats_from_logits(chunk_logits(s), temperature=plan.temperature, with_entropy=True)["entropy"]
+            for s in plan.chunks
+        ]
+        return torch.cat(ents, dim=1)
+
+
+def _compute_token_stats(plan: _TokenStatsPlan) -> dict[str, torch.Tensor]:
+    """The statistics of one call: the reference first (:func:`_run_reference`), then the policy through the first
+    path that applies: (1) :func:`_fused_kernel_stats`, (2) :func:`_checkpointed_head_stats`, (3)
+    :func:`_full_logits_stats`; the per-chunk pieces are joined into ``(B, T)`` tensors. Under a DDP/DeepSpeed
+    wrapper in grad mode this runs as the wrapper's forward (:func:`_token_stats`)."""
+    reference = _run_reference(plan)
+    if plan.policy_split is None:
+        # the model's forward: under a wrapper in grad mode the wrapper's own (its hooks run around it)
+        logits = _full_logits(plan.model if plan.track else plan.policy, plan.input_ids, plan.attention_mask, plan.T)
+        pieces = _full_logits_stats(plan, logits, reference)
+
+        def chunk_logits_again(s: slice) -> torch.Tensor:  # (B, c, V), for the entropy metric
+            return logits[:, s].detach()
+    else:
+        trunk, head = plan.policy_split
+        hidden = _completion_hidden(plan, trunk)
+        plain_head = _plain_head(head)
+        ref_readable = reference is None or reference.plain_head is not None
+        if _FUSED_HEAD and plain_head is not None and ref_readable:
+            out = _fused_kernel_stats(plan, hidden, plain_head, reference)
+            if plan.return_ref_hidden and reference is not None:
+                out["ref_hidden"] = reference.hidden
+            return out
+        pieces = _checkpointed_head_stats(plan, hidden, head, reference)
+        head_device = _device_of(head)
+
+        def chunk_logits_again(s: slice) -> torch.Tensor:  # (B, c, V), for the entropy metric
+            return head(hidden[:, s].detach().to(head_device)).to(plan.device)
+    # ref_logprobs come with the exact KL's reference logits; returned only when asked for
+    out = {k: torch.cat(v, dim=1) for k, v in pieces.items() if k != "ref_logprobs" or plan.with_ref_logprobs}
+    if plan.with_entropy and plan.track:
+        out["entropy"] = _entropy_metric(plan, chunk_logits_again)
+    if plan.return_ref_hidden and reference is not None and reference.hidden is not None:
+        out["ref_hidden"] = reference.hidden
+    return out
+
+
 def _token_stats(
     model,
     ref_model,
@@ -273,128 +516,20 @@ def _token_stats(
     head). Under a DDP/DeepSpeed wrapper in grad mode, (1) and (2) run INSIDE the wrapper's forward.
     ``ref_hidden``: the reference trunk's cached ``(B, T, H)`` output (:func:`reference_hidden_states`): its trunk
     is then not run. ``position_ids``: ``(B, L)`` (default: from the mask, as generation counts them).
+
+    Read top to bottom: :func:`_plan_token_stats` (checks, modules) -> :func:`_compute_token_stats` (reference,
+    then the policy's path) -> :func:`_fused_kernel_stats` / :func:`_checkpointed_head_stats` /
+    :func:`_full_logits_stats`.
     """
-    T = _check_inputs(input_ids, attention_mask, logits_to_keep)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
-    if chunk_size is not None and chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}.")
-    policy = _unwrap(model)
-    ref, ref_ctx = _resolve_reference(policy, ref_model, reference_context, with_exact_kl, caller)
-    use_ref = ref is not None and (with_ref_logprobs or with_exact_kl)
-    if ref_hidden is not None and ref_hidden.shape[:2] != (input_ids.shape[0], T):
-        raise ValueError(
-            f"{caller}: ref_hidden {tuple(ref_hidden.shape)} must be (B, T, H) = ({input_ids.shape[0]}, {T}, H)."
-        )
-    labels = input_ids[:, -T:]
-    device = input_ids.device
-    step = T if chunk_size is None else chunk_size
-    track = torch.is_grad_enabled()
-    chunks = [slice(start, min(start + step, T)) for start in range(0, T, step)]
-    if position_ids is None:
-        position_ids = position_ids_from_mask(attention_mask)
-
-    def hidden_of(trunk):
-        out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        out = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return out[:, -T - 1 : -1, :]
-
-    ref_split = split_lm(ref) if use_ref else None
-    if use_ref and ref_split is None and ref_hidden is not None:
-        raise ValueError(f"{caller}: ref_hidden was given but the reference has no separable head.")
-    pol_split = split_lm(policy)
-    wrapped = track and policy is not model
-    if wrapped and not _INSIDE_WRAPPER:
-        pol_split = None  # (the previous behaviour, for benchmarks: the wrapper's own forward, full logits)
-
-    def compute():
-        # The reference: cached hidden states, or its trunk once (no grad); its head per chunk (or full logits).
-        r_hidden, r_head = ref_hidden, None
-        if use_ref:
-            with torch.no_grad(), ref_ctx():
-                if ref_split is not None:
-                    if r_hidden is None:
-                        r_hidden = hidden_of(ref_split[0])
-                    r_head = ref_split[1]
-                    r_plain = _plain_head(r_head)
-                else:
-                    r_plain = None
-                    ref_logits = _full_logits(ref, input_ids, attention_mask, T)
-        pieces: dict[str, list] = {}
-        if pol_split is None:
-            # fallback: the policy's full (B, T, V) logits (documented: no memory saving for the policy)
-            logits = _full_logits(model if track else policy, input_ids, attention_mask, T)
-            head = None
-        else:
-            trunk, head = pol_split
-            hidden = hidden_of(trunk)
-            plain = _plain_head(head)
-            if _FUSED_HEAD and plain is not None and (not use_ref or r_plain is not None):
-                # (1) the fused kernel: no (chunk, V) buffer survives a chunk, no logits recomputed for a frozen head
-                out = head_token_stats(
-                    hidden.to(plain[0].device), plain[0], plain[1], labels.to(plain[0].device),
-                    ref_hidden=r_hidden if use_ref else None, ref_weight=r_plain[0] if use_ref else None,
-                    ref_bias=r_plain[1] if use_ref else None, temperature=temperature, chunk_size=chunk_size,
-                    with_ref_logprobs=use_ref and with_ref_logprobs, with_exact_kl=with_exact_kl,
-                    with_entropy=with_entropy, grad_hint=grad_hint,
-                )
-                out = {k: v.to(device) for k, v in out.items()}
-                if return_ref_hidden and use_ref:
-                    out["ref_hidden"] = r_hidden
-                return out
-            pol_dev = _device_of(head)
-
-        def get_ref(s):
-            with torch.no_grad(), ref_ctx():  # a LoRA-wrapped head must be disabled too
-                if ref_split is None:
-                    return ref_logits[:, s]
-                return r_head(r_hidden[:, s].to(_device_of(r_head))).to(device)
-
-        def kernel(logits, s, owned):
-            ref_logits_s = get_ref(s) if use_ref else None
-            return token_stats_from_logits(
-                logits, labels[:, s], ref_logits_s, temperature, with_exact_kl=with_exact_kl,
-                with_entropy=with_entropy and not track, owned=owned, ref_owned=ref_split is not None,
-            )
-
-        if pol_split is None:
-            for s in chunks:
-                for k, v in kernel(logits[:, s], s, owned=False).items():
-                    pieces.setdefault(k, []).append(v)
-        else:
-            # (2) a non-plain head: head + kernel per chunk under activation checkpointing
-            keys = ["logprobs"] + (["ref_logprobs"] if use_ref and with_ref_logprobs else [])
-            keys += ["exact_kl"] if with_exact_kl else []
-
-            def chunk_fn(h, start, stop):
-                st = kernel(head(h.to(pol_dev)).to(device), slice(start, stop), owned=True)
-                return torch.stack([st[k] for k in keys], -1) if track else st
-
-            for s in chunks:
-                if track:
-                    stacked = checkpoint(chunk_fn, hidden[:, s], s.start, s.stop, use_reentrant=False)
-                    st = {k: stacked[..., i] for i, k in enumerate(keys)}
-                else:
-                    st = chunk_fn(hidden[:, s], s.start, s.stop)
-                for k, v in st.items():
-                    pieces.setdefault(k, []).append(v)
-        out = {k: torch.cat(v, dim=1) for k, v in pieces.items() if k != "ref_logprobs" or with_ref_logprobs}
-        if with_entropy and track:  # a metric: no gradient, from the (detached) logits again
-            with torch.no_grad():
-                ents = []
-                for s in chunks:
-                    lg = head(hidden[:, s].detach().to(pol_dev)).to(device) if head is not None else logits[:, s].detach()
-                    ents.append(token_stats_from_logits(lg, temperature=temperature, with_entropy=True)["entropy"])
-                out["entropy"] = torch.cat(ents, dim=1)
-        if return_ref_hidden and use_ref and ref_split is not None:
-            out["ref_hidden"] = r_hidden
-        return out
-
-    if wrapped and pol_split is not None:
+    plan = _plan_token_stats(
+        model, ref_model, input_ids, attention_mask, logits_to_keep, temperature, chunk_size, with_ref_logprobs,
+        with_exact_kl, with_entropy, reference_context, caller, ref_hidden, return_ref_hidden, position_ids, grad_hint,
+    )
+    if plan.runs_inside_wrapper:
         # With gradients, a DDP/DeepSpeed wrapper's own forward must run (its hooks synchronise gradients): the trunk
         # and the chunked head run inside it, so no (B, T, V) tensor exists there either.
-        return _inside_wrapper(model, policy, compute)
-    return compute()
+        return _inside_wrapper(model, plan.policy, lambda: _compute_token_stats(plan))
+    return _compute_token_stats(plan)
 
 
 def completion_token_stats(
