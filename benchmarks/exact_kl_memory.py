@@ -378,7 +378,7 @@ def _ddp_child(variant: str, out_path: str, layers: int, B: int, Tc: int, chunk:
     from accelerate import Accelerator
 
     import trl_extras.modeling.lm as lm
-    from trl_extras.core.ppo import aggregate_loss, policy_loss
+    from trl_extras.core.ppo import aggregate_loss, aggregation_weights, policy_loss, surrogate_grad_hint
 
     name, _, when = variant.partition("@")
     if when == "before":
@@ -394,19 +394,28 @@ def _ddp_child(variant: str, out_path: str, layers: int, B: int, Tc: int, chunk:
         st = lm.completion_token_stats(model, None, ids, mask, Tc, chunk_size=chunk, return_ref_hidden=True)
     old_lp, ref_hidden = st["logprobs"] - 0.01, st["ref_hidden"]
     adv = torch.randn(B, Tc, generator=g)
+    cmask = mask[:, -Tc:]
+    kl_coef = torch.full((B,), 0.05)
+
+    def aggregate(x):
+        return aggregate_loss(x, cmask, "dapo", num_items_in_batch=cmask.sum())
+
+    weights = aggregation_weights(aggregate, cmask.shape)
 
     def run():
         exact = name == "ddp-exact"
+        # as PPOTrainer.compute_loss under the wrapper: the loss's gradient hint (after), none (before)
+        hint = surrogate_grad_hint(old_lp, adv, 0.2, kl_coef, weights) if (exact and when != "before") else None
         out = lm.policy_logprobs(model, ids, mask, Tc, chunk_size=chunk, with_exact_kl=exact,
-                                 ref_hidden=ref_hidden if exact else None)  # fmt: skip
+                                 ref_hidden=ref_hidden if exact else None, grad_hint=hint)  # fmt: skip
         losses, _ = policy_loss(out["logprobs"], old_lp, adv, 0.2)
         if exact:
-            losses = losses + 0.05 * out["exact_kl"]
-        aggregate_loss(losses, mask[:, -Tc:], "dapo", num_items_in_batch=mask[:, -Tc:].sum()).backward()
+            losses = losses + kl_coef[:, None] * out["exact_kl"]
+        aggregate(losses).backward()
         model.zero_grad(set_to_none=True)
         return (out["exact_kl"] if exact else out["logprobs"]).detach()
 
-    res = _measure(run, 1)
+    res = _measure(run, 1, track=False)  # RSS per process, as in the before/after file (no tensor-peak run: slow)
     peaks = acc.gather(torch.tensor([res["peak_extra_mib"], res["seconds"]]).unsqueeze(0))
     if acc.is_main_process:
         Path(out_path).write_text(json.dumps({"variant": variant, "peak_extra_mib_per_process": peaks[:, 0].tolist(),
