@@ -885,24 +885,38 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         # 5. Log-probs of the sampled tokens under the sampling policy and the reference, the exact KL and the
         #    entropy, all from logits / temperature, chunk by chunk (the two models' (B,T,V) never coexist). Same
         #    autocast, chunks and kernel as the update's forward (step 11), so the first update's ratio is exactly 1.
-        policy = self.policy
-        was_training = policy.training
-        policy.eval()
-        ref = None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model)
+        stats = self._sampling_policy_token_stats(
+            input_ids, attention_mask, T,
+            # keep the reference trunk's (B, T, H) output for the update's exact KL (RolloutBatch.ref_hidden): the
+            # update then runs only the reference's head, never its trunk
+            return_ref_hidden=args.cache_reference_states and KL_PENALTIES.get(args.kl_estimator).needs_full_vocabulary,
+        )
         with self.accelerator.autocast():
-            stats = completion_token_stats(
-                policy, ref, input_ids, attention_mask, logits_to_keep=T, temperature=args.temperature,
-                chunk_size=args.exact_kl_chunk_size, with_exact_kl=True, with_entropy=True,
-                # keep the reference trunk's (B, T, H) output for the update's exact KL (RolloutBatch.ref_hidden):
-                # the update then runs only the reference's head, never its trunk
-                return_ref_hidden=args.cache_reference_states and KL_PENALTIES.get(args.kl_estimator).needs_full_vocabulary,
-            )
-            policy.train(was_training)
             # 6. Values V(s_t) at the positions that predict each completion token.
             values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1].float()
 
         batch = dataclasses.replace(batch, ref_hidden=stats.get("ref_hidden"))
         return self._rewards_and_advantages(batch, stats, values)
+
+    @torch.no_grad()
+    def _sampling_policy_token_stats(self, input_ids, attention_mask, T: int, return_ref_hidden: bool = False) -> dict:
+        """Step 5's one chunked pass (``completion_token_stats``) with the policy in eval mode (as it sampled): the
+        ``(B, T)`` log-probs, reference log-probs, exact KL and entropy, under the trainer's autocast, temperature
+        and chunk size; the rollout and ``evaluate()`` both read their statistics from it."""
+        args = self.args
+        policy = self.policy
+        was_training = policy.training
+        policy.eval()
+        ref = None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model)
+        try:
+            with self.accelerator.autocast():
+                return completion_token_stats(
+                    policy, ref, input_ids, attention_mask, logits_to_keep=T, temperature=args.temperature,
+                    chunk_size=args.exact_kl_chunk_size, with_exact_kl=True, with_entropy=True,
+                    return_ref_hidden=return_ref_hidden,
+                )
+        finally:
+            policy.train(was_training)
 
     @torch.no_grad()
     def _log_eval_token_stats(self, input_ids, attention_mask, mask: torch.Tensor, T: int) -> None:
@@ -912,16 +926,7 @@ class PPOTrainer(NoTelemetryMixin, NonFiniteGuardMixin, _BaseTrainer):
         rollout's step 5 (``completion_token_stats``: logits / temperature, the PEFT reference with its adapter
         disabled or the separate reference) -- also when the single-pass update skips that pass in training."""
         args = self.args
-        policy = self.policy
-        was_training = policy.training
-        policy.eval()
-        ref = None if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model)
-        with self.accelerator.autocast():
-            stats = completion_token_stats(
-                policy, ref, input_ids, attention_mask, logits_to_keep=T, temperature=args.temperature,
-                chunk_size=args.exact_kl_chunk_size, with_exact_kl=True, with_entropy=True,
-            )
-        policy.train(was_training)
+        stats = self._sampling_policy_token_stats(input_ids, attention_mask, T)
         metrics = self._metrics["eval"]
         valid = mask.bool()
         exact_kl = torch.where(valid, stats["exact_kl"], torch.zeros((), device=valid.device))
