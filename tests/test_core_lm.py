@@ -125,6 +125,24 @@ def test_fallback_without_separable_head(models, monkeypatch):
         assert torch.allclose(chunked[key], full[key], atol=1e-5), key
 
 
+def test_fallback_honours_the_callers_position_ids(models, monkeypatch):
+    """A caller's ``position_ids`` (ExactKLGRPOTrainer passes TRL's; packed or custom positions): the full-logits
+    fallback (a head that is not separable) must run the model at those positions, as the split paths do, for the
+    policy and the reference. (Positions that only shift by a constant would not show it: RoPE is relative.)"""
+    from trl_extras.modeling import lm
+
+    policy, ref = models
+    ids, mask, T = _batch(policy.config.vocab_size, seed=3)
+    positions = 2 * torch.arange(ids.size(1)).expand_as(ids)
+    split = completion_token_stats(policy, ref, ids, mask, T, chunk_size=2, position_ids=positions)
+    by_mask = completion_token_stats(policy, ref, ids, mask, T, chunk_size=2)
+    assert not torch.allclose(split["logprobs"][1], by_mask["logprobs"][1], atol=1e-4)  # the positions matter
+    monkeypatch.setattr(lm, "split_lm", lambda model: None)
+    full = completion_token_stats(policy, ref, ids, mask, T, chunk_size=2, position_ids=positions)
+    for key in split:
+        assert torch.allclose(split[key], full[key], atol=1e-5), key
+
+
 @pytest.mark.parametrize("chunk_size", [None, 2])
 def test_policy_logprobs_grad_matches_no_grad_stats(models, chunk_size):
     policy, _ = models

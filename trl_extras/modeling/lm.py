@@ -135,12 +135,13 @@ def _hidden(trunk, input_ids, attention_mask, T: int, position_ids: torch.Tensor
     return trunk_hidden_states(trunk, input_ids, attention_mask, position_ids)[:, -T - 1 : -1, :]
 
 
-def _full_logits(model, input_ids, attention_mask, T: int) -> torch.Tensor:
-    """``(B, T, V)`` logits predicting the last ``T`` tokens, through the model's own forward (fallback path)."""
+def _full_logits(model, input_ids, attention_mask, T: int, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, T, V)`` logits predicting the last ``T`` tokens, through the model's own forward (fallback path), at
+    ``position_ids`` (default: from the mask), as the split paths run the trunk."""
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
+        position_ids=position_ids_from_mask(attention_mask) if position_ids is None else position_ids,
         logits_to_keep=T + 1,
         use_cache=False,
     )
@@ -355,7 +356,9 @@ def _run_reference(plan: _TokenStatsPlan) -> _ReferenceOutputs | None:
         return None
     with torch.no_grad(), plan.ref_context():
         if plan.ref_split is None:
-            return _ReferenceOutputs(logits=_full_logits(plan.ref, plan.input_ids, plan.attention_mask, plan.T))
+            return _ReferenceOutputs(
+                logits=_full_logits(plan.ref, plan.input_ids, plan.attention_mask, plan.T, plan.position_ids)
+            )
         trunk, head = plan.ref_split
         hidden = plan.cached_ref_hidden if plan.cached_ref_hidden is not None else _completion_hidden(plan, trunk)
         return _ReferenceOutputs(hidden=hidden, head=head, plain_head=_plain_head(head))
@@ -461,7 +464,9 @@ def _compute_token_stats(plan: _TokenStatsPlan) -> dict[str, torch.Tensor]:
     reference = _run_reference(plan)
     if plan.policy_split is None:
         # the model's forward: under a wrapper in grad mode the wrapper's own (its hooks run around it)
-        logits = _full_logits(plan.model if plan.track else plan.policy, plan.input_ids, plan.attention_mask, plan.T)
+        logits = _full_logits(
+            plan.model if plan.track else plan.policy, plan.input_ids, plan.attention_mask, plan.T, plan.position_ids
+        )
         pieces = _full_logits_stats(plan, logits, reference)
 
         def chunk_logits_again(s: slice) -> torch.Tensor:  # (B, c, V), for the entropy metric
