@@ -313,23 +313,16 @@ def test_cem_two_processes_equal_one_process(tmp_path, sft_policy_path, cem_one_
     _assert_same_rounds(one, tmp_path / "two", 2)
 
 
-# ZeRO-3 deadlocks in round 1 (reproduced twice on CPU, 2026-12-07, on the cem-even merge): at step 3, the step whose
-# global batch is 2 elites + 2 masked padding rows, so process 1's micro-batch has no trained token, process 1 ends
-# its backward and waits in the gradient reduce-scatter while process 0 still waits in ZeRO-3's pre-backward
-# all-gather of a submodule's parameters. Not run (it would hang for the launch's 600 s and leave its processes,
-# which ignore SIGTERM, behind): open, run it with --runxfail once fixed.
-ZERO3_PADDED_ROUND_HANGS = pytest.mark.xfail(
-    run=False, reason="ZeRO-3 deadlocks in CEM round 1 at the step with an all-padding micro-batch (open)")
-
-
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["zero2", pytest.param("zero3", marks=ZERO3_PADDED_ROUND_HANGS)])
+@pytest.mark.parametrize("backend", ["zero2", "zero3"])
 def test_cem_under_deepspeed_equals_one_process(backend, tmp_path, sft_policy_path, cem_one_process):
     """Each round's SFTTrainer runs under DeepSpeed (a second Accelerator reuses the first one's plugin); under
     ZeRO-3 the round model is saved gathered and sampling reloads it whole. Same round datasets as one process
     (round 1's token entropies and round 0's model up to DeepSpeed's rounding); round 1's model (padded, uneven
-    round) equals one process's fine-tuning from DeepSpeed's own round-0 model, up to rounding."""
+    round) equals one process's fine-tuning from DeepSpeed's own round-0 model, up to rounding. Under ZeRO-3 round 1
+    deadlocked at its padded step before the regularizer's forward stayed in an all-masked micro-batch's backward
+    (tests/test_cem_padding_backward.py)."""
     one, single = cem_one_process
     double = _launch_cem(backend, tmp_path, sft_policy_path)
     assert "DEEPSPEED" in double["distributed_type"]
