@@ -327,6 +327,8 @@ def test_cem_under_deepspeed_equals_one_process(backend, tmp_path, sft_policy_pa
     double = _launch_cem(backend, tmp_path, sft_policy_path)
     assert "DEEPSPEED" in double["distributed_type"]
     _check_cem_matches(single, double, one, tmp_path / "two", DEEPSPEED_TOLERANCE)
+    # round 0's engine was destroyed before round 1's was made: only round 1's ZeRO hooks are on the parameters
+    assert double["grad_hooks_per_parameter"] <= 1
     # round 1 (10 elites: the padded, uneven round) is one process's fine-tuning from the same round-0 model
     _replay_last_round_in_one_process(sft_policy_path, double, tmp_path, DEEPSPEED_TOLERANCE)
 

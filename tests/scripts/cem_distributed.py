@@ -46,8 +46,10 @@ def main(policy_path: str, out: str, output_dir: str, batch_size: int, grad_accu
         from accelerate import PartialState
 
         state = PartialState()
+        # gradient hooks left on a parameter: one per live DeepSpeed ZeRO optimizer (a round's engine not destroyed)
+        hooks = max(len(getattr(p, "_post_accumulate_grad_hooks", None) or {}) for p in trainer.model.parameters())
         result = {"num_processes": state.num_processes, "distributed_type": str(state.distributed_type),
-                  "wall_s": wall, "history": history}
+                  "wall_s": wall, "history": history, "grad_hooks_per_parameter": hooks}
         with open(out, "w") as f:
             json.dump(result, f)
 
