@@ -9,7 +9,6 @@ here in one process by counting the backward passes through a decoder layer, no 
 
 import pytest
 import torch
-
 from helpers import cpu_config
 
 
