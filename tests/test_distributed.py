@@ -341,7 +341,7 @@ def _replay_last_round_in_one_process(policy: str, double: dict, tmp_path: Path,
     chaotic in its start. One process fine-tuning round 1 from the reference's round-0 model and from ZeRO-2's, which
     differ by at most 5.5e-6, ends 1.0e-2 apart (2 x lr: an Adam step of opposite sign), 17% of the weights > 1e-4
     (CPU, 2026-12-07), while from the same start ZeRO-2's round 1 equals one process's to 5e-7 (train_loss 1.897068
-    both). So a real fault of DeepSpeed's round 1 (optimizer or scheduler state carried over from round 0, padding
+    both) and ZeRO-3's to 3.3e-5 (its round 0: 1.9e-5 from the same initial model). So a real fault of DeepSpeed's round 1 (optimizer or scheduler state carried over from round 0, padding
     rows trained, a loss scaled per process) shows here as ~1e-2, and rounding stays under the 1e-4 limit."""
     import shutil
 
