@@ -62,6 +62,13 @@ class RegularizedSFTTrainer(StepOffsetLogMixin, NoTelemetryMixin, NonFiniteGuard
             )
         num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
         reg_loss = (reg * mask).sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if logits.requires_grad and not reg_loss.requires_grad:
+            # A micro-batch with no trained token (the masked padding rows of utils/even_batches.py) makes exact_kl
+            # skip every position and return a constant: the backward would then skip this second forward here but
+            # not on a process with real rows, and ZeRO-3, which gathers each submodule's parameters in its
+            # backward, deadlocks (one process waits in an all-gather the other never joins). A zero that depends on
+            # the logits keeps every process's backward over the same modules.
+            reg_loss = reg_loss + 0.0 * logits[..., :1].sum()
         # Same cross-device convention as SFTTrainer's NLL (num_items_in_batch counts every rank's tokens).
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             reg_loss = reg_loss * self.accelerator.num_processes

@@ -537,11 +537,13 @@ class CEMTrainer:
         if AcceleratorState._shared_state and getattr(AcceleratorState(), "deepspeed_plugins", None) is not None:
             # rounds after the first: accelerate refuses a second DeepSpeed plugin and reuses the first one's
             round_args.deepspeed_plugin = None
+        self._release_round_engine()
         trainer = trainer_cls(
             model=self.model, args=round_args, train_dataset=dataset, processing_class=self.processing_class,
             callbacks=self.callbacks, ref_model=self.ref_model, kl_coef=self.args.kl_coef,
             entropy_coef=self.args.entropy_coef,
         )
+        self._round_accelerator = trainer.accelerator
         # the dashboards' x axis continues over rounds (log_steps): this round's steps follow the earlier rounds'
         trainer.log_step_offset = fine_tune_steps(self.history)
         result = trainer.train()
@@ -552,6 +554,18 @@ class CEMTrainer:
             if values:
                 metrics[key] = float(sum(values) / len(values))
         return metrics, trainer
+
+    def _release_round_engine(self) -> None:
+        """Destroy the previous round's DeepSpeed engine (no-op without DeepSpeed or before the first round).
+
+        Nothing else frees it: its ZeRO optimizer's gradient hooks stay on the parameters, which keep the engine and
+        its optimizer state alive, and in the next round (ZeRO-2 trains the same module) every gradient also went
+        through the old engine's hooks (measured on 2 CPU processes: 2 live engines and 2 hooks per parameter in
+        round 1). ``Accelerator.free_memory`` calls ``engine.destroy()``, which removes those hooks."""
+        accelerator = getattr(self, "_round_accelerator", None)
+        if accelerator is not None and getattr(accelerator, "deepspeed_engine_wrapped", None) is not None:
+            accelerator.free_memory()
+        self._round_accelerator = None
 
     def _save_round_model(self, r: int, trainer=None) -> None:
         """Write ``round_{r}/model`` (main process; every process calls this, and returns once it is written).
