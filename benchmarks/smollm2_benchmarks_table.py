@@ -106,7 +106,8 @@ def time_to_quality_row(r: dict) -> list[str]:
     ]
 
 
-THROUGHPUT_FILES = ("fp32", "bf16", "fp32_b32_l64", "bf16_b32_l64", "bf16_4epochs")
+THROUGHPUT_FILES = ("fp32", "bf16", "fp32_b8_l64", "bf16_b8_l64", "fp32_b32_l16", "bf16_b32_l16", "fp32_b32_l64", "bf16_b32_l64",
+                    "bf16_4epochs")
 EXACT_KL_FILES = ("exact_kl_ppo_smollm2", "exact_kl_ppo_smollm2_t512", "exact_kl_ppo_qwen_24layers")
 
 
