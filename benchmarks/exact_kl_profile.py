@@ -86,7 +86,16 @@ def main(argv=None) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     bf16 = _cpu_has_bf16() and not args.no_bf16
     runs = _ppo_runs(args.variants, args.model_kind, args.layers, args.batch, args.length, args.chunk, bf16)
-    vocab = {"smollm2": 49152, "qwen": 151936}[args.model_kind]
+    if args.model_kind == "smollm2":  # the vocabulary that marks a matmul as the head's, from the model's own config
+        from transformers import AutoConfig
+
+        from trl_extras.testbed.smollm2 import smollm2_path
+
+        vocab = AutoConfig.from_pretrained(smollm2_path(progress=False)).vocab_size
+    else:
+        from trl_extras.testbed.shapes import QWEN25_05B
+
+        vocab = QWEN25_05B.vocab_size
     load_start = os.getloadavg()
     for v in args.variants:
         runs[v]()  # warm-up
